@@ -1,0 +1,294 @@
+"""The model bundle: one directory that the offline tools write and everything online reads.
+
+Layout::
+
+    manifest.yaml          what is in the bundle (below); written last, atomically
+    teacher.safetensors    the frozen segmentation teacher's weights (our parameter names)
+    student.safetensors    the AuxCon student (optional, from ``cosme train-student``)
+    anomaly.safetensors    memory bank and statistics (optional, from ``cosme build-memory``)
+
+``manifest.yaml``::
+
+    format: cosme-bundle
+    version: 1
+    name: espnetv2-cityscapes
+    teacher: {arch: espnetv2, config: {s: 2.0, num_classes: 20}, weights: teacher.safetensors,
+              source: {...}}
+    preprocess: {input_size: [512, 1024], mean: [...], std: [...]}     # RGB in [0, 1]
+    classes: {names: [...], palette: [[r, g, b], ...], void: [19]}
+    student: {config: {...}, weights: student.safetensors}            # optional
+    anomaly: {weights: anomaly.safetensors, memory_layers: [c4, c5, lh],
+              consensus_layers: [c5], build: {...}}                   # optional
+
+Tensors live in safetensors only (no pickle anywhere in a bundle). Every reader validates and
+fails with a :class:`BundleError` that names the file and the field.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+from torch import Tensor, nn
+
+from cosme_ros import atomic
+from cosme_ros.errors import BundleError, MissingPartError
+
+FORMAT = "cosme-bundle"
+VERSION = 1
+MANIFEST = "manifest.yaml"
+TEACHER_FILE = "teacher.safetensors"
+STUDENT_FILE = "student.safetensors"
+ANOMALY_FILE = "anomaly.safetensors"
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+def _need(section: Mapping, key: str, where: str, kind: type) -> Any:
+    if not isinstance(section, Mapping) or key not in section:
+        raise BundleError(f"{where}: missing field '{key}'")
+    value = section[key]
+    if not isinstance(value, kind):
+        raise BundleError(f"{where}: field '{key}' should be a {kind.__name__}, "
+                          f"got {type(value).__name__}")
+    return value
+
+
+def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
+    if (not isinstance(value, list) or len(value) != n
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise BundleError(f"{where}: field '{key}' should be a list of {n} numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+@dataclass
+class Bundle:
+    """A validated bundle directory. Cheap to open; networks are built on request."""
+
+    path: Path
+    manifest: Dict[str, Any]
+    input_size: Tuple[int, int]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    class_names: List[str]
+    palette: List[Tuple[int, int, int]]
+    void_classes: List[int] = field(default_factory=list)
+
+    # -- reading
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        path = Path(path)
+        where = str(path / MANIFEST)
+        if not path.is_dir():
+            raise BundleError(f"{path}: not a bundle directory (it does not exist or is a file)")
+        if not (path / MANIFEST).is_file():
+            raise BundleError(f"{where}: missing (not a cosme bundle; make one with "
+                              f"`cosme bundle create`)")
+        try:
+            manifest = yaml.safe_load((path / MANIFEST).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(manifest, dict):
+            raise BundleError(f"{where}: should be a mapping, got {type(manifest).__name__}")
+        if manifest.get("format") != FORMAT:
+            raise BundleError(f"{where}: field 'format' should be '{FORMAT}', "
+                              f"got {manifest.get('format')!r}")
+        version = manifest.get("version")
+        if version != VERSION:
+            raise BundleError(f"{where}: field 'version' is {version!r}; this cosme_ros reads "
+                              f"version {VERSION}")
+        teacher = _need(manifest, "teacher", where, dict)
+        _need(teacher, "arch", f"{where} teacher", str)
+        _need(teacher, "config", f"{where} teacher", dict)
+        weights = _need(teacher, "weights", f"{where} teacher", str)
+        _check_file(path, weights, where, "teacher.weights")
+
+        pre = _need(manifest, "preprocess", where, dict)
+        size = _need(pre, "input_size", f"{where} preprocess", list)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
+                                     for v in size):
+            raise BundleError(f"{where}: field 'preprocess.input_size' should be [height, width], "
+                              f"integers >= 32, got {size!r}")
+        mean = _numbers(pre.get("mean"), 3, where, "preprocess.mean")
+        std = _numbers(pre.get("std"), 3, where, "preprocess.std")
+        if min(std) <= 0:
+            raise BundleError(f"{where}: field 'preprocess.std' must be positive, got {std}")
+
+        classes = _need(manifest, "classes", where, dict)
+        names = _need(classes, "names", f"{where} classes", list)
+        palette = _need(classes, "palette", f"{where} classes", list)
+        if not all(isinstance(n, str) for n in names):
+            raise BundleError(f"{where}: field 'classes.names' should be a list of strings")
+        if len(palette) != len(names) or not all(
+                isinstance(c, list) and len(c) == 3
+                and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette):
+            raise BundleError(f"{where}: field 'classes.palette' should hold one [r, g, b] "
+                              f"(0-255) per class name ({len(names)})")
+        void = classes.get("void", [])
+        if not isinstance(void, list) or not all(isinstance(v, int) and 0 <= v < len(names)
+                                                 for v in void):
+            raise BundleError(f"{where}: field 'classes.void' should list class indices "
+                              f"below {len(names)}")
+        num_classes = teacher["config"].get("num_classes")
+        if num_classes is not None and num_classes != len(names):
+            raise BundleError(f"{where}: teacher.config.num_classes is {num_classes} but "
+                              f"classes.names has {len(names)} entries")
+
+        if "student" in manifest:
+            student = _need(manifest, "student", where, dict)
+            _need(student, "config", f"{where} student", dict)
+            _check_file(path, _need(student, "weights", f"{where} student", str), where,
+                        "student.weights")
+        if "anomaly" in manifest:
+            anomaly = _need(manifest, "anomaly", where, dict)
+            _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where,
+                        "anomaly.weights")
+            for key in ("memory_layers", "consensus_layers"):
+                if key in anomaly and not (isinstance(anomaly[key], list)
+                                           and all(isinstance(v, str) for v in anomaly[key])):
+                    raise BundleError(f"{where}: field 'anomaly.{key}' should be a list of tap "
+                                      f"names")
+        return cls(path=path, manifest=manifest, input_size=(size[0], size[1]),
+                   mean=tuple(mean), std=tuple(std), class_names=list(names),
+                   palette=[tuple(c) for c in palette], void_classes=list(void))
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.path.name))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def has_student(self) -> bool:
+        return "student" in self.manifest
+
+    @property
+    def has_anomaly(self) -> bool:
+        return "anomaly" in self.manifest
+
+    def teacher(self) -> nn.Module:
+        """The teacher in eval mode with its weights loaded strictly."""
+        from cosme_ros.nets import build_network
+        section = self.manifest["teacher"]
+        module = _build(build_network, section["arch"], section["config"],
+                        self.path / MANIFEST, "teacher")
+        _load_weights(module, self.path / section["weights"])
+        return module.eval()
+
+    def student(self) -> nn.Module:
+        from cosme_ros.nets import build_network
+        if not self.has_student:
+            raise MissingPartError(f"{self.path}: bundle has no student: run `cosme train-student "
+                                   f"--bundle {self.path} --data KIND:PATH`")
+        section = self.manifest["student"]
+        module = _build(build_network, "student", section["config"], self.path / MANIFEST,
+                        "student")
+        _load_weights(module, self.path / section["weights"])
+        return module.eval()
+
+    def anomaly_parts(self):
+        """The scorers' view of the bundle: memory, statistics, whether a student exists."""
+        from cosme_ros.anomaly.scorers import AnomalyParts
+        section = self.manifest.get("anomaly")
+        if section is None:
+            return AnomalyParts(has_student=self.has_student)
+        tensors = read_tensors(self.path / section["weights"])
+        kwargs = {k: tuple(section[k]) for k in ("memory_layers", "consensus_layers")
+                  if k in section}
+        try:
+            return AnomalyParts.from_tensors(tensors, has_student=self.has_student, **kwargs)
+        except (ValueError, KeyError) as exc:
+            raise BundleError(f"{self.path / section['weights']}: {exc}") from None
+
+    # -- writing
+
+    def write_part(self, part: str, section: Dict[str, Any], tensors: Mapping[str, Tensor]) -> None:
+        """Add or replace ``student`` or ``anomaly``: tensors first, then the manifest, both atomic.
+
+        A crash between the two leaves the old manifest pointing at the old, still-valid data.
+        """
+        if part not in ("student", "anomaly"):
+            raise ValueError(f"unknown bundle part {part!r}")
+        filename = STUDENT_FILE if part == "student" else ANOMALY_FILE
+        write_tensors(self.path / filename, tensors)
+        manifest = copy.deepcopy(self.manifest)
+        manifest[part] = {**section, "weights": filename}
+        write_manifest(self.path, manifest)
+        self.manifest = manifest
+
+
+def _check_file(root: Path, name: str, where: str, key: str) -> None:
+    if Path(name).name != name:
+        raise BundleError(f"{where}: field '{key}' must be a file name inside the bundle, "
+                          f"got {name!r}")
+    if not (root / name).is_file():
+        raise BundleError(f"{root / name}: missing (named by field '{key}' of {where})")
+
+
+def _build(builder, arch: str, config: Mapping, where: Path, part: str) -> nn.Module:
+    try:
+        return builder(arch, dict(config))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BundleError(f"{where}: field '{part}.config' does not describe a valid {arch} "
+                          f"network ({exc})") from None
+
+
+def read_tensors(path: Path) -> Dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot read safetensors file ({exc})") from None
+
+
+def write_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+
+
+def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    atomic.write_text(root / MANIFEST, yaml.safe_dump(dict(manifest), sort_keys=False,
+                                                      default_flow_style=None, width=100))
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    from cosme_ros.errors import CheckpointError
+    from cosme_ros.nets.checkpoints import load_strict
+    tensors = read_tensors(path)
+    try:
+        load_strict(module, tensors, path)
+    except CheckpointError as exc:
+        raise BundleError(str(exc)) from None
+
+
+def create(out: str | Path, *, arch: str, module: nn.Module, input_size: Sequence[int],
+           mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
+           palette: Sequence[Sequence[int]], void_classes: Sequence[int] = (),
+           name: Optional[str] = None, source: Optional[Mapping[str, Any]] = None,
+           force: bool = False) -> Bundle:
+    """Write a teacher-only bundle directory atomically and return it, validated."""
+    out = Path(out)
+    manifest: Dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name or out.name,
+        "teacher": {"arch": arch, "config": dict(module.config), "weights": TEACHER_FILE,
+                    **({"source": dict(source)} if source else {})},
+        "preprocess": {"input_size": [int(v) for v in input_size],
+                       "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "classes": {"names": list(class_names), "palette": [[int(v) for v in c] for c in palette],
+                    "void": [int(v) for v in void_classes]},
+    }
+    with atomic.atomic_dir(out, force=force) as tmp:
+        write_tensors(tmp / TEACHER_FILE, module.state_dict())
+        write_manifest(tmp, manifest)
+    return Bundle.load(out)

@@ -1,0 +1,80 @@
+"""``cosme bundle create``: a teacher-only bundle from a third-party checkpoint.
+
+The checkpoint is read with ``weights_only=True`` (never unpickled beyond tensors), loaded
+strictly into our network, and stored as safetensors under our own parameter names.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from cosme_ros import bundle as bundle_mod
+from cosme_ros.cli.common import size_arg
+from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ESPNetv2's Cityscapes models have a 20th output: background/void.
+BACKGROUND = ("background", (0, 0, 0))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bundle", help="create and inspect model bundles")
+    bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
+    c = bsub.add_parser("create", help="make a teacher-only bundle from a third-party checkpoint",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--teacher", required=True, choices=("espnetv2", "deeplabv3plus"))
+    c.add_argument("--weights", required=True, help="the checkpoint (.pth) to import")
+    c.add_argument("--out", required=True, help="bundle directory to write")
+    c.add_argument("--backbone", default="resnet101",
+                   help="deeplabv3plus backbone: resnet18/34/50/101 (default resnet101)")
+    c.add_argument("--output-stride", type=int, choices=(8, 16), default=16,
+                   help="deeplabv3plus output stride (default 16)")
+    c.add_argument("--input-size", type=size_arg, default=(512, 1024),
+                   help="HEIGHTxWIDTH the network runs at (default 512x1024)")
+    c.add_argument("--name", help="bundle name (default: the directory name)")
+    c.add_argument("--force", action="store_true", help="replace an existing bundle")
+    c.set_defaults(run=run_create)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def class_table(num_classes: int):
+    """Names, palette and void classes for a Cityscapes-trained teacher's outputs."""
+    names, palette = list(CITYSCAPES_CLASSES), [tuple(c) for c in CITYSCAPES_PALETTE]
+    if num_classes == len(names):
+        return names, palette, []
+    if num_classes == len(names) + 1:
+        return names + [BACKGROUND[0]], palette + [BACKGROUND[1]], [len(names)]
+    # Not Cityscapes: name the outputs by index with a fixed, well-spread palette.
+    import numpy as np
+    rng = np.random.default_rng(0)
+    colours = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(num_classes)]
+    return [f"class_{i}" for i in range(num_classes)], colours, []
+
+
+def run_create(args) -> int:
+    weights = Path(args.weights)
+    if args.teacher == "espnetv2":
+        from cosme_ros.nets.espnetv2 import load_espnetv2_checkpoint
+        module = load_espnetv2_checkpoint(weights)
+    else:
+        from cosme_ros.nets.deeplabv3plus import load_deeplabv3plus_checkpoint
+        module = load_deeplabv3plus_checkpoint(weights, backbone=args.backbone,
+                                               output_stride=args.output_stride)
+    names, palette, void = class_table(module.num_classes)
+    out = bundle_mod.create(
+        args.out, arch=args.teacher, module=module, input_size=args.input_size,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=names, palette=palette,
+        void_classes=void, name=args.name,
+        source={"file": weights.name, "sha256": _sha256(weights)}, force=args.force)
+    print(f"wrote bundle {out.path} ({args.teacher}, {module.num_classes} classes, "
+          f"input {args.input_size[0]}x{args.input_size[1]})")
+    return 0

@@ -1,0 +1,23 @@
+"""Argument helpers shared by the subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Mapping, Tuple
+
+from cosme_ros import atomic
+
+
+def size_arg(text: str) -> Tuple[int, int]:
+    """``512x1024`` → (512, 1024) as (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} should be HEIGHTxWIDTH, e.g. 512x1024")
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"size {text!r}: height and width must be >= 32")
+    return h, w
+
+
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,47 @@
+"""The ``cosme`` command: one entry point, one module per subcommand.
+
+Expected failures (:class:`~cosme_ros.errors.CosmeError`) print one ``error: …`` line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from cosme_ros import __version__
+from cosme_ros.errors import CosmeError
+
+# Subcommand modules, each with add_parser(subparsers) and run(args) -> int.
+SUBCOMMANDS = ("bundle", "infer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    parser = argparse.ArgumentParser(
+        prog="cosme", description="CosMe anomaly segmentation: offline tools and inference.")
+    parser.add_argument("--version", action="version", version=f"cosme_ros {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"cosme_ros.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    # ros2 run appends --ros-args; the offline tools have no use for them.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--ros-args" in argv:
+        argv = argv[: argv.index("--ros-args")]
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CosmeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

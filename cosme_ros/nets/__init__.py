@@ -1,0 +1,28 @@
+"""Networks CosMe needs, in pure torch, each returning named feature maps (see :mod:`.taps`).
+
+``build_network(arch, config)`` rebuilds any of them from the ``config`` dict a network carries,
+which is what a bundle manifest stores.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping
+
+from torch import nn
+
+TEACHER_ARCHS = ("espnetv2", "deeplabv3plus")
+
+
+def _builders() -> Dict[str, Callable[..., nn.Module]]:
+    # Imported on use so that reading a manifest does not import every architecture.
+    from cosme_ros.nets.deeplabv3plus import build_deeplabv3plus
+    from cosme_ros.nets.espnetv2 import build_espnetv2
+    from cosme_ros.nets.student import build_student
+    return {"espnetv2": build_espnetv2, "deeplabv3plus": build_deeplabv3plus,
+            "student": build_student}
+
+
+def build_network(arch: str, config: Mapping[str, Any]) -> nn.Module:
+    builders = _builders()
+    if arch not in builders:
+        raise ValueError(f"unknown network architecture {arch!r}; known: {', '.join(builders)}")
+    return builders[arch](**dict(config))
