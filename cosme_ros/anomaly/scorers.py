@@ -1,0 +1,519 @@
+"""One interface over every anomaly method, selected by name (DESIGN.md §2).
+
+``build_scorer(name, parts, **options)`` returns a :class:`Scorer`; calling it with the teacher's
+taps (and the student's, for AuxCon/CosMe) gives a ``(B, H_out, W_out)`` fp32 map, higher = more
+anomalous, bilinearly upsampled (align_corners=False) to ``out_size``. A scorer states the taps it
+needs (``teacher_taps``, ``student_taps``) so that a compiled network can expose exactly those.
+
+Methods (:data:`METHODS`):
+
+===========  ===========================================================================
+msp          1 − max softmax                      (teacher ``o``)
+maxlogit     −max logit                           (teacher ``o``)
+entropy      softmax entropy                      (teacher ``o``)
+sml          −standardised max logit + boundary suppression + dilated smoothing (``o``)
+pans         1 − max cos(LH, class prototypes)    (teacher ``lh``)
+mulmem       Γ of Eq. 3–4, standardised per predicted class (teacher memory layers)
+auxcon       Ψ of Eq. 6–7                         (teacher and student consensus layers)
+cosme        Υ = Ψ · Γ′ of Eq. 8                  (both)
+===========  ===========================================================================
+
+The bundle stores :class:`AnomalyParts` in ``anomaly.safetensors`` via
+:meth:`AnomalyParts.to_tensors` / :meth:`AnomalyParts.from_tensors`.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import MissingPartError
+from ..nets.taps import ALL_TAPS, LH, O, Taps, parse_taps
+from . import baselines, consensus, memory
+from .standardize import ClassStats
+
+METHODS: Tuple[str, ...] = ("msp", "maxlogit", "entropy", "sml", "pans", "mulmem", "auxcon", "cosme")
+MEMORY_LAYERS: Tuple[str, ...] = ("c4", "c5", "lh")
+CONSENSUS_LAYERS: Tuple[str, ...] = consensus.CONSENSUS_LAYERS
+FUSIONS: Tuple[str, ...] = ("softplus", "exp", "raw", "signed")
+
+_BUILD_MEMORY = "cosme build-memory --bundle DIR --data KIND:PATH"
+_TRAIN_STUDENT = "cosme train-student --bundle DIR --data KIND:PATH"
+
+
+# --------------------------------------------------------------------------- parts
+
+
+@dataclass
+class AnomalyParts:
+    """What the scorers need beyond the networks; everything optional, checked per method.
+
+    - ``memory``: per-layer ``(K, C)`` unit prototypes of MulMem (Alg. 1–2), keyed by tap name;
+    - ``mulmem_stats``: per-class mean/std of Γ over training pixels predicted as that class;
+    - ``sml_stats``: per-class mean/std of the max logit (SML);
+    - ``pans_prototypes``: ``(N_cls, C_lh)`` unit class prototypes (zero rows: unseen classes);
+    - ``has_student``: whether the bundle carries an AuxCon student.
+    """
+
+    memory: Optional[Dict[str, Tensor]] = None
+    memory_layers: Tuple[str, ...] = MEMORY_LAYERS
+    mulmem_stats: Optional[ClassStats] = None
+    sml_stats: Optional[ClassStats] = None
+    pans_prototypes: Optional[Tensor] = None
+    has_student: bool = False
+    consensus_layers: Tuple[str, ...] = CONSENSUS_LAYERS
+
+    def __post_init__(self) -> None:
+        self.memory_layers = parse_taps(self.memory_layers)
+        self.consensus_layers = parse_taps(self.consensus_layers)
+        if not self.memory_layers:
+            raise ValueError("memory_layers is empty")
+        if not self.consensus_layers:
+            raise ValueError("consensus_layers is empty")
+
+    def to_tensors(self) -> Dict[str, Tensor]:
+        """Flat ``{key: tensor}`` for safetensors: ``memory.<tap>``, ``mulmem.mean`` / ``.std``
+        (+ ``.count`` / ``.fallback`` when known), the same under ``sml.``, ``pans.prototypes`` —
+        contiguous, on the CPU."""
+        out: Dict[str, Tensor] = {}
+        if self.memory is not None:
+            for layer, protos in self.memory.items():
+                out[f"memory.{layer}"] = protos
+        if self.mulmem_stats is not None:
+            out.update(self.mulmem_stats.to_tensors("mulmem."))
+        if self.sml_stats is not None:
+            out.update(self.sml_stats.to_tensors("sml."))
+        if self.pans_prototypes is not None:
+            out["pans.prototypes"] = self.pans_prototypes
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(
+        cls,
+        d: Mapping[str, Tensor],
+        has_student: bool = False,
+        memory_layers: Iterable[str] = MEMORY_LAYERS,
+        consensus_layers: Iterable[str] = CONSENSUS_LAYERS,
+    ) -> "AnomalyParts":
+        """Inverse of :meth:`to_tensors`, validating every key; raises ValueError naming the
+        offending key (the bundle reader prefixes the file). Absent groups stay ``None``: the
+        scorer that needs one reports :class:`MissingPartError`."""
+        memory_layers = parse_taps(memory_layers)
+        consensus_layers = parse_taps(consensus_layers)
+        groups = {"memory", "mulmem", "sml", "pans"}
+        for key in d:
+            head, _, tail = key.partition(".")
+            if head not in groups or not tail:
+                raise ValueError(f"anomaly part {key!r}: unknown key (expected memory.<tap>, "
+                                 "mulmem.mean/std, sml.mean/std, pans.prototypes)")
+            if not isinstance(d[key], Tensor):
+                raise ValueError(f"anomaly part {key!r}: not a tensor")
+
+        mem_keys = sorted(k for k in d if k.startswith("memory."))
+        bank: Optional[Dict[str, Tensor]] = None
+        if mem_keys:
+            bank = {}
+            for key in mem_keys:
+                layer = key.split(".", 1)[1]
+                if layer not in memory_layers:
+                    raise ValueError(f"anomaly part {key!r}: layer {layer!r} is not in the memory "
+                                     f"layers {','.join(memory_layers)}")
+            for layer in memory_layers:
+                key = f"memory.{layer}"
+                if key not in d:
+                    raise ValueError(f"anomaly part {key!r}: missing (memory layers are "
+                                     f"{','.join(memory_layers)})")
+                bank[layer] = _check_unit_rows(key, d[key], allow_zero_rows=False)
+
+        stats = {name: _stats_from(d, name) for name in ("mulmem", "sml")}
+        pans_p = None
+        if any(k.startswith("pans.") for k in d):
+            for key in sorted(k for k in d if k.startswith("pans.") and k != "pans.prototypes"):
+                raise ValueError(f"anomaly part {key!r}: unknown key (expected pans.prototypes)")
+            pans_p = _check_unit_rows("pans.prototypes", d["pans.prototypes"], allow_zero_rows=True)
+
+        counts = {f"{n}.mean": int(s.mean.numel()) for n, s in stats.items() if s is not None}
+        if pans_p is not None:
+            counts["pans.prototypes"] = int(pans_p.shape[0])
+        if len(set(counts.values())) > 1:
+            detail = ", ".join(f"{k} has {v}" for k, v in counts.items())
+            raise ValueError(f"anomaly parts disagree on the number of classes: {detail}")
+
+        return cls(memory=bank, memory_layers=memory_layers, mulmem_stats=stats["mulmem"],
+                   sml_stats=stats["sml"], pans_prototypes=pans_p, has_student=bool(has_student),
+                   consensus_layers=consensus_layers)
+
+
+def _check_unit_rows(key: str, t: Tensor, *, allow_zero_rows: bool) -> Tensor:
+    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"anomaly part {key!r}: expected a (K, C) matrix, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"anomaly part {key!r}: expected floating point, got {t.dtype}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"anomaly part {key!r}: contains NaN or inf")
+    norms = t.norm(dim=1)
+    unit = (norms - 1).abs() < 5e-3  # fp16 storage rounds norms by ~1e-3
+    ok = unit | (norms == 0) if allow_zero_rows else unit
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0])
+        raise ValueError(f"anomaly part {key!r}: row {row} has norm {float(norms[row]):.4g}, "
+                         "expected unit-length prototypes")
+    return t
+
+
+def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
+    """``<prefix>.mean`` / ``.std`` (+ optional ``.count`` / ``.fallback``) → ClassStats or None."""
+    keys = {k for k in d if k.startswith(prefix + ".")}
+    if not keys:
+        return None
+    allowed = {f"{prefix}.{n}" for n in ("mean", "std", "count", "fallback")}
+    for key in sorted(keys - allowed):
+        raise ValueError(f"anomaly part {key!r}: unknown key (expected {prefix}.mean, {prefix}.std)")
+    try:
+        # ClassStats validates shapes, finiteness and std > 0, naming the key
+        return ClassStats.from_tensors(d, prefix + ".")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"anomaly part {prefix}.*: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ordered(*groups: Iterable[str]) -> Tuple[str, ...]:
+    wanted = {t for g in groups for t in g}
+    return tuple(t for t in ALL_TAPS if t in wanted)
+
+
+def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of ``(B,H,W)`` or ``(B,C,H,W)`` in fp32."""
+    size = (int(size[0]), int(size[1]))
+    x = x.float()
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if x.dim() == 3:
+        return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _larger(a: Tuple[int, int], b: Tuple[int, int]) -> Tuple[int, int]:
+    return a if a[0] * a[1] >= b[0] * b[1] else b
+
+
+def predicted_classes(logits: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+    """Class map ``(B,H,W)`` long: argmax of the logits resized bilinearly to ``size``.
+
+    Resizing the logits (not the argmax) gives the same class map that the segmentation output
+    shows after its own upsampling, and smooth class borders at a finer resolution.
+    """
+    logits = logits if size is None else _resize(logits, size)
+    return logits.argmax(dim=1)
+
+
+def mulmem_gamma(
+    teacher: Taps, bank: Mapping[str, Tensor], layers: Iterable[str] = MEMORY_LAYERS, **kw
+) -> Tuple[Tensor, Tensor]:
+    """Raw Γ (Eq. 3–4) at the largest memory-layer resolution, and the class map there.
+
+    This is the single definition of what :class:`MulMemScorer` standardises; the statistics
+    builder must use it too, so that ``mulmem_stats`` describe exactly these values.
+    """
+    layers = tuple(layers)
+    taps = {layer: teacher[layer] for layer in layers}
+    gamma = memory.gamma(taps, {layer: bank[layer] for layer in layers}, **kw).float()
+    return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]))
+
+
+def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = "softplus") -> Tensor:
+    """Eq. 8, Υ = Ψ · Γ′, with Γ′ a function of Γ chosen by ``fusion``.
+
+    The paper standardises Γ per predicted class (as SML does) and multiplies. A standardised
+    Γ_std is a z-score and is negative for about half the in-distribution pixels; a literal
+    Ψ · Γ_std would then rank a pixel as *less* anomalous the more teacher and student disagree
+    (higher Ψ), i.e. the score is not monotone in Ψ. The fusions:
+
+    - ``"softplus"`` (default): Υ = Ψ · log(1 + e^{Γ_std}). softplus is positive and strictly
+      increasing, so Υ is monotone in both Ψ and Γ_std; for clearly anomalous pixels
+      (Γ_std ≫ 0) it equals the paper's Ψ · Γ_std, while negative z-scores shrink smoothly
+      towards 0 instead of flipping the sign.
+    - ``"exp"``: Υ = Ψ · e^{Γ_std}, i.e. log Υ = log Ψ + Γ_std — also monotone, weights the memory
+      more strongly at high z.
+    - ``"raw"``: Υ = Ψ · Γ with the unstandardised Γ ∈ [0, 2^|L|] — monotone, no class statistics.
+    - ``"signed"``: Υ = Ψ · Γ_std literally — for ablation only; not monotone where Γ_std < 0.
+
+    ``gamma`` must be the standardised Γ for every fusion except ``"raw"``. Both inputs are
+    ``(B,H,W)`` at the same resolution; the result is fp32.
+    """
+    psi, gamma = psi.float(), gamma.float()
+    if fusion == "softplus":
+        g = F.softplus(gamma)
+    elif fusion == "exp":
+        g = torch.exp(gamma)
+    elif fusion in ("raw", "signed"):
+        g = gamma
+    else:
+        raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    return psi * g
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+class Scorer(abc.ABC):
+    """An anomaly method: ``scorer(teacher_taps, student_taps, out_size)`` → ``(B,H,W)`` fp32.
+
+    Subclasses implement :meth:`score` at whatever resolution is natural for them; ``__call__``
+    checks the taps, then upsamples bilinearly (align_corners=False) to ``out_size``.
+    """
+
+    name: str = ""
+    teacher_taps: Tuple[str, ...] = (O,)
+    student_taps: Tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def score(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]) -> Tensor:
+        """The anomaly map ``(B,h,w)`` at the method's own resolution (may already be out_size)."""
+
+    def __call__(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]) -> Tensor:
+        missing = [t for t in self.teacher_taps if t not in teacher]
+        if missing:
+            raise KeyError(f"method {self.name!r} needs teacher taps {missing} (got {sorted(teacher)})")
+        if self.student_taps:
+            if student is None:
+                raise KeyError(f"method {self.name!r} needs the student's taps {list(self.student_taps)}")
+            missing = [t for t in self.student_taps if t not in student]
+            if missing:
+                raise KeyError(f"method {self.name!r} needs student taps {missing} (got {sorted(student)})")
+        out_size = (int(out_size[0]), int(out_size[1]))
+        return _resize(self.score(teacher, student, out_size), out_size).contiguous()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, teacher_taps={self.teacher_taps}, "
+                f"student_taps={self.student_taps})")
+
+
+class LogitScorer(Scorer):
+    """MSP, MaxLogit and Entropy on the teacher's logits.
+
+    ``upsample_logits=False`` (default) scores at the logits' resolution and upsamples the score;
+    ``True`` upsamples the logits to ``out_size`` first (the usual evaluation protocol, N× the cost).
+    """
+
+    FUNCS: Dict[str, Callable[..., Tensor]] = {
+        "msp": baselines.msp, "maxlogit": baselines.maxlogit, "entropy": baselines.entropy,
+    }
+
+    def __init__(self, name: str, *, upsample_logits: bool = False, normalize: bool = False):
+        if name not in self.FUNCS:
+            raise ValueError(f"LogitScorer does not know {name!r}")
+        if normalize and name != "entropy":
+            raise ValueError("option 'normalize' applies to 'entropy' only")
+        self.name = name
+        self.upsample_logits = bool(upsample_logits)
+        self._kw = {"normalize": bool(normalize)} if name == "entropy" else {}
+
+    def score(self, teacher, student, out_size):
+        logits = _resize(teacher[O], out_size) if self.upsample_logits else teacher[O]
+        return self.FUNCS[self.name](logits, **self._kw)
+
+
+class SMLScorer(Scorer):
+    """Standardized Max Logits (negated). By default the logits are first upsampled to
+    ``out_size`` as in the SML release, since boundary widths and the smoothing dilation are
+    in output pixels; ``sml_stats`` must have been gathered the same way."""
+
+    def __init__(self, stats: ClassStats, *, upsample_logits: bool = True, **sml_options):
+        unknown = set(sml_options) - {"boundary_suppression", "smoothing", *baselines.SML_DEFAULTS}
+        if unknown:
+            raise ValueError(f"unknown SML option(s) {sorted(unknown)}")
+        self.name = "sml"
+        self.stats = stats
+        self.upsample_logits = bool(upsample_logits)
+        self.options = sml_options
+
+    def score(self, teacher, student, out_size):
+        logits = _resize(teacher[O], out_size) if self.upsample_logits else teacher[O]
+        return baselines.sml(logits, self.stats, **self.options)
+
+
+class PAnSScorer(Scorer):
+    """1 − max cosine between the teacher's LH feature and the class prototypes."""
+
+    def __init__(self, prototypes: Tensor, *, chunk_bytes: Optional[int] = None):
+        self.name = "pans"
+        self.teacher_taps = _ordered((LH, O))
+        self.prototypes = prototypes
+        self._kw = {} if chunk_bytes is None else {"chunk_bytes": int(chunk_bytes)}
+
+    def score(self, teacher, student, out_size):
+        protos = self.prototypes.to(teacher[LH].device)
+        return baselines.pans(teacher[LH], protos, **self._kw)
+
+
+class MulMemScorer(Scorer):
+    """MulMem: Γ (Eq. 3–4) standardised per predicted class.
+
+    The class at each pixel is the argmax of the teacher's logits resized (bilinearly) to Γ's
+    resolution — the largest memory-layer resolution; standardisation then uses that class's
+    mean/std of Γ over training pixels. ``standardize=False`` returns the raw Γ (ablation).
+    """
+
+    def __init__(self, bank: Mapping[str, Tensor], layers: Tuple[str, ...], stats: Optional[ClassStats],
+                 *, standardize: bool = True, chunk_bytes: Optional[int] = None):
+        self.name = "mulmem"
+        self.layers = tuple(layers)
+        self.bank = dict(bank)
+        self.stats = stats
+        self.standardize = bool(standardize)
+        if self.standardize and stats is None:
+            raise ValueError("MulMemScorer(standardize=True) needs class statistics")
+        self.teacher_taps = _ordered(self.layers, (O,))
+        self._kw = {} if chunk_bytes is None else {"chunk_bytes": int(chunk_bytes)}
+
+    def gamma(self, teacher: Taps) -> Tensor:
+        """Γ — standardised unless ``standardize=False`` — at its native resolution."""
+        device = teacher[self.layers[0]].device
+        bank = {k: v.to(device) for k, v in self.bank.items()}
+        raw, classes = mulmem_gamma(teacher, bank, self.layers, **self._kw)
+        if not self.standardize:
+            return raw
+        return self.stats.standardize(raw, classes).float()
+
+    def score(self, teacher, student, out_size):
+        return self.gamma(teacher)
+
+
+class AuxConScorer(Scorer):
+    """AuxCon: Ψ (Eq. 6–7) over the consensus layers."""
+
+    def __init__(self, layers: Tuple[str, ...]):
+        self.name = "auxcon"
+        self.layers = tuple(layers)
+        self.teacher_taps = _ordered(self.layers, (O,))
+        self.student_taps = _ordered(self.layers)
+
+    def score(self, teacher, student, out_size):
+        return consensus.psi(teacher, student, self.layers)
+
+
+class CosMeScorer(Scorer):
+    """CosMe, Eq. 8: Υ = Ψ · Γ′ at the finer of Ψ's and Γ's resolutions, then upsampled.
+
+    ``fusion`` picks Γ′ (see :func:`cosme_fusion`; default ``"softplus"`` of the per-class
+    standardised Γ, which keeps higher = more anomalous in both factors).
+    """
+
+    def __init__(self, mulmem: MulMemScorer, auxcon: AuxConScorer, *, fusion: str = "softplus"):
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        self.name = "cosme"
+        self.mulmem = mulmem
+        self.auxcon = auxcon
+        self.fusion = fusion
+        self.teacher_taps = _ordered(mulmem.teacher_taps, auxcon.teacher_taps)
+        self.student_taps = auxcon.student_taps
+
+    def score(self, teacher, student, out_size):
+        gamma = self.mulmem.gamma(teacher)
+        psi = self.auxcon.score(teacher, student, out_size)
+        size = _larger(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]))
+        return cosme_fusion(_resize(psi, size), _resize(gamma, size), self.fusion)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _need_memory(name: str, parts: AnomalyParts) -> Dict[str, Tensor]:
+    if not parts.memory:
+        raise MissingPartError(f"method {name!r} needs the memory bank (memory.*): run `{_BUILD_MEMORY}`")
+    missing = [layer for layer in parts.memory_layers if layer not in parts.memory]
+    if missing:
+        raise MissingPartError(
+            f"method {name!r} needs memory layer(s) {', '.join('memory.' + m for m in missing)}, "
+            f"which the bank lacks: rebuild it for layers {','.join(parts.memory_layers)} with "
+            f"`{_BUILD_MEMORY}`")
+    return {layer: parts.memory[layer] for layer in parts.memory_layers}
+
+
+def _need_mulmem_stats(name: str, parts: AnomalyParts) -> ClassStats:
+    if parts.mulmem_stats is None:
+        raise MissingPartError(
+            f"method {name!r} needs the MulMem class statistics (mulmem.mean, mulmem.std): "
+            f"run `{_BUILD_MEMORY}`")
+    return parts.mulmem_stats
+
+
+def _need_student(name: str, parts: AnomalyParts) -> None:
+    if not parts.has_student:
+        raise MissingPartError(f"method {name!r} needs the student: run `{_TRAIN_STUDENT}`")
+
+
+def _split(name: str, options: dict, allowed: Iterable[str]) -> dict:
+    allowed = set(allowed)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"method {name!r} does not take option(s) {unknown}; "
+                         f"it takes {sorted(allowed) or 'none'}")
+    return dict(options)
+
+
+def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
+    """The scorer for method ``name`` (one of :data:`METHODS`) over ``parts``.
+
+    Options: ``upsample_logits`` (msp, maxlogit, entropy, sml), ``normalize`` (entropy), the SML
+    post-processing keywords of :func:`.baselines.sml` (sml), ``chunk_bytes`` (pans, mulmem,
+    cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`).
+    Raises ValueError for an unknown name/option, :class:`MissingPartError` with the command to
+    run when ``parts`` lacks what the method needs.
+    """
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in METHODS:
+        raise ValueError(f"unknown anomaly method {name!r}; choose one of {', '.join(METHODS)}")
+
+    if key in ("msp", "maxlogit", "entropy"):
+        allowed = ("upsample_logits", "normalize") if key == "entropy" else ("upsample_logits",)
+        return LogitScorer(key, **_split(key, options, allowed))
+
+    if key == "sml":
+        opts = _split(key, options, ("upsample_logits", "boundary_suppression", "smoothing",
+                                     *baselines.SML_DEFAULTS))
+        if parts.sml_stats is None:
+            raise MissingPartError(
+                f"method 'sml' needs SML statistics (sml.mean, sml.std): run `{_BUILD_MEMORY}` "
+                "(it also gathers the SML and PAnS statistics)")
+        return SMLScorer(parts.sml_stats, **opts)
+
+    if key == "pans":
+        opts = _split(key, options, ("chunk_bytes",))
+        if parts.pans_prototypes is None:
+            raise MissingPartError(
+                f"method 'pans' needs the PAnS class prototypes (pans.prototypes): run "
+                f"`{_BUILD_MEMORY}` (it also gathers the SML and PAnS statistics)")
+        return PAnSScorer(parts.pans_prototypes, **opts)
+
+    if key == "auxcon":
+        _split(key, options, ())
+        _need_student(key, parts)
+        return AuxConScorer(parts.consensus_layers)
+
+    if key == "mulmem":
+        opts = _split(key, options, ("standardize", "chunk_bytes"))
+        bank = _need_memory(key, parts)
+        stats = _need_mulmem_stats(key, parts) if opts.get("standardize", True) else None
+        return MulMemScorer(bank, parts.memory_layers, stats, **opts)
+
+    # cosme
+    opts = _split(key, options, ("fusion", "chunk_bytes"))
+    fusion = opts.pop("fusion", "softplus")
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    bank = _need_memory(key, parts)
+    standardize = fusion != "raw"
+    stats = _need_mulmem_stats(key, parts) if standardize else None
+    _need_student(key, parts)
+    mulmem = MulMemScorer(bank, parts.memory_layers, stats, standardize=standardize, **opts)
+    return CosMeScorer(mulmem, AuxConScorer(parts.consensus_layers), fusion=fusion)
