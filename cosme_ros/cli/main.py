@@ -6,23 +6,30 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 from typing import List, Optional
 
 from cosme_ros import __version__
 from cosme_ros.errors import CosmeError
 
-# Subcommand modules, each with add_parser(subparsers) and run(args) -> int.
-SUBCOMMANDS = ("bundle", "infer")
+def subcommand_modules() -> List[str]:
+    """Every module of this package that defines ``add_parser(subparsers)`` is a subcommand.
+
+    Each registers its parser with ``set_defaults(run=…)``; ``run(args) -> int``.
+    """
+    import cosme_ros.cli as package
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                  if m.name not in ("main", "common") and not m.name.startswith("_"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
     parser = argparse.ArgumentParser(
         prog="cosme", description="CosMe anomaly segmentation: offline tools and inference.")
     parser.add_argument("--version", action="version", version=f"cosme_ros {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in subcommand_modules():
         importlib.import_module(f"cosme_ros.cli.{name}").add_parser(sub)
     return parser
 

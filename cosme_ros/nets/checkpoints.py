@@ -6,10 +6,10 @@ is reported as one :class:`~cosme_ros.errors.CheckpointError` line that names th
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -18,23 +18,38 @@ from cosme_ros.errors import CheckpointError
 StateDict = Dict[str, Tensor]
 
 
+# Release checkpoints (VainF's best_score, SML's mean_iu) carry numpy scalars beside the weights.
+# Rebuilding a numpy scalar or dtype runs no user code, so these, and only these, are allowed;
+# the tuple form covers files pickled under numpy 1.x, whose module path was numpy.core.
+_NUMPY_SCALAR_GLOBALS = [
+    np._core.multiarray.scalar,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in (
+        "Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")),
+]
+
+
 def read_checkpoint(path: str | Path) -> object:
     """Unpickle a checkpoint with ``weights_only=True``; any failure becomes a CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in str(exc) or "weights_only" in str(exc):
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, …)
+        text = str(exc)
+        if "Weights only load failed" in text:
             raise CheckpointError(
-                f"{path}: refused to unpickle: the file holds Python objects other than tensors "
-                f"(only plain state dicts are loaded, for safety)") from None
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or not a torch file: "
-                              f"{first})") from None
-    except Exception as exc:  # pickle.UnpicklingError and friends from a corrupt stream
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+                f"{path}: refused to unpickle: it holds Python objects other than tensors and "
+                f"plain containers (only state dicts are loaded, for safety)") from None
+        if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+            raise CheckpointError(f"{path}: cannot read checkpoint: truncated or corrupt "
+                                  f"(not a complete torch zip archive)") from None
+        reason = text.strip().splitlines()[0][:160] if text.strip() else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint: not a torch file "
+                              f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
 
 
 def extract_state_dict(obj: object, path: str | Path,

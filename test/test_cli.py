@@ -1,0 +1,125 @@
+"""The cosme command end to end, as a user runs it: real checkpoints in, files out, clear errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from bundles import make_tiny_bundle
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ESPNET = SHARED / "teachers" / "espnetv2" / "espnetv2_s_1.0_city_512x256.pth"
+SAMPLE = SHARED / "cityscapes_sample" / "frankfurt_000001_058914_leftImg8bit.png"
+needs_shared = pytest.mark.skipif(not ESPNET.is_file() or not SAMPLE.is_file(),
+                                  reason="../shared/data (ESPNetv2 checkpoint, Cityscapes sample) "
+                                         "is absent")
+
+
+def cosme(*args, check_rc=0):
+    proc = subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@needs_shared
+def test_espnetv2_bundle_and_infer_on_a_real_frame(tmp_path):
+    bundle = tmp_path / "espnet"
+    cosme("bundle", "create", "--teacher", "espnetv2", "--weights", ESPNET, "--out", bundle,
+          "--input-size", "256x512")
+    out = tmp_path / "out"
+    cosme("infer", "--bundle", bundle, "--input", SAMPLE, "--output", out, "--device", "cpu",
+          "--json", tmp_path / "summary.json")
+    stem = SAMPLE.stem
+    classes = cv2.imread(str(out / f"{stem}_classes.png"), cv2.IMREAD_UNCHANGED)
+    score = np.load(out / f"{stem}_score.npy")
+    overlay = cv2.imread(str(out / f"{stem}_overlay.jpg"))
+    assert classes.dtype == np.uint8 and classes.shape == (1024, 2048)
+    assert score.dtype == np.float32 and score.shape == (1024, 2048)
+    assert overlay.shape == (1024, 4096, 3)
+    # A street frame: road (trainId 0) is the commonest class in the lower half.
+    lower = classes[600:]
+    assert np.bincount(lower.ravel(), minlength=20).argmax() == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["method"] == "maxlogit" and len(summary["images"]) == 1
+    # Refuses to overwrite without --force.
+    again = cosme("infer", "--bundle", bundle, "--input", SAMPLE, "--output", out, check_rc=None)
+    assert_one_line_error(again, "already exists", "--force")
+
+
+def test_bundle_create_refuses_an_unsafe_pickle(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/tmp")}, evil)
+    proc = cosme("bundle", "create", "--teacher", "espnetv2", "--weights", evil,
+                 "--out", tmp_path / "b", check_rc=None)
+    assert_one_line_error(proc, str(evil), "refused to unpickle")
+
+
+def test_bundle_create_reports_a_truncated_checkpoint(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(1000)}, good)
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(good.read_bytes()[:300])
+    proc = cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet18",
+                 "--weights", bad, "--out", tmp_path / "b", check_rc=None)
+    assert_one_line_error(proc, str(bad))
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_create_reports_a_list_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    proc = cosme("bundle", "create", "--teacher", "espnetv2", "--weights", path,
+                 "--out", tmp_path / "b", check_rc=None)
+    assert_one_line_error(proc, str(path), "not a state dict")
+
+
+@needs_shared
+def test_bundle_create_reports_the_wrong_architecture(tmp_path):
+    proc = cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet101",
+                 "--weights", ESPNET, "--out", tmp_path / "b", check_rc=None)
+    assert_one_line_error(proc, str(ESPNET))
+
+
+def test_infer_reports_an_unreadable_image_and_goes_on(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "tiny")
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 120, np.uint8))
+    (images / "b.jpg").write_bytes(b"definitely not a jpeg")
+    out = tmp_path / "out"
+    proc = cosme("infer", "--bundle", bundle.path, "--input", images, "--output", out,
+                 check_rc=None)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"error: {images / 'b.jpg'}: cannot read image" in proc.stderr
+    assert (out / "a_classes.png").is_file() and (out / "a_score.npy").is_file()
+    assert np.load(out / "a_score.npy").shape == (40, 60)
+
+
+def test_infer_names_the_missing_part(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "tiny")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    proc = cosme("infer", "--bundle", bundle.path, "--input", tmp_path / "a.png",
+                 "--output", tmp_path / "out", "--method", "cosme", check_rc=None)
+    assert_one_line_error(proc, "build-memory")
+
+
+def test_missing_bundle_is_one_line(tmp_path):
+    proc = cosme("infer", "--bundle", tmp_path / "nope", "--input", tmp_path,
+                 "--output", tmp_path / "o", check_rc=None)
+    assert_one_line_error(proc, str(tmp_path / "nope"))
