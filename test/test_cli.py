@@ -123,3 +123,26 @@ def test_missing_bundle_is_one_line(tmp_path):
     proc = cosme("infer", "--bundle", tmp_path / "nope", "--input", tmp_path,
                  "--output", tmp_path / "o", check_rc=None)
     assert_one_line_error(proc, str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("layout", ["vainf", "sml"])
+def test_deeplabv3plus_release_layouts_become_bundles(tmp_path, layout):
+    from cosme_ros.bundle import Bundle
+    from test_deeplabv3plus import SMLRef, VainFRef, X, randomize
+    torch.manual_seed(0)
+    if layout == "vainf":
+        ref = randomize(VainFRef(50, 19, 16, width=0.25))
+        path = tmp_path / "best_deeplabv3plus_resnet50_cityscapes_os16.pth"
+        torch.save({"model_state": ref.state_dict(), "best_score": np.float64(0.7)}, path)
+    else:
+        ref = randomize(SMLRef(50, 19, 8, True, width=0.25))
+        path = tmp_path / "r50_os8_base_cty.pth"
+        torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()},
+                    "mean_iu": np.float64(0.8), "epoch": 3}, path)
+    out = tmp_path / "bundle"
+    cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet50",
+          "--weights", path, "--out", out)
+    teacher = Bundle.load(out).teacher()
+    with torch.no_grad():
+        got, want = teacher(X)["o"], ref(X)["o"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -27,10 +27,11 @@ def add_parser(sub) -> None:
     c.add_argument("--teacher", required=True, choices=("espnetv2", "deeplabv3plus"))
     c.add_argument("--weights", required=True, help="the checkpoint (.pth) to import")
     c.add_argument("--out", required=True, help="bundle directory to write")
-    c.add_argument("--backbone", default="resnet101",
-                   help="deeplabv3plus backbone: resnet18/34/50/101 (default resnet101)")
-    c.add_argument("--output-stride", type=int, choices=(8, 16), default=16,
-                   help="deeplabv3plus output stride (default 16)")
+    c.add_argument("--backbone", help="deeplabv3plus backbone resnet18/34/50/101 (default: read "
+                   "from the checkpoint; when given, the checkpoint must agree)")
+    c.add_argument("--output-stride", type=int, choices=(8, 16),
+                   help="deeplabv3plus output stride; weights do not record it (default: an "
+                   "os8/os16 token in the file name, else the release's: VainF 16, SML 8)")
     c.add_argument("--input-size", type=size_arg, default=(512, 1024),
                    help="HEIGHTxWIDTH the network runs at (default 512x1024)")
     c.add_argument("--name", help="bundle name (default: the directory name)")
