@@ -169,15 +169,21 @@ class DeepLabV3Plus(nn.Module):
         unknown = [t for t in wanted if t not in ALL_TAPS]
         if unknown:
             raise ValueError(f"DeepLabV3Plus has taps {ALL_TAPS}, not {unknown}")
-        need_head = LH in wanted or O in wanted
-        backbone_taps = [t for t in BACKBONE_TAPS
-                         if t in wanted or (need_head and t in (C2, C5))]
-        out = self.backbone(x, backbone_taps)
-        if need_head:
-            out[LH], o = self.head(out[C2], out[C5], logits=O in wanted)
-            if o is not None:
-                out[O] = o
-        return select(out, wanted)
+        return select(backbone_and_head(self.backbone, self.head, x, wanted), wanted)
+
+
+def backbone_and_head(backbone: nn.Module, head: Optional["DeepLabV3PlusHead"], x: Tensor,
+                      wanted: Sequence[str]) -> Taps:
+    """Run only what ``wanted`` needs: the backbone up to its deepest asked-for stage, and the
+    DeepLabV3+ head (which reads c2 and c5) only when lh or o is asked for."""
+    need_head = LH in wanted or O in wanted
+    backbone_taps = [t for t in BACKBONE_TAPS if t in wanted or (need_head and t in (C2, C5))]
+    out = backbone(x, backbone_taps)
+    if need_head:
+        out[LH], o = head(out[C2], out[C5], logits=O in wanted)
+        if o is not None:
+            out[O] = o
+    return out
 
 
 def build_deeplabv3plus(**config) -> DeepLabV3Plus:

@@ -15,8 +15,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cosme_ros.nets.deeplabv3plus import DeepLabV3PlusHead, aspp_rates_for
-from cosme_ros.nets.resnet import BACKBONE_TAPS, resnet
+from cosme_ros.nets.deeplabv3plus import DeepLabV3PlusHead, aspp_rates_for, backbone_and_head
+from cosme_ros.nets.resnet import resnet
 from cosme_ros.nets.taps import ALL_TAPS, C2, C5, LH, O, Taps, parse_taps
 
 Size = Tuple[int, int]
@@ -85,14 +85,7 @@ class Student(nn.Module):
         extra = [t for t in wanted if t not in self.taps]
         if extra:
             raise ValueError(f"student was built for taps {self.taps}, not {extra}")
-        need_head = LH in wanted or O in wanted
-        backbone_taps = [t for t in BACKBONE_TAPS
-                         if t in wanted or (need_head and t in (C2, C5))]
-        feats = self.backbone(x, backbone_taps)
-        if need_head:
-            feats[LH], o = self.head(feats[C2], feats[C5], logits=O in wanted)
-            if o is not None:
-                feats[O] = o
+        feats = backbone_and_head(self.backbone, self.head, x, wanted)
 
         h, w = x.shape[-2:]
         out: Taps = {}
