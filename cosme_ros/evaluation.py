@@ -1,0 +1,419 @@
+"""Evaluating anomaly methods on a labelled dataset: the logic behind ``cosme evaluate``.
+
+:class:`MultiMethodRunner` runs the teacher — and the student, if any method needs it — **once per
+image** with the union of the taps of all methods, then every scorer on those taps at the
+resolution of the image's anomaly label (scorers upsample bilinearly to it). Preprocessing is
+:meth:`cosme_ros.pipeline.Pipeline.preprocess`, so each method scores exactly what
+``Pipeline(bundle, method)`` would.
+
+:func:`evaluate` pools the labelled pixels (1 anomaly, 0 in-distribution; everything else is
+void) over the dataset and computes AUROC, AP and FPR95 per method (Fishyscapes convention,
+:mod:`cosme_ros.metrics`):
+
+- **exact** (default): the float32 scores of every labelled pixel are kept per method and
+  :func:`cosme_ros.metrics.pixel_metrics` runs once per method at the end. Memory is about
+  4 bytes × labelled pixels × methods (plus one label byte per pixel); before keeping anything
+  the run is estimated from the first image and refused above ``memory_limit_gib`` with a message
+  pointing to ``--binned`` / ``--max-images`` — never a silent switch;
+- **binned** (``binned=True``): one :class:`cosme_ros.metrics.PixelMetricAccumulator` per method
+  (2^16 bins by default; constant memory; its documented error bounds are reported).
+
+Per-image AP (exact, on the image's own pixels) is computed for every method and image with both
+classes. The *chosen* method is the one with the highest pooled AP. ROC / precision–recall curve
+points are kept for plotting (:func:`write_plots`), as is a per-image overlay of the chosen
+method's worst images (lowest per-image AP).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cosme_ros import atomic, metrics, viz
+from cosme_ros.anomaly.scorers import METHODS, Scorer, _ordered, build_scorer
+from cosme_ros.bundle import Bundle
+from cosme_ros.data.datasets import Dataset, subset_indices
+from cosme_ros.errors import CosmeError, MissingPartError
+from cosme_ros.nets.taps import O
+
+__all__ = ["select_methods", "MultiMethodRunner", "EvaluationReport", "evaluate",
+           "markdown_table", "write_plots", "CURVE_POINTS"]
+
+CURVE_POINTS = 1000   # quantile thresholds per class for the plotted curves
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
+                   ) -> Tuple[Dict[str, Scorer], Dict[str, str]]:
+    """Scorers for ``methods`` and the methods skipped, with the reason.
+
+    ``methods=None`` means every method of :data:`METHODS`; those whose bundle parts are missing
+    are skipped with the message saying what to build. An explicit list is a demand: a missing
+    part raises :class:`MissingPartError` naming the command that builds it.
+    """
+    explicit = methods is not None
+    names: List[str] = []
+    for m in (methods if explicit else METHODS):
+        key = m.strip().lower()
+        if not key:
+            continue
+        if key not in METHODS:
+            raise CosmeError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if key not in names:
+            names.append(key)
+    if not names:
+        raise CosmeError("no method given")
+    parts = bundle.anomaly_parts()
+    scorers: Dict[str, Scorer] = {}
+    skipped: Dict[str, str] = {}
+    for name in names:
+        try:
+            scorers[name] = build_scorer(name, parts)
+        except MissingPartError as exc:
+            if explicit:
+                raise MissingPartError(f"{bundle.path}: {exc}") from None
+            skipped[name] = str(exc)
+    if not scorers:
+        raise MissingPartError(f"{bundle.path}: none of the methods can run: "
+                               + "; ".join(skipped.values()))
+    return scorers, skipped
+
+
+class MultiMethodRunner:
+    """Teacher (+ student) once per image with the union of taps, then every scorer."""
+
+    def __init__(self, bundle: Bundle, scorers: Dict[str, Scorer], device: str = "cpu"):
+        from cosme_ros.pipeline import Pipeline
+        self.bundle = bundle
+        self.scorers = dict(scorers)
+        # maxlogit needs no part: the pipeline provides the teacher and the preprocessing.
+        self.pipeline = Pipeline(bundle, method="maxlogit", device=device)
+        self.device = self.pipeline.device
+        self.teacher_taps = _ordered(*(s.teacher_taps for s in scorers.values()), (O,))
+        self.student_taps = _ordered(*(s.student_taps for s in scorers.values()))
+        self.student = bundle.student().to(self.device) if self.student_taps else None
+
+    @torch.inference_mode()
+    def __call__(self, image_rgb: np.ndarray, out_size: Tuple[int, int],
+                 methods: Optional[Sequence[str]] = None, classes: bool = False
+                 ) -> Tuple[Optional[np.ndarray], Dict[str, np.ndarray]]:
+        """({method: float32 score (H, W)} at ``out_size``, with the class map (H, W) uint8 first
+        when ``classes`` — else None — as the pipeline computes it)."""
+        out_size = (int(out_size[0]), int(out_size[1]))
+        x = self.pipeline.preprocess([image_rgb])
+        teacher = self.pipeline.teacher(x, taps=self.teacher_taps)
+        student = self.student(x, taps=self.student_taps) if self.student is not None else None
+        scores = {}
+        for name in (methods or self.scorers):
+            scores[name] = self.scorers[name](teacher, student, out_size)[0].float().cpu().numpy()
+        class_map = None
+        if classes:
+            logits = torch.nn.functional.interpolate(teacher[O].float(), size=out_size,
+                                                     mode="bilinear", align_corners=False)
+            class_map = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return class_map, scores
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@dataclass
+class EvaluationReport:
+    methods: Dict[str, Dict[str, float]]           # method → auroc / ap / fpr95 (percent)
+    skipped: Dict[str, str]                        # method → why it was not evaluated
+    best_method: str
+    per_image: List[Dict]                          # index, name, size, pixels, ap per method
+    pixels: Dict[str, int]                         # anomaly / in_distribution / void
+    mode: str                                      # "exact" or "binned"
+    images: int
+    label_sizes: List[List[int]]
+    input_size: List[int]
+    curves: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    error_bounds: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    images_without_labelled_pixels: List[str] = field(default_factory=list)
+
+    def worst_images(self, n: int, method: Optional[str] = None) -> List[Dict]:
+        """The ``n`` images with the lowest per-image AP of ``method`` (default: the best)."""
+        method = method or self.best_method
+        rated = [r for r in self.per_image if r["ap"].get(method) is not None]
+        return sorted(rated, key=lambda r: (r["ap"][method], r["index"]))[:max(0, n)]
+
+    def to_json(self) -> Dict:
+        best = self.best_method
+        return {
+            "methods": self.methods,
+            "skipped": self.skipped,
+            "best_method": best,
+            "metric_mode": self.mode,
+            **({"error_bounds": self.error_bounds} if self.error_bounds else {}),
+            "per_image_ap": {"method": best, "images": [
+                {"name": r["name"], "ap": r["ap"].get(best), "anomaly_pixels": r["anomaly"],
+                 "in_distribution_pixels": r["in_distribution"]} for r in self.per_image]},
+            "per_image": [{"name": r["name"], "size": r["size"], "ap": r["ap"]}
+                          for r in self.per_image],
+            "pixels": self.pixels,
+            "sizes": {"images": self.images, "input_size": self.input_size,
+                      "label_sizes": self.label_sizes},
+            "images_without_labelled_pixels": self.images_without_labelled_pixels,
+        }
+
+
+def markdown_table(report: EvaluationReport, dataset_title: str) -> str:
+    """A table like the paper's Table 2: one row per method, AUROC ↑ / AP ↑ / FPR95 ↓ (%),
+    the best of each column in bold."""
+    names = list(report.methods)
+    cols = (("auroc", "AUROC ↑", max), ("ap", "AP ↑", max), ("fpr95", "FPR95 ↓", min))
+    best = {key: pick(report.methods[m][key] for m in names) for key, _, pick in cols}
+    header = "| Method | " + " | ".join(f"{dataset_title} {h}" for _, h, _ in cols) + " |"
+    lines = [header, "|---|" + "---:|" * len(cols)]
+    for m in names:
+        cells = []
+        for key, _, _ in cols:
+            v = report.methods[m][key]
+            text = f"{v:.2f}"
+            cells.append(f"**{text}**" if math.isclose(v, best[key], abs_tol=5e-3) else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    foot = [f"{report.images} images, {report.pixels['anomaly']} anomaly / "
+            f"{report.pixels['in_distribution']} in-distribution pixels, pooled "
+            f"({report.mode} metrics)."]
+    if report.skipped:
+        foot.append("Not evaluated: " + "; ".join(f"{m} — {why}" for m, why in
+                                                  report.skipped.items()))
+    return "\n".join(lines) + "\n\n" + "\n\n".join(foot) + "\n"
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _curve_from_sorted(pos: np.ndarray, neg: np.ndarray) -> Dict[str, np.ndarray]:
+    """ROC and PR points at quantile thresholds of both classes (plus the extremes)."""
+    qs = np.linspace(0.0, 1.0, CURVE_POINTS)
+    thr = np.unique(np.concatenate([np.quantile(pos, qs), np.quantile(neg, qs)]))
+    tp = pos.size - np.searchsorted(pos, thr, side="left")   # score >= t
+    fp = neg.size - np.searchsorted(neg, thr, side="left")
+    return _curve(tp[::-1], fp[::-1], pos.size, neg.size)
+
+
+def _curve(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> Dict[str, np.ndarray]:
+    """Points in descending threshold order → fpr/tpr (from (0, 0)) and recall/precision."""
+    tpr = np.concatenate([[0.0], tp / n_pos])
+    fpr = np.concatenate([[0.0], fp / n_neg])
+    keep = (tp + fp) > 0
+    precision = np.where(keep, tp / np.maximum(tp + fp, 1), 1.0)[keep]
+    recall = (tp / n_pos)[keep]
+    return {"fpr": fpr.astype(np.float32), "tpr": tpr.astype(np.float32),
+            "recall": recall.astype(np.float32), "precision": precision.astype(np.float32)}
+
+
+def _image_ap(scores: np.ndarray, labels: np.ndarray) -> Optional[float]:
+    if not (labels == 1).any() or not (labels == 0).any():
+        return None
+    return float(metrics.pixel_metrics(scores, labels)["ap"])
+
+
+def evaluate(
+    runner: MultiMethodRunner,
+    dataset: Dataset,
+    skipped: Optional[Dict[str, str]] = None,
+    *,
+    max_images: Optional[int] = None,
+    binned: bool = False,
+    bins: int = 1 << 16,
+    memory_limit_gib: float = 4.0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> EvaluationReport:
+    """Score every image with every method and pool the metrics (module docstring).
+
+    ``max_images`` takes that many images spread evenly over the dataset
+    (:func:`~cosme_ros.data.datasets.subset_indices`), not the first ones.
+    """
+    if not dataset.has_anomaly:
+        raise CosmeError(f"{dataset.root}: a {dataset.kind} dataset has no anomaly labels; "
+                         f"evaluate needs road_anomaly, folder (Fishyscapes, SegmentMeIfYouCan), "
+                         f"streethazards --split test or a synthetic test split")
+    indices = subset_indices(len(dataset), max_images)
+    n = len(indices)
+    methods = list(runner.scorers)
+    kept: Dict[str, List[np.ndarray]] = {m: [] for m in methods}
+    kept_labels: List[np.ndarray] = []
+    accs = {m: metrics.PixelMetricAccumulator(bins=bins) for m in methods} if binned else {}
+    per_image: List[Dict] = []
+    pixels = {"anomaly": 0, "in_distribution": 0, "void": 0}
+    sizes: List[List[int]] = []
+    empty: List[str] = []
+
+    first = dataset[int(indices[0])]
+    if not binned:
+        # Estimated from the first image, before any work: refuse rather than swap or fall back.
+        labelled = int(((first.anomaly == 0) | (first.anomaly == 1)).sum()) or first.anomaly.size
+        estimate = n * labelled * (4 * len(methods) + 1) / 2**30
+        if estimate > memory_limit_gib:
+            raise CosmeError(
+                f"exact metrics would keep about {estimate:.3g} GiB of scores ({n} images × "
+                f"{labelled} labelled pixels × {len(methods)} methods, estimated from the first "
+                f"image), above the {memory_limit_gib:g} GiB limit: use --binned (histogram "
+                f"metrics with reported error bounds), --max-images, or raise --memory-limit")
+
+    for pos in tqdm(range(n), desc="evaluate", unit="img", disable=not progress or n < 2,
+                    dynamic_ncols=True, leave=False):
+        index = int(indices[pos])
+        sample = first if pos == 0 else dataset[index]
+        label = sample.anomaly
+        size = list(label.shape)
+        if size not in sizes:
+            sizes.append(size)
+        valid = (label == 0) | (label == 1)
+        n_valid = int(valid.sum())
+        n_anom = int((label == 1).sum())
+        pixels["anomaly"] += n_anom
+        pixels["in_distribution"] += n_valid - n_anom
+        pixels["void"] += label.size - n_valid
+        if n_valid == 0:
+            empty.append(sample.name)
+            continue
+        _, scores = runner(sample.image, label.shape)
+        y = label[valid]
+        record = {"index": index, "name": sample.name, "size": size, "anomaly": n_anom,
+                  "in_distribution": n_valid - n_anom, "ap": {}}
+        for m in methods:
+            s = scores[m][valid]
+            if not np.isfinite(s).all():
+                raise CosmeError(f"method {m!r} gave non-finite scores on {sample.name}")
+            record["ap"][m] = _image_ap(s, y)
+            if binned:
+                accs[m].update(s, y)
+            else:
+                kept[m].append(s.astype(np.float32, copy=False))
+        if not binned:
+            kept_labels.append(y.astype(np.uint8))
+        per_image.append(record)
+
+    if pixels["anomaly"] == 0 or pixels["in_distribution"] == 0:
+        raise CosmeError(f"{dataset.root}: the {n} image(s) have {pixels['anomaly']} anomaly and "
+                         f"{pixels['in_distribution']} in-distribution pixels; the metrics need "
+                         f"both")
+
+    results: Dict[str, Dict[str, float]] = {}
+    curves: Dict[str, Dict[str, np.ndarray]] = {}
+    bounds: Dict[str, Dict[str, float]] = {}
+    labels = np.concatenate(kept_labels) if not binned else None
+    for m in methods:
+        if binned:
+            acc = accs[m]
+            results[m] = {k: float(v) for k, v in acc.compute().items()}
+            bounds[m] = {k: float(v) for k, v in acc.error_bounds().items()}
+            tp = np.cumsum(acc.pos_hist[::-1])
+            fp = np.cumsum(acc.neg_hist[::-1])
+            curves[m] = _curve(tp, fp, int(acc.pos_hist.sum()), int(acc.neg_hist.sum()))
+        else:
+            scores = np.concatenate(kept[m])
+            kept[m] = []
+            results[m] = {k: float(v) for k, v in metrics.pixel_metrics(scores, labels).items()}
+            pos, neg = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
+            del scores
+            curves[m] = _curve_from_sorted(pos, neg)
+    best = max(methods, key=lambda m: (results[m]["ap"], -methods.index(m)))
+    return EvaluationReport(
+        methods=results, skipped=dict(skipped or {}), best_method=best, per_image=per_image,
+        pixels=pixels, mode="binned" if binned else "exact", images=n, label_sizes=sizes,
+        input_size=list(runner.pipeline.input_size), curves=curves, error_bounds=bounds,
+        images_without_labelled_pixels=empty)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _png(image_rgb: np.ndarray) -> bytes:
+    import cv2
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
+    if not ok:
+        raise CosmeError("could not encode a PNG image")
+    return buf.tobytes()
+
+
+def _figure_png(draw) -> bytes:
+    """Render with matplotlib's Agg canvas (no pyplot, no global backend change)."""
+    import io
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    draw(fig.add_subplot(1, 1, 1))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _label_panel(image_rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The ground truth over the image: anomaly red, void grey."""
+    colour = np.zeros_like(image_rgb)
+    colour[label == 1] = (255, 0, 0)
+    colour[(label != 0) & (label != 1)] = (128, 128, 128)
+    out = viz.blend(image_rgb, colour, 0.5)
+    out[label == 0] = image_rgb[label == 0]
+    return out
+
+
+def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Dataset,
+                out_dir: Path, title: str, worst: int = 3, force: bool = False) -> List[Path]:
+    """``roc.png``, ``pr.png`` (all methods) and ``worst_<i>_<name>.png`` overlays of the best
+    method's worst images (image + ground truth | class colours | anomaly heatmap)."""
+    import cv2
+    out_dir = Path(out_dir)
+    names = list(report.methods)
+    worst_rows = report.worst_images(worst)
+    targets = {"roc": out_dir / "roc.png", "pr": out_dir / "pr.png"}
+    overlay_paths = []
+    for rank, row in enumerate(worst_rows, 1):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in row["name"])
+        overlay_paths.append(out_dir / f"worst_{rank}_{safe}.png")
+    for path in [*targets.values(), *overlay_paths]:
+        atomic.check_writable(path, force)
+
+    def roc(ax):
+        for m in names:
+            c = report.curves[m]
+            ax.plot(c["fpr"], c["tpr"], label=f"{m} (AUROC {report.methods[m]['auroc']:.1f})")
+        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+        ax.axhline(0.95, color="0.7", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+               ylim=(0, 1.01), title=f"ROC — {title}")
+        ax.legend(loc="lower right", fontsize=7)
+
+    def pr(ax):
+        base = report.pixels["anomaly"] / (report.pixels["anomaly"]
+                                           + report.pixels["in_distribution"])
+        for m in names:
+            c = report.curves[m]
+            ax.plot(c["recall"], c["precision"], label=f"{m} (AP {report.methods[m]['ap']:.1f})")
+        ax.axhline(base, color="0.7", linestyle=":", linewidth=1)
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
+               title=f"Precision–recall — {title}")
+        ax.legend(loc="upper right", fontsize=7)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(targets["roc"], _figure_png(roc))
+    atomic.write_bytes(targets["pr"], _figure_png(pr))
+    written = list(targets.values())
+    for row, path in zip(worst_rows, overlay_paths):
+        sample = dataset[row["index"]]
+        classes, scores = runner(sample.image, sample.anomaly.shape, [report.best_method],
+                                 classes=True)
+        image = sample.image
+        if image.shape[:2] != sample.anomaly.shape:
+            image = cv2.resize(image, sample.anomaly.shape[::-1], interpolation=cv2.INTER_AREA)
+        picture = np.concatenate([_label_panel(image, sample.anomaly),
+                                  viz.overlay(image, classes, scores[report.best_method],
+                                              runner.bundle.palette)], axis=1)
+        atomic.write_bytes(path, _png(picture))
+        written.append(path)
+    return written

@@ -1,0 +1,489 @@
+"""Building a bundle's anomaly part from training images: the logic behind ``cosme build-memory``.
+
+One teacher, one dataset, three passes (DESIGN.md §2):
+
+1. **Algorithm 1** — :meth:`MulMemBuilder.init_step` over shuffled batches until every memory
+   layer holds K prototypes, for at most ``init_passes`` passes over the data; if the data run out
+   first, :meth:`~MulMemBuilder.finish_init` keeps what was found and the shortfall per layer is
+   reported (and recorded in the manifest).
+2. **Algorithm 2** — :meth:`MulMemBuilder.learn_step` over every batch, for ``epochs`` epochs (each
+   its own shuffle).
+3. **Statistics**, one more pass with the final prototypes:
+
+   - MulMem: Γ per predicted class, from :func:`cosme_ros.anomaly.scorers.mulmem_gamma` — the
+     very function :class:`MulMemScorer` standardises — so the statistics describe exactly the
+     values the scorer sees (Γ at the largest memory-layer resolution, class = argmax of the logits
+     resized there);
+   - SML: the max logit per predicted class *after resizing the logits to the image's own size*
+     with the scorer's resize, as :class:`SMLScorer` does by default (``upsample_logits=True``,
+     ``out_size`` = the image size for ``Pipeline`` and label size for ``cosme evaluate``; the SML
+     release gathers them on the logits upsampled to the input image, too);
+   - PAnS: per-class prototypes of the LH feature (:class:`ClassPrototypeAccumulator`). The class of
+     a pixel is its **ground-truth label** when the dataset has semantic labels and the bundle's
+     first 19 classes are the Cityscapes trainIds the readers produce (labels are resized to LH's
+     resolution by nearest neighbour; void 255 is skipped), otherwise the teacher's
+     **pseudo-label** (argmax at LH's resolution) with the bundle's void classes skipped.
+     ``pans_labels`` forces one or the other.
+
+Images are preprocessed by :meth:`cosme_ros.pipeline.Pipeline.preprocess` (resized to the bundle's
+input size, normalised) and the teacher runs in eval mode under ``torch.inference_mode``.
+
+**Distributed** (``torchrun --nproc_per_node N``; :func:`init_distributed`): every pass follows
+one global schedule — a seeded permutation of the images cut into global batches of ``batch``
+images — and rank r takes the r-th contiguous slice of each global batch
+(``numpy.array_split``, rank order). That is exactly :class:`MulMemBuilder`'s documented
+equivalence (N ranks given b_0 … b_{N−1} at step t build what one process builds from their
+concatenation), so the memory does not depend on the number of processes; a rank whose slice is
+empty runs the teacher on an empty batch to keep the collectives in step. The statistics
+accumulators are all-reduced (sums), so they match one process up to float64 summation order.
+
+**Resuming**: with a ``checkpoint`` path the builder state is saved (atomically, by rank 0) after
+Algorithm 1 and after every epoch of Algorithm 2, with a fingerprint of everything that
+determines the result; ``resume=True`` continues from it when the fingerprint matches (any
+number of processes). The statistics pass is short and is always redone. Nothing is written to
+the bundle here: the caller writes the returned parts once everything is complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from cosme_ros import __version__, atomic
+from cosme_ros.anomaly import baselines
+from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
+from cosme_ros.anomaly.memory import MulMemBuilder
+from cosme_ros.anomaly.scorers import (CONSENSUS_LAYERS, MEMORY_LAYERS, AnomalyParts,
+                                       _resize, mulmem_gamma, predicted_classes)
+from cosme_ros.anomaly.standardize import ClassStatsAccumulator
+from cosme_ros.bundle import Bundle
+from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
+from cosme_ros.data.datasets import Dataset, Sample, subset_indices
+from cosme_ros.errors import CosmeError
+from cosme_ros.nets.taps import ALL_TAPS, LH, O, parse_taps
+
+__all__ = ["BuildConfig", "BuildResult", "DistContext", "init_distributed",
+           "shutdown_distributed", "build_anomaly_parts", "checkpoint_path", "global_schedule",
+           "local_slice"]
+
+PANS_LABELS = ("auto", "labels", "pseudo")
+CHECKPOINT_NAME = ".anomaly.build-state.safetensors"
+
+
+@dataclass
+class BuildConfig:
+    """Everything that determines the built parts (apart from the teacher and the data)."""
+
+    layers: Tuple[str, ...] = MEMORY_LAYERS
+    k: int = 2048
+    tau: float = 0.85
+    momentum: float = 0.99
+    epochs: int = 1
+    batch: int = 8            # images per step, summed over all processes
+    seed: int = 0
+    max_images: Optional[int] = None      # that many images spread evenly over the dataset
+    candidates_per_image: int = 64
+    init_passes: int = 1
+    pans_labels: str = "auto"
+
+    def __post_init__(self) -> None:
+        try:
+            self.layers = parse_taps(self.layers)
+        except ValueError as exc:
+            raise CosmeError(f"--layers: {exc}") from None
+        if not self.layers:
+            raise CosmeError("--layers: give at least one memory layer")
+        bad = [layer for layer in self.layers if layer == O]
+        if bad:
+            raise CosmeError("--layers: the logits 'o' are not a feature layer for the memory")
+        checks = [(self.k >= 1, "--k must be >= 1"),
+                  (-1.0 < self.tau <= 1.0, "--tau is a cosine threshold in (-1, 1]"),
+                  (0.0 <= self.momentum <= 1.0, "--momentum must lie in [0, 1]"),
+                  (self.epochs >= 0, "--epochs must be >= 0"),
+                  (self.batch >= 1, "--batch must be >= 1"),
+                  (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
+                  (self.candidates_per_image >= 1, "--candidates must be >= 1"),
+                  (self.init_passes >= 1, "--init-passes must be >= 1"),
+                  (self.pans_labels in PANS_LABELS,
+                   f"--pans-labels must be one of {', '.join(PANS_LABELS)}")]
+        for ok, message in checks:
+            if not ok:
+                raise CosmeError(message)
+
+
+@dataclass
+class BuildResult:
+    parts: AnomalyParts
+    section: Dict          # the manifest's anomaly section (without 'weights')
+    report: Dict           # what happened, for printing and --json
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _dist_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed(device: str) -> DistContext:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1): gloo on the CPU,
+    nccl on CUDA (one GPU per local rank). A single process, or an already initialised group, is
+    used as is."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if _dist_active():
+        return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                           local_rank)
+    if world <= 1:
+        return DistContext()
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                       local_rank, initialized_here=True)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    if ctx.initialized_here and _dist_active():
+        torch.distributed.destroy_process_group()
+
+
+def _barrier() -> None:
+    if _dist_active():
+        torch.distributed.barrier()
+
+
+def _world() -> Tuple[int, int]:
+    if _dist_active():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def global_schedule(n: int, batch: int, seed: int, phase: int, index: int,
+                    shuffle: bool = True) -> List[np.ndarray]:
+    """The global batches of one pass: a permutation seeded by (seed, phase, index) cut into
+    chunks of ``batch`` image indices. The same on every rank and for any number of ranks."""
+    order = (np.random.default_rng([seed, phase, index]).permutation(n) if shuffle
+             else np.arange(n))
+    return [order[i:i + batch] for i in range(0, n, batch)]
+
+
+def local_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Rank r's part of a global batch: the r-th contiguous chunk (rank order), maybe empty."""
+    return np.array_split(global_batch, world)[rank]
+
+
+def _batches(dataset: Dataset, batches: Sequence[np.ndarray],
+             pool: Optional[ThreadPoolExecutor]) -> Iterator[List[Sample]]:
+    """Samples of each batch in order, the next batch decoding in threads meanwhile."""
+    if pool is None:
+        for b in batches:
+            yield [dataset[int(i)] for i in b]
+        return
+    submit = lambda b: [pool.submit(dataset.__getitem__, int(i)) for i in b]  # noqa: E731
+    pending = submit(batches[0]) if batches else []
+    for j in range(len(batches)):
+        current = pending
+        pending = submit(batches[j + 1]) if j + 1 < len(batches) else []
+        yield [f.result() for f in current]
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def checkpoint_path(bundle: Bundle) -> Path:
+    return bundle.path / CHECKPOINT_NAME
+
+
+def _fingerprint(bundle: Bundle, dataset: Dataset, names: Sequence[str], config: BuildConfig,
+                 data_spec: str) -> Dict:
+    teacher = json.dumps(bundle.manifest.get("teacher"), sort_keys=True, default=str)
+    return {
+        "config": {k: (list(v) if isinstance(v, tuple) else v)
+                   for k, v in asdict(config).items() if k != "pans_labels"},
+        "data": data_spec, "split": dataset.split, "images": len(names),
+        "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
+        "teacher_sha1": hashlib.sha1(teacher.encode()).hexdigest(),
+        "input_size": list(bundle.input_size),
+    }
+
+
+def _save_checkpoint(path: Path, builder: MulMemBuilder, fingerprint: Dict,
+                     epochs_done: int) -> None:
+    from safetensors.torch import save_file
+    meta = {"fingerprint": json.dumps(fingerprint, sort_keys=True),
+            "epochs_done": str(int(epochs_done)), "format": "cosme-build-memory-state/1"}
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in builder.state_dict().items()}, str(tmp),
+                  metadata=meta)
+
+
+def _load_checkpoint(path: Path, builder: MulMemBuilder, fingerprint: Dict) -> int:
+    """Restore the builder; returns the number of completed epochs of Algorithm 2."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CosmeError(f"{path}: cannot read the build checkpoint ({exc}); delete it or run "
+                         f"without --resume") from None
+    try:
+        theirs = json.loads(meta.get("fingerprint", "{}"))
+    except ValueError:
+        theirs = {}
+    if theirs != fingerprint:
+        diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        detail = []
+        for key in diff:
+            a, b = theirs.get(key), fingerprint.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                detail += [f"{key}.{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+            else:
+                detail.append(key)
+        raise CosmeError(f"{path}: the checkpoint belongs to another build (differs in "
+                         f"{', '.join(detail)}); run without --resume to start over")
+    try:
+        builder.load_state_dict(state)
+    except ValueError as exc:
+        raise CosmeError(f"{path}: {exc}") from None
+    return int(meta.get("epochs_done", "0"))
+
+
+# ----------------------------------------------------------------------------- the build
+
+
+def _labels_are_trainids(bundle: Bundle) -> bool:
+    return tuple(bundle.class_names[: len(CITYSCAPES_CLASSES)]) == CITYSCAPES_CLASSES
+
+
+class _Teacher:
+    """The bundle's teacher behind Pipeline's preprocessing, taking (possibly empty) batches."""
+
+    def __init__(self, bundle: Bundle, device: str):
+        from cosme_ros.pipeline import Pipeline
+        # maxlogit needs no bundle part: the pipeline serves for its teacher and preprocessing.
+        self.pipeline = Pipeline(bundle, method="maxlogit", device=device)
+        self.device = self.pipeline.device
+        self.input_size = tuple(self.pipeline.input_size)
+
+    @torch.inference_mode()
+    def __call__(self, samples: Sequence[Sample], taps: Sequence[str]) -> Dict[str, Tensor]:
+        if samples:
+            x = self.pipeline.preprocess([s.image for s in samples])
+        else:
+            x = torch.zeros((0, 3) + self.input_size, device=self.device)
+        return self.pipeline.teacher(x, taps=tuple(taps))
+
+
+def build_anomaly_parts(
+    bundle: Bundle,
+    dataset: Dataset,
+    config: BuildConfig,
+    *,
+    data_spec: str = "",
+    device: str = "cpu",
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> BuildResult:
+    """Algorithm 1, Algorithm 2 and the statistics pass (module docstring) → :class:`BuildResult`.
+
+    Collective under ``torch.distributed``: every rank calls it with the same arguments and
+    gets the same result. ``log`` and progress bars are used on rank 0 only.
+    """
+    rank, world = _world()
+    main = rank == 0
+    say = log if main else (lambda _msg: None)
+    subset = subset_indices(len(dataset), config.max_images)   # spread over the dataset
+    n = len(subset)
+    all_names = dataset.names
+    names = [all_names[i] for i in subset]
+    layers = config.layers
+
+    use_labels = config.pans_labels == "labels" or (
+        config.pans_labels == "auto" and dataset.has_semantic and _labels_are_trainids(bundle))
+    if use_labels and not dataset.has_semantic:
+        raise CosmeError(f"--pans-labels labels: dataset {data_spec or dataset.root} has no "
+                         f"semantic labels")
+    if use_labels and not _labels_are_trainids(bundle):
+        raise CosmeError(f"--pans-labels labels: the bundle's classes are not the Cityscapes "
+                         f"trainIds the dataset labels use ({bundle.class_names[:3]}…)")
+
+    teacher = _Teacher(bundle, device)
+    fingerprint = _fingerprint(bundle, dataset, names, config, data_spec)
+    builder = MulMemBuilder(layers, config.k, tau=config.tau, momentum=config.momentum,
+                            seed=config.seed, candidates_per_image=config.candidates_per_image)
+    epochs_done = -1  # -1: Algorithm 1 still to run
+    resumed = False
+    if resume and checkpoint is not None and checkpoint.is_file():
+        epochs_done = _load_checkpoint(checkpoint, builder, fingerprint)
+        resumed = True
+        say(f"resuming from {checkpoint}: Algorithm 1 done, {epochs_done} of {config.epochs} "
+            f"epoch(s) of Algorithm 2 done")
+    elif resume:
+        say(f"no checkpoint at {checkpoint}: starting from the beginning")
+
+    def save(epochs: int) -> None:
+        if checkpoint is not None and main:
+            _save_checkpoint(checkpoint, builder, fingerprint, epochs)
+        _barrier()
+
+    def bar(total: int, desc: str):
+        return tqdm(total=total, desc=desc, unit="batch", disable=not (progress and main),
+                    dynamic_ncols=True, leave=False)
+
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+    try:
+        # ---- Algorithm 1
+        if epochs_done < 0:
+            done = False
+            steps = [global_schedule(n, config.batch, config.seed, 0, p)
+                     for p in range(config.init_passes)]
+            with bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
+                for schedule in steps:
+                    local = [subset[local_slice(b, rank, world)] for b in schedule]
+                    for samples in _batches(dataset, local, pool):
+                        done = builder.init_step(teacher(samples, layers))
+                        pbar.update(1)
+                        pbar.set_postfix(protos=min(builder.counts().values()))
+                        if done:
+                            break
+                    if done:
+                        break
+            if not done:
+                try:
+                    builder.finish_init()
+                except RuntimeError as exc:
+                    raise CosmeError(f"Algorithm 1: {exc} ({n} image(s) from "
+                                     f"{data_spec or dataset.root})") from None
+            epochs_done = 0
+            save(0)
+        shortfall = {k: int(v) for k, v in builder.shortfall().items()}
+        if any(shortfall.values()):
+            say("Algorithm 1 ran out of data before K = {}: {} (the memory keeps what was "
+                "found; more images or --init-passes give more candidates)".format(
+                    config.k, ", ".join(f"{layer} has {c}" for layer, c in
+                                        builder.counts().items() if shortfall[layer])))
+
+        # ---- Algorithm 2
+        for epoch in range(epochs_done, config.epochs):
+            schedule = global_schedule(n, config.batch, config.seed, 1, epoch)
+            local = [subset[local_slice(b, rank, world)] for b in schedule]
+            with bar(len(local), f"Algorithm 2 (epoch {epoch + 1}/{config.epochs})") as pbar:
+                for samples in _batches(dataset, local, pool):
+                    builder.learn_step(teacher(samples, layers))
+                    pbar.update(1)
+            save(epoch + 1)
+
+        # ---- statistics
+        memory = {k: v.to(teacher.device) for k, v in builder.prototypes().items()}
+        taps_needed = tuple(t for t in ALL_TAPS if t in set(layers) | {LH, O})
+        num_classes = bundle.num_classes
+        acc_mulmem = ClassStatsAccumulator(num_classes)
+        acc_sml = ClassStatsAccumulator(num_classes)
+        acc_pans: Optional[ClassPrototypeAccumulator] = None
+        void = torch.tensor(sorted(bundle.void_classes), dtype=torch.long, device=teacher.device)
+        schedule = global_schedule(n, config.batch, config.seed, 2, 0, shuffle=False)
+        local = [subset[local_slice(b, rank, world)] for b in schedule]
+        with bar(len(local), "statistics (MulMem, SML, PAnS)") as pbar, torch.inference_mode():
+            for samples in _batches(dataset, local, pool):
+                taps = teacher(samples, taps_needed)
+                if taps[O].shape[1] != num_classes:
+                    raise CosmeError(f"{bundle.path}: the teacher outputs {taps[O].shape[1]} "
+                                     f"classes but the manifest names {num_classes}")
+                if acc_pans is None:
+                    acc_pans = ClassPrototypeAccumulator(num_classes, int(taps[LH].shape[1]))
+                gamma, classes = mulmem_gamma(taps, memory, layers)
+                acc_mulmem.update(gamma, classes)
+                for i, sample in enumerate(samples):
+                    size = sample.image.shape[:2]
+                    values, cls = baselines.max_logit(_resize(taps[O][i:i + 1], size))
+                    acc_sml.update(values, cls)
+                    if use_labels:
+                        label = torch.from_numpy(sample.semantic).to(teacher.device)[None]
+                        acc_pans.update(taps[LH][i:i + 1], label)
+                if not use_labels:
+                    pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]))
+                    acc_pans.update(taps[LH], pseudo, ~torch.isin(pseudo, void))
+                pbar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    for acc in (acc_mulmem, acc_sml, acc_pans):
+        acc.all_reduce()
+    try:
+        mulmem_stats = acc_mulmem.finalize()
+        sml_stats = acc_sml.finalize()
+    except ValueError as exc:
+        raise CosmeError(f"statistics: {exc}") from None
+    pans_protos = acc_pans.finalize()
+    if not bool((pans_protos.norm(dim=1) > 0).any()):
+        raise CosmeError(f"PAnS: no pixel of any class was seen in {data_spec or dataset.root} "
+                         f"({'labels' if use_labels else 'pseudo-labels'}); cannot build "
+                         f"class prototypes")
+
+    consensus = (bundle.manifest.get("anomaly", {}).get("consensus_layers")
+                 or list(CONSENSUS_LAYERS))
+    parts = AnomalyParts(memory={k: v.cpu() for k, v in builder.prototypes().items()},
+                         memory_layers=layers, mulmem_stats=mulmem_stats, sml_stats=sml_stats,
+                         pans_prototypes=pans_protos, has_student=bundle.has_student,
+                         consensus_layers=tuple(consensus))
+    # What the bundle reader will do, now: a part that would not load is never written.
+    AnomalyParts.from_tensors(parts.to_tensors(), has_student=bundle.has_student,
+                              memory_layers=layers, consensus_layers=parts.consensus_layers)
+
+    counts = builder.counts()
+    unseen = [bundle.class_names[c] for c in range(num_classes)
+              if float(pans_protos[c].norm()) == 0 and c not in bundle.void_classes]
+    build = {
+        "k": config.k, "tau": config.tau, "momentum": config.momentum, "epochs": config.epochs,
+        "batch": config.batch, "seed": config.seed,
+        "candidates_per_image": config.candidates_per_image, "init_passes": config.init_passes,
+        "data": data_spec, "split": dataset.split, "images": n,
+        "prototypes": {k: int(v) for k, v in counts.items()}, "shortfall": shortfall,
+        "init_steps": builder.init_steps, "learn_steps": builder.learn_steps,
+        "pans_labels": "labels" if use_labels else "pseudo",
+        "sml_resolution": "image", "world_size": world, "resumed": resumed,
+        "cosme_ros": __version__,
+    }
+    section = {"memory_layers": list(layers), "consensus_layers": list(parts.consensus_layers),
+               "build": build}
+    report = {
+        **build,
+        "input_size": list(teacher.input_size),
+        "mulmem_pixels_per_class": {bundle.class_names[c]: int(v) for c, v in
+                                    enumerate(mulmem_stats.count.tolist()) if v > 0},
+        "stats_fallback_classes": [bundle.class_names[c] for c in range(num_classes)
+                                   if bool(mulmem_stats.fallback[c])],
+        "pans_unseen_classes": unseen,
+    }
+    return BuildResult(parts=parts, section=section, report=report)
