@@ -6,6 +6,7 @@ that nothing leaves loopback and concurrent test runs do not see each other.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -60,12 +61,19 @@ def restore_env(old: Mapping[str, Optional[str]]) -> None:
             os.environ[k] = v
 
 
-def node_command(params: Mapping[str, object] = (), remaps: Mapping[str, str] = ()) -> List[str]:
-    """``cosme_node --ros-args -p k:=v … -r from:=to …`` (the venv's console script when
-    installed, else ``python -m cosme_ros.ros.node``)."""
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO / "config" / "cosme.yaml"
+
+
+def node_command(params: Mapping[str, object] = (), remaps: Mapping[str, str] = (),
+                 params_file: Optional[Path] = None) -> List[str]:
+    """``cosme_node --ros-args [--params-file F] -p k:=v … -r from:=to …`` (the venv's console
+    script when installed, else ``python -m cosme_ros.ros.node``); ``-p`` after the file wins."""
     script = Path(sys.executable).with_name("cosme_node")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "cosme_ros.ros.node"]
     cmd.append("--ros-args")
+    if params_file is not None:
+        cmd += ["--params-file", str(params_file)]
     for k, v in dict(params).items():
         cmd += ["-p", f"{k}:={v}"]
     for k, v in dict(remaps).items():
@@ -125,6 +133,15 @@ class Process:
         self._reader.join(5)
         return code
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process now (VmRSS in /proc/<pid>/status), in MiB."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024.0
+
     def interrupt(self) -> None:
         """Ctrl-C: SIGINT to this process only."""
         if self.proc.poll() is None:
@@ -155,3 +172,176 @@ def spin_until(executor, predicate: Callable[[], bool], timeout: float,
             next_call = time.monotonic() + every
         executor.spin_once(timeout_sec=step)
     return predicate()
+
+
+# ----------------------------------------------------------------------------- talking to a node
+
+class RosSession:
+    """The test's own rclpy context, node and executor on the session's domain (no signal
+    handlers: pytest keeps Ctrl-C)."""
+
+    def __init__(self, name: str = "cosme_node_test"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.old_env = confine_this_process()
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID,
+                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_for(self, seconds: float) -> None:
+        spin_until(self.executor, lambda: False, seconds)
+
+    def call(self, srv_type, name: str, request, timeout: float = 30.0):
+        """Call service ``name`` and return its response (fails the test on timeout)."""
+        client = self.node.create_client(srv_type, name)
+        try:
+            assert spin_until(self.executor, client.service_is_ready, timeout), \
+                f"service {name} did not appear"
+            future = client.call_async(request)
+            assert spin_until(self.executor, future.done, timeout), f"no answer from {name}"
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node: str, values: Mapping[str, object], timeout: float = 30.0):
+        """``ros2 param set`` over the parameter service: one SetParametersResult per value."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+        request = SetParameters.Request(parameters=[
+            Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return list(self.call(SetParameters, f"{node}/set_parameters", request,
+                              timeout).results)
+
+    def describe_parameters(self, node: str, names: Sequence[str], timeout: float = 30.0):
+        from rcl_interfaces.srv import DescribeParameters
+        request = DescribeParameters.Request(names=list(names))
+        return {d.name: d for d in self.call(DescribeParameters, f"{node}/describe_parameters",
+                                             request, timeout).descriptors}
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        restore_env(self.old_env)
+
+
+def diagnostic_values(status) -> Dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+class DiagnosticsWatch:
+    """Collects the /diagnostics statuses whose name starts with ``node_name`` (e.g.
+    ``/cosme_node``), so that several nodes on the domain do not mix."""
+
+    def __init__(self, session: RosSession, node_name: str):
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.session, self.prefix = session, node_name + ":"
+        self.statuses: List = []
+        self.sub = session.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                                    self._on_msg, 50)
+
+    def _on_msg(self, msg) -> None:
+        self.statuses += [s for s in msg.status if s.name.startswith(self.prefix)]
+
+    def wait_for(self, predicate: Callable[[object], bool], timeout: float,
+                 between: Optional[Callable[[], None]] = None, every: float = 0.2):
+        """The first status received from now on for which ``predicate`` holds, or None."""
+        start = len(self.statuses)
+        found: List = []
+
+        def check() -> bool:
+            found[:] = [s for s in self.statuses[start:] if predicate(s)][:1]
+            return bool(found)
+
+        spin_until(self.session.executor, check, timeout, between=between, every=every)
+        return found[0] if found else None
+
+    def close(self) -> None:
+        self.session.node.destroy_subscription(self.sub)
+
+
+_stamps = itertools.count(100)
+
+
+def camera_frame(h: int = 40, w: int = 56, encoding: str = "bgr8", frame_id: str = "cam_test",
+                 seed: int = 0, rgb=None):
+    """(sensor_msgs/Image, its RGB pixels): a smooth colourful test picture with some noise,
+    stamped with a fresh ``sec`` (unique per frame in this session) and ``nanosec`` 123456."""
+    import numpy as np
+    from sensor_msgs.msg import Image
+    from cosme_ros.ros import image_codec
+    if rgb is None:
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:h, 0:w]
+        rgb = np.clip(np.stack([x * 4, y * 5, 255 - x * 3], -1) + rng.integers(0, 30, (h, w, 3)),
+                      0, 255).astype(np.uint8)
+    pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
+    msg = image_codec.encode_image(Image, np.ascontiguousarray(pixels), encoding)
+    msg.header.frame_id = frame_id
+    msg.header.stamp.sec, msg.header.stamp.nanosec = next(_stamps), 123456
+    return msg, rgb
+
+
+def restamp(msg):
+    """``msg`` with a fresh stamp (same pixels)."""
+    msg.header.stamp.sec = next(_stamps)
+    return msg
+
+
+class Client:
+    """Publishes camera frames to a node and collects what it publishes on ``outputs``, with
+    the monotonic time each message reached this test (``arrivals``) and the system time (ns)
+    the node published it (``published``: the DDS source timestamp, independent of when this
+    process got round to reading it)."""
+
+    def __init__(self, session: RosSession, outputs: Sequence[str], image_topic: str = "/image",
+                 image_type=None):
+        from rclpy.qos import QoSProfile
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import Float64
+        self.session, self.node = session, session.node
+        self.received: Dict[str, List] = {t: [] for t in outputs}
+        self.arrivals: Dict[str, List[float]] = {t: [] for t in outputs}
+        self.published: Dict[str, List[int]] = {t: [] for t in outputs}
+        qos = QoSProfile(depth=50)
+        self.pub = self.node.create_publisher(image_type or Image, image_topic, qos)
+        self.subs = [self.node.create_subscription(
+            Float64 if t.endswith("processing_time_ms") else Image, t,
+            lambda m, info, t=t: self._on_msg(t, m, info), qos) for t in outputs]
+
+    def _on_msg(self, topic: str, msg, info) -> None:
+        self.received[topic].append(msg)
+        self.arrivals[topic].append(time.monotonic())
+        self.published[topic].append(int(info["source_timestamp"]))
+
+    def close(self) -> None:
+        for s in self.subs:
+            self.node.destroy_subscription(s)
+        self.node.destroy_publisher(self.pub)
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        ok = spin_until(self.session.executor,
+                        lambda: self.pub.get_subscription_count() >= 1
+                        and all(s.get_publisher_count() >= 1 for s in self.subs), timeout)
+        assert ok, "node's topics did not match the test's publisher/subscribers"
+
+    def image_topics(self) -> List[str]:
+        return [t for t in self.received if not t.endswith("processing_time_ms")]
+
+    def outputs_for(self, sec: int) -> Dict[str, List]:
+        return {t: [m for m in self.received[t] if m.header.stamp.sec == sec]
+                for t in self.image_topics()}
+
+    def send_until_processed(self, msg, timeout: float = 30.0, every: float = 2.0) -> Dict:
+        """Publish ``msg`` (again every ``every`` s: the node's input is best effort) until
+        every output carries its stamp; the first output message of each topic."""
+        sec = msg.header.stamp.sec
+        done = spin_until(self.session.executor, lambda: all(self.outputs_for(sec).values()),
+                          timeout, between=lambda: self.pub.publish(msg), every=every)
+        got = self.outputs_for(sec)
+        assert done, f"no output for frame {sec} on {[t for t, v in got.items() if not v]}"
+        return {t: v[0] for t, v in got.items()}

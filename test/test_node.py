@@ -1,24 +1,24 @@
-"""cosme_node: in-process unit tests of the frame policy, and the node as its own process over
-real DDS (localhost discovery, random domain id: see ros_util)."""
+"""cosme_node as its own process over real DDS (localhost discovery, random domain id: see
+ros_util), and in-process tests of its policies with a stand-in pipeline."""
 from __future__ import annotations
 
-import itertools
 import re
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import yaml
 
 rclpy = pytest.importorskip("rclpy")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Float64  # noqa: E402
+from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE  # noqa: E402
 from cosme_ros.ros import image_codec  # noqa: E402
 import ros_util  # noqa: E402
+from ros_util import camera_frame, diagnostic_values, restamp  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -30,9 +30,10 @@ OUTPUTS = {  # topic → (encoding, channels)
     "/anomaly/heatmap": ("rgb8", 3),
 }
 TIME_TOPIC = "/cosme_node/debug/processing_time_ms"
+NODE = "/cosme_node"
 THRESHOLD = -1.5
 START_TIMEOUT = 90.0  # torch import + model load on a busy 2-core machine
-_stamps = itertools.count(100)
+DIAG_TIMEOUT = 20.0   # diagnostics come at 1 Hz
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -51,89 +52,17 @@ def bundle_dir(tmp_path_factory):
     return out
 
 
-class Ros:
-    """The test's own rclpy context, node and executor on the session's domain."""
-
-    def __init__(self):
-        self.old_env = ros_util.confine_this_process()
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=ros_util.DOMAIN_ID,
-                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("cosme_node_test", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        ros_util.restore_env(self.old_env)
-
-
 @pytest.fixture(scope="module")
 def ros():
-    r = Ros()
+    r = ros_util.RosSession()
     yield r
     r.close()
 
 
-class Client:
-    """Publishes camera frames to the node and collects everything it publishes."""
-
-    def __init__(self, ros: Ros, outputs=tuple(OUTPUTS)):
-        self.ros, self.node = ros, ros.node
-        self.received = {t: [] for t in (*outputs, TIME_TOPIC)}
-        qos = QoSProfile(depth=50)
-        self.pub = self.node.create_publisher(Image, "/image", qos)
-        self.subs = [self.node.create_subscription(
-            Float64 if t == TIME_TOPIC else Image, t,
-            lambda m, t=t: self.received[t].append(m), qos) for t in self.received]
-
-    def close(self):
-        for s in self.subs:
-            self.node.destroy_subscription(s)
-        self.node.destroy_publisher(self.pub)
-
-    def wait_connected(self, timeout: float = 30.0) -> None:
-        ok = ros_util.spin_until(
-            self.ros.executor,
-            lambda: self.pub.get_subscription_count() >= 1
-            and all(s.get_publisher_count() >= 1 for s in self.subs), timeout)
-        assert ok, "node's topics did not match the test's publisher/subscribers"
-
-    def outputs_for(self, sec: int):
-        return {t: [m for m in ms if m.header.stamp.sec == sec]
-                for t, ms in self.received.items() if t != TIME_TOPIC}
-
-    def send_until_processed(self, msg: Image, timeout: float = 30.0, every: float = 2.0):
-        """Publish ``msg`` (again every ``every`` s: the node's input is best effort) until
-        every output carries its stamp; the first output message of each topic."""
-        sec = msg.header.stamp.sec
-        done = ros_util.spin_until(self.ros.executor,
-                                   lambda: all(self.outputs_for(sec).values()), timeout,
-                                   between=lambda: self.pub.publish(msg), every=every)
-        got = self.outputs_for(sec)
-        assert done, f"no output for frame {sec} on {[t for t, v in got.items() if not v]}"
-        return {t: v[0] for t, v in got.items()}
-
-
-def camera_frame(h: int = 40, w: int = 56, encoding: str = "bgr8", frame_id: str = "cam_test",
-                 seed: int = 0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    rgb = np.clip(np.stack([x * 4, y * 5, 255 - x * 3], -1) + rng.integers(0, 30, (h, w, 3)),
-                  0, 255).astype(np.uint8)
-    pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
-    msg = image_codec.encode_image(Image, np.ascontiguousarray(pixels), encoding)
-    msg.header.frame_id = frame_id
-    msg.header.stamp.sec, msg.header.stamp.nanosec = next(_stamps), 123456
-    return msg, rgb
-
-
-def start_node(bundle_dir, **params) -> ros_util.Process:
+def start_node(bundle_dir, remaps=(), params_file=None, **params) -> ros_util.Process:
     params = {"bundle": bundle_dir, "device": "cpu", "anomaly_threshold": THRESHOLD, **params}
     params = {k: v for k, v in params.items() if v is not None}
-    return ros_util.Process(ros_util.node_command(params))
+    return ros_util.Process(ros_util.node_command(params, remaps, params_file))
 
 
 def wait_ready(proc: ros_util.Process) -> None:
@@ -144,7 +73,8 @@ def wait_ready(proc: ros_util.Process) -> None:
 
 @pytest.fixture(scope="module")
 def node_proc(bundle_dir, ros):
-    proc = start_node(bundle_dir)
+    # The shipped parameters file, as the launch file passes it; -p after it wins.
+    proc = start_node(bundle_dir, params_file=ros_util.PARAMS_FILE, processing_budget_ms=1e5)
     wait_ready(proc)
     yield proc
     proc.stop()
@@ -152,10 +82,22 @@ def node_proc(bundle_dir, ros):
 
 @pytest.fixture
 def client(ros, node_proc):
-    c = Client(ros)
+    c = ros_util.Client(ros, outputs=(*OUTPUTS, TIME_TOPIC))
     c.wait_connected()
     yield c
     c.close()
+
+
+@pytest.fixture
+def diagnostics(ros, node_proc):
+    d = ros_util.DiagnosticsWatch(ros, NODE)
+    yield d
+    d.close()
+
+
+def assert_alive(proc: ros_util.Process) -> None:
+    assert proc.proc.poll() is None, proc.output
+    assert "Traceback" not in proc.output, proc.output
 
 
 # ----------------------------------------------------------------------------- over DDS
@@ -181,28 +123,155 @@ def test_image_comes_back_on_all_topics(client, node_proc):
     np.testing.assert_array_equal(mask, np.where(score > THRESHOLD, 255, 0))
     np.testing.assert_array_equal(color, np.asarray(CITYSCAPES_PALETTE, np.uint8)[classes])
     assert heat.shape == (h, w, 3) and not np.array_equal(heat, rgb)  # camera + colour map
-    assert ros_util.spin_until(client.ros.executor, lambda: client.received[TIME_TOPIC], 10)
+    assert ros_util.spin_until(client.session.executor, lambda: client.received[TIME_TOPIC], 10)
     assert client.received[TIME_TOPIC][0].data > 0
 
 
-def test_malformed_messages_are_skipped(client, node_proc):
-    short, _ = camera_frame()
-    short.data = bytes(short.data)[:-1]
-    warned = r"skipped malformed image \(data has \d+ bytes"
-    ros_util.spin_until(client.ros.executor, lambda: re.search(warned, node_proc.output), 20,
-                        between=lambda: client.pub.publish(short), every=2.0)
-    assert re.search(warned, node_proc.output), node_proc.output
-    good, _ = camera_frame(seed=1)
-    client.send_until_processed(good)
+def test_every_input_encoding_over_dds(client):
+    """Each camera encoding comes back on every topic at the camera's size; the colour ones
+    decode to exactly the same pixels as rgb8 (same class map and score)."""
+    _, rgb = camera_frame(h=40, w=56, seed=7)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    packed = {
+        "rgb8": rgb, "bgr8": rgb[..., ::-1],
+        "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]),
+        "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)]),
+        "mono8": grey, "bayer_rggb8": grey, "bayer_bggr8": grey,
+        "yuv422": cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_UYVY),
+        "yuv422_yuy2": cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_YUY2),
+    }
+    results = {}
+    for encoding, pixels in packed.items():
+        msg, _ = camera_frame(frame_id=encoding)  # a fresh stamp; pixels replaced below
+        msg.height, msg.width, msg.encoding = 40, 56, encoding
+        msg.step = 56 * image_codec.bytes_per_pixel(encoding)
+        msg.data = np.ascontiguousarray(pixels).tobytes()
+        out = client.send_until_processed(msg)
+        for topic, (enc, _) in OUTPUTS.items():
+            m = out[topic]
+            assert (m.encoding, m.height, m.width) == (enc, 40, 56), (encoding, topic)
+            assert m.header.frame_id == encoding
+        results[encoding] = (image_codec.image_array(out["/segmentation/class_mask"]),
+                             image_codec.image_array(out["/anomaly/score"]))
+    for encoding in ("bgr8", "rgba8", "bgra8"):
+        np.testing.assert_array_equal(results[encoding][0], results["rgb8"][0], err_msg=encoding)
+        np.testing.assert_array_equal(results[encoding][1], results["rgb8"][1], err_msg=encoding)
 
-    unknown, _ = camera_frame(seed=2)
-    unknown.encoding = "rgb161616"
-    client.pub.publish(unknown)
-    ros_util.spin_until(client.ros.executor, lambda: False, 1.0)  # let the node take it alone
-    good, _ = camera_frame(seed=3, frame_id="after_bad")
-    out = client.send_until_processed(good)
-    assert out["/anomaly/score"].header.frame_id == "after_bad"
-    assert node_proc.proc.poll() is None and "Traceback" not in node_proc.output
+
+def _malformed_messages():
+    """(name, message, regex the node's rejection reason must match)."""
+    def frame(**changes):
+        msg, _ = camera_frame(seed=11)
+        for k, v in changes.items():
+            setattr(msg, k, v)
+        return msg
+
+    good = frame()
+    huge = frame(height=16384, width=16384, step=16384 * 3)  # claims 805 MB, carries 6.7 kB
+    return [
+        ("data shorter than step x height", frame(data=bytes(good.data)[:-1]), r"data has \d+"),
+        ("step too small", frame(step=good.width * 3 - 1), r"step \d+ is less than"),
+        ("width 0", frame(width=0), r"empty image \(0x40\)"),
+        ("height 0", frame(height=0), r"empty image \(56x0\)"),
+        ("unknown encoding", frame(encoding="rgb161616"), r"unsupported encoding 'rgb161616'"),
+        ("16k x 16k claimed", huge, r"16384x16384 has more than max_pixels"),
+    ]
+
+
+def _wait_rejected(client, diagnostics, msg, pattern: str, before: int):
+    """Publish ``msg`` until /diagnostics counts one more rejected frame with a matching reason;
+    the status that showed it."""
+    def counted(s) -> bool:
+        v = diagnostic_values(s)
+        return int(v["frames rejected"]) > before and re.search(pattern, v["last rejection"])
+    return diagnostics.wait_for(counted, DIAG_TIMEOUT, between=lambda: client.pub.publish(msg),
+                                every=1.5)
+
+
+def test_malformed_messages_rejected_counted_and_survived(client, diagnostics, node_proc, ros):
+    first = diagnostics.wait_for(lambda s: True, DIAG_TIMEOUT)
+    assert first is not None, "no /diagnostics from the node"
+    rejected = int(diagnostic_values(first)["frames rejected"])
+    for name, msg, pattern in _malformed_messages():
+        status = _wait_rejected(client, diagnostics, msg, pattern, rejected)
+        assert status is not None, f"{name}: not counted as rejected\n{node_proc.output[-3000:]}"
+        rejected = int(diagnostic_values(status)["frames rejected"])
+        assert status.level != b"\x00" and "rejected" in status.message, name  # not OK
+        good, _ = camera_frame(seed=3, frame_id=f"after {name}")
+        out = client.send_until_processed(good)
+        assert out["/anomaly/score"].header.frame_id == f"after {name}"
+
+    # A real image over a lowered size limit, then the limit back up.
+    assert ros.set_parameters(NODE, {"max_image_pixels": 10000})[0].successful
+    big, _ = camera_frame(h=120, w=160, seed=4)  # 19200 pixels (57 kB: one UDP datagram)
+    status = _wait_rejected(client, diagnostics, big, r"160x120 has more than max_pixels=10000",
+                            rejected)
+    assert status is not None, node_proc.output[-3000:]
+    assert ros.set_parameters(NODE, {"max_image_pixels": 16777216})[0].successful
+    client.send_until_processed(restamp(big))
+    assert re.search(r"rejected image on /image: ", node_proc.output)  # the (throttled) warning
+    assert_alive(node_proc)
+
+
+def test_parameters_set_at_run_time(client, node_proc, ros):
+    described = ros.describe_parameters(NODE, ["bundle", "overlay_alpha", "anomaly_threshold"])
+    assert described["bundle"].read_only and not described["anomaly_threshold"].read_only
+    assert described["overlay_alpha"].floating_point_range[0].to_value == 1.0
+
+    msg, rgb = camera_frame(seed=5)
+    score = image_codec.image_array(client.send_until_processed(msg)["/anomaly/score"])
+    threshold = float(np.median(score))
+    results = ros.set_parameters(NODE, {"anomaly_threshold": threshold, "overlay_alpha": 0.0})
+    assert all(r.successful for r in results), results
+    out = client.send_until_processed(restamp(msg))
+    score = image_codec.image_array(out["/anomaly/score"])
+    np.testing.assert_array_equal(image_codec.image_array(out["/anomaly/mask"]),
+                                  np.where(score > threshold, 255, 0))
+    # alpha 0: the heatmap is the camera image itself
+    np.testing.assert_array_equal(image_codec.image_array(out["/anomaly/heatmap"]), rgb)
+
+    for name, value, reason in [("overlay_alpha", 1.5, ""), ("anomaly_threshold", float("nan"),
+                                                              "finite"),
+                                ("heatmap_range", [2.0, 1.0], "lo < hi"),
+                                ("method", "msp", "read-only")]:
+        result = ros.set_parameters(NODE, {name: value})[0]
+        assert not result.successful, name
+        assert reason in result.reason, (name, result.reason)
+    assert ros.set_parameters(NODE, {"heatmap_range": [-30.0, 0.0]})[0].successful
+    results = ros.set_parameters(NODE, {"anomaly_threshold": THRESHOLD, "overlay_alpha": 0.5,
+                                        "heatmap_range": "auto"})
+    assert all(r.successful for r in results), results
+    out = client.send_until_processed(restamp(msg))
+    heat = image_codec.image_array(out["/anomaly/heatmap"])
+    assert not np.array_equal(heat, rgb)
+    assert_alive(node_proc)
+
+
+def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ros):
+    frames = iter(range(10 ** 6))
+
+    def feed():
+        client.pub.publish(camera_frame(seed=next(frames) % 5)[0])
+
+    ok = diagnostics.wait_for(lambda s: s.level == b"\x00", 30, between=feed, every=0.2)
+    assert ok is not None, [(s.level, s.message) for s in diagnostics.statuses[-5:]]
+    values = diagnostic_values(ok)
+    assert ok.name == "/cosme_node: anomaly segmentation" and ok.hardware_id == "cpu"
+    assert values["model"].startswith("tiny-deeplab") and values["method"] == "maxlogit"
+    assert values["device"] == "cpu" and values["precision"] == "fp32"
+    assert values["input topic"] == "/image" and float(values["input rate (Hz)"]) > 0
+    assert float(values["time since last frame (s)"]) < 5
+    for key in ("frames received", "frames processed", "frames dropped", "frames rejected"):
+        assert int(values[key]) >= 0
+
+    assert ros.set_parameters(NODE, {"processing_budget_ms": 0.001})[0].successful
+    try:
+        warn = diagnostics.wait_for(lambda s: s.level == b"\x01" and "over the budget" in
+                                    s.message, 30, between=feed, every=0.2)
+        assert warn is not None, [(s.level, s.message) for s in diagnostics.statuses[-5:]]
+        assert diagnostic_values(warn)["processing budget (ms)"] == "0.001"
+    finally:
+        assert ros.set_parameters(NODE, {"processing_budget_ms": 1e5})[0].successful
 
 
 def test_burst_processes_newest_frame_without_backlog(client, node_proc):
@@ -211,22 +280,83 @@ def test_burst_processes_newest_frame_without_backlog(client, node_proc):
         client.pub.publish(f)
     last = frames[-1]
     client.send_until_processed(last, every=3.0)  # re-sent only if DDS dropped it
-    ros_util.spin_until(client.ros.executor, lambda: False, 0.5)
+    ros_util.spin_until(client.session.executor, lambda: False, 0.5)
     burst = {f.header.stamp.sec for f in frames}
     done = {m.header.stamp.sec for m in client.received["/anomaly/score"]} & burst
     assert last.header.stamp.sec in done
     assert len(done) < len(frames), "every frame of a burst was processed: no newest-frame policy?"
 
 
+def _compressed(rgb: np.ndarray, ext: str, fmt: str, sec: int) -> CompressedImage:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    msg = CompressedImage(format=fmt)
+    msg.data = buf.tobytes()
+    msg.header.frame_id, msg.header.stamp.sec = f"{ext} frame", sec
+    return msg
+
+
+def test_compressed_input_network_resolution_in_a_namespace(bundle_dir, ros):
+    """input_transport: compressed in namespace /cam2 with `image` remapped: the node reads
+    <remapped image>/compressed, as image_transport names it, and answers at the network's size."""
+    proc = start_node(bundle_dir, remaps={"__ns": "/cam2", "image": "/cam2/camera/image_raw"},
+                      input_transport="compressed", output_resolution="network")
+    outputs = [f"/cam2{t}" for t in OUTPUTS]
+    try:
+        wait_ready(proc)
+        assert "listening on /cam2/camera/image_raw/compressed (compressed" in proc.output
+        c = ros_util.Client(ros, outputs, image_topic="/cam2/camera/image_raw/compressed",
+                            image_type=CompressedImage)
+        diag = ros_util.DiagnosticsWatch(ros, "/cam2/cosme_node")
+        try:
+            c.wait_connected()
+            _, rgb = camera_frame(h=60, w=90, seed=2)
+            for ext, fmt in ((".jpg", "rgb8; jpeg compressed bgr8"), (".png", "png")):
+                msg = _compressed(rgb, ext, fmt, restamp(camera_frame()[0]).header.stamp.sec)
+                out = c.send_until_processed(msg)
+                for topic, (encoding, channels) in OUTPUTS.items():
+                    m = out[f"/cam2{topic}"]
+                    assert (m.encoding, m.height, m.width) == (encoding, 64, 128), topic
+                    assert m.step == 128 * channels * (4 if encoding == "32FC1" else 1)
+                    assert m.header.frame_id == f"{ext} frame"
+            first = diag.wait_for(lambda s: True, DIAG_TIMEOUT)
+            assert first is not None
+            rejected = int(diagnostic_values(first)["frames rejected"])
+            corrupt = _compressed(rgb, ".jpg", "jpeg", 1)
+            corrupt.data = bytes(corrupt.data)[:200] + bytes(300)  # header intact, data broken
+            bomb = _compressed(np.zeros((8, 8, 3), np.uint8), ".png", "png", 2)
+            data = bytearray(bytes(bomb.data))
+            data[16:24] = (16384).to_bytes(4, "big") * 2  # IHDR says 16384x16384
+            bomb.data = bytes(data)
+            for msg, pattern in ((corrupt, r"undecodable compressed data"),
+                                 (bomb, r"16384x16384 has more than max_pixels")):
+                def counted(s, pattern=pattern):
+                    v = diagnostic_values(s)
+                    return int(v["frames rejected"]) > rejected and \
+                        re.search(pattern, v["last rejection"])
+                status = diag.wait_for(counted, DIAG_TIMEOUT, every=1.5,
+                                       between=lambda msg=msg: c.pub.publish(msg))
+                assert status is not None, (pattern, proc.output[-3000:])
+                rejected = int(diagnostic_values(status)["frames rejected"])
+            good = _compressed(rgb, ".jpg", "jpeg", restamp(camera_frame()[0]).header.stamp.sec)
+            c.send_until_processed(good)
+            assert_alive(proc)
+        finally:
+            diag.close()
+            c.close()
+    finally:
+        proc.stop()
+
+
 def test_sigint_exits_cleanly(bundle_dir, ros):
     proc = start_node(bundle_dir)
     try:
         wait_ready(proc)
-        c = Client(ros, outputs=("/anomaly/score",))
+        c = ros_util.Client(ros, outputs=("/anomaly/score",))
         c.wait_connected()
         bad, _ = camera_frame()
         bad.encoding = "no_such_encoding"
-        ros_util.spin_until(c.ros.executor, lambda: "unsupported encoding" in proc.output, 20,
+        ros_util.spin_until(c.session.executor, lambda: "unsupported encoding" in proc.output, 20,
                             between=lambda: c.pub.publish(bad), every=2.0)
         c.close()
         assert "unsupported encoding 'no_such_encoding'" in proc.output
@@ -237,24 +367,32 @@ def test_sigint_exits_cleanly(bundle_dir, ros):
         assert time.monotonic() - t0 < 10
         assert "Traceback" not in proc.output
         assert proc.wait_for_output(r"frames: received \d+, processed 0, dropped \d+, "
-                                    r"malformed [1-9]", 1), proc.output
+                                    r"rejected [1-9]", 1), proc.output
     finally:
         proc.stop()
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"overlay_alpha": "2.0"}, "overlay_alpha"),
-    ({"method": "nonsense"}, "method"),
-    ({"bundle": None}, "bundle"),  # not given
+def _default_bundle_missing() -> bool:
+    from cosme_ros.ros.node import default_bundle_path
+    return not default_bundle_path().is_dir()
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
+    ({"method": "nonsense"}, "parameter 'method': unknown value 'nonsense'"),
+    ({"precision": "bf16"}, "parameter 'precision': bf16 needs the fast path"),
+    pytest.param({"bundle": None}, "parameter 'bundle' is not set and the default demo bundle",
+                 marks=pytest.mark.skipif(not _default_bundle_missing(),
+                                          reason="the demo bundle exists")),
 ])
-def test_invalid_parameter_fails_start_up(bundle_dir, params, name):
+def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
     proc = start_node(bundle_dir, **params)
     code = proc.wait(START_TIMEOUT)
     if code is None:
         proc.stop()
         pytest.fail(f"node kept running with {params}:\n{proc.output}")
-    assert code != 0
-    assert f"parameter '{name}'" in proc.output, proc.output
+    assert code == 1
+    assert message in proc.output, proc.output
     assert "Traceback" not in proc.output, proc.output
 
 
@@ -263,9 +401,9 @@ def test_invalid_parameter_fails_start_up(bundle_dir, params, name):
 class FakePipeline:
     """Stands in for Pipeline: records the frames it gets, answers with constant maps."""
 
-    def __init__(self, bundle, method, device):
+    def __init__(self, bundle, method, device, input_size=None):
         self.bundle, self.method = bundle, method
-        self.device, self.input_size = "cpu", tuple(bundle.input_size)
+        self.device, self.input_size = "cpu", tuple(input_size or bundle.input_size)
         self.calls = []
 
     def __call__(self, rgb, out_size=None):
@@ -275,12 +413,16 @@ class FakePipeline:
         return Result(classes=np.zeros((h, w), np.uint8), score=np.ones((h, w), np.float32))
 
 
+def make_node(ros, bundle_dir, context=None, namespace="/fake", **params):
+    from cosme_ros.ros.node import CosmeNode
+    overrides = [Parameter(k, value=v) for k, v in {"bundle": str(bundle_dir), **params}.items()]
+    return CosmeNode(context=context or ros.context, pipeline_factory=FakePipeline,
+                     parameter_overrides=overrides, namespace=namespace)
+
+
 @pytest.fixture
 def fake_node(ros, bundle_dir):
-    from cosme_ros.ros.node import CosmeNode
-    node = CosmeNode(context=ros.context, pipeline_factory=FakePipeline,
-                     parameter_overrides=[Parameter("bundle", value=str(bundle_dir))],
-                     namespace="/fake")
+    node = make_node(ros, bundle_dir)
     node.pipeline.calls.clear()  # the warm-up frame
     yield node
     node.destroy_node()
@@ -301,17 +443,38 @@ def test_only_newest_frame_is_processed(fake_node, monkeypatch):
     assert fake_node.stats.processed == 1
 
 
-def test_malformed_counted_in_process(fake_node):
-    msg, _ = camera_frame(h=8, w=10)
-    msg.step = 3
-    fake_node._on_image(msg)
+def test_malformed_rejected_on_arrival_keeps_the_pending_frame(fake_node):
+    good, rgb = camera_frame(h=8, w=10, seed=1)
+    fake_node._on_image(good)
+    bad, _ = camera_frame(h=8, w=10)
+    bad.step = 3
+    fake_node._on_image(bad)  # rejected on arrival: the good frame stays queued
+    huge, _ = camera_frame(h=8, w=10)
+    huge.height = huge.width = 16384  # short data: refused on the header, nothing allocated
+    fake_node._on_image(huge)
+    assert (fake_node.stats.rejected, fake_node.stats.dropped) == (2, 0)
+    assert "16384x16384 has more than max_pixels" in fake_node.monitor.last_rejection
     fake_node._process_latest()
-    assert fake_node.stats.malformed == 1 and not fake_node.pipeline.calls
-    big, _ = camera_frame(h=8, w=10)
+    assert len(fake_node.pipeline.calls) == 1
+    np.testing.assert_array_equal(fake_node.pipeline.calls[0], rgb)
     fake_node.set_parameters([Parameter("max_image_pixels", value=79)])
-    fake_node._on_image(big)
-    fake_node._process_latest()
-    assert fake_node.stats.malformed == 2 and not fake_node.pipeline.calls
+    fake_node._on_image(camera_frame(h=8, w=10)[0])
+    assert fake_node.stats.rejected == 3 and fake_node.stats.received == 4
+
+
+def test_corrupt_compressed_rejected_by_the_worker(ros, bundle_dir):
+    node = make_node(ros, bundle_dir, input_transport="compressed")
+    try:
+        node.pipeline.calls.clear()
+        assert node._sub.topic_name == "/fake/image/compressed"
+        msg = _compressed(np.zeros((8, 8, 3), np.uint8), ".jpg", "jpeg", 1)
+        msg.data = bytes(msg.data)[:100] + bytes(50)
+        node._on_compressed(msg)
+        node._process_latest()
+        assert node.stats.rejected == 1 and not node.pipeline.calls
+        assert "undecodable" in node.monitor.last_rejection
+    finally:
+        node.destroy_node()
 
 
 def test_read_only_parameters_cannot_change(fake_node):
@@ -320,3 +483,115 @@ def test_read_only_parameters_cannot_change(fake_node):
     result = fake_node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0]
     assert not result.successful
     assert fake_node.set_parameters([Parameter("overlay_alpha", value=0.25)])[0].successful
+    for value in ([1.0], [3.0, 3.0], "sometimes", [float("inf"), 1.0]):
+        assert not fake_node.set_parameters([Parameter("heatmap_range", value=value)])[0] \
+            .successful, value
+    for value in ([0.0, 2.0], [-1, 4], "auto"):
+        assert fake_node.set_parameters([Parameter("heatmap_range", value=value)])[0] \
+            .successful, value
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"input_size": "big"}, "parameter 'input_size': 'big' is not HxW"),
+    ({"input_size": [16, 64]}, "parameter 'input_size': [16, 64]: height and width must be"),
+    ({"input_size": [64, 128, 3]}, "parameter 'input_size'"),
+    ({"output_resolution": "half"}, "parameter 'output_resolution': unknown value 'half'"),
+    ({"input_transport": "theora"}, "parameter 'input_transport': unknown value 'theora'"),
+    ({"input_qos": "FAST"}, "parameter 'input_qos': unknown value 'FAST'"),
+    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the fast path"),
+    ({"device": "tpu"}, "parameter 'device': unknown value 'tpu'"),
+    ({"heatmap_range": [1.0, -1.0]}, "parameter 'heatmap_range': [1.0, -1.0]: need finite lo"),
+    ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
+    ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),
+    ({"max_image_pixels": 0}, "parameter 'max_image_pixels': 0 is out of range"),
+    ({"anomaly_threshold": 1}, "parameter 'anomaly_threshold': must be a double"),
+    ({"bundle": "/nonexistent/bundle"}, "parameter 'bundle': /nonexistent/bundle: not a bundle"),
+])
+def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, message):
+    from cosme_ros.ros.node import StartupError
+    with pytest.raises(StartupError) as err:
+        make_node(ros, bundle_dir, **params).destroy_node()
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["96x160", [96, 160], " 96 X 160 "])
+def test_input_size_forms(ros, bundle_dir, value):
+    node = make_node(ros, bundle_dir, input_size=value)
+    try:
+        assert node.pipeline.input_size == (96, 160)
+        assert node.pipeline.calls[0].shape == (96, 160, 3)  # warm-up at that size
+    finally:
+        node.destroy_node()
+
+
+def test_default_bundle_is_used_for_empty_bundle(ros, bundle_dir, monkeypatch):
+    from cosme_ros.ros import node as node_mod
+    monkeypatch.setattr(node_mod, "default_bundle_path", lambda: Path(bundle_dir))
+    n = make_node(ros, bundle_dir, bundle="")
+    try:
+        assert n.settings.bundle_is_default and Path(n.pipeline.bundle.path) == Path(bundle_dir)
+    finally:
+        n.destroy_node()
+
+
+def test_params_file_configures_a_namespaced_node(ros, bundle_dir):
+    """config/cosme.yaml (`/**`) applies to a node in any namespace, declares nothing unknown and
+    passes the node's own validation."""
+    from cosme_ros.ros.node import PARAMS
+    listed = yaml.safe_load(ros_util.PARAMS_FILE.read_text())["/**"]["ros__parameters"]
+    assert set(listed) == {p.name for p in PARAMS}
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_util.DOMAIN_ID,
+               args=["--ros-args", "--params-file", str(ros_util.PARAMS_FILE)],
+               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    try:
+        node = make_node(ros, bundle_dir, context=context, namespace="/cam_left")
+        try:
+            for name, value in listed.items():
+                if name != "bundle":
+                    assert node.get_parameter(name).value == value, name
+            assert node.get_parameter("heatmap_range").value == "auto"
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_measure_node_overhead(bundle_dir):
+    from cosme_ros.ros.overhead import measure_node_overhead
+    result = measure_node_overhead(bundle_dir, size=(72, 128), frames=2)
+    assert result["camera"] == [72, 128] and result["output_size"] == [72, 128]
+    assert result["published"] and result["network_input"] == [64, 128]
+    for key in ("pipeline_only_ms", "node_decode_ms", "node_render_ms", "node_encode_ms",
+                "node_publish_ms", "node_total_ms"):
+        assert result[key] >= 0, key
+    assert result["node_total_ms"] >= result["node_pipeline_ms"]
+    small = measure_node_overhead(bundle_dir, size=(72, 128), frames=1,
+                                  output_resolution="network", publish=False)
+    assert small["output_size"] == [64, 128] and small["node_publish_ms"] < 1.0
+
+
+def test_time_since_last_frame_is_on_the_node_clock(ros, bundle_dir):
+    """Under use_sim_time (bag replay) "time since the last frame" is simulated time: a paused
+    bag is not a silent camera."""
+    from rclpy.time import Time
+    node = make_node(ros, bundle_dir, use_sim_time=True)
+    sent = []
+    node._diag_pub.publish = sent.append
+    clock = node.get_clock()
+    try:
+        assert clock.ros_time_is_active
+        clock._set_ros_time_is_active(True)
+        clock.set_ros_time_override(Time(seconds=100))
+        node._publish_diagnostics()
+        assert sent[-1].status[0].message.startswith("waiting for the first image")
+        node._on_image(camera_frame(h=8, w=10)[0])
+        node._process_latest()
+        clock.set_ros_time_override(Time(seconds=103, nanoseconds=250_000_000))
+        node._publish_diagnostics()  # wall time: a few ms; simulated: 3.25 s
+        status = sent[-1].status[0]
+        assert diagnostic_values(status)["time since last frame (s)"] == "3.250"
+        assert "no image for 3.2 s" in status.message and status.level == b"\x01"
+        assert (sent[-1].header.stamp.sec, sent[-1].header.stamp.nanosec) == (103, 250_000_000)
+    finally:
+        node.destroy_node()

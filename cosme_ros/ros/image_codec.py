@@ -85,21 +85,52 @@ def _check_size(height: int, width: int, max_pixels: Optional[int]) -> None:
 
 # ----------------------------------------------------------------------------- Image → numpy
 
+def _data_size(data: Any) -> int:
+    """Bytes in a message's ``data`` without copying it."""
+    if isinstance(data, np.ndarray):
+        return int(data.nbytes)
+    if isinstance(data, memoryview):
+        return data.nbytes
+    if hasattr(data, "itemsize"):  # array.array
+        return len(data) * data.itemsize
+    return len(data)
+
+
+def check_image(msg: Any, max_pixels: Optional[int] = None, decodable: bool = True) -> None:
+    """Validate an Image message's fields against its data without touching the pixels.
+
+    Cheap (no copy, no allocation), so a receiver can reject a malformed or oversized message
+    before it queues or decodes it: the size limit is checked first, so a message that *claims*
+    16384×16384 is refused on its header alone. Raises :class:`ImageMessageError`.
+    """
+    encoding = msg.encoding
+    if decodable and encoding not in DECODABLE_ENCODINGS:
+        raise ImageMessageError(f"unsupported encoding {encoding!r} (supported: "
+                                f"{', '.join(DECODABLE_ENCODINGS)})")
+    channels, dtype, _ = _layout(encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    _check_size(height, width, max_pixels)
+    if decodable and encoding in ("yuv422", "yuv422_yuy2") and width % 2:
+        raise ImageMessageError(f"{encoding} needs an even width, got {width}")
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if step < row_bytes:
+        raise ImageMessageError(f"step {step} is less than width x bytes per pixel = {row_bytes}")
+    size = _data_size(msg.data)
+    if size < step * height:
+        raise ImageMessageError(f"data has {size} bytes, step x height needs {step * height}")
+
+
 def image_array(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     """A validated Image message → its pixels, (H, W) or (H, W, C), in native byte order.
 
     Row padding (``step`` > ``width`` × bytes per pixel) is dropped; 16- and 32-bit data are
     byte-swapped when ``is_bigendian`` differs from this machine. No colour conversion.
     """
+    check_image(msg, max_pixels, decodable=False)
     channels, dtype, _ = _layout(msg.encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    _check_size(height, width, max_pixels)
     row_bytes = width * channels * np.dtype(dtype).itemsize
-    if step < row_bytes:
-        raise ImageMessageError(f"step {step} is less than width x bytes per pixel = {row_bytes}")
     buf = _as_bytes(msg.data)
-    if buf.size < step * height:
-        raise ImageMessageError(f"data has {buf.size} bytes, step x height needs {step * height}")
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
     item = np.dtype(dtype)
     if item.itemsize > 1:
@@ -114,12 +145,8 @@ def decode_image(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
     For ``rgb8`` without row padding the result is a view of ``msg.data`` (no copy).
     """
-    if msg.encoding not in DECODABLE_ENCODINGS:
-        raise ImageMessageError(f"unsupported encoding {msg.encoding!r} (supported: "
-                                f"{', '.join(DECODABLE_ENCODINGS)})")
+    check_image(msg, max_pixels)
     _, _, code = _LAYOUTS[msg.encoding]
-    if msg.encoding in ("yuv422", "yuv422_yuy2") and int(msg.width) % 2:
-        raise ImageMessageError(f"{msg.encoding} needs an even width, got {msg.width}")
     pixels = image_array(msg, max_pixels)
     if pixels.dtype == np.uint16:  # mono16: v · 255 / 65535, rounded to nearest (no ties)
         pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -158,6 +185,19 @@ def _peek_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
+def check_compressed(msg: Any, max_pixels: Optional[int] = None) -> None:
+    """Cheap checks of a CompressedImage before decoding: a colour format, some data, and — when
+    the PNG/JPEG header says how large the image is — the size limit (decompression bombs)."""
+    fmt = str(getattr(msg, "format", ""))
+    if "compresseddepth" in fmt.lower():
+        raise ImageMessageError(f"unsupported compressed format {fmt!r} (depth images)")
+    if _data_size(msg.data) == 0:
+        raise ImageMessageError("compressed image has no data")
+    size = _peek_size(_as_bytes(msg.data)[:65536].tobytes())
+    if size is not None:
+        _check_size(size[0], size[1], max_pixels)
+
+
 def decode_compressed(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     """sensor_msgs/CompressedImage (JPEG or PNG) → RGB uint8 (H, W, 3).
 
@@ -166,15 +206,9 @@ def decode_compressed(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     images as BGR, which is what ``cv2.imdecode`` returns, so the result is right for
     ``"rgb8; jpeg compressed bgr8"`` as for plain ``"jpeg"``.
     """
+    check_compressed(msg, max_pixels)  # refuses decompression bombs before decoding
     fmt = str(getattr(msg, "format", ""))
-    if "compresseddepth" in fmt.lower():
-        raise ImageMessageError(f"unsupported compressed format {fmt!r} (depth images)")
     buf = _as_bytes(msg.data)
-    if buf.size == 0:
-        raise ImageMessageError("compressed image has no data")
-    size = _peek_size(buf[:65536].tobytes())
-    if size is not None:  # refuse decompression bombs before decoding
-        _check_size(size[0], size[1], max_pixels)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageMessageError(f"undecodable compressed data (format {fmt!r}, {buf.size} bytes)")

@@ -1,47 +1,68 @@
 """``cosme_node``: camera images in, segmentation and anomaly maps out (DESIGN.md §3).
 
 A thin shell: :mod:`.image_codec` translates messages, :class:`cosme_ros.pipeline.Pipeline` does
-the maths, :mod:`cosme_ros.viz` draws the pictures. The node only decides *which* frame to run and
-*what* to publish:
+the maths, :mod:`.outputs` draws the pictures and :mod:`.monitor` keeps the books. The node only
+decides *which* frame to run and *what* to publish:
 
-- the subscription callback stores the newest message and returns (an unprocessed message it
-  replaces is counted as dropped); a guard condition wakes the worker callback, which runs in its
-  own callback group on a :class:`MultiThreadedExecutor`. A model slower than the camera therefore
-  always works on the newest frame and never builds a backlog;
+- the subscription callback checks the message's header against its data (cheap, no copy: a
+  malformed or oversized message is rejected before anything is allocated for it), stores the
+  newest frame and returns; an unprocessed frame it replaces is counted as dropped. A guard
+  condition wakes the worker callback, which runs in its own callback group on a
+  :class:`MultiThreadedExecutor`. A model slower than the camera therefore always works on the
+  newest frame and never builds a backlog;
 - every output copies the input header; an output nobody subscribes to is not computed or
   encoded (the pipeline itself runs for every processed frame);
-- malformed messages are counted and skipped with a throttled warning.
+- malformed messages are counted, reported on ``/diagnostics`` and skipped with a throttled
+  warning; an exception in the pipeline is counted and logged, and the next frame runs.
 
-Topics (relative, remappable): ``image`` (sensor_msgs/Image) in; ``segmentation/class_mask``
-mono8, ``segmentation/color`` rgb8, ``anomaly/score`` 32FC1, ``anomaly/mask`` mono8 (0/255),
-``anomaly/heatmap`` rgb8 and ``~/debug/processing_time_ms`` (std_msgs/Float64) out.
+Topics (relative, remappable): ``image`` (sensor_msgs/Image) or, with ``input_transport:
+compressed``, ``<image>/compressed`` (sensor_msgs/CompressedImage; the name is built from the
+resolved ``image`` as image_transport does, so ``-r image:=/camera/image_raw`` subscribes to
+``/camera/image_raw/compressed``) in; ``segmentation/class_mask`` mono8, ``segmentation/color``
+rgb8, ``anomaly/score`` 32FC1, ``anomaly/mask`` mono8 (0/255), ``anomaly/heatmap`` rgb8,
+``~/debug/processing_time_ms`` (std_msgs/Float64) and ``/diagnostics`` out.
 """
 from __future__ import annotations
 
+import array
+import math
+import re
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType, SetParametersResult)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSPresetProfiles, QoSProfile
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 
 from cosme_ros.errors import CosmeError
 from cosme_ros.ros import image_codec
+from cosme_ros.ros.monitor import FrameMonitor
+from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
 
 NODE_NAME = "cosme_node"
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNNABLE_PRECISIONS = ("auto", "fp32")
 INPUT_QOS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT", "BEST_AVAILABLE")
+INPUT_TRANSPORTS = ("raw", "compressed")
+OUTPUT_RESOLUTIONS = ("input", "network")
+MIN_INPUT_SIDE = 32
 WARN_THROTTLE_S = 5.0
+DIAGNOSTICS_PERIOD_S = 1.0
 _INT64_MAX = 2 ** 63 - 1
 
 
@@ -49,7 +70,73 @@ class StartupError(CosmeError):
     """A parameter or bundle problem that stops the node before it runs; names the parameter."""
 
 
-# ----------------------------------------------------------------------------- parameters
+def default_bundle_path() -> Path:
+    """The demo bundle: ``share/cosme_ros/models/demo`` of an installed package (colcon), else
+    ``models/demo`` of the repository this package was imported from (editable ``.venv``)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("cosme_ros")) / "models" / "demo"
+    except (ImportError, LookupError, OSError, ValueError):
+        return Path(__file__).resolve().parents[2] / "models" / "demo"
+
+
+# ----------------------------------------------------------------------------- parameter values
+
+def _as_list(value: Any) -> Any:
+    """Array parameters arrive as lists from files and the command line but as ``array.array``
+    from the parameter services; make them lists."""
+    return list(value) if isinstance(value, (array.array, tuple)) else value
+
+
+def parse_input_size(value: Any) -> Optional[Tuple[int, int]]:
+    """``input_size`` → (height, width), or None for the bundle's (empty string, empty list or
+    unset). Accepts ``[H, W]`` integers or ``"HxW"``; raises ValueError."""
+    value = _as_list(value)
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0):
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
+        if not m:
+            raise ValueError(f"{value!r} is not HxW (e.g. 512x1024) or [H, W]")
+        size = (int(m.group(1)), int(m.group(2)))
+    elif (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        size = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{value!r} is not [H, W] (two integers) or \"HxW\"")
+    if min(size) < MIN_INPUT_SIDE:
+        raise ValueError(f"{value!r}: height and width must be at least {MIN_INPUT_SIDE}")
+    return size
+
+
+def parse_heatmap_range(value: Any) -> Optional[Tuple[float, float]]:
+    """``heatmap_range`` → (lo, hi), or None for ``auto`` (a running range, see
+    :class:`~cosme_ros.ros.outputs.RunningRange`); raises ValueError."""
+    value = _as_list(value)
+    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0) or \
+            (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        lo, hi = float(value[0]), float(value[1])
+        if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
+            return lo, hi
+        raise ValueError(f"{value!r}: need finite lo < hi")
+    raise ValueError(f"{value!r} is neither 'auto' nor [lo, hi]")
+
+
+def _check_precision(value: str) -> None:
+    if value not in RUNNABLE_PRECISIONS:
+        raise ValueError(f"{value} needs the fast path (TensorRT / reduced-precision inference, a "
+                         f"later issue); this build runs fp32 only: use auto or fp32")
+
+
+def _finite(value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+
+
+# ----------------------------------------------------------------------------- parameter table
 
 def _methods() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import METHODS
@@ -59,18 +146,25 @@ def _methods() -> Sequence[str]:
 @dataclass(frozen=True)
 class Param:
     name: str
-    default: Any
+    default: Union[Any, Callable[[], Any]]
     description: str
     read_only: bool = True
     choices: Optional[Callable[[], Sequence[str]]] = None
     float_range: Optional[tuple] = None
     int_range: Optional[tuple] = None
+    dynamic: bool = False                        # more than one accepted type
+    check: Optional[Callable[[Any], Any]] = None  # raises ValueError with the reason
+
+    def default_value(self) -> Any:
+        return self.default() if callable(self.default) else self.default
 
     def descriptor(self) -> ParameterDescriptor:
         kind = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
                 int: ParameterType.PARAMETER_INTEGER, bool: ParameterType.PARAMETER_BOOL}
-        d = ParameterDescriptor(name=self.name, type=kind[type(self.default)],
-                                description=self.description, read_only=self.read_only)
+        d = ParameterDescriptor(name=self.name, description=self.description,
+                                read_only=self.read_only, dynamic_typing=self.dynamic)
+        if not self.dynamic:
+            d.type = kind[type(self.default_value())]
         if self.choices is not None:
             d.additional_constraints = "one of: " + ", ".join(self.choices())
         if self.float_range is not None:
@@ -82,42 +176,69 @@ class Param:
                                             to_value=int(self.int_range[1]), step=0)]
         return d
 
+    def validate(self, value: Any) -> None:
+        """Raise ValueError with a reason for a value this parameter does not accept."""
+        if self.choices is not None and value not in self.choices():
+            raise ValueError(f"unknown value {value!r} (use one of: {', '.join(self.choices())})")
+        if self.check is not None:
+            self.check(value)
 
-#: Declared up front, in this order. Read-only ones are fixed at start-up; the others are read
-#: for every frame, so ``ros2 param set`` takes effect on the next one.
+
+#: Declared up front, in this order (``config/cosme.yaml`` lists them all). Read-only ones are
+#: fixed at start-up; the others are read for every frame, so ``ros2 param set`` takes effect on
+#: the next one.
 PARAMS: Sequence[Param] = (
-    Param("bundle", "", "Path to the model bundle directory (`cosme bundle create`). Required."),
+    Param("bundle", lambda: str(default_bundle_path()),
+          "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
+          "the package (models/demo)."),
     Param("method", "maxlogit", "Anomaly scorer.", choices=_methods),
     Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
           choices=lambda: DEVICES),
-    Param("anomaly_threshold", 0.0,
-          "Score above which a pixel is an anomaly in anomaly/mask (units of the method's score).",
-          read_only=False),
-    Param("overlay_alpha", 0.5, "Weight of the colour map over the camera image in "
-          "anomaly/heatmap.", read_only=False, float_range=(0.0, 1.0)),
+    Param("precision", "auto", "Inference precision: auto, fp32, bf16, fp16. This build runs "
+          "fp32 (auto = fp32); bf16/fp16 come with the fast path.", choices=lambda: PRECISIONS,
+          check=_check_precision),
+    Param("input_size", "", "Network input size: [H, W] or \"HxW\"; empty = the bundle's.",
+          dynamic=True, check=parse_input_size),
+    Param("output_resolution", "input", "Size of the output images: input (the camera's) or "
+          "network (the network input size; cheaper).", choices=lambda: OUTPUT_RESOLUTIONS),
+    Param("input_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: "
+          "sensor_msgs/CompressedImage (JPEG/PNG) on `<image>/compressed`.",
+          choices=lambda: INPUT_TRANSPORTS),
     Param("input_qos", "SENSOR_DATA", "QoS preset of the image subscription.",
           choices=lambda: INPUT_QOS),
-    Param("max_image_pixels", 4096 * 4096, "Images with more pixels are skipped as malformed.",
-          read_only=False, int_range=(1, _INT64_MAX)),
+    Param("anomaly_threshold", 0.0,
+          "Score above which a pixel is an anomaly in anomaly/mask (units of the method's score).",
+          read_only=False, check=_finite),
+    Param("overlay_alpha", 0.5, "Weight of the colour map over the camera image in "
+          "anomaly/heatmap.", read_only=False, float_range=(0.0, 1.0)),
+    Param("heatmap_range", "auto", "Scores mapped to the ends of the heatmap's colour map: "
+          "[lo, hi], or auto (a slowly following 1st-99th percentile range).", read_only=False,
+          dynamic=True, check=parse_heatmap_range),
+    Param("processing_budget_ms", 100.0, "Mean processing time per frame above which "
+          "/diagnostics warns.", read_only=False, float_range=(0.0, 1e6)),
+    Param("max_image_pixels", 4096 * 4096, "Images with more pixels are rejected (checked on "
+          "the header, before anything is allocated).", read_only=False,
+          int_range=(1, _INT64_MAX)),
 )
+PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
 _TYPE_NAMES = {str: "a string", float: "a double (write e.g. 1.0, not 1)", int: "an integer",
                bool: "a bool"}
 
 
-@dataclass
-class FrameStats:
-    """Frame counters; ``dropped`` = replaced by a newer frame before the worker took it."""
+@dataclass(frozen=True)
+class Settings:
+    """The read-only parameters, validated."""
 
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0
-    malformed: int = 0
-    failed: int = 0
-
-    def summary(self) -> str:
-        return (f"frames: received {self.received}, processed {self.processed}, dropped "
-                f"{self.dropped}, malformed {self.malformed}, failed {self.failed}")
+    bundle: str
+    bundle_is_default: bool
+    method: str
+    device: str
+    precision: str
+    input_size: Optional[Tuple[int, int]]
+    output_resolution: str
+    input_transport: str
+    input_qos: str
 
 
 # ----------------------------------------------------------------------------- the node
@@ -127,103 +248,191 @@ class CosmeNode(Node):
 
     def __init__(self, pipeline_factory: Optional[Callable[..., Any]] = None, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
-        self._declare_parameters()
-        method, device, qos = self._validate_parameters()
-        self.pipeline = self._load_pipeline(method, device, pipeline_factory)
+        try:
+            self._declare_parameters()
+            self.settings = self._validate_parameters()
+            self.pipeline = self._load_pipeline(self.settings, pipeline_factory)
+        except BaseException:
+            try:
+                self.destroy_node()  # a half-made node must not linger in the context
+            except Exception:  # the context is already shut down (Ctrl-C during start-up)
+                pass
+            raise
         self.palette = list(self.pipeline.bundle.palette)
+        self.precision = "fp32"
+        self.add_on_set_parameters_callback(self._check_parameter_change)
 
-        self.stats = FrameStats()
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.monitor = FrameMonitor(self._steady_s())
         self._lock = threading.Lock()
-        self._latest: Optional[Image] = None
+        self._latest: Optional[Any] = None
+        self._last_frame_time = None  # node clock (sim time under use_sim_time)
+        self._heat_range = RunningRange()
 
         out_qos = QoSProfile(depth=1)
-        self._pub = {
-            "class_mask": self.create_publisher(Image, "segmentation/class_mask", out_qos),
-            "color": self.create_publisher(Image, "segmentation/color", out_qos),
-            "score": self.create_publisher(Image, "anomaly/score", out_qos),
-            "mask": self.create_publisher(Image, "anomaly/mask", out_qos),
-            "heatmap": self.create_publisher(Image, "anomaly/heatmap", out_qos),
-        }
+        self._pub = {key: self.create_publisher(Image, topic, out_qos)
+                     for key, (topic, _) in OUTPUTS.items()}
         self._time_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        # Worker and input in separate groups: the input callback never waits for the model.
+        # Worker, input and diagnostics in separate groups: the input callback never waits for
+        # the model, and diagnostics keep coming while it runs.
         self._work_group = MutuallyExclusiveCallbackGroup()
         self._input_group = MutuallyExclusiveCallbackGroup()
+        self._diag_group = MutuallyExclusiveCallbackGroup()
         self._wake = self.create_guard_condition(self._process_latest, self._work_group)
-        self._sub = self.create_subscription(Image, "image", self._on_image,
-                                             QoSPresetProfiles[qos].value,
-                                             callback_group=self._input_group)
-        b = self.pipeline.bundle
+        qos = QoSPresetProfiles[self.settings.input_qos].value
+        if self.settings.input_transport == "compressed":
+            # image_transport's naming: the base topic resolved (remapped) first, then the suffix
+            topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
+            self._sub = self.create_subscription(CompressedImage, topic, self._on_compressed,
+                                                 qos, callback_group=self._input_group)
+        else:
+            self._sub = self.create_subscription(Image, "image", self._on_image, qos,
+                                                 callback_group=self._input_group)
+        # A steady timer: diagnostics keep coming while a replayed bag's /clock is paused.
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+                                             callback_group=self._diag_group, clock=self._steady)
+        b, s = self.pipeline.bundle, self.settings
+        h, w = self.pipeline.input_size
         self.get_logger().info(
-            f"ready: bundle {b.name} ({b.path}), method {method}, device "
-            f"{self.pipeline.device}, network input {self.pipeline.input_size[1]}x"
-            f"{self.pipeline.input_size[0]}; listening on {self._sub.topic_name} ({qos})")
+            f"ready: bundle {b.name} ({b.path}), method {s.method}, device "
+            f"{self.pipeline.device}, precision {self.precision}, network input {h}x{w} (HxW), "
+            f"output resolution {s.output_resolution}; listening on {self._sub.topic_name} "
+            f"({s.input_transport}, {s.input_qos})")
 
     # -- start-up
 
     def _declare_parameters(self) -> None:
         for p in PARAMS:
+            default = p.default_value()
             try:
-                self.declare_parameter(p.name, p.default, p.descriptor())
+                self.declare_parameter(p.name, default, p.descriptor())
             except InvalidParameterTypeException:
                 given = self._parameter_overrides.get(p.name)
                 raise StartupError(
-                    f"parameter '{p.name}': must be {_TYPE_NAMES[type(p.default)]}"
+                    f"parameter '{p.name}': must be {_TYPE_NAMES[type(default)]}"
                     + (f", got {given.value!r}" if given is not None else "")) from None
             except InvalidParameterValueException:
                 given = self._parameter_overrides.get(p.name)
-                value = given.value if given is not None else p.default
+                value = given.value if given is not None else default
                 limits = p.float_range or p.int_range
                 where = f"out of range [{limits[0]}, {limits[1]}]" if limits else "invalid"
                 raise StartupError(f"parameter '{p.name}': {value!r} is {where}") from None
 
-    def _validate_parameters(self) -> tuple:
+    def _validate_parameters(self) -> Settings:
         def value(name: str):
             return self.get_parameter(name).value
 
-        if not value("bundle"):
-            raise StartupError("parameter 'bundle' is required: the path of a model bundle "
-                               "directory (e.g. --ros-args -p bundle:=/path/to/bundle)")
         for p in PARAMS:
-            if p.choices is not None and value(p.name) not in p.choices():
-                raise StartupError(f"parameter '{p.name}': unknown value {value(p.name)!r} "
-                                   f"(use one of: {', '.join(p.choices())})")
-        return value("method"), value("device"), value("input_qos")
+            try:
+                p.validate(value(p.name))
+            except ValueError as exc:
+                raise StartupError(f"parameter '{p.name}': {exc}") from None
+        bundle = value("bundle") or ""
+        default = str(default_bundle_path())
+        return Settings(
+            bundle=bundle or default, bundle_is_default=bundle in ("", default),
+            method=value("method"), device=value("device"), precision=value("precision"),
+            input_size=parse_input_size(value("input_size")),
+            output_resolution=value("output_resolution"),
+            input_transport=value("input_transport"), input_qos=value("input_qos"))
 
-    def _load_pipeline(self, method: str, device: str, factory) -> Any:
+    def _load_pipeline(self, s: Settings, factory) -> Any:
         from cosme_ros.bundle import Bundle
         from cosme_ros.errors import BundleError, MissingPartError
         from cosme_ros.pipeline import Pipeline, resolve_device
 
-        path = self.get_parameter("bundle").value
         try:
-            resolve_device(device)
+            resolve_device(s.device)
         except CosmeError as exc:
             raise StartupError(f"parameter 'device': {exc}") from None
+        if s.bundle_is_default and not Path(s.bundle).is_dir():
+            raise StartupError(
+                f"parameter 'bundle' is not set and the default demo bundle {s.bundle} does not "
+                f"exist (it is not built yet); pass a bundle directory, e.g. --ros-args -p "
+                f"bundle:=/path/to/bundle (make one with `cosme bundle create`)")
         try:
-            bundle = Bundle.load(path)
+            bundle = Bundle.load(s.bundle)
         except BundleError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
         try:
-            pipeline = (factory or Pipeline)(bundle, method=method, device=device)
+            pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
+                                             input_size=s.input_size)
         except MissingPartError as exc:
-            raise StartupError(f"parameter 'method': {method} cannot run on this bundle: "
+            raise StartupError(f"parameter 'method': {s.method} cannot run on this bundle: "
                                f"{exc}") from None
         except CosmeError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
-        # One warm-up frame: the first camera frame should not pay for lazy initialisation.
+        # One warm-up frame: the first camera frame should not pay for lazy initialisation, and
+        # a network that cannot run at the requested input size says so now.
         h, w = pipeline.input_size
-        pipeline(np.zeros((h, w, 3), np.uint8))
+        try:
+            pipeline(np.zeros((h, w, 3), np.uint8))
+        except (RuntimeError, ValueError) as exc:
+            name = "input_size" if s.input_size else "bundle"
+            raise StartupError(f"parameter '{name}': the network cannot run at {h}x{w} "
+                               f"({str(exc).splitlines()[0]})") from None
         return pipeline
+
+    def _check_parameter_change(self, params) -> SetParametersResult:
+        """Runtime checks that descriptors cannot express (ranges and read-only are rclpy's)."""
+        for param in params:
+            spec = PARAMS_BY_NAME.get(param.name)
+            if spec is None or spec.read_only:
+                continue
+            try:
+                spec.validate(param.value)
+            except ValueError as exc:
+                return SetParametersResult(successful=False,
+                                           reason=f"parameter '{param.name}': {exc}")
+        return SetParametersResult(successful=True)
+
+    # -- helpers
+
+    def _steady_s(self) -> float:
+        return self._steady.now().nanoseconds * 1e-9
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    @property
+    def stats(self):
+        """Total frame counters (:class:`~cosme_ros.ros.monitor.FrameStats`)."""
+        return self.monitor.totals
+
+    def _reject(self, exc: Exception) -> None:
+        n = self.monitor.rejected(str(exc))
+        self.get_logger().warning(f"rejected image on {self._sub.topic_name}: {exc} ({n} "
+                                  f"rejected so far)", throttle_duration_sec=WARN_THROTTLE_S)
 
     # -- callbacks
 
     def _on_image(self, msg: Image) -> None:
+        try:
+            image_codec.check_image(msg, self._param("max_image_pixels"))
+        except image_codec.ImageMessageError as exc:
+            self.monitor.received(self._steady_s(), accepted=False)
+            self._reject(exc)
+            return
+        self._accept(msg)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        try:
+            image_codec.check_compressed(msg, self._param("max_image_pixels"))
+        except image_codec.ImageMessageError as exc:
+            self.monitor.received(self._steady_s(), accepted=False)
+            self._reject(exc)
+            return
+        self._accept(msg)
+
+    def _accept(self, msg: Any) -> None:
+        self.monitor.received(self._steady_s())
         with self._lock:
-            self.stats.received += 1
-            if self._latest is not None:
-                self.stats.dropped += 1
-            self._latest = msg
+            self._last_frame_time = self.get_clock().now()
+            replaced, self._latest = self._latest, msg
+        if replaced is not None:
+            self.monitor.dropped()
         self._wake.trigger()
 
     def _process_latest(self) -> None:
@@ -233,47 +442,62 @@ class CosmeNode(Node):
             return
         start = time.perf_counter()
         try:
-            rgb = image_codec.decode_image(msg, self.get_parameter("max_image_pixels").value)
-        except image_codec.ImageMessageError as exc:
-            self.stats.malformed += 1
-            self.get_logger().warning(
-                f"skipped malformed image ({exc}); {self.stats.malformed} so far",
-                throttle_duration_sec=WARN_THROTTLE_S)
+            rgb = image_codec.decode(msg, self._param("max_image_pixels"))
+        except image_codec.ImageMessageError as exc:  # e.g. corrupt JPEG data
+            self._reject(exc)
             return
         try:
-            result = self.pipeline(rgb, out_size=rgb.shape[:2])
+            out_size = rgb.shape[:2] if self.settings.output_resolution == "input" \
+                else tuple(self.pipeline.input_size)
+            result = self.pipeline(rgb, out_size=out_size)
             self._publish(msg.header, rgb, result)
         except Exception as exc:  # a frame must not take the node down; say what went wrong
             if not self.context.ok():
                 return  # shutting down mid-frame
-            self.stats.failed += 1
-            self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
-                                    throttle_duration_sec=WARN_THROTTLE_S)
+            n = self.monitor.failed(f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc} ({n} failed so "
+                                    f"far)", throttle_duration_sec=WARN_THROTTLE_S)
             return
-        self.stats.processed += 1
-        self._time_pub.publish(Float64(data=(time.perf_counter() - start) * 1e3))
+        ms = (time.perf_counter() - start) * 1e3
+        self.monitor.processed(ms)
+        self._time_pub.publish(Float64(data=ms))
 
     def _publish(self, header, rgb: np.ndarray, result) -> None:
-        from cosme_ros import viz
-
-        def wanted(key: str) -> bool:
-            return self._pub[key].get_subscription_count() > 0
-
-        def send(key: str, array: np.ndarray, encoding: str) -> None:
+        wanted = {k for k, pub in self._pub.items() if pub.get_subscription_count() > 0}
+        if not wanted:
+            return
+        heat_range = (0.0, 1.0)
+        if "heatmap" in wanted:
+            heat_range = parse_heatmap_range(self._param("heatmap_range")) or \
+                self._heat_range.update(result.score)
+        images = render_outputs(rgb, result.classes, result.score, wanted,
+                                threshold=self._param("anomaly_threshold"),
+                                alpha=self._param("overlay_alpha"), palette=self.palette,
+                                heat_range=heat_range)
+        for key, (array, encoding) in images.items():
             self._pub[key].publish(image_codec.encode_image(Image, array, encoding, header))
 
-        if wanted("class_mask"):
-            send("class_mask", result.classes, "mono8")
-        if wanted("score"):
-            send("score", result.score, "32FC1")
-        if wanted("mask"):
-            threshold = self.get_parameter("anomaly_threshold").value
-            send("mask", np.where(result.score > threshold, 255, 0).astype(np.uint8), "mono8")
-        if wanted("color"):
-            send("color", viz.colorize(result.classes, self.palette), "rgb8")
-        if wanted("heatmap"):
-            alpha = self.get_parameter("overlay_alpha").value
-            send("heatmap", viz.blend(rgb, viz.heatmap(result.score), alpha), "rgb8")
+    def _publish_diagnostics(self) -> None:
+        now = self.get_clock().now()
+        with self._lock:
+            last = self._last_frame_time
+        since = None if last is None else max((now - last).nanoseconds * 1e-9, 0.0)
+        b, s = self.pipeline.bundle, self.settings
+        h, w = self.pipeline.input_size
+        report = self.monitor.report(self._steady_s(), since, self._param("processing_budget_ms"),
+                                     info={"input topic": self._sub.topic_name,
+                                           "model": f"{b.name} ({b.path})", "method": s.method,
+                                           "device": str(self.pipeline.device),
+                                           "precision": self.precision,
+                                           "network input (HxW)": f"{h}x{w}",
+                                           "output resolution": s.output_resolution})
+        status = DiagnosticStatus(
+            level=bytes([report.level]), name=f"{self.get_fully_qualified_name()}: anomaly "
+            f"segmentation", message=report.message, hardware_id=str(self.pipeline.device),
+            values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = now.to_msg()
+        self._diag_pub.publish(msg)
 
 
 # ----------------------------------------------------------------------------- entry point
