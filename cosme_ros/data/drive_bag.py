@@ -8,7 +8,6 @@ place, so a reader never sees half a bag.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,14 +75,7 @@ def write_drive_bag(path: str | Path, frames: Iterable, fps: float = 10.0, force
                 count += 1
         if count == 0:
             raise CosmeError(f"{path}: no frames to write")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(bag, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(bag, path)
+        atomic.replace_dir(bag, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(path), "messages": {IMAGE_TOPIC: count, GT_TOPIC: count},
