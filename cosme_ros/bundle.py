@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 import yaml
 from torch import Tensor, nn
 
@@ -292,3 +293,37 @@ def create(out: str | Path, *, arch: str, module: nn.Module, input_size: Sequenc
         write_tensors(tmp / TEACHER_FILE, module.state_dict())
         write_manifest(tmp, manifest)
     return Bundle.load(out)
+
+
+# fp16 storage of network weights (the shipped demo bundle must stay small).
+HALF_PARTS = ("teacher", "student")
+_KEEP_FP32 = ("running_mean", "running_var")  # tiny; variances near 0 lose precision in fp16
+
+
+def store_half(bundle: str | Path, parts: Sequence[str] = HALF_PARTS) -> Dict[str, Tuple[int, int]]:
+    """Rewrite the bundle's network weights (``parts`` present in the manifest) with float32
+    tensors stored as float16, BatchNorm statistics kept float32. Loading casts them back:
+    ``load_state_dict`` copies into the fp32 parameters. The anomaly part (memory, statistics)
+    stays fp32. Idempotent. Returns {file: (bytes before, bytes after)}.
+
+    Raises BundleError when a weight does not fit fp16 (|w| > 65504)."""
+    b = Bundle.load(bundle)
+    sizes = {}
+    for part in parts:
+        section = b.manifest.get(part)
+        if section is None:
+            continue
+        path = b.path / section["weights"]
+        before = path.stat().st_size
+        tensors = read_tensors(path)
+        out = {}
+        for key, t in tensors.items():
+            if t.dtype == torch.float32 and not key.endswith(_KEEP_FP32):
+                half = t.to(torch.float16)
+                if not bool(torch.isfinite(half).all()):
+                    raise BundleError(f"{path}: {key} has values beyond fp16's range; keep fp32")
+                t = half
+            out[key] = t
+        write_tensors(path, out)
+        sizes[section["weights"]] = (before, path.stat().st_size)
+    return sizes

@@ -351,7 +351,7 @@ class CosmeNode(Node):
             raise StartupError(
                 f"parameter 'bundle' is not set and the default demo bundle {s.bundle} does not "
                 f"exist (it is not built yet); pass a bundle directory, e.g. --ros-args -p "
-                f"bundle:=/path/to/bundle (make one with `cosme bundle create`)")
+                f"bundle:=/path/to/bundle, or build the demo with `bash scripts/build_demo_bundle.sh`")
         try:
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
