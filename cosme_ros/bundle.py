@@ -45,6 +45,7 @@ STUDENT_FILE = "student.safetensors"
 ANOMALY_FILE = "anomaly.safetensors"
 
 
+
 # ----------------------------------------------------------------------------- validation helpers
 
 def _need(section: Mapping, key: str, where: str, kind: type) -> Any:

@@ -112,7 +112,7 @@ class DemoResult:
 
 def default_bundle() -> Path:
     """The demo bundle the node uses by default (installed share/ or the repository's)."""
-    from cosme_ros.ros.node import default_bundle_path
+    from cosme_ros.paths import default_bundle_path
     return default_bundle_path()
 
 

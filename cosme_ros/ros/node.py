@@ -48,6 +48,7 @@ from rclpy.qos import QoSPresetProfiles, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 
+from cosme_ros.paths import default_bundle_path
 from cosme_ros.errors import CosmeError
 from cosme_ros.ros import image_codec
 from cosme_ros.ros.monitor import FrameMonitor
@@ -70,14 +71,6 @@ class StartupError(CosmeError):
     """A parameter or bundle problem that stops the node before it runs; names the parameter."""
 
 
-def default_bundle_path() -> Path:
-    """The demo bundle: ``share/cosme_ros/models/demo`` of an installed package (colcon), else
-    ``models/demo`` of the repository this package was imported from (editable ``.venv``)."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cosme_ros")) / "models" / "demo"
-    except (ImportError, LookupError, OSError, ValueError):
-        return Path(__file__).resolve().parents[2] / "models" / "demo"
 
 
 # ----------------------------------------------------------------------------- parameter values
