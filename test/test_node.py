@@ -258,7 +258,8 @@ def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ro
     values = diagnostic_values(ok)
     assert ok.name == "/cosme_node: anomaly segmentation" and ok.hardware_id == "cpu"
     assert values["model"].startswith("tiny-deeplab") and values["method"] == "maxlogit"
-    assert values["device"] == "cpu" and values["precision"] == "fp32"
+    from cosme_ros.pipeline import resolve_precision
+    assert values["device"] == "cpu" and values["precision"] == resolve_precision("auto", "cpu")
     assert values["input topic"] == "/image" and float(values["input rate (Hz)"]) > 0
     assert float(values["time since last frame (s)"]) < 5
     for key in ("frames received", "frames processed", "frames dropped", "frames rejected"):
@@ -380,7 +381,7 @@ def _default_bundle_missing() -> bool:
 @pytest.mark.parametrize("params,message", [
     ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
     ({"method": "nonsense"}, "parameter 'method': unknown value 'nonsense'"),
-    ({"precision": "bf16"}, "parameter 'precision': bf16 needs the fast path"),
+    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
     pytest.param({"bundle": None}, "parameter 'bundle' is not set and the default demo bundle",
                  marks=pytest.mark.skipif(not _default_bundle_missing(),
                                           reason="the demo bundle exists")),
@@ -401,8 +402,8 @@ def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
 class FakePipeline:
     """Stands in for Pipeline: records the frames it gets, answers with constant maps."""
 
-    def __init__(self, bundle, method, device, input_size=None):
-        self.bundle, self.method = bundle, method
+    def __init__(self, bundle, method, device, input_size=None, precision="fp32"):
+        self.bundle, self.method, self.precision = bundle, method, precision
         self.device, self.input_size = "cpu", tuple(input_size or bundle.input_size)
         self.calls = []
 
@@ -498,7 +499,7 @@ def test_read_only_parameters_cannot_change(fake_node):
     ({"output_resolution": "half"}, "parameter 'output_resolution': unknown value 'half'"),
     ({"input_transport": "theora"}, "parameter 'input_transport': unknown value 'theora'"),
     ({"input_qos": "FAST"}, "parameter 'input_qos': unknown value 'FAST'"),
-    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the fast path"),
+    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
     ({"device": "tpu"}, "parameter 'device': unknown value 'tpu'"),
     ({"heatmap_range": [1.0, -1.0]}, "parameter 'heatmap_range': [1.0, -1.0]: need finite lo"),
     ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),

@@ -57,7 +57,7 @@ from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
 NODE_NAME = "cosme_node"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RUNNABLE_PRECISIONS = ("auto", "fp32")
+RUNNABLE_PRECISIONS = ("auto", "fp32", "bf16")
 INPUT_QOS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT", "BEST_AVAILABLE")
 INPUT_TRANSPORTS = ("raw", "compressed")
 OUTPUT_RESOLUTIONS = ("input", "network")
@@ -120,8 +120,8 @@ def parse_heatmap_range(value: Any) -> Optional[Tuple[float, float]]:
 
 def _check_precision(value: str) -> None:
     if value not in RUNNABLE_PRECISIONS:
-        raise ValueError(f"{value} needs the fast path (TensorRT / reduced-precision inference, a "
-                         f"later issue); this build runs fp32 only: use auto or fp32")
+        raise ValueError(f"{value} needs the TensorRT engines of the GPU path (not in this build); "
+                         f"use auto, fp32 or bf16")
 
 
 def _finite(value: float) -> None:
@@ -187,8 +187,9 @@ PARAMS: Sequence[Param] = (
     Param("method", "maxlogit", "Anomaly scorer.", choices=_methods),
     Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
           choices=lambda: DEVICES),
-    Param("precision", "auto", "Inference precision: auto, fp32, bf16, fp16. This build runs "
-          "fp32 (auto = fp32); bf16/fp16 come with the fast path.", choices=lambda: PRECISIONS,
+    Param("precision", "auto", "Network precision: auto (bf16 on CPUs with native bf16, else "
+          "fp32), fp32, bf16; fp16 is the TensorRT GPU path (not in this build). Scores are "
+          "always fp32.", choices=lambda: PRECISIONS,
           check=_check_precision),
     Param("input_size", "", "Network input size: [H, W] or \"HxW\"; empty = the bundle's.",
           dynamic=True, check=parse_input_size),
@@ -252,7 +253,7 @@ class CosmeNode(Node):
                 pass
             raise
         self.palette = list(self.pipeline.bundle.palette)
-        self.precision = "fp32"
+        self.precision = self.pipeline.precision  # what "auto" resolved to
         self.add_on_set_parameters_callback(self._check_parameter_change)
 
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -351,7 +352,7 @@ class CosmeNode(Node):
             raise StartupError(f"parameter 'bundle': {exc}") from None
         try:
             pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
-                                             input_size=s.input_size)
+                                             input_size=s.input_size, precision=s.precision)
         except MissingPartError as exc:
             raise StartupError(f"parameter 'method': {s.method} cannot run on this bundle: "
                                f"{exc}") from None
