@@ -15,6 +15,17 @@ from typing import Iterator
 from cosme_ros.errors import CosmeError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path) -> None:
+    """The mode a plain ``open()`` would have given: mkstemp/mkdtemp make owner-only files."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 def check_writable(path: str | Path, force: bool) -> Path:
     """Refuse to replace an existing output unless ``force`` is given."""
     path = Path(path)
@@ -35,6 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        give_default_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -62,6 +74,7 @@ def atomic_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        give_default_mode(tmp)
         replace_dir(tmp, path)
     finally:
         if tmp.exists():

@@ -544,14 +544,7 @@ class _BagTarget:
 
     def commit(self) -> None:
         with _signals_deferred():
-            if self.path.exists():
-                old = self.path.with_name(f".{self.path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.path, old)
-                os.replace(self.bag, self.path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.bag, self.path)
+            atomic.replace_dir(self.bag, self.path)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def discard(self) -> None:
@@ -600,6 +593,7 @@ class _Video:
             self.writer = None
         if self.frames == 0:
             raise CosmeError(f"{self.path}: no frame to write (every frame was rejected)")
+        atomic.give_default_mode(self.tmp)
         with _signals_deferred():
             os.replace(self.tmp, self.path)
 
