@@ -93,7 +93,7 @@ def stamp_of(msg) -> int:
 
 
 def replay(*args):
-    return main(["replay", "--device", "cpu", *map(str, args)])
+    return main(["replay", "--device", "cpu", "--precision", "fp32", *map(str, args)])
 
 
 # ----------------------------------------------------------------------------- fixtures

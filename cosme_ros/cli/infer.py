@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--output", required=True, help="directory for the results")
     p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="network precision (default auto: bf16 on CPUs with native bf16, else "
+                   "fp32; scores are always fp32)")
     p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH "
                    "(default: the bundle's)")
     p.add_argument("--force", action="store_true", help="overwrite existing result files")
@@ -56,7 +59,7 @@ def run(args) -> int:
             for path in paths:
                 atomic.check_writable(path, force=False)
     pipeline = Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size)
+                        input_size=args.input_size, precision=args.precision)
     out.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):

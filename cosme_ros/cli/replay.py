@@ -69,6 +69,9 @@ def add_parser(sub) -> None:
                                     "models/demo, as the node)")
     p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="network precision, as the node's parameter (default auto: bf16 on CPUs "
+                   "with native bf16, else fp32; scores are always fp32)")
     p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH (default: "
                                                        "the bundle's)")
     p.add_argument("--output-resolution", default="input", choices=("input", "network"),
@@ -117,7 +120,7 @@ def _load_pipeline(args):
     bundle = Bundle.load(path)
     try:
         return Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size)
+                        input_size=args.input_size, precision=args.precision)
     except MissingPartError as exc:
         raise MissingPartError(f"{bundle.path}: {exc}") from None
 
