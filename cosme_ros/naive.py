@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torch import Tensor
 from cosme_ros.anomaly import scorers as sc
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
-from cosme_ros.pipeline import Result, resolve_device
+from cosme_ros.pipeline import Result, resize_frames, resolve_device
 
 __all__ = ["naive_max_cosine", "cdist_max_cosine", "naive_gamma", "naive_psi", "naive_score",
            "NaivePipeline"]
@@ -125,11 +124,8 @@ class NaivePipeline:
         self.std = torch.tensor(bundle.std, device=self.device).view(1, 3, 1, 1)
 
     def preprocess(self, images_rgb: Sequence[np.ndarray]) -> Tensor:
-        h, w = self.input_size
-        resized = [im if im.shape[:2] == (h, w) else cv2.resize(
-            im, (w, h), interpolation=cv2.INTER_AREA if im.shape[0] > h else cv2.INTER_LINEAR)
-            for im in images_rgb]
-        batch = torch.from_numpy(np.stack(resized)).to(self.device)
+        batch = torch.from_numpy(np.stack(resize_frames(images_rgb, self.input_size)))
+        batch = batch.to(self.device)
         batch = batch.permute(0, 3, 1, 2).float() / 255.0
         return (batch - self.mean) / self.std
 

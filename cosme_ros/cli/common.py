@@ -21,3 +21,14 @@ def size_arg(text: str) -> Tuple[int, int]:
 
 def write_json(path: str, data: Mapping[str, Any]) -> None:
     atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> None:
+    """--method, --device, --precision and --input-size, as every command running a Pipeline has."""
+    p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="network precision" + precision_help + " (default auto: bf16 on CPUs "
+                   "with native bf16, else fp32; scores are always fp32)")
+    p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH "
+                   "(default: the bundle's)")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cosme_ros import atomic, viz
 from cosme_ros.bundle import Bundle
-from cosme_ros.cli.common import size_arg, write_json
+from cosme_ros.cli.common import add_pipeline_args, write_json
 from cosme_ros.data.images import list_images, read_rgb
 from cosme_ros.errors import CosmeError, InputError
 
@@ -28,13 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--input", required=True, help="an image or a directory of images")
     p.add_argument("--output", required=True, help="directory for the results")
-    p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="network precision (default auto: bf16 on CPUs with native bf16, else "
-                   "fp32; scores are always fp32)")
-    p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH "
-                   "(default: the bundle's)")
+    add_pipeline_args(p)
     p.add_argument("--force", action="store_true", help="overwrite existing result files")
     p.add_argument("--json", metavar="F", help="write a JSON summary to F")
     p.set_defaults(run=run)

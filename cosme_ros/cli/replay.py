@@ -32,7 +32,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cosme_ros.cli.common import size_arg, write_json
+from cosme_ros.cli.common import add_pipeline_args, write_json
 from cosme_ros.errors import CosmeError
 
 
@@ -67,13 +67,7 @@ def add_parser(sub) -> None:
                         "values are ignored)")
     p.add_argument("--bundle", help="bundle directory (default: the installed demo bundle, "
                                     "models/demo, as the node)")
-    p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="network precision, as the node's parameter (default auto: bf16 on CPUs "
-                   "with native bf16, else fp32; scores are always fp32)")
-    p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH (default: "
-                                                       "the bundle's)")
+    add_pipeline_args(p, ", as the node's parameter")
     p.add_argument("--output-resolution", default="input", choices=("input", "network"),
                    help="size of the output images, as the node's parameter (default input)")
     p.add_argument("--anomaly-threshold", type=float, default=0.0,
