@@ -12,9 +12,8 @@ from pathlib import Path
 from cosme_ros import bundle as bundle_mod
 from cosme_ros.cli.common import size_arg
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ESPNetv2's Cityscapes models have a 20th output: background/void.
 BACKGROUND = ("background", (0, 0, 0))
 

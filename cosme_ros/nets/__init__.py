@@ -11,6 +11,10 @@ from torch import nn
 
 TEACHER_ARCHS = ("espnetv2", "deeplabv3plus")
 
+# RGB in [0, 1] normalised with ImageNet statistics: what every teacher here was trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def _builders() -> Dict[str, Callable[..., nn.Module]]:
     # Imported on use so that reading a manifest does not import every architecture.

@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosme_ros.errors import CheckpointError
+from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 from cosme_ros.nets.checkpoints import extract_state_dict, load_strict, read_checkpoint, strip_prefix
 from cosme_ros.nets.taps import ALL_TAPS, C2, C3, C4, C5, LH, O, Taps, parse_taps, select
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 # Width s → channels of encoder levels 1–4 (EdgeNets' ``espnetv2_config.sc_ch_dict`` without level 5).
 WIDTHS: Dict[float, Tuple[int, int, int, int]] = {

@@ -33,14 +33,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_ID
+from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
 from cosme_ros.train.augment import (AugmentConfig, augment, resize_for_eval,
                                      shrink_for_training)
 from cosme_ros.train.loop import (Distributed, FitResult, LoopSettings, PreparedSamples, Task,
                                   fit, param_groups, sample_rng, subset_indices, to_input)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 Size = Tuple[int, int]
