@@ -35,11 +35,12 @@ import torch
 from tqdm import tqdm
 
 from cosme_ros import atomic, metrics, viz
-from cosme_ros.anomaly.scorers import METHODS, Scorer, _ordered, build_scorer
+from cosme_ros.anomaly.method_spec import MethodSpec, canonical, parse_method
+from cosme_ros.anomaly.scorers import METHODS, Scorer, build_scorer
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.datasets import Dataset, subset_indices
 from cosme_ros.errors import CosmeError, MissingPartError
-from cosme_ros.nets.taps import O
+from cosme_ros.nets.taps import O, ordered
 
 __all__ = ["select_methods", "MultiMethodRunner", "EvaluationReport", "evaluate",
            "markdown_table", "write_plots", "CURVE_POINTS"]
@@ -54,32 +55,39 @@ def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
                    ) -> Tuple[Dict[str, Scorer], Dict[str, str]]:
     """Scorers for ``methods`` and the methods skipped, with the reason.
 
-    ``methods=None`` means every method of :data:`METHODS`; those whose bundle parts are missing
-    are skipped with the message saying what to build. An explicit list is a demand: a missing
-    part raises :class:`MissingPartError` naming the command that builds it.
+    Each item is a method spec — a name of :data:`METHODS`, optionally with scorer options in
+    brackets (``cosme[fusion=raw]``, :mod:`cosme_ros.anomaly.method_spec`) — and the scorer is
+    keyed by the spec's canonical text, so an ablation is a row of its own. ``methods=None``
+    means every method of :data:`METHODS`; those whose bundle parts are missing are skipped with
+    the message saying what to build. An explicit list is a demand: a missing part raises
+    :class:`MissingPartError` naming the command that builds it.
     """
     explicit = methods is not None
-    names: List[str] = []
+    specs: Dict[str, MethodSpec] = {}
     for m in (methods if explicit else METHODS):
-        key = m.strip().lower()
-        if not key:
+        if not m.strip():
             continue
-        if key not in METHODS:
-            raise CosmeError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-        if key not in names:
-            names.append(key)
-    if not names:
+        try:
+            name, options = parse_method(m)
+        except ValueError as exc:
+            raise CosmeError(str(exc)) from None
+        if name not in METHODS:
+            raise CosmeError(f"unknown method {m.strip()!r}; choose from {', '.join(METHODS)}")
+        specs.setdefault(canonical(name, options), (name, options))
+    if not specs:
         raise CosmeError("no method given")
     parts = bundle.anomaly_parts()
     scorers: Dict[str, Scorer] = {}
     skipped: Dict[str, str] = {}
-    for name in names:
+    for key, (name, options) in specs.items():
         try:
-            scorers[name] = build_scorer(name, parts)
+            scorers[key] = build_scorer(name, parts, **options)
         except MissingPartError as exc:
             if explicit:
                 raise MissingPartError(f"{bundle.path}: {exc}") from None
-            skipped[name] = str(exc)
+            skipped[key] = str(exc)
+        except ValueError as exc:
+            raise CosmeError(f"{key}: {exc}") from None
     if not scorers:
         raise MissingPartError(f"{bundle.path}: none of the methods can run: "
                                + "; ".join(skipped.values()))
@@ -87,18 +95,25 @@ def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
 
 
 class MultiMethodRunner:
-    """Teacher (+ student) once per image with the union of taps, then every scorer."""
+    """Teacher (+ student) once per image with the union of taps, then every scorer.
 
-    def __init__(self, bundle: Bundle, scorers: Dict[str, Scorer], device: str = "cpu"):
+    The networks run as :class:`~cosme_ros.pipeline.Pipeline` runs them (BatchNorm folded,
+    channels_last on the CPU, ``precision`` autocast), so the metrics are those of the node with
+    the same settings; ``precision="fp32"`` (default) gives the reference numbers.
+    """
+
+    def __init__(self, bundle: Bundle, scorers: Dict[str, Scorer], device: str = "cpu",
+                 precision: str = "fp32"):
         from cosme_ros.pipeline import Pipeline
         self.bundle = bundle
         self.scorers = dict(scorers)
-        # maxlogit needs no part: the pipeline provides the teacher and the preprocessing.
-        self.pipeline = Pipeline(bundle, method="maxlogit", device=device)
+        teacher_taps = ordered(*(s.teacher_taps for s in scorers.values()), (O,))
+        student_taps = ordered(*(s.student_taps for s in scorers.values()))
+        # maxlogit needs no part: the pipeline provides the networks and the preprocessing.
+        self.pipeline = Pipeline(bundle, method="maxlogit", device=device, precision=precision,
+                                 teacher_taps=teacher_taps, student_taps=student_taps)
         self.device = self.pipeline.device
-        self.teacher_taps = _ordered(*(s.teacher_taps for s in scorers.values()), (O,))
-        self.student_taps = _ordered(*(s.student_taps for s in scorers.values()))
-        self.student = bundle.student().to(self.device) if self.student_taps else None
+        self.precision = self.pipeline.precision
 
     @torch.inference_mode()
     def __call__(self, image_rgb: np.ndarray, out_size: Tuple[int, int],
@@ -107,9 +122,7 @@ class MultiMethodRunner:
         """({method: float32 score (H, W)} at ``out_size``, with the class map (H, W) uint8 first
         when ``classes`` — else None — as the pipeline computes it)."""
         out_size = (int(out_size[0]), int(out_size[1]))
-        x = self.pipeline.preprocess([image_rgb])
-        teacher = self.pipeline.teacher(x, taps=self.teacher_taps)
-        student = self.student(x, taps=self.student_taps) if self.student is not None else None
+        teacher, student = self.pipeline.networks(self.pipeline.preprocess([image_rgb]))
         scores = {}
         for name in (methods or self.scorers):
             scores[name] = self.scorers[name](teacher, student, out_size)[0].float().cpu().numpy()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from cosme_ros.anomaly.scorers import build_scorer
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import CosmeError
+from cosme_ros.nets.taps import ordered
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -268,12 +269,14 @@ class Pipeline:
     ``precision``: ``fp32`` (default: the reference numbers), ``bf16`` or ``auto`` (see
     :func:`resolve_precision`). ``threads``: if given, ``torch.set_num_threads`` — process-wide;
     torch's default is the number of physical cores. ``fast=False`` skips BatchNorm folding and
-    channels_last (the plain eager networks).
+    channels_last (the plain eager networks). ``teacher_taps`` / ``student_taps``: taps to
+    compute besides the scorer's (``cosme evaluate`` runs several scorers on one pass).
     """
 
     def __init__(self, bundle: Bundle, method: str = "maxlogit", device: str = "cpu",
                  input_size: Optional[Tuple[int, int]] = None, precision: str = "fp32",
-                 threads: Optional[int] = None, fast: bool = True):
+                 threads: Optional[int] = None, fast: bool = True,
+                 teacher_taps: Sequence[str] = (), student_taps: Sequence[str] = ()):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
@@ -285,14 +288,16 @@ class Pipeline:
         # Build the scorer first: a method whose parts are missing fails before any weights load.
         self.scorer = build_scorer(method, bundle.anomaly_parts())
         self.method = method
+        self.teacher_taps = ordered(self.scorer.teacher_taps, teacher_taps)
+        self.student_taps = ordered(self.scorer.student_taps, student_taps)
         self.teacher = bundle.teacher().to(self.device)
-        self.student = bundle.student().to(self.device) if self.scorer.student_taps else None
+        self.student = bundle.student().to(self.device) if self.student_taps else None
         self.channels_last = bool(fast) and channels_last_for(self.device, self.precision)
         if fast:
             probe = (min(self.input_size[0], 128), min(self.input_size[1], 256))
-            self.teacher = folded(self.teacher, self.scorer.teacher_taps, probe, self.device)
+            self.teacher = folded(self.teacher, self.teacher_taps, probe, self.device)
             if self.student is not None:
-                self.student = folded(self.student, self.scorer.student_taps, probe, self.device)
+                self.student = folded(self.student, self.student_taps, probe, self.device)
         if self.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
             if self.student is not None:
@@ -316,9 +321,9 @@ class Pipeline:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def run_teacher(self, x: Tensor, taps: Optional[Sequence[str]] = None) -> Dict[str, Tensor]:
-        """Teacher taps (default: the scorer's) for a prepared batch, fp32 whatever the precision."""
+        """Teacher taps (default: the pipeline's) for a prepared batch, fp32 whatever the precision."""
         with self._autocast():
-            out = self.teacher(x, taps=self.scorer.teacher_taps if taps is None else taps)
+            out = self.teacher(x, taps=self.teacher_taps if taps is None else taps)
         return out if self.precision == "fp32" else {k: v.float() for k, v in out.items()}
 
     def run_student(self, x: Tensor) -> Optional[Dict[str, Tensor]]:
@@ -326,7 +331,7 @@ class Pipeline:
         if self.student is None:
             return None
         with self._autocast():
-            out = self.student(x, taps=self.scorer.student_taps)
+            out = self.student(x, taps=self.student_taps)
         return out if self.precision == "fp32" else {k: v.float() for k, v in out.items()}
 
     def networks(self, x: Tensor) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Tensor]]]:

@@ -101,7 +101,7 @@ def test_networks_run_once_per_image_and_scores_match_the_pipeline(world):
     calls = {"teacher": 0, "student": 0}
     runner.pipeline.teacher.register_forward_hook(lambda *a: calls.__setitem__(
         "teacher", calls["teacher"] + 1))
-    runner.student.register_forward_hook(lambda *a: calls.__setitem__(
+    runner.pipeline.student.register_forward_hook(lambda *a: calls.__setitem__(
         "student", calls["student"] + 1))
     ds = open_dataset(f"folder:{world / 'test'}")
     report = evaluate(runner, ds, progress=False)
@@ -152,3 +152,40 @@ def test_dataset_errors(world, tmp_path, capsys):
     run("--bundle", world / "plain", "--data", f"folder:{world / 'test'}",
         "--memory-limit", "1e-9", rc=2)
     one_line_error(capsys, "--binned")
+
+
+def test_ablation_rows_and_precision(world, tmp_path, capsys):
+    out = tmp_path / "ablation.json"
+    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods",
+        "mulmem, mulmem[standardize=false], cosme[layers=c5+c4,fusion=raw], MulMem",
+        "--precision", "bf16", "--json", out)
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = ["mulmem", "mulmem[standardize=false]", "cosme[fusion=raw,layers=c4+c5]"]
+    assert sorted(report["methods"]) == sorted(rows)  # canonical labels, duplicates once
+    table = [line.split("|")[1].strip() for line in printed.splitlines()
+             if line.startswith("| ") and "Method" not in line]
+    assert table == rows  # in the order given
+    assert report["precision"] == "bf16" and "in bf16" in printed
+    # unstandardised Γ is a different score from the standardised one: the rows are real
+    assert report["methods"]["mulmem"] != report["methods"]["mulmem[standardize=false]"]
+
+    # fp32 (the default) against bf16 networks: same metrics within a few points
+    ref = tmp_path / "fp32.json"
+    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods",
+        "mulmem", "--json", ref)
+    fp32 = json.loads(ref.read_text())
+    assert fp32["precision"] == "fp32"
+    assert abs(fp32["methods"]["mulmem"]["auroc"] - report["methods"]["mulmem"]["auroc"]) < 5
+
+
+@pytest.mark.parametrize("methods,needle", [
+    ("cosme[fusion=raw", "without"),
+    ("mulmem[layers=c5]", "standardize=false"),
+    ("cosme[fusion=sum]", "unknown CosMe fusion"),
+    ("msp[colour=red]", "does not take"),
+])
+def test_bad_method_spec_is_one_line_error(world, tmp_path, capsys, methods, needle):
+    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods", methods,
+        rc=2)
+    one_line_error(capsys, needle)

@@ -282,3 +282,35 @@ def test_cosme_scorer_composes_eq8(fusion):
     torch.testing.assert_close(out, expected)
     if fusion in ("softplus", "exp", "raw"):
         assert (out >= 0).all()
+
+
+# ----------------------------------------------------------------------------- layer subsets
+
+
+def test_layer_subset_is_eq4_over_those_layers_only():
+    teacher, student, p = _taps(28), _taps(29), _parts()
+    sub = {k: teacher[k] for k in ("c4", "c5")}
+    gamma = memory.gamma(sub, {k: p.memory[k] for k in ("c4", "c5")})  # at c4's 4×4
+    out = build_scorer("mulmem", p, standardize=False, layers=("c5", "c4"))
+    assert out.teacher_taps == ("c4", "c5", "o")  # LH is neither needed nor computed
+    torch.testing.assert_close(out(teacher, None, OUT), _up(gamma))
+    psi = consensus.psi(teacher, student)  # 2×2 → Γ's 4×4
+    expected = _up(cosme_fusion(_up(psi, (4, 4)), gamma, "raw"))
+    torch.testing.assert_close(
+        build_scorer("cosme", p, fusion="raw", layers=("c4", "c5"))(teacher, student, OUT),
+        expected)
+    # the full set is the default, standardised or not
+    torch.testing.assert_close(build_scorer("mulmem", p, layers=("lh", "c5", "c4"))(
+        teacher, None, OUT), build_scorer("mulmem", p)(teacher, None, OUT))
+
+
+@pytest.mark.parametrize("name,options,needle", [
+    ("mulmem", dict(layers=("c5",)), "standardize=false"),  # statistics are for c4,c5,lh
+    ("cosme", dict(layers=("c5",)), "fusion=raw"),
+    ("mulmem", dict(layers=("c2",), standardize=False), "not in the memory"),
+    ("mulmem", dict(layers=(), standardize=False), "empty"),
+    ("auxcon", dict(layers=("c5",)), "does not take"),
+])
+def test_layer_subset_errors(name, options, needle):
+    with pytest.raises(ValueError, match=needle):
+        build_scorer(name, _parts(), **options)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import MissingPartError
-from ..nets.taps import ALL_TAPS, LH, O, Taps, parse_taps
+from ..nets.taps import LH, O, Taps, ordered, parse_taps
 from . import baselines, consensus, memory
 from .standardize import ClassStats
 
@@ -182,11 +182,6 @@ def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _ordered(*groups: Iterable[str]) -> Tuple[str, ...]:
-    wanted = {t for g in groups for t in g}
-    return tuple(t for t in ALL_TAPS if t in wanted)
 
 
 def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -345,7 +340,7 @@ class PAnSScorer(Scorer):
 
     def __init__(self, prototypes: Tensor, *, chunk_bytes: Optional[int] = None):
         self.name = "pans"
-        self.teacher_taps = _ordered((LH, O))
+        self.teacher_taps = ordered((LH, O))
         self.prototypes = prototypes
         self._kw = {} if chunk_bytes is None else {"chunk_bytes": int(chunk_bytes)}
 
@@ -371,7 +366,7 @@ class MulMemScorer(Scorer):
         self.standardize = bool(standardize)
         if self.standardize and stats is None:
             raise ValueError("MulMemScorer(standardize=True) needs class statistics")
-        self.teacher_taps = _ordered(self.layers, (O,))
+        self.teacher_taps = ordered(self.layers, (O,))
         self._kw = {} if chunk_bytes is None else {"chunk_bytes": int(chunk_bytes)}
 
     def gamma(self, teacher: Taps) -> Tensor:
@@ -393,8 +388,8 @@ class AuxConScorer(Scorer):
     def __init__(self, layers: Tuple[str, ...]):
         self.name = "auxcon"
         self.layers = tuple(layers)
-        self.teacher_taps = _ordered(self.layers, (O,))
-        self.student_taps = _ordered(self.layers)
+        self.teacher_taps = ordered(self.layers, (O,))
+        self.student_taps = ordered(self.layers)
 
     def score(self, teacher, student, out_size):
         return consensus.psi(teacher, student, self.layers)
@@ -414,7 +409,7 @@ class CosMeScorer(Scorer):
         self.mulmem = mulmem
         self.auxcon = auxcon
         self.fusion = fusion
-        self.teacher_taps = _ordered(mulmem.teacher_taps, auxcon.teacher_taps)
+        self.teacher_taps = ordered(mulmem.teacher_taps, auxcon.teacher_taps)
         self.student_taps = auxcon.student_taps
 
     def score(self, teacher, student, out_size):
@@ -452,6 +447,28 @@ def _need_student(name: str, parts: AnomalyParts) -> None:
         raise MissingPartError(f"method {name!r} needs the student: run `{_TRAIN_STUDENT}`")
 
 
+def _memory_subset(name: str, parts: AnomalyParts, layers: Optional[Iterable[str]],
+                   standardize: bool) -> Tuple[str, ...]:
+    """The memory layers a MulMem/CosMe scorer uses: all of the bank's, or the subset ``layers``
+    (an ablation of Eq. 4's product). The class statistics describe Γ over *all* the bank's
+    layers, so a subset is only meaningful unstandardised."""
+    if layers is None:
+        return parts.memory_layers
+    layers = parse_taps(layers)
+    if not layers:
+        raise ValueError(f"method {name!r}: option layers is empty")
+    outside = [t for t in layers if t not in parts.memory_layers]
+    if outside:
+        raise ValueError(f"method {name!r}: layers {','.join(outside)} are not in the memory "
+                         f"(it has {','.join(parts.memory_layers)})")
+    if standardize and set(layers) != set(parts.memory_layers):
+        how = "fusion=raw" if name == "cosme" else "standardize=false"
+        raise ValueError(
+            f"method {name!r}: the class statistics were gathered for Γ over "
+            f"{','.join(parts.memory_layers)}; a subset of layers needs {how}")
+    return tuple(t for t in parts.memory_layers if t in layers)
+
+
 def _split(name: str, options: dict, allowed: Iterable[str]) -> dict:
     allowed = set(allowed)
     unknown = sorted(set(options) - allowed)
@@ -466,7 +483,9 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
 
     Options: ``upsample_logits`` (msp, maxlogit, entropy, sml), ``normalize`` (entropy), the SML
     post-processing keywords of :func:`.baselines.sml` (sml), ``chunk_bytes`` (pans, mulmem,
-    cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`).
+    cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`), ``layers``
+    (mulmem, cosme: a subset of the memory layers for Eq. 4's product; unstandardised only).
+    Text specs such as ``cosme[fusion=raw]`` are parsed by :mod:`.method_spec`.
     Raises ValueError for an unknown name/option, :class:`MissingPartError` with the command to
     run when ``parts`` lacks what the method needs.
     """
@@ -501,19 +520,22 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
         return AuxConScorer(parts.consensus_layers)
 
     if key == "mulmem":
-        opts = _split(key, options, ("standardize", "chunk_bytes"))
+        opts = _split(key, options, ("standardize", "chunk_bytes", "layers"))
         bank = _need_memory(key, parts)
-        stats = _need_mulmem_stats(key, parts) if opts.get("standardize", True) else None
-        return MulMemScorer(bank, parts.memory_layers, stats, **opts)
+        standardize = opts.get("standardize", True)
+        layers = _memory_subset(key, parts, opts.pop("layers", None), standardize)
+        stats = _need_mulmem_stats(key, parts) if standardize else None
+        return MulMemScorer(bank, layers, stats, **opts)
 
     # cosme
-    opts = _split(key, options, ("fusion", "chunk_bytes"))
+    opts = _split(key, options, ("fusion", "chunk_bytes", "layers"))
     fusion = opts.pop("fusion", "softplus")
     if fusion not in FUSIONS:
         raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     bank = _need_memory(key, parts)
     standardize = fusion != "raw"
+    layers = _memory_subset(key, parts, opts.pop("layers", None), standardize)
     stats = _need_mulmem_stats(key, parts) if standardize else None
     _need_student(key, parts)
-    mulmem = MulMemScorer(bank, parts.memory_layers, stats, standardize=standardize, **opts)
+    mulmem = MulMemScorer(bank, layers, stats, standardize=standardize, **opts)
     return CosMeScorer(mulmem, AuxConScorer(parts.consensus_layers), fusion=fusion)

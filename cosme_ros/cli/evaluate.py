@@ -7,6 +7,8 @@ exact unless ``--binned``. Prints a table like the paper's Table 2 (also ``--mar
 ``--json F`` adds per-image AP; ``--plots DIR`` writes ROC and precision–recall curves and
 overlays of the best method's worst images.
 
+``--methods`` items may carry scorer options in brackets — ``cosme[fusion=raw]``,
+``mulmem[standardize=false,layers=c4+c5]`` — each such ablation is a row of its own.
 Without ``--methods`` every method whose bundle parts exist is evaluated and the others are
 listed with the command that builds what they lack; an explicit ``--methods`` list fails
 instead.
@@ -31,9 +33,13 @@ def add_parser(sub) -> None:
     p.add_argument("--split", help="dataset split where the kind has splits")
     p.add_argument("--methods", help="comma-separated methods (default: every method the bundle "
                                      "supports, of msp,maxlogit,entropy,sml,pans,mulmem,auxcon,"
-                                     "cosme)")
+                                     "cosme); options in brackets make an ablation row, e.g. "
+                                     "'cosme[fusion=raw],mulmem[standardize=false,layers=c4+c5]'")
     p.add_argument("--max-images", type=int, metavar="N", help="evaluate N images spread evenly over the dataset")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="network precision (default fp32, the reference numbers; scores are "
+                        "always fp32): compare with the node's `auto`")
     p.add_argument("--binned", action="store_true",
                    help="histogram metrics in constant memory (error bounds reported) instead of "
                         "exact ones")
@@ -50,6 +56,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from cosme_ros.anomaly.method_spec import split_methods
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
     from cosme_ros.evaluation import (MultiMethodRunner, evaluate, markdown_table,
@@ -66,7 +73,10 @@ def run(args) -> int:
         for name in ("roc.png", "pr.png"):
             atomic.check_writable(Path(args.plots) / name, args.force)
     bundle = Bundle.load(args.bundle)
-    methods = args.methods.split(",") if args.methods is not None else None
+    try:
+        methods = split_methods(args.methods) if args.methods is not None else None
+    except ValueError as exc:
+        raise CosmeError(str(exc)) from None
     scorers, skipped = select_methods(bundle, methods)
     dataset = open_dataset(args.data, args.split)
     print(dataset.describe())
@@ -75,7 +85,8 @@ def run(args) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
 
-    runner = MultiMethodRunner(bundle, scorers, device=args.device)
+    runner = MultiMethodRunner(bundle, scorers, device=args.device, precision=args.precision)
+    print(f"networks on {runner.device} in {runner.precision}")
     report = evaluate(runner, dataset, skipped, max_images=args.max_images, binned=args.binned,
                       memory_limit_gib=args.memory_limit)
     title = f"{dataset.kind}" + (f" {dataset.split}" if dataset.split else "")
@@ -97,6 +108,7 @@ def run(args) -> int:
             "bundle": {"path": str(bundle.path), "name": bundle.name,
                        "input_size": list(bundle.input_size),
                        "has_student": bundle.has_student, "has_anomaly": bundle.has_anomaly},
+            "device": str(runner.device), "precision": runner.precision,
             **report.to_json(),
             "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
         })

@@ -36,6 +36,12 @@ def parse_taps(spec: Iterable[str] | str) -> Tuple[str, ...]:
     return names
 
 
+def ordered(*groups: Iterable[str]) -> Tuple[str, ...]:
+    """The union of tap-name groups in network order (:data:`ALL_TAPS`)."""
+    wanted = {t for g in groups for t in g}
+    return tuple(t for t in ALL_TAPS if t in wanted)
+
+
 def select(all_taps: Taps, wanted: Optional[Iterable[str]]) -> Taps:
     """Keep only the wanted taps (all when ``wanted`` is None), in a stable order."""
     if wanted is None:
