@@ -292,6 +292,13 @@ class Pipeline:
         self.student_taps = ordered(self.scorer.student_taps, student_taps)
         self.teacher = bundle.teacher().to(self.device)
         self.student = bundle.student().to(self.device) if self.student_taps else None
+        trained = getattr(self.student, "taps", None)
+        if trained is not None and set(self.student_taps) - set(trained):
+            raise CosmeError(
+                f"{bundle.path}: the student outputs {','.join(trained)}, not "
+                f"{','.join(t for t in self.student_taps if t not in trained)} (needed by "
+                f"{method if set(self.scorer.student_taps) - set(trained) else 'a scorer'}); "
+                f"retrain it with `cosme train-student`")
         self.channels_last = bool(fast) and channels_last_for(self.device, self.precision)
         if fast:
             probe = (min(self.input_size[0], 128), min(self.input_size[1], 256))

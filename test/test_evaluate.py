@@ -184,6 +184,7 @@ def test_ablation_rows_and_precision(world, tmp_path, capsys):
     ("mulmem[layers=c5]", "standardize=false"),
     ("cosme[fusion=sum]", "unknown CosMe fusion"),
     ("msp[colour=red]", "does not take"),
+    ("auxcon[layers=c4]", "the student outputs c5, not c4"),  # the tiny student has c5 only
 ])
 def test_bad_method_spec_is_one_line_error(world, tmp_path, capsys, methods, needle):
     run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods", methods,

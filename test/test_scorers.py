@@ -309,8 +309,21 @@ def test_layer_subset_is_eq4_over_those_layers_only():
     ("cosme", dict(layers=("c5",)), "fusion=raw"),
     ("mulmem", dict(layers=("c2",), standardize=False), "not in the memory"),
     ("mulmem", dict(layers=(), standardize=False), "empty"),
-    ("auxcon", dict(layers=("c5",)), "does not take"),
+    ("auxcon", dict(consensus=("c5",)), "does not take"),
+    ("auxcon", dict(layers=()), "empty"),
 ])
 def test_layer_subset_errors(name, options, needle):
     with pytest.raises(ValueError, match=needle):
         build_scorer(name, _parts(), **options)
+
+
+def test_consensus_layers_are_eq7_over_those_layers():
+    teacher, student, p = _taps(30), _taps(31), _parts()
+    psi = consensus.psi(teacher, student, ("c4", "lh"))  # at LH's 8×8
+    scorer = build_scorer("auxcon", p, layers=("lh", "c4"))
+    assert scorer.student_taps == ("c4", "lh")
+    torch.testing.assert_close(scorer(teacher, student, OUT), _up(psi))
+    gamma, classes = mulmem_gamma(teacher, p.memory)
+    expected = _up(cosme_fusion(psi, p.mulmem_stats.standardize(gamma, classes)))
+    torch.testing.assert_close(
+        build_scorer("cosme", p, consensus=("c4", "lh"))(teacher, student, OUT), expected)

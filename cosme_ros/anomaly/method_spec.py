@@ -8,7 +8,7 @@ Ablations are rows of the same table as the methods themselves (the paper's Tabl
 A spec is the method name (one of :data:`~cosme_ros.anomaly.scorers.METHODS`) and
 ``key=value`` options of :func:`~cosme_ros.anomaly.scorers.build_scorer`. Values are typed by
 the option's name (:data:`OPTION_TYPES`): ``true``/``false`` for switches, numbers, names, and
-``+``-separated tap lists for ``layers`` (a comma would end the option). Options that no method
+``+``-separated tap lists for ``layers`` and ``consensus`` (a comma would end the option). Options that no method
 takes are passed through as text so that ``build_scorer`` rejects them with the list of those the
 method does take.
 
@@ -56,7 +56,7 @@ def _number(kind: type) -> Callable[[str], object]:
 OPTION_TYPES: Dict[str, Callable[[str], object]] = {
     "upsample_logits": _bool, "normalize": _bool, "standardize": _bool,
     "boundary_suppression": _bool, "smoothing": _bool,
-    "chunk_bytes": _number(int), "layers": _taps, "fusion": str,
+    "chunk_bytes": _number(int), "layers": _taps, "consensus": _taps, "fusion": str,
     **{k: _number(type(v)) for k, v in baselines.SML_DEFAULTS.items()},
 }
 

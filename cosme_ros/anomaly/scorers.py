@@ -469,6 +469,17 @@ def _memory_subset(name: str, parts: AnomalyParts, layers: Optional[Iterable[str
     return tuple(t for t in parts.memory_layers if t in layers)
 
 
+def _consensus(name: str, parts: AnomalyParts, layers: Optional[Iterable[str]]) -> Tuple[str, ...]:
+    """Le of Eq. 7: the bundle's consensus layers, or ``layers`` (an ablation; the student must
+    have been trained to output them, which the pipeline checks when it loads the student)."""
+    if layers is None:
+        return parts.consensus_layers
+    layers = ordered(parse_taps(layers))
+    if not layers:
+        raise ValueError(f"method {name!r}: the consensus layers are empty")
+    return layers
+
+
 def _split(name: str, options: dict, allowed: Iterable[str]) -> dict:
     allowed = set(allowed)
     unknown = sorted(set(options) - allowed)
@@ -484,7 +495,8 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     Options: ``upsample_logits`` (msp, maxlogit, entropy, sml), ``normalize`` (entropy), the SML
     post-processing keywords of :func:`.baselines.sml` (sml), ``chunk_bytes`` (pans, mulmem,
     cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`), ``layers``
-    (mulmem, cosme: a subset of the memory layers for Eq. 4's product; unstandardised only).
+    (mulmem, cosme: a subset of the memory layers for Eq. 4's product, unstandardised only;
+    auxcon: the consensus layers Le of Eq. 7), ``consensus`` (cosme: Le).
     Text specs such as ``cosme[fusion=raw]`` are parsed by :mod:`.method_spec`.
     Raises ValueError for an unknown name/option, :class:`MissingPartError` with the command to
     run when ``parts`` lacks what the method needs.
@@ -515,9 +527,9 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
         return PAnSScorer(parts.pans_prototypes, **opts)
 
     if key == "auxcon":
-        _split(key, options, ())
+        opts = _split(key, options, ("layers",))
         _need_student(key, parts)
-        return AuxConScorer(parts.consensus_layers)
+        return AuxConScorer(_consensus(key, parts, opts.get("layers")))
 
     if key == "mulmem":
         opts = _split(key, options, ("standardize", "chunk_bytes", "layers"))
@@ -528,8 +540,9 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
         return MulMemScorer(bank, layers, stats, **opts)
 
     # cosme
-    opts = _split(key, options, ("fusion", "chunk_bytes", "layers"))
+    opts = _split(key, options, ("fusion", "chunk_bytes", "layers", "consensus"))
     fusion = opts.pop("fusion", "softplus")
+    consensus_layers = _consensus(key, parts, opts.pop("consensus", None))
     if fusion not in FUSIONS:
         raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     bank = _need_memory(key, parts)
@@ -538,4 +551,4 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     stats = _need_mulmem_stats(key, parts) if standardize else None
     _need_student(key, parts)
     mulmem = MulMemScorer(bank, layers, stats, standardize=standardize, **opts)
-    return CosMeScorer(mulmem, AuxConScorer(parts.consensus_layers), fusion=fusion)
+    return CosMeScorer(mulmem, AuxConScorer(consensus_layers), fusion=fusion)
