@@ -49,3 +49,16 @@ def test_canonical_sorts_options_and_round_trips():
     assert canonical(*parse_method(a)) == a
     assert canonical(*parse_method("mulmem[standardize=0]")) == "mulmem[standardize=false]"
     assert canonical("msp", {}) == "msp"
+
+
+def test_readme_ablation_example_parses():
+    """The README's ablation command names real methods and options."""
+    import re
+    from pathlib import Path
+
+    from cosme_ros.anomaly.scorers import METHODS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"--methods \\\n\s+'([^']+)'", readme)
+    assert example, "README: the evaluate ablation example is gone"
+    specs = [parse_method(s) for s in split_methods(example.group(1))]
+    assert len(specs) >= 5 and all(name in METHODS for name, _ in specs)
