@@ -67,6 +67,13 @@ def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
 
 # ----------------------------------------------------------------------------- the bundle
 
+def default_method(manifest: Dict[str, Any]) -> str:
+    """The best method a bundle supports — what ``method: auto`` means for the node and
+    ``cosme demo``: CosMe (Eq. 8) when the bundle has a memory and a student, otherwise
+    MaxLogit, which needs the teacher alone."""
+    return "cosme" if "student" in manifest and "anomaly" in manifest else "maxlogit"
+
+
 @dataclass
 class Bundle:
     """A validated bundle directory. Cheap to open; networks are built on request."""
@@ -174,6 +181,11 @@ class Bundle:
     @property
     def has_anomaly(self) -> bool:
         return "anomaly" in self.manifest
+
+    @property
+    def default_method(self) -> str:
+        """The method ``auto`` stands for: :func:`default_method` of the manifest."""
+        return default_method(self.manifest)
 
     def teacher(self) -> nn.Module:
         """The teacher in eval mode with its weights loaded strictly."""

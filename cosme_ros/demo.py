@@ -142,9 +142,9 @@ def resolve_bundle(bundle: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
 
 def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
     from cosme_ros.anomaly.scorers import METHODS
+    from cosme_ros.bundle import default_method
     if method is None:
-        full = "student" in manifest and "anomaly" in manifest
-        return "cosme" if full else "maxlogit"
+        return default_method(manifest)
     if method not in METHODS:
         raise CosmeError(f"--method {method!r}: unknown (use one of: {', '.join(METHODS)})")
     return method

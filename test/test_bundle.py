@@ -123,3 +123,11 @@ def test_write_part_is_atomic_and_updates_the_manifest(tiny, monkeypatch):
     assert reloaded.has_anomaly
     assert reloaded.manifest["anomaly"]["weights"] == "anomaly.safetensors"
     assert not [p for p in Path(tiny.path).iterdir() if p.name.startswith(".")]
+
+
+def test_default_method_is_cosme_only_with_memory_and_student():
+    from cosme_ros.bundle import default_method
+    assert default_method({"teacher": {}}) == "maxlogit"
+    assert default_method({"teacher": {}, "anomaly": {}}) == "maxlogit"
+    assert default_method({"teacher": {}, "student": {}}) == "maxlogit"
+    assert default_method({"teacher": {}, "student": {}, "anomaly": {}}) == "cosme"

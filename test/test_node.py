@@ -373,18 +373,10 @@ def test_sigint_exits_cleanly(bundle_dir, ros):
         proc.stop()
 
 
-def _default_bundle_missing() -> bool:
-    from cosme_ros.ros.node import default_bundle_path
-    return not default_bundle_path().is_dir()
-
-
 @pytest.mark.parametrize("params,message", [
     ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
     ({"method": "nonsense"}, "parameter 'method': unknown value 'nonsense'"),
     ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
-    pytest.param({"bundle": None}, "parameter 'bundle' is not set and the default demo bundle",
-                 marks=pytest.mark.skipif(not _default_bundle_missing(),
-                                          reason="the demo bundle exists")),
 ])
 def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
     proc = start_node(bundle_dir, **params)
@@ -513,6 +505,23 @@ def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, messag
     with pytest.raises(StartupError) as err:
         make_node(ros, bundle_dir, **params).destroy_node()
     assert message in str(err.value)
+
+
+def test_missing_default_bundle_says_how_to_get_one(ros, bundle_dir, tmp_path, monkeypatch):
+    from cosme_ros.ros import node as node_mod
+    monkeypatch.setattr(node_mod, "default_bundle_path", lambda: tmp_path / "models" / "demo")
+    with pytest.raises(node_mod.StartupError) as err:
+        make_node(ros, bundle_dir, bundle="").destroy_node()
+    assert "parameter 'bundle' is not set and the default demo bundle" in str(err.value)
+    assert "build_demo_bundle.sh" in str(err.value)
+
+
+def test_method_auto_is_the_best_the_bundle_supports(ros, bundle_dir):
+    node = make_node(ros, bundle_dir)  # the tiny bundle has neither memory nor student
+    try:
+        assert node.settings.method == "maxlogit" and node.pipeline.method == "maxlogit"
+    finally:
+        node.destroy_node()
 
 
 @pytest.mark.parametrize("value", ["96x160", [96, 160], " 96 X 160 "])

@@ -30,7 +30,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -131,9 +131,12 @@ def _finite(value: float) -> None:
 
 # ----------------------------------------------------------------------------- parameter table
 
+AUTO_METHOD = "auto"   # the best method the bundle supports (Bundle.default_method)
+
+
 def _methods() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import METHODS
-    return METHODS
+    return (AUTO_METHOD, *METHODS)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,8 @@ PARAMS: Sequence[Param] = (
     Param("bundle", lambda: str(default_bundle_path()),
           "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
           "the package (models/demo)."),
-    Param("method", "maxlogit", "Anomaly scorer.", choices=_methods),
+    Param("method", AUTO_METHOD, "Anomaly scorer; auto = cosme when the bundle has a memory "
+          "and a student (the demo bundle does), else maxlogit.", choices=_methods),
     Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
           choices=lambda: DEVICES),
     Param("precision", "auto", "Network precision: auto (bf16 on CPUs with native bf16, else "
@@ -245,7 +249,7 @@ class CosmeNode(Node):
         try:
             self._declare_parameters()
             self.settings = self._validate_parameters()
-            self.pipeline = self._load_pipeline(self.settings, pipeline_factory)
+            self.pipeline, self.settings = self._load_pipeline(self.settings, pipeline_factory)
         except BaseException:
             try:
                 self.destroy_node()  # a half-made node must not linger in the context
@@ -332,7 +336,8 @@ class CosmeNode(Node):
             output_resolution=value("output_resolution"),
             input_transport=value("input_transport"), input_qos=value("input_qos"))
 
-    def _load_pipeline(self, s: Settings, factory) -> Any:
+    def _load_pipeline(self, s: Settings, factory) -> Tuple[Any, Settings]:
+        """The pipeline, and the settings with ``method: auto`` resolved for this bundle."""
         from cosme_ros.bundle import Bundle
         from cosme_ros.errors import BundleError, MissingPartError
         from cosme_ros.pipeline import Pipeline, resolve_device
@@ -350,6 +355,8 @@ class CosmeNode(Node):
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
+        if s.method == AUTO_METHOD:
+            s = replace(s, method=bundle.default_method)
         try:
             pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
                                              input_size=s.input_size, precision=s.precision)
@@ -367,7 +374,7 @@ class CosmeNode(Node):
             name = "input_size" if s.input_size else "bundle"
             raise StartupError(f"parameter '{name}': the network cannot run at {h}x{w} "
                                f"({str(exc).splitlines()[0]})") from None
-        return pipeline
+        return pipeline, s
 
     def _check_parameter_change(self, params) -> SetParametersResult:
         """Runtime checks that descriptors cannot express (ranges and read-only are rclpy's)."""
