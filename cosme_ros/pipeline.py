@@ -288,8 +288,7 @@ class Pipeline:
         # Build the scorer first: a method whose parts are missing fails before any weights load.
         self.scorer = build_scorer(method, bundle.anomaly_parts())
         self.method = method
-        self.teacher_taps = ordered(self.scorer.teacher_taps, teacher_taps)
-        self.student_taps = ordered(self.scorer.student_taps, student_taps)
+        self._extra_taps = (tuple(teacher_taps), tuple(student_taps))
         self.teacher = bundle.teacher().to(self.device)
         self.student = bundle.student().to(self.device) if self.student_taps else None
         trained = getattr(self.student, "taps", None)
@@ -311,6 +310,17 @@ class Pipeline:
                 self.student = self.student.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(bundle.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(bundle.std, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def teacher_taps(self) -> Tuple[str, ...]:
+        """The teacher taps computed: the scorer's (which may be swapped, as ``cosme bench
+        --sweep`` does) and the extra ones asked for at construction."""
+        return ordered(self.scorer.teacher_taps, self._extra_taps[0])
+
+    @property
+    def student_taps(self) -> Tuple[str, ...]:
+        """The student taps computed (see :attr:`teacher_taps`)."""
+        return ordered(self.scorer.student_taps, self._extra_taps[1])
 
     def preprocess(self, images_rgb: Sequence[np.ndarray]) -> Tensor:
         """uint8 RGB images → normalised (B, 3, h, w) at the network's input size."""
