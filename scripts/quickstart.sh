@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command: set up .venv, import the real Cityscapes ESPNetv2 teacher (MIT,
-# from ../shared/data) into a bundle under build/ (git-ignored), and segment + score the
-# Cityscapes sample frame with it. Results land in out/quickstart/.
-#
-# This stands in for the embedded demo until models/demo ships (issue "The embedded default").
+# Set up .venv, import the real Cityscapes ESPNetv2 teacher (MIT, from ../shared/data) into a
+# bundle under build/ (git-ignored), and segment + score the Cityscapes sample frame with it.
+# Results land in out/quickstart/. The README's real-data example, next to `cosme demo` (the
+# embedded default, synthetic).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
