@@ -67,10 +67,13 @@ def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
 
 # ----------------------------------------------------------------------------- the bundle
 
+#: The method name that stands for :func:`default_method` (the node, the CLI, ``Pipeline``).
+AUTO_METHOD = "auto"
+
+
 def default_method(manifest: Dict[str, Any]) -> str:
-    """The best method a bundle supports — what ``method: auto`` means for the node and
-    ``cosme demo``: CosMe (Eq. 8) when the bundle has a memory and a student, otherwise
-    MaxLogit, which needs the teacher alone."""
+    """The best method a bundle supports — what :data:`AUTO_METHOD` means: CosMe (Eq. 8) when
+    the bundle has a memory and a student, otherwise MaxLogit, which needs the teacher alone."""
     return "cosme" if "student" in manifest and "anomaly" in manifest else "maxlogit"
 
 

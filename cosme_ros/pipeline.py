@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from cosme_ros.anomaly.scorers import build_scorer
-from cosme_ros.bundle import Bundle
+from cosme_ros.bundle import AUTO_METHOD, Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ordered
 
@@ -285,6 +285,8 @@ class Pipeline:
             if int(threads) < 1:
                 raise CosmeError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(int(threads))
+        if method == AUTO_METHOD:
+            method = bundle.default_method
         # Build the scorer first: a method whose parts are missing fails before any weights load.
         self.scorer = build_scorer(method, bundle.anomaly_parts())
         self.method = method

@@ -190,3 +190,8 @@ def test_bad_method_spec_is_one_line_error(world, tmp_path, capsys, methods, nee
     run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods", methods,
         rc=2)
     one_line_error(capsys, needle)
+
+
+def test_pipeline_method_auto_is_the_best_the_bundle_supports(world):
+    assert Pipeline(Bundle.load(world / "full"), method="auto").method == "cosme"
+    assert Pipeline(Bundle.load(world / "plain"), method="auto").method == "maxlogit"

@@ -25,7 +25,9 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
 
 def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> None:
     """--method, --device, --precision and --input-size, as every command running a Pipeline has."""
-    p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
+    p.add_argument("--method", default="auto", help="anomaly method: auto (default: cosme when "
+                   "the bundle has a memory and a student, else maxlogit), msp, maxlogit, "
+                   "entropy, sml, pans, mulmem, auxcon, cosme")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="network precision" + precision_help + " (default auto: bf16 on CPUs "

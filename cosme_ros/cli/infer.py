@@ -75,6 +75,6 @@ def run(args) -> int:
                      "overlay": str(overlay_jpg), "score_max": float(result.score.max())})
     print(f"{len(done)} image(s) written to {out}" + (f", {len(failed)} failed" if failed else ""))
     if args.json:
-        write_json(args.json, {"bundle": str(bundle.path), "method": args.method,
+        write_json(args.json, {"bundle": str(bundle.path), "method": pipeline.method,
                                "images": done, "failed": failed})
     return 1 if failed else 0

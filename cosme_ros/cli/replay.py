@@ -126,11 +126,13 @@ def _on_sigterm(signum, frame):
 def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.anomaly.scorers import METHODS
+    from cosme_ros.bundle import AUTO_METHOD
     from cosme_ros.replay import (Bag, ReplayOptions, check_bag, check_options, format_report,
                                   replay)
 
-    if args.method not in METHODS:
-        raise CosmeError(f"unknown method {args.method!r}; choose from {', '.join(METHODS)}")
+    if args.method not in (AUTO_METHOD, *METHODS):
+        raise CosmeError(f"unknown method {args.method!r}; choose from {AUTO_METHOD}, "
+                         f"{', '.join(METHODS)}")
     if args.worst < 0:
         raise CosmeError("--worst must be >= 0")
     options = ReplayOptions(

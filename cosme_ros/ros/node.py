@@ -131,12 +131,15 @@ def _finite(value: float) -> None:
 
 # ----------------------------------------------------------------------------- parameter table
 
-AUTO_METHOD = "auto"   # the best method the bundle supports (Bundle.default_method)
+def _auto_method() -> str:
+    # cosme_ros.bundle imports torch; like METHODS, it is read when the parameters are declared
+    from cosme_ros.bundle import AUTO_METHOD
+    return AUTO_METHOD
 
 
 def _methods() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import METHODS
-    return (AUTO_METHOD, *METHODS)
+    return (_auto_method(), *METHODS)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ PARAMS: Sequence[Param] = (
     Param("bundle", lambda: str(default_bundle_path()),
           "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
           "the package (models/demo)."),
-    Param("method", AUTO_METHOD, "Anomaly scorer; auto = cosme when the bundle has a memory "
+    Param("method", _auto_method, "Anomaly scorer; auto = cosme when the bundle has a memory "
           "and a student (the demo bundle does), else maxlogit.", choices=_methods),
     Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
           choices=lambda: DEVICES),
@@ -355,7 +358,7 @@ class CosmeNode(Node):
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
-        if s.method == AUTO_METHOD:
+        if s.method == _auto_method():
             s = replace(s, method=bundle.default_method)
         try:
             pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
