@@ -266,6 +266,9 @@ def resize_frames(images_rgb: Sequence[np.ndarray], size: Tuple[int, int]) -> Li
 class Pipeline:
     """A bundle's teacher (+ student) and one anomaly scorer, ready to run on frames.
 
+    ``method``: a name of :data:`~cosme_ros.anomaly.scorers.METHODS`, or ``"auto"`` for the best
+    the bundle supports (:attr:`Bundle.default_method`); ``self.method`` is the resolved name.
+
     ``precision``: ``fp32`` (default: the reference numbers), ``bf16`` or ``auto`` (see
     :func:`resolve_precision`). ``threads``: if given, ``torch.set_num_threads`` — process-wide;
     torch's default is the number of physical cores. ``fast=False`` skips BatchNorm folding and
