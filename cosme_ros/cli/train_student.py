@@ -80,8 +80,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
     from cosme_ros.train import open_training_data
-    from cosme_ros.train.loop import (Distributed, check_fresh_start, clear_checkpoints,
-                                      setup_threads)
+    from cosme_ros.train.loop import clear_checkpoints, training_run
     from cosme_ros.train.student import train_student
 
     if args.seed < 0:
@@ -92,10 +91,8 @@ def run(args) -> int:
     dataset = open_training_data(args.data, args.split)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else \
         bundle.path.with_name(bundle.path.name + ".student-checkpoints")
-    threads = setup_threads(args.threads)
-    ctx = Distributed.from_environment(args.device)
-    try:
-        check_fresh_start(ckpt_dir, args.resume, args.force, ctx)
+    with training_run(ckpt_dir, threads=args.threads, device=args.device, resume=args.resume,
+                      force=args.force) as (ctx, threads):
         out = train_student(
             bundle, dataset, data_spec=args.data, depth=args.depth, width=args.width,
             size=args.size, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
@@ -113,6 +110,4 @@ def run(args) -> int:
                 write_json(args.json, {"bundle": str(bundle.path), **record,
                                        "images_per_second": out.result.images_per_second,
                                        "resumed_from": out.result.resumed_from})
-    finally:
-        ctx.close()
     return 0

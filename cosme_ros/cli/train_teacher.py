@@ -55,8 +55,7 @@ def run(args) -> int:
     from cosme_ros import bundle as bundle_mod
     from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
     from cosme_ros.train import open_training_data
-    from cosme_ros.train.loop import (Distributed, check_fresh_start, clear_checkpoints,
-                                      setup_threads)
+    from cosme_ros.train.loop import clear_checkpoints, training_run
     from cosme_ros.train.teacher import (IMAGENET_MEAN, IMAGENET_STD, format_iou_table,
                                          train_teacher)
 
@@ -73,10 +72,8 @@ def run(args) -> int:
                              f"Cityscapes-trainId labels")
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else \
         out.with_name(out.name + ".teacher-checkpoints")
-    threads = setup_threads(args.threads)
-    ctx = Distributed.from_environment(args.device)
-    try:
-        check_fresh_start(ckpt_dir, args.resume, args.force, ctx)
+    with training_run(ckpt_dir, threads=args.threads, device=args.device, resume=args.resume,
+                      force=args.force) as (ctx, threads):
         run_ = train_teacher(
             train_set, val_set, data_spec=args.data, val_spec=args.val, backbone=args.backbone,
             width=args.width, output_stride=args.output_stride,
@@ -104,6 +101,4 @@ def run(args) -> int:
                 write_json(args.json, {"bundle": str(bundle.path), **record,
                                        "images_per_second": run_.result.images_per_second,
                                        "resumed_from": run_.result.resumed_from})
-    finally:
-        ctx.close()
     return 0

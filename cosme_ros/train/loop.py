@@ -498,6 +498,24 @@ def check_fresh_start(checkpoint_dir: Optional[Path], resume: bool, force: bool,
     ctx.barrier()
 
 
+@contextlib.contextmanager
+def training_run(checkpoint_dir: Path, *, threads: Optional[int], device: str, resume: bool,
+                 force: bool):
+    """What every training command does around its training: set the CPU threads, join the
+    torchrun group (or run alone), check the checkpoint directory for an earlier run
+    (:func:`check_fresh_start`), and leave the group however training ends.
+
+    Yields ``(ctx, threads)``: the :class:`Distributed` context and the threads per process.
+    """
+    n_threads = setup_threads(threads)
+    ctx = Distributed.from_environment(device)
+    try:
+        check_fresh_start(checkpoint_dir, resume, force, ctx)
+        yield ctx, n_threads
+    finally:
+        ctx.close()
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_samples: int,
         settings: LoopSettings, ctx: Distributed) -> FitResult:
     """Train ``model`` (already on ``ctx.device``) for ``settings.epochs`` epochs of
