@@ -94,6 +94,10 @@ class BuildConfig:
     candidates_per_image: int = 64
     init_passes: int = 1
     pans_labels: str = "auto"
+    # The network input for these images (default: the bundle's). Frames of another aspect
+    # ratio than the bundle's (CamVid's 4:3 against a 2:1 teacher) can keep theirs; the
+    # prototypes are per-pixel features, valid at any input size.
+    input_size: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         try:
@@ -285,10 +289,11 @@ def _labels_are_trainids(bundle: Bundle) -> bool:
 class _Teacher:
     """The bundle's teacher behind Pipeline's preprocessing, taking (possibly empty) batches."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str,
+                 input_size: Optional[Tuple[int, int]] = None):
         from cosme_ros.pipeline import Pipeline
         # maxlogit needs no bundle part: the pipeline serves for its teacher and preprocessing.
-        self.pipeline = Pipeline(bundle, method="maxlogit", device=device)
+        self.pipeline = Pipeline(bundle, method="maxlogit", device=device, input_size=input_size)
         self.device = self.pipeline.device
         self.input_size = tuple(self.pipeline.input_size)
 
@@ -337,7 +342,7 @@ def build_anomaly_parts(
         raise CosmeError(f"--pans-labels labels: the bundle's classes are not the Cityscapes "
                          f"trainIds the dataset labels use ({bundle.class_names[:3]}…)")
 
-    teacher = _Teacher(bundle, device)
+    teacher = _Teacher(bundle, device, config.input_size)
     fingerprint = _fingerprint(bundle, dataset, names, config, data_spec)
     builder = MulMemBuilder(layers, config.k, tau=config.tau, momentum=config.momentum,
                             seed=config.seed, candidates_per_image=config.candidates_per_image)
@@ -469,6 +474,7 @@ def build_anomaly_parts(
         "batch": config.batch, "seed": config.seed,
         "candidates_per_image": config.candidates_per_image, "init_passes": config.init_passes,
         "data": data_spec, "split": dataset.split, "images": n,
+        "input_size": list(teacher.input_size),
         "prototypes": {k: int(v) for k, v in counts.items()}, "shortfall": shortfall,
         "init_steps": builder.init_steps, "learn_steps": builder.learn_steps,
         "pans_labels": "labels" if use_labels else "pseudo",
@@ -479,7 +485,6 @@ def build_anomaly_parts(
                "build": build}
     report = {
         **build,
-        "input_size": list(teacher.input_size),
         "mulmem_pixels_per_class": {bundle.class_names[c]: int(v) for c, v in
                                     enumerate(mulmem_stats.count.tolist()) if v > 0},
         "stats_fallback_classes": [bundle.class_names[c] for c in range(num_classes)

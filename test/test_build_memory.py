@@ -146,6 +146,18 @@ def test_refuses_to_replace_without_force(built, template, tmp_path, capsys):
     assert bundle.manifest["anomaly"]["build"]["seed"] == 1
 
 
+def test_input_size_changes_what_the_teacher_sees(built, bundle_dir, template):
+    """--input-size: the images go through the teacher at that size (a different memory), and
+    the bundle's records say so; the bundle's own input size is unchanged."""
+    bundle = build(bundle_dir, template, "--input-size", "96x96")
+    section = bundle.manifest["anomaly"]["build"]
+    assert section["input_size"] == [96, 96]
+    assert tuple(bundle.input_size) == (64, 128)
+    ours = load_file(str(bundle_dir / "anomaly.safetensors"))
+    default = load_file(str(built[0] / "anomaly.safetensors"))
+    assert not torch.equal(ours["memory.c5"], default["memory.c5"])
+
+
 def test_layout_error_is_one_line(bundle_dir, tmp_path, capsys):
     code = cosme_main(["build-memory", "--bundle", str(bundle_dir), "--data",
                        f"camvid:{tmp_path}", *ARGS])

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from cosme_ros import atomic
-from cosme_ros.cli.common import write_json
+from cosme_ros.cli.common import size_arg, write_json
 from cosme_ros.errors import CosmeError
 
 
@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                         "images:DIR, synthetic:DIR/train")
     p.add_argument("--split", help="dataset split where the kind has splits (default: train)")
     p.add_argument("--layers", default="c4,c5,lh", help="memory layers (default c4,c5,lh)")
+    p.add_argument("--input-size", type=size_arg, metavar="HxW",
+                   help="network input for these images (default: the bundle's), e.g. 480x640 "
+                        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher")
     p.add_argument("--k", type=int, default=2048, help="prototypes per layer (default 2048)")
     p.add_argument("--tau", type=float, default=0.85,
                    help="Algorithm 1 cosine threshold (default 0.85)")
@@ -72,7 +75,8 @@ def run(args) -> int:
     config = BuildConfig(layers=args.layers, k=args.k, tau=args.tau, momentum=args.momentum,
                          epochs=args.epochs, batch=args.batch, seed=args.seed,
                          max_images=args.max_images, candidates_per_image=args.candidates,
-                         init_passes=args.init_passes, pans_labels=args.pans_labels)
+                         init_passes=args.init_passes, pans_labels=args.pans_labels,
+                         input_size=args.input_size)
     dataset = open_dataset(args.data, args.split)
 
     ctx = init_distributed(args.device)
