@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bundles import make_tiny_bundle
+from cli_util import assert_one_line_error
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ESPNET = SHARED / "teachers" / "espnetv2" / "espnetv2_s_1.0_city_512x256.pth"
@@ -25,15 +26,6 @@ def cosme(*args, check_rc=0):
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stdout + proc.stderr
     return proc
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @needs_shared

@@ -23,6 +23,7 @@ import pytest
 
 import ros_util
 from bundles import make_tiny_bundle
+from cli_util import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 4, (96, 192)
@@ -36,15 +37,6 @@ def cosme(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout,
                           env=env or demo_env())
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def node_pid(stdout: str) -> int:
