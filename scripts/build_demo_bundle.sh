@@ -34,8 +34,9 @@ VAL_N=${DEMO_VAL_N:-200}                # validation images (teacher mIoU)
 TEST_N=${DEMO_TEST_N:-200}              # test images, with anomalies (the evaluate table)
 SIZE=${DEMO_SIZE:-192x384}              # image and network input size, HEIGHTxWIDTH
 SEED=${DEMO_SEED:-0}                    # data, initialisation, sample order, augmentation
-TEACHER_EPOCHS=${DEMO_EPOCHS:-12}
+TEACHER_EPOCHS=${DEMO_EPOCHS:-18}
 STUDENT_EPOCHS=${DEMO_STUDENT_EPOCHS:-6}
+BF16=${DEMO_BF16:-1}                    # train both networks under bfloat16 autocast (1.4x here)
 BATCH=${DEMO_BATCH:-8}                  # teacher and student batch
 K=${DEMO_K:-512}                        # MulMem prototypes per layer
 MEMORY_EPOCHS=${DEMO_MEMORY_EPOCHS:-1}  # Algorithm 2 epochs
@@ -83,6 +84,8 @@ mkdir -p "$work" "$done_dir"
 timings=$work/timings.tsv
 resume_flag=()
 if [ "$resume" = 1 ]; then resume_flag=(--resume); fi
+precision_flag=()
+if [ "$BF16" = 1 ]; then precision_flag=(--bf16); fi
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 fmt_ms() {  # 1234 -> 1.2 s, 754000 -> 12m 34s, 7384000 -> 2h 03m 04s
@@ -101,8 +104,8 @@ if [ ! -f "$timings" ]; then
     printf '# software\t%s\n' "$("$py" -c 'import torch, cosme_ros
 cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 print(f"cosme_ros {cosme_ros.__version__}, torch {torch.__version__}, CUDA {cuda}")')"
-    printf '# sizes\ttrain %s, val %s, test %s at %s, seed %s; teacher %s epochs, student %s epochs, batch %s, K %s\n' \
-      "$TRAIN_N" "$VAL_N" "$TEST_N" "$SIZE" "$SEED" "$TEACHER_EPOCHS" "$STUDENT_EPOCHS" "$BATCH" "$K"
+    printf '# sizes\ttrain %s, val %s, test %s at %s, seed %s; teacher %s epochs, student %s epochs, batch %s, K %s, bf16 %s\n' \
+      "$TRAIN_N" "$VAL_N" "$TEST_N" "$SIZE" "$SEED" "$TEACHER_EPOCHS" "$STUDENT_EPOCHS" "$BATCH" "$K" "$BF16"
   } > "$timings"
 fi
 
@@ -157,14 +160,14 @@ step train-teacher cosme train-teacher --out "$bundle" --name demo \
   --data "synthetic:$world/train" --val "synthetic:$world/val" \
   --backbone resnet18 --width 0.5 --output-stride 16 --size "$SIZE" \
   --epochs "$TEACHER_EPOCHS" --batch "$BATCH" --seed "$SEED" --eval-every-epoch \
-  --device "$DEVICE" --force "${resume_flag[@]}" --json "$work/teacher.json"
+  --device "$DEVICE" --force "${resume_flag[@]}" "${precision_flag[@]}" --json "$work/teacher.json"
 if [ "$fp16" = 1 ]; then step fp16-teacher half teacher; fi
 step build-memory cosme build-memory --bundle "$bundle" --data "synthetic:$world/train" \
   --layers "$LAYERS" --k "$K" --epochs "$MEMORY_EPOCHS" --batch "$BATCH" --seed "$SEED" \
   --device "$DEVICE" --force "${resume_flag[@]}" --json "$work/memory.json"
 step train-student cosme train-student --bundle "$bundle" --data "synthetic:$world/train" \
   --depth 18 --width 0.5 --epochs "$STUDENT_EPOCHS" --batch "$BATCH" --seed "$SEED" \
-  --device "$DEVICE" --force "${resume_flag[@]}" --json "$work/student.json"
+  --device "$DEVICE" --force "${resume_flag[@]}" "${precision_flag[@]}" --json "$work/student.json"
 if [ "$fp16" = 1 ]; then step fp16-student half student; fi
 step evaluate cosme evaluate --bundle "$bundle" --data "synthetic:$world/test" \
   --methods "$METHODS" --device "$DEVICE" --force \

@@ -1,8 +1,9 @@
 """A procedural driving world with exact labels and genuinely novel anomalies.
 
 Forward-facing street scenes in perspective — road with lane markings, kerbs and sidewalks,
-buildings with windows, vegetation, poles, signs, traffic lights, sky, cars, trucks, buses,
-pedestrians and cyclists — each pixel labelled with its Cityscapes trainId. The test split adds
+buildings with windows, vegetation and hedges, terrain, poles, traffic signs, sky, cars, trucks,
+buses and pedestrians — each pixel labelled with its Cityscapes trainId (poles thinner than
+1.5 pixels are void: too thin to label at the image's resolution). The test split adds
 anomalies of families never drawn in train or val. Hard in-distribution cases (odd colours of known
 classes, dusk, colour casts, cast shadows, wet roads) appear in every split.
 

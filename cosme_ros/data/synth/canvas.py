@@ -17,6 +17,7 @@ ONE = 1 << SHIFT
 
 # Internal label codes: 0–18 trainIds, ANOMALY_BASE + i for anomaly family i, 255 void.
 ANOMALY_BASE = 200
+VOID = 255
 
 # Materials (texture and shading families applied at compositing time).
 FLAT, ASPHALT, PAVING, LEAF, PLASTER, GLASS, PAINT, FABRIC, GRASS, SKY, FUR, WOOD, RUBBER, \

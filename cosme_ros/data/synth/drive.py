@@ -28,7 +28,7 @@ def _collides(th, anomaly, duration: float, lane_w: float) -> bool:
         if abs(th.a - anomaly.a) > lane_w * 0.8:
             return False
         reach = th.p.get("length", 4.0) / 2 + 1.5
-    elif th.kind in ("person", "rider"):
+    elif th.kind == "person":
         if th.va == 0.0 and abs(th.a - anomaly.a) > 1.2:
             return False
         if th.va != 0.0 and abs(th.z - anomaly.z) > 3.0:
@@ -64,11 +64,11 @@ def drive_frames(seed: int, n: int, size: Tuple[int, int] = (192, 384), fps: flo
         if any(_collides(th, o, duration, road.lane_w) for o in placed):
             continue
         keep.append(th)
-    # Nothing slower than the camera may stay in its path: riders ahead in its lane and people
+    # Nothing slower than the camera may stay in its path: people walking ahead in its lane or
     # crossing in front of it when it arrives are left out of the drive.
     path = []
     for th in keep:
-        if th.kind in ("person", "rider") and (th.vz != 0.0 or th.va != 0.0) and th.layer == 3:
+        if th.kind == "person" and (th.vz != 0.0 or th.va != 0.0) and th.layer == 3:
             t_pass = th.z / max(speed - th.vz, 1e-3) if th.z > 0 else -1.0
             if 0.0 <= t_pass <= duration + 1.0 and abs(th.at(t_pass)[0] - world.ego_a) < 1.6:
                 continue

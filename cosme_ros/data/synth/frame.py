@@ -14,14 +14,14 @@ import numpy as np
 from cosme_ros.data.synth import anomalies as an
 from cosme_ros.data.synth import look as lk
 from cosme_ros.data.synth.camera import Camera
-from cosme_ros.data.synth.canvas import ANOMALY_BASE
+from cosme_ros.data.synth.canvas import ANOMALY_BASE, VOID
 from cosme_ros.data.synth.scene import render
 from cosme_ros.data.synth.world import World, make_world
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DRIVE_STREAM = 3
-IGNORE = 255
+IGNORE = VOID
 MAX_ATTEMPTS = 20
 
 

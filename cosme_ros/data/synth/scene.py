@@ -1,7 +1,7 @@
 """Render a world from a camera pose: sky, far skyline, ground, buildings, then things far to near.
 
 Occlusion is the painter's algorithm in three layers: everything beyond the sidewalk (buildings,
-back gardens) first, then the structures on the lot line (walls, fences, hedges), then the
+back gardens) first, then the hedges on the lot line, then the
 street-level things sorted by depth. Objects in one layer never cross another layer's lateral band,
 so the layers occlude correctly; inside a layer, far-to-near order does.
 """
@@ -344,58 +344,20 @@ def _with(lot: Lot, **changes) -> Lot:
 
 
 def draw_front(ctx: Ctx, world: World, lot: Lot) -> None:
-    """Fence, hedge or wall on the lot line."""
+    """The hedge on the lot line."""
     f = lot.p.get("front")
     if not f:
         return
     road, cam, look, c = world.road, ctx.cam, ctx.look, ctx.canvas
     side = world.sides[lot.sgn]
     a = side.walk1(road)
-    thick = f.get("thick", 0.06 if f["kind"] == "fence" else 0.3)
+    thick = f["thick"]
     zm = 0.5 * (lot.z0 + lot.z1)
     heading = road.heading(zm)
     X = float(road.xref(zm)) + a + lot.sgn * thick / 2
     top = f["height"] + road.kerb_h
     corners = solids.box(X, zm, heading, lot.z0 - zm, lot.z1 - zm, -thick / 2, thick / 2, 0.0, top)
-    kind = f["kind"]
-    label = {"fence": lk.FENCE, "hedge": lk.VEGETATION, "wall": lk.WALL}[kind]
-    mat = {"fence": cv.WOOD if f.get("wood") else cv.METAL, "hedge": cv.LEAF,
-           "wall": cv.CONCRETE}[kind]
-    faces = solids.draw_hexa(c, cam, look, corners, f["color"], label, mat)
-    facade = "left" if lot.sgn > 0 else "right"
-    if facade not in faces:
-        return
-    length = lot.z1 - lot.z0
-    if kind == "fence":
-        n = int(length / f["bar"])
-        if n < 2:
-            return
-        ss = np.linspace(0, 1, n)
-        st = np.stack([np.stack([ss, np.full(n, 0.05)], 1), np.stack([ss, np.full(n, 0.97)], 1)], 1)
-        uv, d = cam.project(solids.face_points(corners, facade, st))
-        # Bars closer together than ~2 pixels would only make noise: draw the resolvable ones.
-        ok = (d > 0.5).all(axis=1) & (d[:, 0] < cam.f * f["bar"] / 2.0)
-        dark = scale(look.face(f["color"], solids.face_normal(corners, facade)), 0.55)
-        c.paint_lines(uv[ok], dark)
-        rails = np.array([[0, 0.2], [1, 0.2], [0, 0.85], [1, 0.85]])
-        uv, d = cam.project(solids.face_points(corners, facade, rails))
-        if (d > 0.5).all():
-            width = max(1.0, 0.05 * cam.f / max(d.min(), 1))
-            c.paint_lines([(uv[0], uv[1]), (uv[2], uv[3])], dark, width=width)
-    elif kind == "wall" and f.get("blocks"):
-        rows = max(2, int(f["height"] / 0.5))
-        ts = np.arange(1, rows) / rows
-        st = np.concatenate([np.stack([np.zeros_like(ts), ts], 1),
-                             np.stack([np.ones_like(ts), ts], 1)])
-        uv, d = cam.project(solids.face_points(corners, facade, st))
-        k = len(ts)
-        if (d > 0.5).all():
-            c.paint_lines([(uv[i], uv[i + k]) for i in range(k)],
-                          scale(look.face(f["color"], solids.face_normal(corners, facade)), 0.75))
-    if kind == "wall":  # a lighter coping on top
-        cap = solids.box(X, zm, heading, lot.z0 - zm, lot.z1 - zm, -thick / 2 - 0.04,
-                         thick / 2 + 0.04, top - 0.08, top + 0.02)
-        solids.draw_hexa(c, cam, look, cap, scale(f["color"], 1.15), label, cv.CONCRETE)
+    solids.draw_hexa(c, cam, look, corners, f["color"], lk.VEGETATION, cv.LEAF)
 
 
 # --- the frame -------------------------------------------------------------------------------

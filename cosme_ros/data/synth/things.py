@@ -1,7 +1,7 @@
-"""In-distribution things at street level: vehicles, people, bicycles, trees, poles, signs, lights.
+"""In-distribution things at street level: vehicles, people, trees, poles, signs.
 
 Vehicles are hexahedra in world coordinates (body, cabin, wheels on the sides), so they foreshorten
-correctly; people, bicycles, trees and street furniture are flat figures facing the camera, drawn in
+correctly; people, trees and street furniture are flat figures facing the camera, drawn in
 image space at the scale ``s = f / depth`` (pixels per metre) of their foot point. Each drawer
 returns the image bounding box it drew, or None when the thing is out of view.
 """
@@ -24,6 +24,10 @@ from cosme_ros.data.synth.world import Road, Thing
 
 BBox = Tuple[float, float, float, float]
 MIN_DEPTH = 1.2  # things nearer than this (beside the camera) are not drawn
+# Poles and arms drawn narrower than this are labelled void: a 1-pixel line is below what a
+# stride-4 segmentation output can place, so as a label it would only measure aliasing (the
+# way annotators leave far-away detail unlabelled). They are still drawn.
+MIN_LABELLED_WIDTH = 1.5
 
 
 @dataclass
@@ -305,7 +309,7 @@ def draw_bus(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
     return _poly_bbox(polys)
 
 
-# --- people and bicycles ---------------------------------------------------------------------
+# --- people ---------------------------------------------------------------------------------
 class Figure:
     """Draws a flat figure in its own metres: x forward (mirrored by ``facing``), y up.
 
@@ -333,49 +337,18 @@ class Figure:
     def shape(self, pts, color, mat: int = cv.FABRIC) -> None:
         self.c.poly(np.array([self.pt(x, y) for x, y in pts]), color, self.label, mat)
 
-    def ring(self, centre, r: float, width: float, color, mat: int) -> None:
-        self.c.circle(self.pt(*centre), r * self.sk, color, self.label, mat,
-                      thickness=max(1.0, width * self.sk))
-
 
 SHOE = (35, 30, 30)
 BAG = (60, 40, 30)
 
 
-def draw_person_at(ctx: Ctx, p: Dict, u: float, v: float, s: float, label: int,
-                   pose: str = "stand") -> BBox:
-    """A simple articulated figure; ``pose`` is stand (front/back/side walking) or ride."""
+def draw_person_at(ctx: Ctx, p: Dict, u: float, v: float, s: float, label: int) -> BBox:
+    """A simple articulated figure, standing or walking, seen from the front, back or side."""
     H, view = p["height"], p["view"]
     phase = p["phase"] + 5.0 * ctx.t
     shirt, trousers, skin, hair = p["shirt"], p["trousers"], p["skin"], p["hair"]
     wk = p.get("width", 1.0)
     leg_w, arm_w = 0.12 * wk, 0.085 * wk
-    if pose == "ride":
-        g = Figure(ctx, u, v, s, p["facing"], label)
-        side = view == "side"
-        hip = (-0.22, 0.92) if side else (0.0, 0.95)
-        sh = (0.08, 1.42) if side else (0.0, 1.45)
-        head = (0.16, 1.62) if side else (0.0, 1.64)
-        if side:  # pedalling
-            for k in (0, math.pi):
-                fx = 0.16 * math.cos(phase + k)
-                knee = (0.08 + 0.3 * fx, 0.62)
-                g.limb(hip, knee, leg_w, trousers)
-                g.limb(knee, (fx, 0.28 + 0.16 * math.sin(phase + k)), leg_w, trousers)
-        else:
-            for dx in (-0.13, 0.13):
-                g.limb((dx, 0.92), (dx * 1.3, 0.62), leg_w, trousers)
-                g.limb((dx * 1.3, 0.62), (dx, 0.3), leg_w, trousers)
-        tw = 0.17 if side else 0.2
-        g.shape([(hip[0] - tw, hip[1]), (hip[0] + tw * 0.8, hip[1]), (sh[0] + tw * 0.7, sh[1]),
-                 (sh[0] - tw * 0.9, sh[1])], shirt)
-        hands = [(0.4, 1.02)] if side else [(-0.28, 1.05), (0.28, 1.05)]
-        for hx, hy in hands:
-            sx = sh[0] if side else math.copysign(0.18, hx)
-            g.limb((sx, sh[1] - 0.04), (hx, hy), arm_w, shirt)
-        g.disc(head, 0.115, skin, cv.SKIN)
-        g.disc((head[0] - 0.02, head[1] + 0.05), 0.13, (40, 40, 45), cv.PLASTIC, ry=0.09)  # helmet
-        return (u - 0.6 * s, v - 1.8 * s, u + 0.6 * s, v)
     g = Figure(ctx, u, v, s, p["facing"], label, k=H / 1.75)  # proportions of a 1.75 m adult
     hem = 0.45 if p["coat"] else 0.82
     if view in ("front", "rear"):
@@ -430,60 +403,6 @@ def draw_person(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Opti
     return draw_person_at(ctx, th.p, u, v, s, lk.PERSON)
 
 
-def draw_bicycle_at(ctx: Ctx, p: Dict, u: float, v: float, s: float, view: str) -> BBox:
-    g = Figure(ctx, u, v, s, p["facing"], lk.BICYCLE)
-    col = p["color"]
-    tube = 0.055
-    if view == "side":
-        r = 0.34
-        for wx in (-0.53, 0.53):
-            g.ring((wx, r), r - 0.03, 0.07, (25, 25, 25), cv.RUBBER)
-            g.disc((wx, r), 0.03, (120, 120, 120), cv.METAL)
-        rear, front = (-0.53, r), (0.53, r)
-        bb, seat, head = (-0.02, 0.3), (-0.2, 0.88), (0.38, 0.9)
-        for a, b in ((rear, bb), (bb, seat), (seat, rear), (seat, head), (bb, head), (head, front),
-                     (seat, (-0.22, 0.95)), (head, (0.36, 1.02))):
-            g.limb(a, b, tube, col, cv.PAINT)
-        g.limb((-0.32, 0.97), (-0.1, 0.97), 0.06, (30, 30, 30))        # saddle
-        g.limb((0.3, 1.03), (0.45, 1.03), tube, (40, 40, 40), cv.METAL)  # handlebar
-        return (u - 0.9 * s, v - 1.05 * s, u + 0.9 * s, v)
-    # Seen from behind: a thin wheel, the saddle and handlebar.
-    g.limb((0, 0.02), (0, 0.68), 0.06, (25, 25, 25), cv.RUBBER)
-    g.limb((0, 0.35), (0, 0.9), tube, col, cv.PAINT)
-    g.limb((-0.28, 1.0), (0.28, 1.0), tube, (40, 40, 40), cv.METAL)
-    g.limb((-0.07, 0.92), (0.07, 0.92), 0.07, (30, 30, 30))
-    return (u - 0.3 * s, v - 1.0 * s, u + 0.3 * s, v)
-
-
-def draw_bicycle(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
-    a = anchor(ctx, X, Z, extent=1.0)
-    if a is None:
-        return None
-    u, v, s, _ = a
-    ground_shadow(ctx, X, Z, 0.15, 0.5, 0.6)
-    return draw_bicycle_at(ctx, th.p, u, v, s, "side")
-
-
-def draw_rider(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
-    a = anchor(ctx, X, Z, extent=1.0)
-    if a is None:
-        return None
-    u, v, s, _ = a
-    p = th.p
-    ground_shadow(ctx, X, Z, 0.3, 0.6, 1.2)
-    view = p["view"]
-    bike = dict(p["bike"], facing=p["facing"])
-    if view == "side":
-        b1 = draw_bicycle_at(ctx, bike, u, v, s, "side")
-        b2 = draw_person_at(ctx, p, u, v, s, lk.RIDER, pose="ride")
-    else:
-        b1 = draw_bicycle_at(ctx, bike, u, v, s, "rear")
-        b2 = draw_person_at(ctx, p, u, v, s, lk.RIDER, pose="ride")
-        # The rear wheel passes in front of the rider's legs.
-        Figure(ctx, u, v, s, 1, lk.BICYCLE).limb((0, 0.35), (0, 0.6), 0.06, (25, 25, 25), cv.RUBBER)
-    return _union([b1, b2])
-
-
 # --- vegetation ------------------------------------------------------------------------------
 def draw_tree(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
     p = th.p
@@ -530,6 +449,10 @@ def draw_bush(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
 
 
 # --- street furniture ------------------------------------------------------------------------
+def _pole_label(width_px: float) -> int:
+    return lk.POLE if width_px >= MIN_LABELLED_WIDTH else cv.VOID
+
+
 def _pole(ctx: Ctx, X: float, Z: float, y0: float, y1: float, width: float,
           color) -> Optional[BBox]:
     """A vertical pole from height y0 to y1 above the ground at (X, Z)."""
@@ -538,7 +461,7 @@ def _pole(ctx: Ctx, X: float, Z: float, y0: float, y1: float, width: float,
         return None
     s = ctx.cam.f / z[0]
     lit = ctx.look.face(color, (-math.copysign(1, X - ctx.cam.x), 0, 0))  # its side facing us
-    ctx.canvas.line(uv[0], uv[1], max(1.0, width * s), lit, lk.POLE, cv.METAL)
+    ctx.canvas.line(uv[0], uv[1], max(1.0, width * s), lit, _pole_label(width * s), cv.METAL)
     x = float(uv[0, 0])
     return (x - width * s, float(uv[1, 1]), x + width * s, float(uv[0, 1]))
 
@@ -556,7 +479,8 @@ def draw_lamp(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     uv, z = ctx.cam.project(arm)
     if (z > MIN_DEPTH).all():
         s = ctx.cam.f / z[1]
-        ctx.canvas.line(uv[0], uv[1], max(1.0, p["width"] * 0.6 * s), p["color"], lk.POLE, cv.METAL)
+        arm_px = p["width"] * 0.6 * s
+        ctx.canvas.line(uv[0], uv[1], max(1.0, arm_px), p["color"], _pole_label(arm_px), cv.METAL)
         head = uv[1] + s * np.array([(-0.25, 0), (0.25, 0), (0.18, 0.14), (-0.18, 0.14)])
         lit = ctx.look.lamps_on
         ctx.canvas.poly(head, (255, 240, 200) if lit else (190, 190, 180), lk.POLE,
@@ -611,7 +535,7 @@ def draw_sign(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     u, v, s, _ = a
     H = p["height"]
     ground_shadow(ctx, X, Z, 0.08, 0.08, H)
-    b = _pole(ctx, X, Z, 0.0, H, 0.1, p["pole"])
+    b = _pole(ctx, X, Z, 0.0, H, 0.16, p["pole"])
     r = p["size"] / 2
     plates = [_sign_plate(ctx, u, v - s * (H - r), s, p, p["shape"])]
     if p["double"]:
@@ -620,53 +544,19 @@ def draw_sign(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     return _union([b] + plates)
 
 
-def draw_traffic_light(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
-    p = th.p
-    a = anchor(ctx, X, Z, extent=abs(p["reach"]) + 1 if p["overhead"] else 1.0)
-    if a is None:
-        return None
-    u, v, s, _ = a
-    H = p["height"]
-    c = ctx.canvas
-    ground_shadow(ctx, X, Z, 0.1, 0.1, H)
-    boxes = [_pole(ctx, X, Z, 0.0, H + (0.2 if p["overhead"] else 0.0), 0.18, p["pole"])]
-    if p["overhead"]:
-        hx = X - p["reach"]
-        uv, z = ctx.cam.project(np.array([[X, H + ctx.y, Z], [hx, H + ctx.y, Z]]))
-        c.line(uv[0], uv[1], max(1.0, 0.1 * s), p["pole"], lk.POLE, cv.METAL)
-        hu = float(uv[1, 0])
-        top = v - s * (H - 0.05)
-    else:
-        hu = u
-        top = v - s * (H + 0.9)
-    w, hh = 0.17 * s, 0.45 * s
-    c.poly(np.array([(hu - w, top), (hu + w, top), (hu + w, top + 2 * hh), (hu - w, top + 2 * hh)]),
-           p["housing"], lk.LIGHT, cv.PLASTIC)
-    colors = [(255, 40, 30), (255, 190, 20), (40, 230, 90)]
-    for i in range(3):
-        on = i == p["lit"]
-        col = colors[i] if on else (45, 45, 45)
-        c.circle((hu, top + hh * (0.35 + 0.65 * i)), 0.1 * s, col, lk.LIGHT,
-                 EMISSIVE if on else cv.PLASTIC)
-    boxes.append((hu - w, top, hu + w, top + 2 * hh))
-    return _union(boxes)
-
-
 def draw_bollard(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
     if anchor(ctx, X, Z, extent=0.3) is None:
         return None
-    return _pole(ctx, X, Z, 0.0, 0.9, 0.16, th.p["color"])
+    return _pole(ctx, X, Z, 0.0, 0.9, 0.25, th.p["color"])
 
 
 DRAW: Dict[str, Callable] = {
     "car": draw_car, "truck": draw_truck, "bus": draw_bus, "person": draw_person,
-    "bicycle": draw_bicycle, "rider": draw_rider, "tree": draw_tree, "bush": draw_bush,
-    "lamp": draw_lamp, "sign": draw_sign, "traffic_light": draw_traffic_light,
+    "tree": draw_tree, "bush": draw_bush, "lamp": draw_lamp, "sign": draw_sign,
     "bollard": draw_bollard,
 }
 
 # trainId each family mainly paints (for the records).
 CLASS_OF = {"car": lk.CAR, "truck": lk.TRUCK, "bus": lk.BUS, "person": lk.PERSON,
-            "bicycle": lk.BICYCLE, "rider": lk.RIDER, "tree": lk.VEGETATION,
-            "bush": lk.VEGETATION, "lamp": lk.POLE, "sign": lk.SIGN, "traffic_light": lk.LIGHT,
+            "tree": lk.VEGETATION, "bush": lk.VEGETATION, "lamp": lk.POLE, "sign": lk.SIGN,
             "bollard": lk.POLE}
