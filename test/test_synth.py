@@ -204,12 +204,17 @@ def test_test_split_is_a_folder_benchmark(tmp_path):
 # ----------------------------------------------------------------------------- the drive
 
 def test_drive_anomalies_approach_and_grow():
-    frames = list(drive_frames(3, 30, SMALL, fps=10.0))
-    pixels = np.array([(f.anomaly == 1).sum() for f in frames])
-    assert (pixels > 0).mean() > 0.5
-    assert pixels[-10:].max() > 2 * max(pixels[:3].max(), 1)
-    for f in frames:
-        assert (f.semantic[f.anomaly == 1] == 255).all()
+    """Anomalies appear ahead, small, and grow as the camera drives towards them. One drive can
+    pass a single far-off anomaly beside the road, so the growth is asserted over several."""
+    growth = []
+    for seed in range(1, 7):
+        frames = list(drive_frames(seed, 30, SMALL, fps=10.0))
+        pixels = np.array([(f.anomaly == 1).sum() for f in frames])
+        assert (pixels > 0).mean() > 0.5, seed
+        growth.append(pixels.max() / pixels[pixels > 0][0])
+        for f in frames:
+            assert (f.semantic[f.anomaly == 1] == 255).all()
+    assert np.median(growth) > 2 and max(growth) > 4, growth
     # Consecutive frames of one street: far more alike than frames of different streets.
     same = np.mean([(a.semantic == b.semantic).mean() for a, b in zip(frames, frames[1:])])
     other = (frames[0].semantic == render_frame(0, "train", 0, SMALL).semantic).mean()

@@ -48,7 +48,7 @@ def frame_rng(seed: int, stream: int, index: int, attempt: int = 0) -> np.random
 def make_camera(rng: np.random.Generator, size: Tuple[int, int], world: World) -> Camera:
     """Intrinsics and pose of a forward-facing car camera with a per-image horizon and yaw."""
     h, w = size
-    return Camera(width=w, height=h, f=float(w * rng.uniform(0.85, 1.2)),
+    return Camera(width=w, height=h, f=float(w * rng.uniform(1.0, 1.4)),
                   cx=float(w * (0.5 + rng.uniform(-0.05, 0.05))),
                   cy=float(h * rng.uniform(0.36, 0.5)), height_m=float(rng.uniform(1.25, 1.8)),
                   x=float(world.ego_a), z=0.0, yaw=float(rng.uniform(-0.05, 0.05)))

@@ -348,7 +348,7 @@ def draw_person_at(ctx: Ctx, p: Dict, u: float, v: float, s: float, label: int) 
     phase = p["phase"] + 5.0 * ctx.t
     shirt, trousers, skin, hair = p["shirt"], p["trousers"], p["skin"], p["hair"]
     wk = p.get("width", 1.0)
-    leg_w, arm_w = 0.12 * wk, 0.085 * wk
+    leg_w, arm_w = 0.15 * wk, 0.11 * wk
     g = Figure(ctx, u, v, s, p["facing"], label, k=H / 1.75)  # proportions of a 1.75 m adult
     hem = 0.45 if p["coat"] else 0.82
     if view in ("front", "rear"):
