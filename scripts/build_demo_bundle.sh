@@ -104,8 +104,9 @@ if [ ! -f "$timings" ]; then
     printf '# software\t%s\n' "$("$py" -c 'import torch, cosme_ros
 cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 print(f"cosme_ros {cosme_ros.__version__}, torch {torch.__version__}, CUDA {cuda}")')"
-    printf '# sizes\ttrain %s, val %s, test %s at %s, seed %s; teacher %s epochs, student %s epochs, batch %s, K %s, bf16 %s\n' \
-      "$TRAIN_N" "$VAL_N" "$TEST_N" "$SIZE" "$SEED" "$TEACHER_EPOCHS" "$STUDENT_EPOCHS" "$BATCH" "$K" "$BF16"
+    printf '# sizes\ttrain %s, val %s, test %s at %s, seed %s; teacher %s epochs, student %s epochs, batch %s, K %s, bf16 training %s\n' \
+      "$TRAIN_N" "$VAL_N" "$TEST_N" "$SIZE" "$SEED" "$TEACHER_EPOCHS" "$STUDENT_EPOCHS" "$BATCH" "$K" \
+      "$([ "$BF16" = 1 ] && echo on || echo off)"
   } > "$timings"
 fi
 
