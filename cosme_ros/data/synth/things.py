@@ -342,14 +342,14 @@ SHOE = (35, 30, 30)
 BAG = (60, 40, 30)
 
 
-def draw_person_at(ctx: Ctx, p: Dict, u: float, v: float, s: float, label: int) -> BBox:
+def draw_person_at(ctx: Ctx, p: Dict, u: float, v: float, s: float) -> BBox:
     """A simple articulated figure, standing or walking, seen from the front, back or side."""
     H, view = p["height"], p["view"]
     phase = p["phase"] + 5.0 * ctx.t
     shirt, trousers, skin, hair = p["shirt"], p["trousers"], p["skin"], p["hair"]
     wk = p.get("width", 1.0)
     leg_w, arm_w = 0.15 * wk, 0.11 * wk
-    g = Figure(ctx, u, v, s, p["facing"], label, k=H / 1.75)  # proportions of a 1.75 m adult
+    g = Figure(ctx, u, v, s, p["facing"], lk.PERSON, k=H / 1.75)  # proportions of a 1.75 m adult
     hem = 0.45 if p["coat"] else 0.82
     if view in ("front", "rear"):
         sway = 0.03 * math.sin(phase)
@@ -400,7 +400,7 @@ def draw_person(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Opti
         return None
     u, v, s, _ = a
     ground_shadow(ctx, X, Z, 0.3, 0.25, th.p["height"] * 0.7)
-    return draw_person_at(ctx, th.p, u, v, s, lk.PERSON)
+    return draw_person_at(ctx, th.p, u, v, s)
 
 
 # --- vegetation ------------------------------------------------------------------------------

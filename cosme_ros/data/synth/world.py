@@ -280,7 +280,7 @@ def _hedge(rng) -> Dict:
     """The lot-line structure: a hedge. Generator 1.0 also drew walls and fences; at 192×384 the
     demo teacher confused them with buildings and vegetation (IoU 61 and 53 after 12 epochs), and
     the issue's world does not need them, so 2.0 leaves them out."""
-    return {"kind": "hedge", "height": float(rng.uniform(0.8, 1.8)),
+    return {"height": float(rng.uniform(0.8, 1.8)),
             "color": pick(rng, lk.LEAF_COLORS), "thick": float(rng.uniform(0.6, 1.2))}
 
 
