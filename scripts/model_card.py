@@ -223,6 +223,7 @@ def data_section(manifest: Mapping, world: Dict[str, Dict]) -> List[str]:
             "families never drawn in train or val — appear only in the test split.", "",
             table(["split", "images", "size", "seed", "anomaly families"], rows, "lrrrl"), "",
         ]
+        from cosme_ros.data.synth.things import MIN_LABELLED_WIDTH
         drawn = world.get("train", gen).get("trainids_present") or []
         names = gen.get("classes") or []
         if drawn and names:
@@ -230,7 +231,7 @@ def data_section(manifest: Mapping, world: Dict[str, Dict]) -> List[str]:
                 f"The world draws {len(drawn)} of the {len(names)} Cityscapes classes: "
                 + ", ".join(names[i] for i in drawn if i < len(names)) + ". The teacher keeps "
                 "all outputs; the mIoU below is over the classes in the labels or predictions. "
-                "Poles drawn narrower than 1.5 pixels are labelled void (255).", ""]
+                f"Poles drawn narrower than {MIN_LABELLED_WIDTH:g} pixels are labelled void (255).", ""]
     else:
         lines += [f"`{rec.get('data', '?')}` ({rec.get('images', '?')} images), validated on "
                   f"`{rec.get('val', '?')}` ({rec.get('val_images', '?')} images).", ""]

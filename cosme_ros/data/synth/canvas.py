@@ -12,12 +12,14 @@ from typing import Iterable, Optional, Sequence
 import cv2
 import numpy as np
 
+from cosme_ros.data.cityscapes import IGNORE_ID
+
 SHIFT = 3
 ONE = 1 << SHIFT
 
 # Internal label codes: 0–18 trainIds, ANOMALY_BASE + i for anomaly family i, 255 void.
 ANOMALY_BASE = 200
-VOID = 255
+VOID = IGNORE_ID
 
 # Materials (texture and shading families applied at compositing time).
 FLAT, ASPHALT, PAVING, LEAF, PLASTER, GLASS, PAINT, FABRIC, GRASS, SKY, FUR, WOOD, RUBBER, \

@@ -21,7 +21,6 @@ from cosme_ros.data.synth.world import World, make_world
 GENERATOR_VERSION = "2.0"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DRIVE_STREAM = 3
-IGNORE = VOID
 MAX_ATTEMPTS = 20
 
 
@@ -58,11 +57,11 @@ def compose(canvas, objects: List[Dict], world: World, cam: Camera, noise, rng) 
     """Finish a rendered canvas into a :class:`Frame` (image, semantic, anomaly mask, records)."""
     image = lk.finish(canvas, world.look, noise, cam.cy, rng)
     labels = canvas.lm[..., 0]
-    is_anomaly = (labels >= ANOMALY_BASE) & (labels < IGNORE)
-    semantic = np.where(is_anomaly, IGNORE, labels).astype(np.uint8)
+    is_anomaly = (labels >= ANOMALY_BASE) & (labels < VOID)
+    semantic = np.where(is_anomaly, VOID, labels).astype(np.uint8)
     mask = np.zeros_like(semantic)
     mask[is_anomaly] = 1
-    mask[labels == IGNORE] = IGNORE
+    mask[labels == VOID] = VOID
     counts = np.bincount(labels.ravel(), minlength=256)
     for o in objects:
         if o["anomaly"]:
