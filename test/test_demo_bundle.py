@@ -29,6 +29,7 @@ def test_shipped_demo_bundle_fits_in_30_mb():
 def test_shipped_teacher_reaches_85_miou_on_the_val_split():
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.synth import render_frame
+    from cosme_ros.train.loop import to_input
     from cosme_ros.train.teacher import iou_from_confusion
 
     bundle = Bundle.load(DEMO)
@@ -36,14 +37,12 @@ def test_shipped_teacher_reaches_85_miou_on_the_val_split():
     seed, n, size = int(train["seed"]), int(train["val_images"]), tuple(train["size"])
     assert train["val"].startswith("synthetic:") and n >= 200
     teacher = bundle.teacher()
-    mean = torch.tensor(bundle.mean).view(1, 3, 1, 1)
-    std = torch.tensor(bundle.std).view(1, 3, 1, 1)
     conf = np.zeros((bundle.num_classes, bundle.num_classes), np.int64)
     for i in range(n):
         frame = render_frame(seed, "val", i, size)  # the bundle's input size: no resizing
-        x = torch.from_numpy(frame.image).permute(2, 0, 1)[None].float().div(255)
+        x = to_input([frame.image], bundle.mean, bundle.std, torch.device("cpu"))
         with torch.no_grad():
-            logits = teacher((x - mean) / std, taps=("o",))["o"]
+            logits = teacher(x, taps=("o",))["o"]
         pred = F.interpolate(logits, size=size, mode="bilinear",
                              align_corners=False)[0].argmax(0).numpy()
         gt = frame.semantic.astype(np.int64)
