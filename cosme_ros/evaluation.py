@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from cosme_ros import atomic, metrics, viz
+from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.method_spec import MethodSpec, canonical, parse_method
 from cosme_ros.anomaly.scorers import METHODS, Scorer, build_scorer
 from cosme_ros.bundle import Bundle
@@ -114,6 +115,8 @@ class MultiMethodRunner:
                                  teacher_taps=teacher_taps, student_taps=student_taps)
         self.device = self.pipeline.device
         self.precision = self.pipeline.precision
+        for scorer in self.scorers.values():
+            scorer.input_height = self.pipeline.input_size[0]  # refine_radius's unit
 
     @torch.inference_mode()
     def __call__(self, image_rgb: np.ndarray, out_size: Tuple[int, int],
@@ -123,9 +126,14 @@ class MultiMethodRunner:
         when ``classes`` — else None — as the pipeline computes it)."""
         out_size = (int(out_size[0]), int(out_size[1]))
         teacher, student = self.pipeline.networks(self.pipeline.preprocess([image_rgb]))
+        names = list(methods or self.scorers)
+        guide = None
+        if any(self.scorers[n].refinement is not None for n in names):
+            guide = guide_from_images([image_rgb], out_size, self.device)
         scores = {}
-        for name in (methods or self.scorers):
-            scores[name] = self.scorers[name](teacher, student, out_size)[0].float().cpu().numpy()
+        for name in names:
+            scores[name] = self.scorers[name](teacher, student, out_size,
+                                              guide)[0].float().cpu().numpy()
         class_map = None
         if classes:
             logits = torch.nn.functional.interpolate(teacher[O].float(), size=out_size,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.scorers import build_scorer
 from cosme_ros.bundle import AUTO_METHOD, Bundle
 from cosme_ros.errors import CosmeError
@@ -274,12 +275,17 @@ class Pipeline:
     torch's default is the number of physical cores. ``fast=False`` skips BatchNorm folding and
     channels_last (the plain eager networks). ``teacher_taps`` / ``student_taps``: taps to
     compute besides the scorer's (``cosme evaluate`` runs several scorers on one pass).
+    ``refine``: ``"none"`` (default, the paper's bilinear maps) or ``"guided"``: the anomaly map
+    is re-fitted to the frame's edges by the guided filter (:mod:`cosme_ros.anomaly.refine`),
+    with ``refine_radius`` network-input pixels and ``refine_eps``.
     """
 
     def __init__(self, bundle: Bundle, method: str = "maxlogit", device: str = "cpu",
                  input_size: Optional[Tuple[int, int]] = None, precision: str = "fp32",
                  threads: Optional[int] = None, fast: bool = True,
-                 teacher_taps: Sequence[str] = (), student_taps: Sequence[str] = ()):
+                 teacher_taps: Sequence[str] = (), student_taps: Sequence[str] = (),
+                 refine: str = "none", refine_radius: Optional[int] = None,
+                 refine_eps: Optional[float] = None):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
@@ -291,7 +297,13 @@ class Pipeline:
         if method == AUTO_METHOD:
             method = bundle.default_method
         # Build the scorer first: a method whose parts are missing fails before any weights load.
-        self.scorer = build_scorer(method, bundle.anomaly_parts())
+        options = {k: v for k, v in (("refine_radius", refine_radius), ("refine_eps", refine_eps))
+                   if v is not None}
+        try:
+            self.scorer = build_scorer(method, bundle.anomaly_parts(), refine=refine, **options)
+        except ValueError as exc:
+            raise CosmeError(str(exc)) from None
+        self.scorer.input_height = self.input_size[0]
         self.method = method
         self._extra_taps = (tuple(teacher_taps), tuple(student_taps))
         self.teacher = bundle.teacher().to(self.device)
@@ -367,15 +379,20 @@ class Pipeline:
         return upsampled_argmax(logits, out_size)
 
     @torch.inference_mode()
-    def run_tensor(self, x: Tensor, out_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-        """Normalised batch → (classes (B, H, W) long, score (B, H, W) float32) at ``out_size``."""
+    def run_tensor(self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor]:
+        """Normalised batch → (classes (B, H, W) long, score (B, H, W) float32) at ``out_size``;
+        ``guide``: the frames at ``out_size`` (:func:`~cosme_ros.anomaly.refine.guide_from_images`),
+        needed when the pipeline refines its maps."""
         teacher, student = self.networks(x)
-        score = self.scorer(teacher, student, out_size)
+        score = self.scorer(teacher, student, out_size, guide)
         return self.postprocess(teacher["o"], out_size), score
 
     def __call__(self, image_rgb: np.ndarray, out_size: Optional[Tuple[int, int]] = None) -> Result:
         """One RGB uint8 image (H, W, 3) → Result at ``out_size`` (default: the image's size)."""
         out_size = tuple(out_size or image_rgb.shape[:2])
-        classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size)
+        guide = (guide_from_images([image_rgb], out_size, self.device)
+                 if self.scorer.refinement is not None else None)
+        classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size, guide)
         return Result(classes=classes[0].to(torch.uint8).cpu().numpy(),
                       score=score[0].float().cpu().numpy())

@@ -349,6 +349,36 @@ def test_compressed_input_network_resolution_in_a_namespace(bundle_dir, ros):
         proc.stop()
 
 
+def test_refine_guided_publishes_the_pipelines_refined_map(bundle_dir, ros):
+    """refine: guided over DDS: the published score is the refined map the pipeline computes
+    for that frame (and not the plain one)."""
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.pipeline import Pipeline
+    # In a namespace of its own: the module's node answers on the global topics.
+    proc = start_node(bundle_dir, remaps={"__ns": "/refined"}, refine="guided", refine_radius=4,
+                      precision="fp32", method="maxlogit")
+    try:
+        wait_ready(proc)
+        assert "(refine guided, radius 4)" in proc.output
+        c = ros_util.Client(ros, [f"/refined{t}" for t in OUTPUTS],
+                            image_topic="/refined/image")
+        try:
+            c.wait_connected()
+            msg, rgb = camera_frame(encoding="rgb8", seed=5)
+            score = image_codec.image_array(
+                c.send_until_processed(msg)["/refined/anomaly/score"])
+        finally:
+            c.close()
+        bundle = Bundle.load(bundle_dir)
+        refined = Pipeline(bundle, method="maxlogit", refine="guided", refine_radius=4)(rgb).score
+        plain = Pipeline(bundle, method="maxlogit")(rgb).score
+        np.testing.assert_allclose(score, refined, rtol=1e-4, atol=1e-4)
+        assert np.abs(score - plain).max() > 1e-2
+        assert_alive(proc)
+    finally:
+        proc.stop()
+
+
 def test_sigint_exits_cleanly(bundle_dir, ros):
     proc = start_node(bundle_dir)
     try:
@@ -493,6 +523,8 @@ def test_read_only_parameters_cannot_change(fake_node):
     ({"input_qos": "FAST"}, "parameter 'input_qos': unknown value 'FAST'"),
     ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
     ({"device": "tpu"}, "parameter 'device': unknown value 'tpu'"),
+    ({"refine": "blur"}, "parameter 'refine': unknown value 'blur'"),
+    ({"refine_radius": 0}, "parameter 'refine_radius': 0 is out of range"),
     ({"heatmap_range": [1.0, -1.0]}, "parameter 'heatmap_range': [1.0, -1.0]: need finite lo"),
     ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
     ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),

@@ -450,3 +450,22 @@ def test_interrupt_leaves_no_output(drive, long_bag, tmp_path, sig, code):
     assert "Traceback" not in err
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["progress.json"], left   # no bag, no video, no temporary
+
+
+def test_refine_guided_replays_the_refined_maps(drive, tmp_path, capsys):
+    """--refine guided: the output bag carries the refined map the pipeline computes."""
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.pipeline import Pipeline
+    out, js = tmp_path / "refined.bag", tmp_path / "refined.json"
+    assert replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle",
+                  drive["bundle"], "--refine", "guided", "--refine-radius", "4", "--out", out,
+                  "--json", js) == 0
+    assert json.loads(js.read_text())["refine"] == {"refine": "guided", "refine_radius": 4}
+    pipe = Pipeline(Bundle.load(drive["bundle"]), method="auto", refine="guided", refine_radius=4)
+    topics, _ = read_bag(out)
+    for i, frame in enumerate(drive["frames"][:2]):
+        score = image_codec.image_array(topics[OUT["score"]][i][3])
+        np.testing.assert_allclose(score, pipe(frame.image).score, rtol=1e-5, atol=1e-5)
+    assert replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle",
+                  drive["bundle"], "--refine-radius", "4") == 2
+    assert "--refine-radius needs --refine guided" in capsys.readouterr().err

@@ -57,6 +57,7 @@ OPTION_TYPES: Dict[str, Callable[[str], object]] = {
     "upsample_logits": _bool, "normalize": _bool, "standardize": _bool,
     "boundary_suppression": _bool, "smoothing": _bool,
     "chunk_bytes": _number(int), "layers": _taps, "consensus": _taps, "fusion": str,
+    "refine": str, "refine_radius": _number(int), "refine_eps": _number(float),
     **{k: _number(type(v)) for k, v in baselines.SML_DEFAULTS.items()},
 }
 

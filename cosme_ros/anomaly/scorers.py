@@ -18,6 +18,10 @@ auxcon       Ψ of Eq. 6–7                         (teacher and student consen
 cosme        Υ = Ψ · Γ′ of Eq. 8                  (both)
 ===========  ===========================================================================
 
+Every method also takes ``refine=guided`` (``refine_radius``, ``refine_eps``): its upsampled map
+is then re-fitted to the camera image's edges by the guided filter (:mod:`.refine`), which needs
+the image as ``guide``. Off by default: the paper's maps are plain bilinear upsampling.
+
 The bundle stores :class:`AnomalyParts` in ``anomaly.safetensors`` via
 :meth:`AnomalyParts.to_tensors` / :meth:`AnomalyParts.from_tensors`.
 """
@@ -33,13 +37,14 @@ from torch import Tensor
 
 from ..errors import MissingPartError
 from ..nets.taps import LH, O, Taps, ordered, parse_taps
-from . import baselines, consensus, memory
+from . import baselines, consensus, memory, refine
 from .standardize import ClassStats
 
 METHODS: Tuple[str, ...] = ("msp", "maxlogit", "entropy", "sml", "pans", "mulmem", "auxcon", "cosme")
 MEMORY_LAYERS: Tuple[str, ...] = ("c4", "c5", "lh")
 CONSENSUS_LAYERS: Tuple[str, ...] = consensus.CONSENSUS_LAYERS
 FUSIONS: Tuple[str, ...] = ("softplus", "exp", "raw", "signed")
+REFINEMENTS: Tuple[str, ...] = ("none", "guided")
 
 _BUILD_MEMORY = "cosme build-memory --bundle DIR --data KIND:PATH"
 _TRAIN_STUDENT = "cosme train-student --bundle DIR --data KIND:PATH"
@@ -273,7 +278,10 @@ class Scorer(abc.ABC):
     def score(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]) -> Tensor:
         """The anomaly map ``(B,h,w)`` at the method's own resolution (may already be out_size)."""
 
-    def __call__(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]) -> Tensor:
+    def __call__(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int],
+                 guide: Optional[Tensor] = None) -> Tensor:
+        """The map at ``out_size``; ``guide`` (B,3,H_out,W_out) RGB in [0, 1] is the camera image
+        that a ``refine=guided`` scorer needs (and any other ignores)."""
         missing = [t for t in self.teacher_taps if t not in teacher]
         if missing:
             raise KeyError(f"method {self.name!r} needs teacher taps {missing} (got {sorted(teacher)})")
@@ -284,7 +292,23 @@ class Scorer(abc.ABC):
             if missing:
                 raise KeyError(f"method {self.name!r} needs student taps {missing} (got {sorted(student)})")
         out_size = (int(out_size[0]), int(out_size[1]))
-        return _resize(self.score(teacher, student, out_size), out_size).contiguous()
+        out = _resize(self.score(teacher, student, out_size), out_size)
+        if self.refinement is not None:
+            if guide is None:
+                raise ValueError(f"method {self.name!r} with refine=guided needs the camera image "
+                                 f"as guide")
+            # The radius is in network-input pixels (about the feature stride), so that one
+            # setting means the same at every camera resolution.
+            radius, eps = self.refinement
+            r = refine.scaled_radius(radius, self.input_height or out_size[0], out_size[0])
+            out = refine.guided_filter(guide.to(out.device), out, r, eps)
+        return out.contiguous()
+
+    #: ``(radius in network-input pixels, eps)`` of the guided filter, or None (plain bilinear).
+    refinement: Optional[Tuple[int, float]] = None
+    #: The network input's height, the unit of ``refine_radius`` (the pipeline that runs the
+    #: scorer sets it; None: the output's height).
+    input_height: Optional[int] = None
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, teacher_taps={self.teacher_taps}, "
@@ -496,7 +520,9 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     post-processing keywords of :func:`.baselines.sml` (sml), ``chunk_bytes`` (pans, mulmem,
     cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`), ``layers``
     (mulmem, cosme: a subset of the memory layers for Eq. 4's product, unstandardised only;
-    auxcon: the consensus layers Le of Eq. 7), ``consensus`` (cosme: Le).
+    auxcon: the consensus layers Le of Eq. 7), ``consensus`` (cosme: Le); every method:
+    ``refine`` (``none`` or ``guided``), ``refine_radius`` (network-input pixels, default 8),
+    ``refine_eps`` (default 1e-3) — see :mod:`.refine`.
     Text specs such as ``cosme[fusion=raw]`` are parsed by :mod:`.method_spec`.
     Raises ValueError for an unknown name/option, :class:`MissingPartError` with the command to
     run when ``parts`` lacks what the method needs.
@@ -504,6 +530,31 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in METHODS:
         raise ValueError(f"unknown anomaly method {name!r}; choose one of {', '.join(METHODS)}")
+    options = dict(options)
+    refinement = _refinement(key, options.pop("refine", "none"), options.pop("refine_radius", None),
+                             options.pop("refine_eps", None))
+    scorer = _build(key, parts, options)
+    scorer.refinement = refinement
+    return scorer
+
+
+def _refinement(name: str, how: str, radius, eps) -> Optional[Tuple[int, float]]:
+    if how not in REFINEMENTS:
+        raise ValueError(f"method {name!r}: unknown refine {how!r}; choose one of "
+                         f"{', '.join(REFINEMENTS)}")
+    if how == "none":
+        if radius is not None or eps is not None:
+            raise ValueError(f"method {name!r}: refine_radius and refine_eps need refine=guided")
+        return None
+    radius = refine.DEFAULT_RADIUS if radius is None else int(radius)
+    eps = refine.DEFAULT_EPS if eps is None else float(eps)
+    if radius < 1 or not eps > 0:
+        raise ValueError(f"method {name!r}: refine_radius must be >= 1 and refine_eps > 0, got "
+                         f"{radius} and {eps}")
+    return radius, eps
+
+
+def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
 
     if key in ("msp", "maxlogit", "entropy"):
         allowed = ("upsample_logits", "normalize") if key == "entropy" else ("upsample_logits",)

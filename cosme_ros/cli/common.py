@@ -6,6 +6,7 @@ import json
 from typing import Any, Mapping, Tuple
 
 from cosme_ros import atomic
+from cosme_ros.errors import CosmeError
 
 
 def size_arg(text: str) -> Tuple[int, int]:
@@ -34,3 +35,20 @@ def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> N
                    "with native bf16, else fp32; scores are always fp32)")
     p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH "
                    "(default: the bundle's)")
+    p.add_argument("--refine", default="none", choices=("none", "guided"),
+                   help="anomaly map refinement: none (default, the paper's bilinear maps) or "
+                   "guided (guided filter on the frame's edges; see the README)")
+    p.add_argument("--refine-radius", type=int, default=None, metavar="PX",
+                   help="guided filter radius in network-input pixels (default 8)")
+
+
+def refine_options(args: argparse.Namespace) -> dict:
+    """The Pipeline keywords of --refine / --refine-radius (none when --refine none)."""
+    if args.refine == "none":
+        if args.refine_radius is not None:
+            raise CosmeError("--refine-radius needs --refine guided")
+        return {}
+    options = {"refine": args.refine}
+    if args.refine_radius is not None:
+        options["refine_radius"] = args.refine_radius
+    return options

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cosme_ros import atomic, viz
 from cosme_ros.bundle import Bundle
-from cosme_ros.cli.common import add_pipeline_args, write_json
+from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
 from cosme_ros.data.images import list_images, read_rgb
 from cosme_ros.errors import CosmeError, InputError
 
@@ -53,7 +53,8 @@ def run(args) -> int:
             for path in paths:
                 atomic.check_writable(path, force=False)
     pipeline = Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size, precision=args.precision)
+                        input_size=args.input_size, precision=args.precision,
+                        **refine_options(args))
     out.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):

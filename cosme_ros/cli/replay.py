@@ -32,7 +32,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cosme_ros.cli.common import add_pipeline_args, write_json
+from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
 from cosme_ros.errors import CosmeError
 
 
@@ -114,7 +114,8 @@ def _load_pipeline(args):
     bundle = Bundle.load(path)
     try:
         return Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size, precision=args.precision)
+                        input_size=args.input_size, precision=args.precision,
+                        **refine_options(args))
     except MissingPartError as exc:
         raise MissingPartError(f"{bundle.path}: {exc}") from None
 
@@ -135,6 +136,7 @@ def run(args) -> int:
                          f"{', '.join(METHODS)}")
     if args.worst < 0:
         raise CosmeError("--worst must be >= 0")
+    refine = refine_options(args)
     options = ReplayOptions(
         image_topic=args.image_topic, gt_topic=args.gt_topic,
         gt_masks=Path(args.gt_masks) if args.gt_masks else None,
@@ -170,6 +172,6 @@ def run(args) -> int:
         write_json(args.json, {
             **report.to_json(worst=args.worst),
             "bundle": {"path": str(b.path), "name": b.name},
-            "method": pipeline.method, "device": str(pipeline.device),
-            "input_size": list(pipeline.input_size)})
+            "method": pipeline.method, "refine": refine or {"refine": "none"},
+            "device": str(pipeline.device), "input_size": list(pipeline.input_size)})
     return 0
