@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cosme_ros.anomaly.refine import guide_from_images
+
 Size = Tuple[int, int]
 
 PIPELINE_STAGES = ("preprocess", "teacher", "student", "scoring", "postprocess")
@@ -263,7 +265,9 @@ def _frame_fast(pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size:
         t3 = clock()
         student = pipe.run_student(x)
         t4 = clock()
-        score = pipe.scorer(teacher, student, out_size)
+        guide = (guide_from_images([frame], out_size, pipe.device)
+                 if pipe.scorer.refinement is not None else None)  # refine=guided: scoring's cost
+        score = pipe.scorer(teacher, student, out_size, guide)
         t5 = clock()
         classes = pipe.postprocess(teacher["o"], out_size)
         classes_np = classes[0].to(torch.uint8).cpu().numpy()
@@ -312,7 +316,7 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
                  device: str = "cpu", precision: str = "auto", threads: Optional[int] = None,
                  images: Optional[str | Path] = None, naive: bool = True,
                  teacher_only: bool = True, node: bool = True, publish: bool = True,
-                 pipeline=None, seed: int = 0,
+                 pipeline=None, seed: int = 0, refine: str = "none",
                  progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Time ``frames`` frames (after ``warmup``) through the node's path, alternating with the
     naive pipeline and the teacher-only node frame by frame. See the module docstring.
@@ -320,7 +324,8 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
     ``camera``: size (H, W) of the frames fed in and of the outputs (default: the synthetic
     world at 720×1280, or the folder's images as they are). ``pipeline``: a ready
     :class:`~cosme_ros.pipeline.Pipeline` to measure instead of building one (``sweep`` uses
-    it to swap in a scorer).
+    it to swap in a scorer). ``refine``: the pipeline's map refinement (``guided``: the guided
+    filter is timed as part of ``scoring``).
     """
     from cosme_ros.bundle import Bundle
     from cosme_ros.pipeline import Pipeline
@@ -334,7 +339,7 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
         torch.set_num_threads(int(threads))
     reset_peak_rss()
     pipe = pipeline or Pipeline(bundle, method=method, device=device, input_size=input_size,
-                                precision=precision)
+                                precision=precision, refine=refine)
     clock = Clock(pipe.device)
     n_src = max(1, min(frames, 8))
     if images is not None:
@@ -403,6 +408,7 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
     stages_ms = {s: summary(stages[s]) for s in order}
     out: Dict[str, Any] = {
         "bundle": bundle.name, "method": pipe.method, "device": str(pipe.device),
+        "refine": "none" if pipe.scorer.refinement is None else "guided",
         "precision": pipe.precision, "precision_requested": precision,
         "channels_last": pipe.channels_last,
         "input_size": list(pipe.input_size),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cosme_ros.anomaly.refine import guide_from_images, guided_filter, scaled_radius
 from cosme_ros.anomaly import scorers as sc
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
@@ -130,16 +131,23 @@ class NaivePipeline:
         return (batch - self.mean) / self.std
 
     @torch.no_grad()
-    def run_tensor(self, x: Tensor, out_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+    def run_tensor(self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor]:
         teacher = self.teacher(x, taps=self.scorer.teacher_taps)
         student = self.student(x, taps=self.scorer.student_taps) if self.student else None
         score = naive_score(self.scorer, teacher, student, out_size)
+        if self.scorer.refinement is not None:  # the same filter: it has no naive form to compare
+            radius, eps = self.scorer.refinement
+            r = scaled_radius(radius, self.input_size[0], out_size[0])
+            score = guided_filter(guide, score, r, eps)
         logits = F.interpolate(teacher[O].float(), size=out_size, mode="bilinear",
                                align_corners=False)
         return logits.argmax(1), score
 
     def __call__(self, image_rgb: np.ndarray, out_size: Optional[Tuple[int, int]] = None) -> Result:
         out_size = tuple(out_size or image_rgb.shape[:2])
-        classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size)
+        guide = (guide_from_images([image_rgb], out_size, self.device)
+                 if self.scorer.refinement is not None else None)
+        classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size, guide)
         return Result(classes=classes[0].to(torch.uint8).cpu().numpy(),
                       score=score[0].float().cpu().numpy())

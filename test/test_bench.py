@@ -96,6 +96,20 @@ def test_frame_json_contract(cosme_bundle, tmp_path, monkeypatch, capsys):
     assert main(args) == 2
 
 
+def test_bench_times_the_refined_method(cosme_bundle, tmp_path, monkeypatch, capsys):
+    """--refine guided: the guided filter runs inside the timed scoring stage, and the naive
+    pipeline refines too, so the fast path still computes its numbers."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--bundle", str(cosme_bundle.path), "--method", "cosme", "--refine",
+                 "guided", "--camera", "64x128", "--frames", "2", "--warmup", "1", "--precision",
+                 "fp32", "--json", str(out)]) == 0
+    assert "cosme[refine=guided]" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["refine"] == "guided" and r["stages_ms"]["scoring"]["median"] > 0
+    assert r["vs_naive"]["max_abs_score_diff"] < 1e-4
+
+
 def test_scorer_only_reports_equality(tmp_path, capsys):
     out = tmp_path / "scorer.json"
     assert main(["bench", "--scorer-only", "--k", "8,32", "--size", "64x128", "--repeats", "2",

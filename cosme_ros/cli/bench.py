@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
     p.add_argument("--images", metavar="DIR", help="real frames from this folder (default: "
                                                    "the synthetic world)")
     p.add_argument("--method", default="maxlogit", help="anomaly method (default maxlogit)")
+    p.add_argument("--refine", default="none", choices=("none", "guided"),
+                   help="time the method with its map refined by the guided filter (part of "
+                        "the scoring stage)")
     p.add_argument("--frames", type=int, default=20, help="timed frames (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
@@ -91,7 +94,8 @@ def _row(name: str, s, share=None) -> str:
 def print_frames(r) -> None:
     h, w = r["input_size"]
     ch, cw = r["camera_size"]
-    print(f"{r['bundle']} · {r['method']} · {r['device']} {r['precision']} · input {h}x{w} · "
+    method = r["method"] + ("" if r.get("refine", "none") == "none" else f"[refine={r['refine']}]")
+    print(f"{r['bundle']} · {method} · {r['device']} {r['precision']} · input {h}x{w} · "
           f"camera {ch}x{cw} · {r['threads']} thread(s) · {r['frames']} frames ({r['source']})")
     print(f"  {'stage':<22}{'median ms':>10}{'p95 ms':>10}  share")
     for s, v in r["stages_ms"].items():
@@ -166,7 +170,8 @@ def run(args) -> int:
                 bundle, method=args.method, input_size=args.size, camera=args.camera,
                 frames=args.frames, warmup=args.warmup, device=args.device,
                 precision=args.precision, threads=args.threads, images=args.images,
-                naive=not args.no_naive, publish=not args.no_publish, progress=_progress)
+                naive=not args.no_naive, publish=not args.no_publish, refine=args.refine,
+                progress=_progress)
             print_frames(result)
     if args.json:
         write_json(args.json, result)
