@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cosme_ros.anomaly.refine import guide_from_images, guided_filter, scaled_radius
+from cosme_ros.anomaly.refine import guide_from_images, refine_map
 from cosme_ros.anomaly import scorers as sc
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
@@ -138,8 +138,7 @@ class NaivePipeline:
         score = naive_score(self.scorer, teacher, student, out_size)
         if self.scorer.refinement is not None:  # the same filter: it has no naive form to compare
             radius, eps = self.scorer.refinement
-            r = scaled_radius(radius, self.input_size[0], out_size[0])
-            score = guided_filter(guide, score, r, eps)
+            score = refine_map(score, guide, radius, eps, self.input_size[0])
         logits = F.interpolate(teacher[O].float(), size=out_size, mode="bilinear",
                                align_corners=False)
         return logits.argmax(1), score

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from cosme_ros.anomaly.method_spec import canonical, parse_method
-from cosme_ros.anomaly.refine import box_mean, guide_from_images, guided_filter, scaled_radius
+from cosme_ros.anomaly.refine import (box_mean, fast_guided_filter, guide_from_images,
+                                      guided_filter, refine_map, scaled_radius)
 from cosme_ros.anomaly.scorers import build_scorer
 from cosme_ros.paths import default_bundle_path
 
@@ -65,19 +66,23 @@ def test_the_filter_is_affine_in_the_score_so_thresholds_keep_their_meaning():
                                atol=1e-3, rtol=1e-4)
 
 
+def crate_scene(h, w, stride):
+    """A crate on a grey road, and its anomaly map as a stride-``stride`` grid upsampled."""
+    obj = np.zeros((h, w), bool)
+    obj[h * 5 // 12:h * 2 // 3, w * 25 // 64:w * 5 // 8] = True
+    image = np.full((h, w, 3), 0.45, np.float32)             # grey road
+    image[obj] = (0.7, 0.5, 0.2)                             # a wooden crate
+    image += np.random.default_rng(1).normal(0, 0.02, image.shape).astype(np.float32)
+    coarse = F.avg_pool2d(torch.from_numpy(obj.astype(np.float32))[None, None], stride)
+    score = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    return obj, torch.from_numpy(np.clip(image, 0, 1)).permute(2, 0, 1)[None], score
+
+
 def test_a_blurred_score_follows_the_object_instead_of_the_feature_grid():
     """A stride-16 map of a crate on the road: after the filter the crate's weakest pixels score
     higher and the road around it lower, so a threshold that keeps 90 % of the crate no longer
     flags the road next to it."""
-    h, w = 96, 128
-    obj = np.zeros((h, w), bool)
-    obj[40:64, 50:80] = True
-    image = np.full((h, w, 3), 0.45, np.float32)             # grey road
-    image[obj] = (0.7, 0.5, 0.2)                             # a wooden crate
-    image += np.random.default_rng(1).normal(0, 0.02, image.shape).astype(np.float32)
-    coarse = F.avg_pool2d(torch.from_numpy(obj.astype(np.float32))[None, None], 16)
-    score = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    guide = torch.from_numpy(np.clip(image, 0, 1)).permute(2, 0, 1)[None]
+    obj, guide, score = crate_scene(96, 128, 16)
     refined = guided_filter(guide, score, 8, 1e-3)[0].numpy()
     before = score[0].numpy()
     ring = np.zeros_like(obj)
@@ -88,6 +93,29 @@ def test_a_blurred_score_follows_the_object_instead_of_the_feature_grid():
     assert refined[ring].mean() < 0.85 * before[ring].mean()
     assert (before[ring] > keep90["before"]).mean() > 0.03  # the bilinear halo is flagged
     assert (refined[ring] > keep90["after"]).mean() < 0.005
+
+
+def test_camera_sized_maps_are_refined_at_the_network_resolution():
+    """Above the network input the fast guided filter (coefficients at the input's size) is
+    used: it is the plain filter when nothing is subsampled, and on a frame 4x the network
+    input it stays close to the full-resolution filter and keeps the crate's edges."""
+    obj, I, p = crate_scene(384, 512, 64)          # network input 96x128, stride 16
+    torch.testing.assert_close(fast_guided_filter(I, p, 3, 1e-3, (384, 512)),
+                               guided_filter(I, p, 3, 1e-3))
+    full = guided_filter(I, p, 32, 1e-3)           # 8 input pixels at 4x
+    fast = refine_map(p, I, 8, 1e-3, input_height=96)
+    torch.testing.assert_close(fast, fast_guided_filter(I, p, 8, 1e-3, (96, 128)))
+    assert float((fast - full).abs().mean()) < 0.25 * float((p - full).abs().mean())
+    fast = fast[0].numpy()
+    ring = np.zeros_like(obj)
+    ring[128:288, 168:352] = True
+    ring &= ~obj
+    assert (fast[ring] > np.quantile(fast[obj], 0.1)).mean() < 0.01
+    # at or below the input's size: the plain filter, radius scaled to the output
+    torch.testing.assert_close(refine_map(p, I, 4, 1e-3, input_height=384),
+                               guided_filter(I, p, 4, 1e-3))
+    torch.testing.assert_close(refine_map(p, I, 4, 1e-3, input_height=768),
+                               guided_filter(I, p, 2, 1e-3))
 
 
 def test_guide_from_images_resizes_to_the_map():

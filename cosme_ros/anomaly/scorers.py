@@ -300,8 +300,7 @@ class Scorer(abc.ABC):
             # The radius is in network-input pixels (about the feature stride), so that one
             # setting means the same at every camera resolution.
             radius, eps = self.refinement
-            r = refine.scaled_radius(radius, self.input_height or out_size[0], out_size[0])
-            out = refine.guided_filter(guide.to(out.device), out, r, eps)
+            out = refine.refine_map(out, guide.to(out.device), radius, eps, self.input_height)
         return out.contiguous()
 
     #: ``(radius in network-input pixels, eps)`` of the guided filter, or None (plain bilinear).
