@@ -205,7 +205,7 @@ PARAMS: Sequence[Param] = (
           check=_check_precision),
     Param("refine", "none", "Anomaly map refinement: none (the paper's bilinear upsampling) or "
           "guided (the guided filter re-fits the map to the camera image's edges; higher AP on "
-          "every benchmark measured, see the README).", choices=_refinements),
+          "the README's benchmarks).", choices=_refinements),
     Param("refine_radius", 8, "Guided filter radius in network-input pixels (8 = half a "
           "stride-16 feature cell); used with refine: guided.", int_range=(1, 256)),
     Param("refine_eps", 1e-3, "Guided filter regularisation (variance of the [0, 1] RGB image "
