@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cosme_ros.anomaly.refine import guide_from_images, refine_map
+from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly import scorers as sc
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
@@ -118,6 +118,7 @@ class NaivePipeline:
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
         self.scorer = sc.build_scorer(method, bundle.anomaly_parts())
+        self.scorer.input_height = self.input_size[0]
         self.method = method
         self.teacher = bundle.teacher().to(self.device)
         self.student = bundle.student().to(self.device) if self.scorer.student_taps else None
@@ -135,10 +136,8 @@ class NaivePipeline:
                    ) -> Tuple[Tensor, Tensor]:
         teacher = self.teacher(x, taps=self.scorer.teacher_taps)
         student = self.student(x, taps=self.scorer.student_taps) if self.student else None
-        score = naive_score(self.scorer, teacher, student, out_size)
-        if self.scorer.refinement is not None:  # the same filter: it has no naive form to compare
-            radius, eps = self.scorer.refinement
-            score = refine_map(score, guide, radius, eps, self.input_size[0])
+        # the scorer's own refinement: the guided filter has no naive form to compare
+        score = self.scorer.refined(naive_score(self.scorer, teacher, student, out_size), guide)
         logits = F.interpolate(teacher[O].float(), size=out_size, mode="bilinear",
                                align_corners=False)
         return logits.argmax(1), score

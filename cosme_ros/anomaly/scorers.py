@@ -293,15 +293,20 @@ class Scorer(abc.ABC):
                 raise KeyError(f"method {self.name!r} needs student taps {missing} (got {sorted(student)})")
         out_size = (int(out_size[0]), int(out_size[1]))
         out = _resize(self.score(teacher, student, out_size), out_size)
-        if self.refinement is not None:
-            if guide is None:
-                raise ValueError(f"method {self.name!r} with refine=guided needs the camera image "
-                                 f"as guide")
-            # The radius is in network-input pixels (about the feature stride), so that one
-            # setting means the same at every camera resolution.
-            radius, eps = self.refinement
-            out = refine.refine_map(out, guide.to(out.device), radius, eps, self.input_height)
-        return out.contiguous()
+        return self.refined(out, guide).contiguous()
+
+    def refined(self, out: Tensor, guide: Optional[Tensor]) -> Tensor:
+        """``out`` (B,H,W), the map at the output size, re-fitted to ``guide`` when the scorer
+        was built with ``refine=guided``; unchanged otherwise."""
+        if self.refinement is None:
+            return out
+        if guide is None:
+            raise ValueError(f"method {self.name!r} with refine=guided needs the camera image "
+                             f"as guide")
+        # The radius is in network-input pixels (about the feature stride), so that one setting
+        # means the same at every camera resolution.
+        radius, eps = self.refinement
+        return refine.refine_map(out, guide.to(out.device), radius, eps, self.input_height)
 
     #: ``(radius in network-input pixels, eps)`` of the guided filter, or None (plain bilinear).
     refinement: Optional[Tuple[int, float]] = None
