@@ -35,6 +35,7 @@ from torch import nn
 
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.datasets import open_dataset
+from cosme_ros.errors import CosmeError
 from cosme_ros.metrics import IGNORE_INDEX, pixel_metrics
 from cosme_ros.pipeline import Pipeline
 
@@ -116,10 +117,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
-    pipeline = Pipeline(Bundle.load(args.bundle), method="maxlogit", teacher_taps=LAYERS)
-    with torch.inference_mode():
-        train_feats, train_masks = gather(pipeline, args.train)
-        test_feats, test_masks = gather(pipeline, [args.test])
+    try:  # a bad bundle or dataset path: one line naming it, as the cosme commands do
+        pipeline = Pipeline(Bundle.load(args.bundle), method="maxlogit", teacher_taps=LAYERS)
+        with torch.inference_mode():
+            train_feats, train_masks = gather(pipeline, args.train)
+            test_feats, test_masks = gather(pipeline, [args.test])
+    except CosmeError as exc:
+        sys.exit(f"feature_oracle.py: {exc}")
     probe = train_probe(train_feats, train_masks, args.probe, args.epochs, args.seed)
     scores, labels = [], []
     with torch.no_grad():

@@ -70,3 +70,14 @@ def test_a_dataset_without_anomaly_masks_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode != 0
     assert "has no anomaly masks" in proc.stderr
+
+
+def test_a_missing_dataset_is_named(tmp_path):
+    if not (DEMO / "manifest.yaml").is_file():
+        pytest.skip(f"no demo bundle at {DEMO}")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
+                           "--bundle", str(DEMO), "--train", f"synthetic:{tmp_path / 'nowhere'}",
+                           "--test", f"synthetic:{tmp_path / 'nowhere'}"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
