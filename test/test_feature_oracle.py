@@ -24,6 +24,16 @@ def _oracle():
     return module
 
 
+def _run_oracle(train: str, test: str, *extra: str, timeout: int = 120):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
+                           "--bundle", str(DEMO), "--train", train, "--test", test, *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+needs_demo = pytest.mark.skipif(not (DEMO / "manifest.yaml").is_file(),
+                                reason=f"no demo bundle at {DEMO}")
+
+
 def test_cell_targets_count_only_labelled_pixels():
     anomaly = np.zeros((8, 8), np.uint8)
     anomaly[:4, :4] = 1            # top-left cell: all anomaly
@@ -37,17 +47,14 @@ def test_cell_targets_count_only_labelled_pixels():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DEMO / "manifest.yaml").is_file(), reason=f"no demo bundle at {DEMO}")
+@needs_demo
 def test_probe_finds_the_anomalies_it_was_trained_on(tmp_path):
     from cosme_ros.data.synth.dataset import write_split
 
     write_split(tmp_path / "test", "test", 6, 5, (192, 384), workers=1)
     report = tmp_path / "oracle.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
-                           "--bundle", str(DEMO), "--train", f"synthetic:{tmp_path / 'test'}",
-                           "--test", f"synthetic:{tmp_path / 'test'}", "--epochs", "20",
-                           "--json", str(report)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    split = f"synthetic:{tmp_path / 'test'}"
+    proc = _run_oracle(split, split, "--epochs", "20", "--json", str(report), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(report.read_text())
     assert result["train_images"] == result["test_images"] == 6
@@ -57,27 +64,19 @@ def test_probe_finds_the_anomalies_it_was_trained_on(tmp_path):
     assert "oracle mlp probe on" in proc.stdout
 
 
+@needs_demo
 def test_a_dataset_without_anomaly_masks_is_refused(tmp_path):
     import cv2
 
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.png"), np.zeros((64, 128, 3), np.uint8))
-    if not (DEMO / "manifest.yaml").is_file():
-        pytest.skip(f"no demo bundle at {DEMO}")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
-                           "--bundle", str(DEMO), "--train", f"images:{tmp_path / 'imgs'}",
-                           "--test", f"images:{tmp_path / 'imgs'}"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = _run_oracle(f"images:{tmp_path / 'imgs'}", f"images:{tmp_path / 'imgs'}")
     assert proc.returncode != 0
     assert "has no anomaly masks" in proc.stderr
 
 
+@needs_demo
 def test_a_missing_dataset_is_named(tmp_path):
-    if not (DEMO / "manifest.yaml").is_file():
-        pytest.skip(f"no demo bundle at {DEMO}")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
-                           "--bundle", str(DEMO), "--train", f"synthetic:{tmp_path / 'nowhere'}",
-                           "--test", f"synthetic:{tmp_path / 'nowhere'}"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = _run_oracle(f"synthetic:{tmp_path / 'nowhere'}", f"synthetic:{tmp_path / 'nowhere'}")
     assert proc.returncode != 0
     assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
