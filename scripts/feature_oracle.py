@@ -11,7 +11,7 @@ is a diagnostic of the *teacher* — whether a target like "CosMe AP >= 80" is w
 reach — not a detector: it learns the test families and must not be read as one.
 
     python scripts/feature_oracle.py --bundle models/demo \\
-        --train synthetic:build/oracle/test-s1 --test synthetic:build/demo-work/world/test \\
+        --train synthetic:build/oracle/test-s1 --test synthetic:build/oracle/test-s0 \\
         --json build/oracle/oracle.json
 
 Training cells are the LH cells; a cell's target is the share of anomaly pixels in it (void
