@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.datasets import open_dataset
@@ -64,7 +65,7 @@ def gather(pipeline: Pipeline, specs: Sequence[str]):
     masks: List[np.ndarray] = []
     for spec in specs:
         dataset = open_dataset(spec)
-        for i in range(len(dataset)):
+        for i in tqdm(range(len(dataset)), desc=f"features of {spec}", unit="img", leave=False):
             sample = dataset[i]
             if sample.anomaly is None:
                 sys.exit(f"feature_oracle.py: {spec} has no anomaly masks (image {sample.name})")
