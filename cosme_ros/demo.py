@@ -44,6 +44,7 @@ import yaml
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
+from cosme_ros.paths import config_path
 
 DEFAULT_FRAMES = 100
 DEFAULT_SEED = 7            # a drive with anomalies on the road from the first frames
@@ -152,11 +153,22 @@ def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
 
 # ----------------------------------------------------------------------------- ROS environment
 
+#: Fast DDS reads a profile from either variable; the demo adds ours only when neither is set.
+FASTDDS_PROFILE_KEYS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS_PROFILE = "fastdds_shm.xml"
+
+
 def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment for the demo's ROS processes: discovery on this host and a random domain
     id, unless the user chose them (then theirs). Without a chosen range, static peers are
-    cleared too: nothing leaves loopback."""
+    cleared too: nothing leaves loopback. Under Fast DDS (the default RMW) and without a profile
+    of the user's, ``config/fastdds_shm.xml``: shared-memory segments large enough for a frame's
+    outputs, without which the node's ~1 MB of outputs per frame miss shared memory and wait
+    seconds for a repair (the demo ran 5x slower; see the file)."""
     env = dict(os.environ if environ is None else environ)
+    if not any(env.get(k) for k in FASTDDS_PROFILE_KEYS) and \
+            "fastrtps" in env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"):
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_path(FASTDDS_PROFILE))
     if not env.get("ROS_AUTOMATIC_DISCOVERY_RANGE"):
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         env.pop("ROS_STATIC_PEERS", None)
@@ -173,7 +185,7 @@ def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 _ROS_KEYS = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_STATIC_PEERS",
-             "ROS_LOCALHOST_ONLY")
+             "ROS_LOCALHOST_ONLY") + FASTDDS_PROFILE_KEYS
 
 
 class _Environ:
@@ -582,6 +594,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResul
     keys = ["score", "classes", "heatmap"] + (["mask"] if opts.threshold is not None else [])
     chosen = ("LOCALHOST" if not os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
               else f"{env['ROS_AUTOMATIC_DISCOVERY_RANGE']} (from the environment)")
+    profile = next((env[k] for k in FASTDDS_PROFILE_KEYS if env.get(k)), None)
+    if profile is not None:
+        mine = any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS)
+        chosen += f", Fast DDS profile {profile}{' (from the environment)' if mine else ''}"
     log(f"starting cosme_node: bundle {manifest.get('name', bundle_path.name)} ({bundle_path}), "
         f"method {method}; ROS_DOMAIN_ID={domain}"
         f"{'' if os.environ.get('ROS_DOMAIN_ID') else ' (random)'}, discovery {chosen}")
@@ -618,9 +634,10 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResul
     metrics, note, best = scores.anomaly_metrics()
     threshold = {"value": opts.threshold, **best, "mask": scores.mask_scores()}
     node_info = {"ros_domain_id": domain, "discovery_range": env["ROS_AUTOMATIC_DISCOVERY_RANGE"],
-                 "namespace": NAMESPACE, "round_trip_ms": {
+                 "fastdds_profile": profile, "namespace": NAMESPACE, "round_trip_ms": {
                      "median": round(1e3 * statistics.median(trips), 1),
-                     "mean": round(1e3 * statistics.fmean(trips), 1)}, "resent": resent}
+                     "mean": round(1e3 * statistics.fmean(trips), 1),
+                     "max": round(1e3 * max(trips), 1)}, "resent": resent}
     return DemoResult(
         bundle={"path": str(bundle_path), "name": manifest.get("name", bundle_path.name)},
         method=method, frames=opts.frames, size=(h, w), seed=opts.seed, metrics=metrics,

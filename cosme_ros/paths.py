@@ -4,12 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def default_bundle_path() -> Path:
-    """The demo bundle that the node, replay and demo use when none is given:
-    ``share/cosme_ros/models/demo`` of an installed package (colcon), else ``models/demo`` of the
+def _package_file(*parts: str) -> Path:
+    """``share/cosme_ros/<parts>`` of an installed package (colcon), else ``<parts>`` of the
     repository this package was imported from (editable ``.venv``)."""
     try:
         from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("cosme_ros")) / "models" / "demo"
+        return Path(get_package_share_directory("cosme_ros")).joinpath(*parts)
     except (ImportError, LookupError, OSError, ValueError):
-        return Path(__file__).resolve().parents[1] / "models" / "demo"
+        return Path(__file__).resolve().parents[1].joinpath(*parts)
+
+
+def default_bundle_path() -> Path:
+    """The demo bundle that the node, replay and demo use when none is given (``models/demo``)."""
+    return _package_file("models", "demo")
+
+
+def config_path(name: str) -> Path:
+    """A file of the package's ``config/`` folder."""
+    return _package_file("config", name)

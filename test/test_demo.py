@@ -73,6 +73,12 @@ def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
     assert data["pixels"]["anomaly"] > 0 and data["pixels"]["in_distribution"] > 0
     assert data["node"]["ros_domain_id"] == ros_util.DOMAIN_ID
     assert data["node"]["discovery_range"] == "LOCALHOST"
+    from cosme_ros.demo import FASTDDS_PROFILE, FASTDDS_PROFILE_KEYS
+    if not any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS) and \
+            "fastrtps" in os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"):
+        from cosme_ros.paths import config_path
+        assert data["node"]["fastdds_profile"] == str(config_path(FASTDDS_PROFILE))
+        assert f"Fast DDS profile {config_path(FASTDDS_PROFILE)}" in proc.stdout
     assert set(data["threshold"]["mask"]) == {"iou", "precision", "recall"}
     assert data["segmentation"]["classes"] > 0
 
@@ -91,6 +97,7 @@ def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
     # SIGINT made the node print its totals on the way out; reliable input dropped nothing.
     done = re.search(r"processed (\d+), dropped 0\b", log)
     assert done and int(done.group(1)) >= FRAMES, log
+    assert "XMLPARSER" not in log, log  # Fast DDS read the profile without complaint
     assert not list(out.glob(".*.tmp*")), list(out.iterdir())
 
 
