@@ -5,10 +5,11 @@ CosMe and every baseline score anomalies without ever seeing one. This probe is 
 small MLP (or one linear layer, ``--probe linear``) over the teacher's L2-normalised c4, c5 and LH
 features (the layers of MulMem's memory, upsampled to LH's resolution and concatenated) is
 trained with the anomaly masks of labelled images (``--train``, one or more datasets) and scored
-on others (``--test``) with the pooled pixel metrics of ``cosme evaluate``. It sees the anomaly families it is tested on, so it bounds from
-above what a scorer of the same features that never sees an anomaly can be expected to reach. It
-is a diagnostic of the *teacher* — whether a target like "CosMe AP >= 80" is within its features'
-reach — not a detector: it learns the test families and must not be read as one.
+on others (``--test``) with the pooled pixel metrics of ``cosme evaluate``. It sees the anomaly
+families it is tested on, so it bounds from above what a scorer of the same features that never
+sees an anomaly can be expected to reach. It is a diagnostic of the *teacher* — whether a target
+like "CosMe AP >= 80" is within its features' reach — not a detector: it learns the test
+families and must not be read as one.
 
     python scripts/feature_oracle.py --bundle models/demo \\
         --train synthetic:build/oracle/test-s1 --test synthetic:build/oracle/test-s0 \\
@@ -22,7 +23,6 @@ Scores are upsampled bilinearly to the label's size, as every scorer's are.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cosme_ros.bundle import Bundle
+from cosme_ros.cli.common import write_json
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
 from cosme_ros.metrics import IGNORE_INDEX, pixel_metrics
@@ -139,11 +140,10 @@ def main(argv=None) -> int:
               "train_images": len(train_feats), "test": args.test, "test_images": len(test_feats),
               "probe": args.probe, "epochs": args.epochs, "seed": args.seed, "metrics": result,
               "seconds": round(time.monotonic() - start, 1)}
-    print(f"oracle {args.probe} probe on {args.test}: AUROC {result['auroc']:.2f}  AP {result['ap']:.2f}  "
-          f"FPR95 {result['fpr95']:.2f}  ({report['seconds']:.0f} s)")
+    print(f"oracle {args.probe} probe on {args.test}: AUROC {result['auroc']:.2f}  "
+          f"AP {result['ap']:.2f}  FPR95 {result['fpr95']:.2f}  ({report['seconds']:.0f} s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)  # atomic, like every cosme command's --json
     return 0
 
 

@@ -18,7 +18,8 @@ DEMO = default_bundle_path()
 
 
 def _oracle():
-    spec = importlib.util.spec_from_file_location("feature_oracle", REPO / "scripts" / "feature_oracle.py")
+    spec = importlib.util.spec_from_file_location("feature_oracle",
+                                                  REPO / "scripts" / "feature_oracle.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
