@@ -22,3 +22,14 @@ def default_bundle_path() -> Path:
 def config_path(name: str) -> Path:
     """A file of the package's ``config/`` folder."""
     return _package_file("config", name)
+
+
+def shared_data_path(*parts: str) -> Path:
+    """``../shared/data/<parts>`` beside the repository this package was imported from: the
+    development data (research licences; never copied into the repository)."""
+    return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)
+
+
+def mobilenetv2_imagenet_path() -> Path:
+    """The folder of the ImageNet MobileNetV2 weights in the shared development data."""
+    return shared_data_path("backbones", "mobilenet_v2_1.0_imagenet")

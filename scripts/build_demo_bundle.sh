@@ -3,7 +3,9 @@
 # device, same bytes of data; training is seeded), and say how long each step took.
 #
 #   1. cosme synth          train / val / test splits of the synthetic world
-#   2. cosme train-teacher  DeepLabV3+ ResNet-18, width 0.5, OS 16, from scratch
+#   2. cosme train-teacher  DeepLabV3+ MobileNetV2, OS 16, backbone from the ImageNet weights in
+#                           ../shared/data/backbones/mobilenet_v2_1.0_imagenet (Apache-2.0; its
+#                           LICENSE is copied beside the bundle as LICENSE.mobilenet_v2)
 #   3. cosme build-memory   MulMem at c4, c5, lh (K prototypes) + SML / MulMem statistics + PAnS
 #   4. cosme train-student  the AuxCon student, ResNet-18 width 0.5
 #   5. cosme evaluate       every method on the test split
@@ -34,11 +36,13 @@ VAL_N=${DEMO_VAL_N:-200}                # validation images (teacher mIoU)
 TEST_N=${DEMO_TEST_N:-200}              # test images, with anomalies (the evaluate table)
 SIZE=${DEMO_SIZE:-192x384}              # image and network input size, HEIGHTxWIDTH
 SEED=${DEMO_SEED:-0}                    # data, initialisation, sample order, augmentation
-TEACHER_EPOCHS=${DEMO_EPOCHS:-33}
+TEACHER_EPOCHS=${DEMO_EPOCHS:-12}
 STUDENT_EPOCHS=${DEMO_STUDENT_EPOCHS:-6}
 BF16=${DEMO_BF16:-1}                    # train both networks under bfloat16 autocast (1.4x here)
 BATCH=${DEMO_BATCH:-8}                  # teacher and student batch
 K=${DEMO_K:-512}                        # MulMem prototypes per layer
+HEAD=${DEMO_HEAD:-128}                  # teacher ASPP / decoder channels
+IMAGENET=${DEMO_IMAGENET:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/backbones/mobilenet_v2_1.0_imagenet}
 MEMORY_EPOCHS=${DEMO_MEMORY_EPOCHS:-1}  # Algorithm 2 epochs
 LAYERS=c4,c5,lh                         # MulMem layers
 METHODS=msp,maxlogit,entropy,sml,pans,mulmem,auxcon,cosme
@@ -159,10 +163,12 @@ step synth-test cosme synth --out "$world/test" --split test --n "$TEST_N" --see
   --size "$SIZE" --workers "$WORKERS" --force
 step train-teacher cosme train-teacher --out "$bundle" --name demo \
   --data "synthetic:$world/train" --val "synthetic:$world/val" \
-  --backbone resnet18 --width 0.5 --output-stride 16 --size "$SIZE" \
+  --backbone mobilenetv2 --pretrained imagenet --pretrained-weights "$IMAGENET" \
+  --head-channels "$HEAD" --output-stride 16 --size "$SIZE" \
   --epochs "$TEACHER_EPOCHS" --batch "$BATCH" --seed "$SEED" --eval-every-epoch \
   --device "$DEVICE" --force "${resume_flag[@]}" "${precision_flag[@]}" --json "$work/teacher.json"
 if [ "$fp16" = 1 ]; then step fp16-teacher half teacher; fi
+cp "$IMAGENET/LICENSE" "$bundle/LICENSE.mobilenet_v2"
 step build-memory cosme build-memory --bundle "$bundle" --data "synthetic:$world/train" \
   --layers "$LAYERS" --k "$K" --epochs "$MEMORY_EPOCHS" --batch "$BATCH" --seed "$SEED" \
   --device "$DEVICE" --force "${resume_flag[@]}" --json "$work/memory.json"

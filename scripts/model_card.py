@@ -129,19 +129,28 @@ def read_world(world: Optional[Path]) -> Dict[str, Dict]:
 
 # ----------------------------------------------------------------------------- sections
 
+def backbone_text(cfg: Mapping) -> str:
+    """``resnet18 width 0.5`` / ``mobilenetv2`` (whose width is always 1)."""
+    name = cfg.get("backbone", "")
+    return name if name == "mobilenetv2" else f"{name} width {cfg.get('width', 1):g}"
+
+
 def header_section(manifest: Mapping, bundle: Path) -> List[str]:
     t = manifest["teacher"]
     cfg = t.get("config", {})
     h, w = manifest["preprocess"]["input_size"]
     arch = t.get("arch", "?")
-    title = (f"DeepLabV3+ {cfg.get('backbone', '')} (width {cfg.get('width', 1):g}, "
-             f"OS {cfg.get('output_stride', '?')})" if arch == "deeplabv3plus" else arch)
+    title = (f"DeepLabV3+ {backbone_text(cfg)} (OS {cfg.get('output_stride', '?')})"
+             if arch == "deeplabv3plus" else arch)
+    pretrained = (t.get("source", {}).get("train") or {}).get("pretrained")
+    origin = ("trained from an ImageNet-pretrained backbone" if pretrained
+              else "trained from scratch")
     return [
         f"# Model card: `{manifest.get('name', bundle.name)}` — {title} with CosMe",
         "",
         "The embedded default of `cosme_ros`: the bundle that `cosme demo`, `cosme_node` and "
         "`ros2 launch cosme_ros cosme.launch.py` use when no bundle is given. A segmentation "
-        "teacher trained from scratch, its MulMem memory and statistics, and its AuxCon student, "
+        f"teacher {origin}, its MulMem memory and statistics, and its AuxCon student, "
         f"at {h}×{w} input.",
         "",
         "**It is a demonstration model.** It was trained only on the procedural street world "
@@ -163,8 +172,7 @@ def contents_section(manifest: Mapping, bundle: Path) -> List[str]:
     t = manifest["teacher"]
     cfg = t.get("config", {})
     parts = [("teacher", t.get("weights"),
-              f"{t.get('arch')}: {cfg.get('backbone', '')} width {cfg.get('width', 1):g}, "
-              f"output stride {cfg.get('output_stride', '?')}, ASPP/decoder "
+              f"{t.get('arch')}: {backbone_text(cfg)}, output stride {cfg.get('output_stride', '?')}, ASPP/decoder "
               f"{cfg.get('aspp_channels', '?')} channels, {cfg.get('num_classes', '?')} classes")]
     if "student" in manifest:
         s = manifest["student"]
@@ -248,8 +256,12 @@ def teacher_section(manifest: Mapping) -> List[str]:
         return lines + [f"Imported ({src or 'no training record'}).", ""]
     where = f"{rec.get('processes', 1)} process(es) on {rec.get('device', '?')}" + \
         (f", {rec['threads']} thread(s)" if rec.get("threads") else "")
+    pre = rec.get("pretrained")
+    start = (f"From the ImageNet weights of the backbone (`{pre.get('file')}`, Apache-2.0: "
+             f"`LICENSE.mobilenet_v2` beside this card; backbone BatchNorm "
+             f"{pre.get('batchnorm')})" if pre else "From scratch")
     lines += [
-        f"Trained from scratch by `{src.get('trained_by', 'cosme train-teacher')}`: plain "
+        f"{start}, trained by `{src.get('trained_by', 'cosme train-teacher')}`: plain "
         "cross-entropy (void ignored).", "",
         table(["", ""], [
             ["data", f"`{rec.get('data')}`, {rec.get('images')} images"],

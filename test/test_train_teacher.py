@@ -101,3 +101,48 @@ def test_iou_from_confusion():
     assert r["miou"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
     assert r["miou_present"] == pytest.approx(0.9)
     assert r["pixel_accuracy"] == pytest.approx(18 / 20)
+
+
+@pytest.mark.slow
+def test_pretrained_mobilenetv2_teacher(tmp_path, world, shared_data):
+    """--backbone mobilenetv2 --pretrained imagenet: the backbone starts from the ImageNet
+    weights, adapts at a tenth of the head's rate with frozen BatchNorm, and the bundle normalises
+    the input as those weights expect."""
+    from cosme_ros.nets.mobilenetv2 import imagenet_state_dict
+    weights = shared_data / "backbones" / "mobilenet_v2_1.0_imagenet"
+    if not weights.is_dir():
+        pytest.skip(f"{weights} is absent")
+    out, report = tmp_path / "teacher", tmp_path / "t.json"
+    train, val = world
+    cosme("train-teacher", "--out", out, "--data", f"synthetic:{train}",
+          "--val", f"synthetic:{val}", "--backbone", "mobilenetv2", "--pretrained", "imagenet",
+          "--pretrained-weights", weights, "--head-channels", "32", "--size", "64x128",
+          "--batch", "4", "--epochs", "2", "--seed", "3", "--json", report)
+    record = json.loads(report.read_text())
+    assert record["pretrained"]["weights"] == "imagenet"
+    assert record["pretrained"]["file"].endswith(".safetensors")
+    assert "backbone lr x0.1" in record["optimizer"]
+    bundle = Bundle.load(out)
+    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.5, 0.5, 0.5)
+    assert bundle.manifest["teacher"]["config"]["backbone"] == "mobilenetv2"
+    trained = bundle.teacher().backbone.state_dict()
+    start = imagenet_state_dict(weights, classifier=False)
+    assert set(trained) == set(start)
+    for key, value in start.items():
+        if key.endswith(("running_mean", "running_var")):   # frozen BatchNorm: untouched
+            assert torch.equal(trained[key].float(), value), key
+    moved = [float((trained[k].float() - v).norm() / v.norm()) for k, v in start.items()
+             if k.endswith(".weight") and v.dim() == 4]
+    assert 0 < max(moved) < 0.2, max(moved)   # adapted, not overwritten
+
+
+def test_pretrained_needs_a_backbone_that_has_weights(tmp_path, world):
+    train, val = world
+    proc = cosme("train-teacher", "--out", tmp_path / "t", "--data", f"synthetic:{train}",
+                 "--val", f"synthetic:{val}", "--backbone", "resnet18", "--pretrained",
+                 "imagenet", check_rc=2)
+    assert "only the mobilenetv2 backbone" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cosme("train-teacher", "--out", tmp_path / "t", "--data", f"synthetic:{train}",
+                 "--val", f"synthetic:{val}", "--backbone", "mobilenetv2", "--pretrained",
+                 "imagenet", "--pretrained-weights", tmp_path / "absent", check_rc=2)
+    assert "absent: no such file or folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -3,11 +3,12 @@
 Plain cross-entropy (void = 255 ignored) on a labelled dataset with Cityscapes trainIds, random
 scale/crop/flip/colour augmentation, AdamW with warm-up and poly decay. At the end the model is
 evaluated on ``--val`` (mIoU and per-class IoU printed; ``--eval-every-epoch`` also tracks it per
-epoch) and written with ImageNet normalisation, the Cityscapes classes and palette, input size =
+epoch) and written with the input normalisation it was trained with, the Cityscapes classes and palette, input size =
 the training size, and the training record in the manifest's ``teacher.source.train``.
 
-No pretrained weights are used (none are available here): this makes small teachers for small
-worlds, like the synthetic demo. ``--batch`` is the global batch; ``torchrun --nproc-per-node N``
+From scratch by default; ``--backbone mobilenetv2 --pretrained imagenet`` starts the backbone from
+the ImageNet MobileNetV2 weights (the demo teacher; the bundle then normalises the input as those
+weights expect). This makes small teachers for small worlds, like the synthetic demo. ``--batch`` is the global batch; ``torchrun --nproc-per-node N``
 splits it over N processes with synchronised BatchNorm. ``--resume`` continues the newest
 checkpoint and gives the same weights as an uninterrupted run.
 """
@@ -22,7 +23,7 @@ from cosme_ros.errors import CosmeError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train-teacher", help="train a DeepLabV3+ teacher from scratch",
+    p = sub.add_parser("train-teacher", help="train a DeepLabV3+ teacher",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--data", required=True, metavar="KIND:PATH",
@@ -33,7 +34,13 @@ def add_parser(sub) -> None:
     p.add_argument("--val-split", default="val", help="split of --val to read where the kind "
                    "has splits (default val)")
     p.add_argument("--backbone", default="resnet18",
-                   choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+                   choices=("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"))
+    p.add_argument("--pretrained", choices=("none", "imagenet"), default="none",
+                   help="start the backbone from ImageNet weights (mobilenetv2; default none: "
+                   "from scratch)")
+    p.add_argument("--pretrained-weights", metavar="PATH",
+                   help="the ImageNet weights, a file or its folder (default "
+                   f"../shared/data/backbones/mobilenet_v2_1.0_imagenet beside the repository)")
     p.add_argument("--width", type=float, default=1.0, help="backbone width multiplier "
                    "(default 1.0)")
     p.add_argument("--head-channels", type=positive_int,
@@ -56,11 +63,24 @@ def run(args) -> int:
     from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
     from cosme_ros.train import open_training_data
     from cosme_ros.train.loop import clear_checkpoints, training_run
-    from cosme_ros.train.teacher import (IMAGENET_MEAN, IMAGENET_STD, format_iou_table,
-                                         train_teacher)
+    from cosme_ros.paths import mobilenetv2_imagenet_path
+    from cosme_ros.train.teacher import format_iou_table, train_teacher
 
     if args.seed < 0:
         raise CosmeError(f"--seed must be >= 0, got {args.seed}")
+    if args.width != 1.0 and args.backbone == "mobilenetv2":
+        raise CosmeError("--width applies to ResNet backbones; mobilenetv2 is width 1.0")
+    pretrained = None if args.pretrained == "none" else args.pretrained
+    weights = None
+    if pretrained is not None:
+        if args.backbone != "mobilenetv2":
+            raise CosmeError(f"--pretrained {pretrained}: only the mobilenetv2 backbone has "
+                             f"pretrained weights here, not {args.backbone}")
+        weights = Path(args.pretrained_weights) if args.pretrained_weights \
+            else mobilenetv2_imagenet_path()
+        if not weights.exists():
+            raise CosmeError(f"{weights}: no such file or folder (the MobileNetV2 ImageNet "
+                             f"weights; give their path with --pretrained-weights)")
     out = Path(args.out)
     atomic.check_writable(out, args.force)
     size = args.size or (256, 512)
@@ -81,14 +101,14 @@ def run(args) -> int:
             lr=args.lr, seed=args.seed, max_images=args.max_images,
             checkpoint_every=args.checkpoint_every, checkpoint_dir=ckpt_dir,
             resume=args.resume, eval_every_epoch=args.eval_every_epoch, bf16=args.bf16,
-            ctx=ctx)
+            pretrained=pretrained, pretrained_weights=weights, ctx=ctx)
         if ctx.is_main:
             record = {**run_.record, "threads": threads}
             print(f"validation ({args.val}, {len(val_set)} images):")
             print(format_iou_table(run_.evaluation))
             bundle = bundle_mod.create(
                 out, arch="deeplabv3plus", module=run_.model, input_size=size,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=list(CITYSCAPES_CLASSES),
+                mean=run_.mean, std=run_.std, class_names=list(CITYSCAPES_CLASSES),
                 palette=[tuple(c) for c in CITYSCAPES_PALETTE], name=args.name,
                 source={"trained_by": "cosme train-teacher", "train": record},
                 force=args.force)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from cosme_ros.errors import CheckpointError
 from cosme_ros.nets.checkpoints import (StateDict, extract_state_dict, load_strict,
                                         read_checkpoint, strip_prefix)
+from cosme_ros.nets.mobilenetv2 import MobileNetV2, parse_mobilenet
 from cosme_ros.nets.resnet import ARCHS, BACKBONE_TAPS, Bottleneck, parse_backbone, resnet
 from cosme_ros.nets.taps import ALL_TAPS, C2, C5, LH, O, Taps, select
 
@@ -129,7 +130,8 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """DeepLabV3+ with a ResNet backbone at output stride 8 or 16, returning taps c2…c5, lh, o.
+    """DeepLabV3+ with a ResNet or MobileNetV2 backbone at output stride 8 or 16, returning taps
+    c2…c5, lh, o (the low-level features are c2, ASPP reads c5).
 
     Every constructor argument is stored in ``config`` (YAML-friendly) so that
     ``build_deeplabv3plus(**model.config)`` rebuilds the same network for a bundle manifest.
@@ -144,9 +146,10 @@ class DeepLabV3Plus(nn.Module):
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {output_stride}")
-        depth = parse_backbone(backbone)
         rates = list(aspp_rates) if aspp_rates is not None else aspp_rates_for(output_stride)
-        self.config = dict(backbone=f"resnet{depth}", num_classes=int(num_classes),
+        self.backbone, name = make_backbone(backbone, output_stride, width=width, stem=stem,
+                                            dilate_first_block=dilate_first_block)
+        self.config = dict(backbone=name, num_classes=int(num_classes),
                            output_stride=int(output_stride), width=float(width), stem=stem,
                            dilate_first_block=bool(dilate_first_block),
                            aspp_rates=[int(r) for r in rates], aspp_channels=int(aspp_channels),
@@ -154,8 +157,6 @@ class DeepLabV3Plus(nn.Module):
                            decoder_channels=int(decoder_channels),
                            decoder_convs=int(decoder_convs), align_corners=bool(align_corners))
         self.num_classes = int(num_classes)
-        self.backbone = resnet(depth, output_stride, width=width, stem=stem,
-                               dilate_first_block=dilate_first_block)
         bc = self.backbone.tap_channels
         self.head = DeepLabV3PlusHead(bc[C2], bc[C5], num_classes, rates, aspp_channels,
                                       low_level_channels, decoder_channels, decoder_convs,
@@ -170,6 +171,23 @@ class DeepLabV3Plus(nn.Module):
         if unknown:
             raise ValueError(f"DeepLabV3Plus has taps {ALL_TAPS}, not {unknown}")
         return select(backbone_and_head(self.backbone, self.head, x, wanted), wanted)
+
+
+def make_backbone(name: str, output_stride: int, *, width: float = 1.0, stem: str = "standard",
+                  dilate_first_block: bool = False) -> Tuple[nn.Module, str]:
+    """The backbone called ``name`` (a ResNet, or ``mobilenetv2``) and its canonical name.
+
+    MobileNetV2 is built at width 1.0 with TF padding, as its ImageNet weights need; the
+    ResNet-only options must keep their defaults for it.
+    """
+    if parse_mobilenet(name):
+        if width != 1.0 or stem != "standard" or dilate_first_block:
+            raise ValueError(f"mobilenetv2 takes no width, stem or dilate_first_block (got width "
+                             f"{width}, stem {stem!r}, dilate_first_block {dilate_first_block})")
+        return MobileNetV2(output_stride, tf_padding=True), "mobilenetv2"
+    depth = parse_backbone(name)
+    return resnet(depth, output_stride, width=width, stem=stem,
+                  dilate_first_block=dilate_first_block), f"resnet{depth}"
 
 
 def backbone_and_head(backbone: nn.Module, head: Optional["DeepLabV3PlusHead"], x: Tensor,

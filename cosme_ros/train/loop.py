@@ -586,8 +586,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
             else:
                 pending = None
             lr = lr_at(step, total, settings.lr, warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group in optimizer.param_groups:   # lr_scale: e.g. a pretrained backbone's
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(net, data, batch)
             loss.backward()
@@ -639,11 +639,26 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
                      resumed_from=resumed_from, history=history)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Decay conv/linear weights only; BatchNorm parameters and biases (ndim ≤ 1) are exempt."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if rest:
-        groups.append({"params": rest, "weight_decay": 0.0})
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_scales: Optional[Mapping[str, float]] = None) -> List[Dict[str, Any]]:
+    """Decay conv/linear weights only; BatchNorm parameters and biases (ndim ≤ 1) are exempt.
+
+    ``lr_scales`` maps a parameter-name prefix (e.g. ``"backbone."``) to a factor on the learning
+    rate of the parameters under it (``fit`` applies it as ``lr_scale``); the rest get 1.
+    """
+    scales = dict(lr_scales or {})
+
+    def scale_of(name: str) -> float:
+        return next((f for prefix, f in scales.items() if name.startswith(prefix)), 1.0)
+
+    groups: List[Dict[str, Any]] = []
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for scale in sorted({scale_of(n) for n, _ in named}, reverse=True):
+        for decayed in (True, False):
+            params = [p for n, p in named if scale_of(n) == scale and (p.ndim > 1) == decayed]
+            if params or (decayed and scale == 1.0):
+                group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+                if scale != 1.0:
+                    group["lr_scale"] = scale
+                groups.append(group)
     return groups

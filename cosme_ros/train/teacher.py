@@ -1,7 +1,13 @@
-"""Training a DeepLabV3+ teacher from scratch on a labelled dataset with Cityscapes trainIds.
+"""Training a DeepLabV3+ teacher on a labelled dataset with Cityscapes trainIds, from scratch or on
+an ImageNet-pretrained MobileNetV2 backbone.
 
-No pretrained weights exist here, so this is for small teachers on small worlds (the synthetic
-demo), not for competing with the Cityscapes checkpoints users import with ``cosme bundle create``.
+This makes small teachers for small worlds (the synthetic demo), not rivals of the Cityscapes
+checkpoints users import with ``cosme bundle create``. The paper's teachers are ImageNet-initialised,
+and CosMe relies on it: features that still describe a deer or a tyre after segmentation training,
+which a student that never saw ImageNet cannot reproduce there. ``pretrained="imagenet"`` gives
+the demo teacher that property: the backbone starts from the ImageNet weights, learns at a tenth of
+the head's rate and keeps its BatchNorms frozen (the weights come BatchNorm-folded, see
+:mod:`cosme_ros.nets.mobilenetv2`), and the input is normalised as those weights expect.
 
 - Loss: pixel cross-entropy over the 19 trainIds, ``ignore_index`` 255, averaged over the valid
   pixels of the *global* batch (so data parallel training computes the same loss). Logits (stride
@@ -34,7 +40,11 @@ from tqdm import tqdm
 
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_ID
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
+from cosme_ros.errors import CosmeError
+from cosme_ros.nets.checkpoints import load_strict
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
+from cosme_ros.nets.mobilenetv2 import (MOBILENET_MEAN, MOBILENET_STD, imagenet_file,
+                                        imagenet_state_dict)
 from cosme_ros.train.augment import (AugmentConfig, augment, resize_for_eval,
                                      shrink_for_training)
 from cosme_ros.train.loop import (Distributed, FitResult, LoopSettings, PreparedSamples, Task,
@@ -54,14 +64,53 @@ def build_teacher(backbone: str = "resnet18", width: float = 1.0, output_stride:
                          decoder_channels=head)
 
 
+# Pretrained backbones: (backbone, source) → input normalisation the weights were trained with.
+PRETRAINED = {("mobilenetv2", "imagenet"): (MOBILENET_MEAN, MOBILENET_STD)}
+# The pretrained backbone learns at this fraction of the head's rate, so that segmentation
+# training adapts its ImageNet features rather than overwriting them (DeepLab's fine-tuning
+# habit); the head starts from scratch and needs the full rate.
+PRETRAINED_BACKBONE_LR_SCALE = 0.1
+
+
+def normalisation(backbone: str, pretrained: Optional[str]) -> Tuple[Tuple[float, ...], ...]:
+    """(mean, std) of the teacher's input: the pretrained weights' own, else ImageNet's."""
+    if pretrained is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return PRETRAINED[(backbone, pretrained)]
+
+
+def initial_teacher(backbone: str, width: float, output_stride: int,
+                    head_channels: Optional[int], seed: int,
+                    pretrained: Optional[str] = None,
+                    pretrained_weights: Optional[Path] = None) -> DeepLabV3Plus:
+    """The teacher before training: head (and a from-scratch backbone) drawn from
+    ``torch.manual_seed(seed)``; with ``pretrained="imagenet"`` the backbone then takes the
+    ImageNet weights (strictly) and keeps its BatchNorms in eval mode while training."""
+    torch.manual_seed(seed)
+    model = build_teacher(backbone, width, output_stride, head_channels)
+    if pretrained is None:
+        return model
+    name = model.config["backbone"]
+    if (name, pretrained) not in PRETRAINED:
+        raise CosmeError(f"no {pretrained} weights for a {name} backbone; pretrained backbones: "
+                         + ", ".join(f"{b} ({s})" for b, s in PRETRAINED))
+    if pretrained_weights is None:
+        raise CosmeError(f"--pretrained {pretrained} needs the weights' path")
+    load_strict(model.backbone, imagenet_state_dict(pretrained_weights, classifier=False),
+                pretrained_weights)
+    model.backbone.freeze_batchnorm = True
+    return model
+
+
 class SegmentationTask(Task):
     """Cross-entropy on this process's shard of an augmented, labelled batch."""
 
     def __init__(self, samples: PreparedSamples, subset: np.ndarray, cfg: AugmentConfig,
                  seed: int, ctx: Distributed, bf16: bool = False,
-                 val: Optional["Evaluator"] = None) -> None:
+                 val: Optional["Evaluator"] = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         self.samples, self.subset, self.cfg, self.seed, self.ctx = samples, subset, cfg, seed, ctx
-        self.bf16, self.val = bf16, val
+        self.bf16, self.val, self.mean, self.std = bf16, val, mean, std
 
     def load(self, indices: np.ndarray, step: int) -> Tuple[Tensor, Tensor]:
         images, labels = [], []
@@ -70,7 +119,7 @@ class SegmentationTask(Task):
             image, label = augment(image, label, sample_rng(self.seed, step, i), self.cfg)
             images.append(image)
             labels.append(label)
-        x = to_input(images, IMAGENET_MEAN, IMAGENET_STD, self.ctx.device)
+        x = to_input(images, self.mean, self.std, self.ctx.device)
         y = np.stack(labels)
         y[y >= NUM_CLASSES] = IGNORE_ID  # anything but a trainId is void
         return x, torch.from_numpy(y.astype(np.int64)).to(self.ctx.device, non_blocking=True)
@@ -99,8 +148,11 @@ class Evaluator:
     """mIoU of a segmentation network on a labelled dataset, sharded over processes."""
 
     def __init__(self, dataset, size: Size, ctx: Distributed, batch: int = 8,
-                 bf16: bool = False, cache_bytes: int = 1 << 30) -> None:
+                 bf16: bool = False, cache_bytes: int = 1 << 30,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         self.dataset, self.size, self.ctx, self.batch, self.bf16 = dataset, size, ctx, batch, bf16
+        self.mean, self.std = mean, std
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
         self._budget = cache_bytes
 
@@ -108,7 +160,6 @@ class Evaluator:
         if i not in self._cache:
             sample = self.dataset[i]
             if sample.semantic is None:
-                from cosme_ros.errors import CosmeError
                 raise CosmeError(f"validation sample {sample.name!r} has no semantic label")
             # The resized input and the label are all evaluation needs; keep them if small.
             item = (resize_for_eval(np.asarray(sample.image), self.size),
@@ -130,7 +181,7 @@ class Evaluator:
         for chunk in tqdm(chunks, desc="evaluate", unit="batch",
                           disable=not (progress and self.ctx.is_main), leave=False):
             items = [self._item(int(i)) for i in chunk]
-            x = to_input([im for im, _ in items], IMAGENET_MEAN, IMAGENET_STD, self.ctx.device)
+            x = to_input([im for im, _ in items], self.mean, self.std, self.ctx.device)
             with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(x, taps=("o",))["o"]
             for k, (_, label) in enumerate(items):
@@ -183,6 +234,8 @@ class TeacherRun:
     record: Dict[str, Any]
     result: FitResult
     evaluation: Dict[str, Any]
+    mean: Sequence[float] = IMAGENET_MEAN   # the input normalisation it was trained with
+    std: Sequence[float] = IMAGENET_STD
 
 
 def train_teacher(train_set, val_set, *, data_spec: str, val_spec: str,
@@ -193,42 +246,54 @@ def train_teacher(train_set, val_set, *, data_spec: str, val_spec: str,
                   max_images: Optional[int] = None, checkpoint_every: int = 0,
                   checkpoint_dir: Optional[Path] = None, resume: bool = False,
                   eval_every_epoch: bool = False, bf16: bool = False,
+                  pretrained: Optional[str] = None, pretrained_weights: Optional[Path] = None,
                   ctx: Optional[Distributed] = None,
                   cache_bytes: int = 2 << 30) -> TeacherRun:
-    """Train a DeepLabV3+ from scratch and evaluate it on ``val_set``; nothing is written except
-    checkpoints (rank 0)."""
+    """Train a DeepLabV3+ (from scratch, or on a pretrained backbone) and evaluate it on
+    ``val_set``; nothing is written except checkpoints (rank 0)."""
     ctx = ctx or Distributed()
     size = (int(size[0]), int(size[1]))
-    torch.manual_seed(seed)
-    model = build_teacher(backbone, width, output_stride, head_channels)
+    model = initial_teacher(backbone, width, output_stride, head_channels, seed, pretrained,
+                            pretrained_weights)
+    mean, std = normalisation(model.config["backbone"], pretrained)
     if ctx.enabled:
         from cosme_ros.train.loop import convert_sync_batchnorm
+        if pretrained is not None:
+            raise CosmeError("a pretrained backbone keeps its BatchNorms frozen; train it in one "
+                             "process (synchronised BatchNorm would unfreeze them)")
         model = convert_sync_batchnorm(model, ctx.device)
     model = model.to(ctx.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+    lr_scales = {"backbone.": PRETRAINED_BACKBONE_LR_SCALE} if pretrained else None
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, lr_scales), lr=lr,
+                                  betas=(0.9, 0.999))
 
     cfg = AugmentConfig(size=size)
     samples = PreparedSamples(train_set, lambda im, lab: shrink_for_training(im, lab, size,
                                                                              cfg.scale[1]),
                               labels=True, budget_bytes=cache_bytes)
     subset = subset_indices(len(train_set), max_images)
-    evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16)
+    evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16, mean=mean,
+                          std=std)
     task = SegmentationTask(samples, subset, cfg, seed, ctx, bf16=bf16,
-                            val=evaluator if eval_every_epoch else None)
+                            val=evaluator if eval_every_epoch else None, mean=mean, std=std)
     settings = LoopSettings(
         epochs=epochs, batch=batch, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
         checkpoint_dir=checkpoint_dir, resume=resume, desc="train-teacher",
         fingerprint={"command": "train-teacher", "data": data_spec, "config": model.config,
                      "size": list(size), "optimizer": "adamw", "weight_decay": weight_decay,
                      "augment": cfg.as_dict(), "bf16": bf16,
-                     "eval_every_epoch": eval_every_epoch})
+                     "eval_every_epoch": eval_every_epoch, "pretrained": pretrained})
     result = fit(model, optimizer, task, len(subset), settings, ctx)
     evaluation = evaluator(model, progress=True)
     record = {
         "data": data_spec, "val": val_spec, "images": int(len(subset)),
         "val_images": len(val_set), "epochs": epochs, "batch": min(batch, len(subset)),
         "steps": result.steps, "lr": lr,
-        "optimizer": f"adamw(betas=0.9,0.999; weight decay {weight_decay:g} on conv weights)",
+        "optimizer": f"adamw(betas=0.9,0.999; weight decay {weight_decay:g} on conv weights)"
+                     + (f"; backbone lr x{PRETRAINED_BACKBONE_LR_SCALE:g}" if pretrained else ""),
+        "pretrained": (None if pretrained is None else
+                       {"weights": pretrained, "file": imagenet_file(pretrained_weights).name,
+                        "batchnorm": "frozen (eval mode) in the backbone"}),
         "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)", "seed": seed,
         "size": list(size), "augment": cfg.as_dict(), "bf16": bf16,
         "final_loss": result.final_loss, "epoch_loss": result.epoch_loss,
@@ -239,4 +304,5 @@ def train_teacher(train_set, val_set, *, data_spec: str, val_spec: str,
         "seconds": round(result.seconds, 1), "processes": ctx.world_size,
         "device": ctx.device.type,
     }
-    return TeacherRun(model=model, record=record, result=result, evaluation=evaluation)
+    return TeacherRun(model=model, record=record, result=result, evaluation=evaluation,
+                      mean=mean, std=std)
