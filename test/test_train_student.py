@@ -342,3 +342,26 @@ def test_torchrun_two_processes(tmp_path, scenes):
     np.testing.assert_allclose(two["epoch_loss"], one["epoch_loss"], rtol=1e-3)
     student = Bundle.load(double).student()
     assert student.config == Bundle.load(single).student().config
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_student_starts_independently_of_the_teacher(seed):
+    """The paper initialises the student Θ′ randomly and independently: with a same-architecture
+    teacher drawn from the same seed, no tensor of the initial student may equal the teacher's
+    initial draw (seeding both from ``seed`` made all 86 backbone and head tensors identical)."""
+    from cosme_ros.train.student import initial_student, student_init_seed
+    from cosme_ros.train.teacher import initial_teacher
+    teacher = initial_teacher("resnet18", 0.5, 16, None, seed)
+    student = initial_student(teacher, 18, 0.5, seed)
+    assert student_init_seed(seed) != seed
+    t_state = teacher.state_dict()
+    shared = [k for k, v in student.state_dict().items()
+              if k in t_state and t_state[k].shape == v.shape and v.dtype.is_floating_point
+              and v.numel() > 1 and v.std() > 0 and torch.equal(v, t_state[k])]
+    assert not shared, shared[:5]
+    convs = [k for k, v in student.state_dict().items() if k in t_state and v.dim() == 4
+             and t_state[k].shape == v.shape]
+    assert len(convs) > 20   # the comparison covered the backbone and head
+    again = initial_student(teacher, 18, 0.5, seed)   # and it is still deterministic
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(),
+                                                 again.state_dict().values()))

@@ -44,6 +44,24 @@ def build_student_for(teacher: nn.Module, depth: int, width: float) -> Student:
                    width=width)
 
 
+def student_init_seed(seed: int) -> int:
+    """The seed of the student's initial weights: a stream of its own, derived from ``seed``.
+
+    The paper initialises Θ′ randomly, independently of the teacher. Seeding torch with ``seed``
+    itself, as the teacher's trainer does, would draw the student's backbone and head from the
+    same stream as a same-architecture teacher's, i.e. start the student from the teacher's
+    initial weights.
+    """
+    return int(np.random.SeedSequence([int(seed), 0x5EED, 0xA0C0]).generate_state(
+        1, dtype=np.uint32)[0])
+
+
+def initial_student(teacher: nn.Module, depth: int, width: float, seed: int) -> Student:
+    """The student before training, drawn from :func:`student_init_seed`."""
+    torch.manual_seed(student_init_seed(seed))
+    return build_student_for(teacher, depth, width)
+
+
 class DistillTask(Task):
     """One step of Eq. 5 on this process's shard."""
 
@@ -97,8 +115,7 @@ def train_student(bundle: Bundle, dataset, *, data_spec: str, depth: int = 50,
         raise ValueError(f"teacher {bundle.manifest['teacher']['arch']} exposes none of the "
                          f"distillation taps {DISTILLATION_LAYERS}")
 
-    torch.manual_seed(seed)
-    student = build_student_for(teacher, depth, width)
+    student = initial_student(teacher, depth, width, seed)
     if ctx.enabled:
         from cosme_ros.train.loop import convert_sync_batchnorm
         student = convert_sync_batchnorm(student, ctx.device)
@@ -124,6 +141,7 @@ def train_student(bundle: Bundle, dataset, *, data_spec: str, depth: int = 50,
         "batch": min(batch, len(subset)), "steps": result.steps, "lr": lr,
         "optimizer": "adam(betas=0.9,0.999; no weight decay)",
         "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)", "seed": seed,
+        "init_seed": student_init_seed(seed),
         "size": list(size), "loss": "Eq. 5, normalize=hw, layers weighted 1",
         "layers": list(layers), "augment": cfg.as_dict(), "bf16": bf16,
         "final_loss": result.final_loss,
