@@ -44,7 +44,7 @@ import yaml
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
-from cosme_ros.paths import config_path
+from cosme_ros.ros.dds_profile import FASTDDS_PROFILE_KEYS, shm_profile_env
 
 DEFAULT_FRAMES = 100
 DEFAULT_SEED = 7            # a drive with anomalies on the road from the first frames
@@ -153,9 +153,6 @@ def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
 
 # ----------------------------------------------------------------------------- ROS environment
 
-#: Fast DDS reads a profile from either variable; the demo adds ours only when neither is set.
-FASTDDS_PROFILE_KEYS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-FASTDDS_PROFILE = "fastdds_shm.xml"
 
 
 def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -166,9 +163,7 @@ def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     outputs, without which the node's ~1 MB of outputs per frame miss shared memory and wait
     seconds for a repair (the demo ran 5x slower; see the file)."""
     env = dict(os.environ if environ is None else environ)
-    if not any(env.get(k) for k in FASTDDS_PROFILE_KEYS) and \
-            "fastrtps" in env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"):
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(config_path(FASTDDS_PROFILE))
+    env.update(shm_profile_env(env))
     if not env.get("ROS_AUTOMATIC_DISCOVERY_RANGE"):
         env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         env.pop("ROS_STATIC_PEERS", None)

@@ -73,7 +73,7 @@ def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
     assert data["pixels"]["anomaly"] > 0 and data["pixels"]["in_distribution"] > 0
     assert data["node"]["ros_domain_id"] == ros_util.DOMAIN_ID
     assert data["node"]["discovery_range"] == "LOCALHOST"
-    from cosme_ros.demo import FASTDDS_PROFILE, FASTDDS_PROFILE_KEYS
+    from cosme_ros.ros.dds_profile import FASTDDS_PROFILE, FASTDDS_PROFILE_KEYS
     if not any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS) and \
             "fastrtps" in os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"):
         from cosme_ros.paths import config_path

@@ -12,7 +12,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import ros_util
-from cosme_ros.demo import FASTDDS_PROFILE, ros_environment
+from cosme_ros.demo import ros_environment
+from cosme_ros.ros.dds_profile import FASTDDS_PROFILE
 from cosme_ros.paths import config_path
 
 PROFILE = config_path(FASTDDS_PROFILE)

@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cosme_ros.paths import config_path
+from cosme_ros.ros.dds_profile import FASTDDS_PROFILE, FASTDDS_PROFILE_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
+PROFILE = config_path(FASTDDS_PROFILE)
 LAUNCH_FILE = REPO / "launch" / "cosme.launch.py"
 RVIZ_FILE = REPO / "config" / "cosme.rviz"
 ARGUMENTS = {"image_topic": "image", "bundle": "", "namespace": "", "use_sim_time": "false",
-             "rviz": "false"}
+             "rviz": "false", "shm_profile": "true"}
 
 
 class Recorded:
@@ -71,6 +75,9 @@ def launch_module(monkeypatch):
     spec = importlib.util.spec_from_file_location("cosme_launch_under_test", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "_has_package", lambda name: True)  # rviz2 "installed"
+    for key in FASTDDS_PROFILE_KEYS + ("RMW_IMPLEMENTATION",):
+        monkeypatch.delenv(key, raising=False)
     return module, classes
 
 
@@ -98,7 +105,7 @@ def test_arguments_and_defaults(launch_module):
     module, classes = launch_module
     args = _arguments(module.generate_launch_description(), classes)
     assert set(args) == {"image_topic", "bundle", "params_file", "namespace", "use_sim_time",
-                         "rviz"}
+                         "rviz", "shm_profile"}
     for name, default in ARGUMENTS.items():
         assert args[name]["default_value"] == default, name
     share = classes["FindPackageShare"]("cosme_ros")
@@ -118,6 +125,30 @@ def test_default_launch_starts_only_the_node(launch_module):
     # the params file first, then the launch arguments; no bundle override when none is given
     assert node["parameters"] == ["/share/cosme_ros/config/cosme.yaml", {"use_sim_time": False}]
     assert node["remappings"] == [("image", "image")]
+    assert node["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+
+
+def test_shm_profile_only_where_the_user_has_none(launch_module, monkeypatch):
+    module, classes = launch_module
+    assert PROFILE.is_file()
+    assert _launch(module, classes, shm_profile="false")[0].kwargs["additional_env"] == {}
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/etc/my_profile.xml")
+    assert _launch(module, classes)[0].kwargs["additional_env"] == {}
+    monkeypatch.delenv("FASTRTPS_DEFAULT_PROFILES_FILE")
+    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    assert _launch(module, classes)[0].kwargs["additional_env"] == {}
+    with pytest.raises(ValueError, match="shm_profile"):
+        _launch(module, classes, shm_profile="yes please")
+
+
+def test_rviz_without_rviz2_starts_nothing(launch_module, monkeypatch):
+    """ros2 launch ... rviz:=true on a machine without rviz2 used to start the node, then abort
+    with the node left running as an orphan; now it stops before anything starts."""
+    module, classes = launch_module
+    monkeypatch.setattr(module, "_has_package", lambda name: name != "rviz2")
+    with pytest.raises(RuntimeError, match="rviz2 package is not installed.*nothing was started"):
+        _launch(module, classes, rviz="true")
+    assert len(_launch(module, classes, rviz="false")) == 1
 
 
 def test_arguments_reach_the_node_and_rviz(launch_module):
