@@ -32,7 +32,9 @@ setup(
     maintainer_email="cosme-ros@example.org",
     description="CosMe anomaly segmentation for urban camera images as a ROS 2 node",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    # as `ros2 pkg create` does: colcon runs pytest when the "test" extra names it (setuptools
+    # >= 79 dropped tests_require, and colcon then ran 0 tests through unittest)
+    extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
             "cosme = cosme_ros.cli.main:main",
