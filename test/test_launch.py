@@ -8,6 +8,8 @@ stays on localhost with a random domain id (ros_util), like every ROS test here.
 """
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +40,9 @@ ros_util.confine_this_process()  # the launched node inherits this environment
 @pytest.mark.launch_test
 def generate_test_description():
     from bundles import make_tiny_bundle
-    bundle = make_tiny_bundle(Path(tempfile.mkdtemp(prefix="cosme_launch_")) / "bundle")
+    scratch = tempfile.mkdtemp(prefix="cosme_launch_")
+    atexit.register(shutil.rmtree, scratch, True)   # no /tmp/cosme_launch_* left behind
+    bundle = make_tiny_bundle(Path(scratch) / "bundle")
     include = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO / "launch" / "cosme.launch.py")),
         launch_arguments={"bundle": str(bundle.path), "image_topic": CAMERA,

@@ -342,6 +342,13 @@ def test_compressed_input_network_resolution_in_a_namespace(bundle_dir, ros):
             good = _compressed(rgb, ".jpg", "jpeg", restamp(camera_frame()[0]).header.stamp.sec)
             c.send_until_processed(good)
             assert_alive(proc)
+            # start-up says what it loads, and the final summary carries the node's full name
+            assert re.search(r"\[cam2\.cosme_node\]: loading bundle \S+ \(method auto",
+                             proc.output), proc.output[:2000]
+            proc.interrupt()
+            assert proc.wait(15) == 0, proc.output[-2000:]
+            assert proc.wait_for_output(r"\[cam2\.cosme_node\]: frames: received \d+", 1), \
+                proc.output[-2000:]
         finally:
             diag.close()
             c.close()
@@ -503,6 +510,38 @@ def test_corrupt_compressed_rejected_by_the_worker(ros, bundle_dir):
 def test_read_only_parameters_cannot_change(fake_node):
     result = fake_node.set_parameters([Parameter("method", value="msp")])[0]
     assert not result.successful
+
+
+def test_integers_are_accepted_for_double_parameters(fake_node, ros, bundle_dir):
+    """`ros2 param set /cosme_node processing_budget_ms 50` sends an integer; rclpy refused it
+    for a double ("Wrong parameter type, expected '3' got '2'")."""
+    for name, value in (("processing_budget_ms", 50), ("anomaly_threshold", -2),
+                        ("overlay_alpha", 1)):
+        assert fake_node.set_parameters([Parameter(name, value=value)])[0].successful, name
+        got = fake_node.get_parameter(name)
+        assert got.type_ == Parameter.Type.DOUBLE and got.value == float(value), name
+    assert not fake_node.set_parameters([Parameter("overlay_alpha", value=2)])[0].successful
+    assert not fake_node.set_parameters([Parameter("max_image_pixels", value=1.5)])[0] \
+        .successful   # an integer parameter still takes integers only
+    node = make_node(ros, bundle_dir, anomaly_threshold=1, processing_budget_ms=20)  # a file's
+    try:
+        assert node.get_parameter("anomaly_threshold").value == 1.0
+        assert node.get_parameter("processing_budget_ms").value == 20.0
+    finally:
+        node.destroy_node()
+
+
+def test_no_parameter_can_be_unset(fake_node):
+    """Setting a dynamically typed parameter to NOT_SET used to succeed and undeclare it; every
+    later frame with a heatmap subscriber then failed until a restart."""
+    for name in ("heatmap_range", "anomaly_threshold", "input_size"):
+        result = fake_node.set_parameters([Parameter(name)])[0]
+        assert not result.successful, name
+        assert fake_node.has_parameter(name), name
+    result = fake_node.set_parameters([Parameter("heatmap_range")])[0]   # dynamically typed
+    assert "parameter 'heatmap_range': cannot be unset" in result.reason
+    assert fake_node.get_parameter("heatmap_range").value == "auto"
+    assert fake_node.set_parameters([Parameter("heatmap_range", value=[0.0, 1.0])])[0].successful
     result = fake_node.set_parameters([Parameter("overlay_alpha", value=1.5)])[0]
     assert not result.successful
     assert fake_node.set_parameters([Parameter("overlay_alpha", value=0.25)])[0].successful
@@ -529,7 +568,7 @@ def test_read_only_parameters_cannot_change(fake_node):
     ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
     ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),
     ({"max_image_pixels": 0}, "parameter 'max_image_pixels': 0 is out of range"),
-    ({"anomaly_threshold": 1}, "parameter 'anomaly_threshold': must be a double"),
+    ({"anomaly_threshold": "high"}, "parameter 'anomaly_threshold': must be a number"),
     ({"bundle": "/nonexistent/bundle"}, "parameter 'bundle': /nonexistent/bundle: not a bundle"),
 ])
 def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, message):

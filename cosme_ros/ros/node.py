@@ -44,6 +44,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSPresetProfiles, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
@@ -236,8 +237,18 @@ PARAMS: Sequence[Param] = (
 )
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
-_TYPE_NAMES = {str: "a string", float: "a double (write e.g. 1.0, not 1)", int: "an integer",
-               bool: "a bool"}
+
+def _as_double(param: Parameter) -> Parameter:
+    """An integer given for a double parameter, as that double (``ros2 param set … 50`` and
+    ``processing_budget_ms: 50`` in a params file send integers, which rclpy refuses for a
+    double); any other parameter as it is."""
+    spec = PARAMS_BY_NAME.get(param.name)
+    if (spec is None or spec.dynamic or type(spec.default_value()) is not float
+            or param.type_ != Parameter.Type.INTEGER):
+        return param
+    return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
+
+_TYPE_NAMES = {str: "a string", float: "a number", int: "an integer", bool: "a bool"}
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,8 @@ class CosmeNode(Node):
             raise
         self.palette = list(self.pipeline.bundle.palette)
         self.precision = self.pipeline.precision  # what "auto" resolved to
+        if hasattr(self, "add_pre_set_parameters_callback"):   # rclpy of Iron and later
+            self.add_pre_set_parameters_callback(lambda ps: [_as_double(p) for p in ps])
         self.add_on_set_parameters_callback(self._check_parameter_change)
 
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -322,6 +335,8 @@ class CosmeNode(Node):
     # -- start-up
 
     def _declare_parameters(self) -> None:
+        for name, given in list(self._parameter_overrides.items()):
+            self._parameter_overrides[name] = _as_double(given)
         for p in PARAMS:
             default = p.default_value()
             try:
@@ -372,6 +387,9 @@ class CosmeNode(Node):
                 f"parameter 'bundle' is not set and the default demo bundle {s.bundle} does not "
                 f"exist (it is not built yet); pass a bundle directory, e.g. --ros-args -p "
                 f"bundle:=/path/to/bundle, or build the demo with `bash scripts/build_demo_bundle.sh`")
+        # the networks, the memory and a warm-up frame take seconds to a minute on a CPU
+        self.get_logger().info(f"loading bundle {s.bundle} (method {s.method}, device "
+                               f"{s.device}, precision {s.precision}) ...")
         try:
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
@@ -404,6 +422,12 @@ class CosmeNode(Node):
         """Runtime checks that descriptors cannot express (ranges and read-only are rclpy's)."""
         for param in params:
             spec = PARAMS_BY_NAME.get(param.name)
+            if spec is not None and param.type_ == Parameter.Type.NOT_SET:
+                # rclpy would undeclare a dynamically typed parameter, and every later frame
+                # that reads it would fail until a restart
+                return SetParametersResult(
+                    successful=False, reason=f"parameter '{param.name}': cannot be unset "
+                    f"(undeclared); give it a value")
             if spec is None or spec.read_only:
                 continue
             try:
@@ -557,8 +581,10 @@ def main(args: Optional[List[str]] = None) -> int:
         if executor is not None:
             executor.shutdown()
         if node is not None:
+            # the node's full name (namespace included), as its other lines
+            name = node.get_logger().name
             node.destroy_node()  # first: a log line of a live node goes to /rosout too
-            logger.info(node.stats.summary())
+            rclpy.logging.get_logger(name).info(node.stats.summary())
         rclpy.try_shutdown()
     return status
 
