@@ -19,6 +19,7 @@ Layout::
     student: {config: {...}, weights: student.safetensors}            # optional
     anomaly: {weights: anomaly.safetensors, memory_layers: [c4, c5, lh],
               consensus_layers: [c5], build: {...}}                   # optional
+    thresholds: {cosme: {value: 1.23, fpr: 0.01, data: ..., ...}}     # optional (cosme calibrate)
 
 Tensors live in safetensors only (no pickle anywhere in a bundle). Every reader validates and
 fails with a :class:`BundleError` that names the file and the field.
@@ -26,6 +27,7 @@ fails with a :class:`BundleError` that names the file and the field.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -165,6 +167,16 @@ class Bundle:
                                            and all(isinstance(v, str) for v in anomaly[key])):
                     raise BundleError(f"{where}: field 'anomaly.{key}' should be a list of tap "
                                       f"names")
+        thresholds = manifest.get("thresholds", {})
+        if not isinstance(thresholds, dict):
+            raise BundleError(f"{where}: field 'thresholds' should be a mapping of method to "
+                              f"threshold")
+        for key, entry in thresholds.items():
+            value = entry.get("value") if isinstance(entry, dict) else None
+            if not isinstance(key, str) or not isinstance(value, (int, float)) \
+                    or isinstance(value, bool) or not math.isfinite(value):
+                raise BundleError(f"{where}: field 'thresholds.{key}' should be a mapping with "
+                                  f"a finite number 'value'")
         return cls(path=path, manifest=manifest, input_size=(size[0], size[1]),
                    mean=tuple(mean), std=tuple(std), class_names=list(names),
                    palette=[tuple(c) for c in palette], void_classes=list(void))
@@ -224,12 +236,19 @@ class Bundle:
         except (ValueError, KeyError) as exc:
             raise BundleError(f"{self.path / section['weights']}: {exc}") from None
 
+    def threshold(self, key: str) -> Optional[float]:
+        """The calibrated anomaly threshold for a method key
+        (:func:`cosme_ros.calibration.threshold_key`), or None."""
+        entry = self.manifest.get("thresholds", {}).get(key)
+        return None if entry is None else float(entry["value"])
+
     # -- writing
 
     def write_part(self, part: str, section: Dict[str, Any], tensors: Mapping[str, Tensor]) -> None:
         """Add or replace ``student`` or ``anomaly``: tensors first, then the manifest, both atomic.
 
         A crash between the two leaves the old manifest pointing at the old, still-valid data.
+        Calibrated thresholds are dropped: they were measured with the part this replaces.
         """
         if part not in ("student", "anomaly"):
             raise ValueError(f"unknown bundle part {part!r}")
@@ -237,6 +256,15 @@ class Bundle:
         write_tensors(self.path / filename, tensors)
         manifest = copy.deepcopy(self.manifest)
         manifest[part] = {**section, "weights": filename}
+        manifest.pop("thresholds", None)
+        write_manifest(self.path, manifest)
+        self.manifest = manifest
+
+    def write_thresholds(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add or replace calibrated thresholds (``{key: {value, ...}}``) in the manifest."""
+        manifest = copy.deepcopy(self.manifest)
+        manifest["thresholds"] = {**manifest.get("thresholds", {}),
+                                  **{k: dict(v) for k, v in entries.items()}}
         write_manifest(self.path, manifest)
         self.manifest = manifest
 

@@ -403,7 +403,8 @@ class ReplayOptions:
     out_namespace: Optional[str] = None        # None: the image topic's namespace
     video: Optional[Path] = None
     video_fps: Optional[float] = None          # None: the image topic's rate
-    anomaly_threshold: float = 0.0             # the node's parameters, same defaults
+    anomaly_threshold: float = 0.0             # the node's drawing parameters (the CLI resolves
+                                               # the node's default, auto, from the bundle)
     overlay_alpha: float = 0.5
     heatmap_range: Optional[Tuple[float, float]] = None   # None: auto (RunningRange)
     output_resolution: str = "input"
@@ -643,8 +644,8 @@ def check_options(o: ReplayOptions) -> None:
         raise CosmeError("--output-resolution must be input or network")
     if not 0.0 <= o.overlay_alpha <= 1.0:
         raise CosmeError(f"--overlay-alpha must be within [0, 1], got {o.overlay_alpha}")
-    if not math.isfinite(o.anomaly_threshold):
-        raise CosmeError("--anomaly-threshold must be finite")
+    if math.isnan(o.anomaly_threshold):   # +inf: no mask (auto without a calibration)
+        raise CosmeError("--anomaly-threshold must be a number")
     if o.video_fps is not None and not (o.video_fps > 0 and math.isfinite(o.video_fps)):
         raise CosmeError("--video-fps must be positive")
     if o.out_namespace is not None:

@@ -2,7 +2,9 @@
 ros_util), and in-process tests of its policies with a stand-in pipeline."""
 from __future__ import annotations
 
+import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -431,7 +433,7 @@ def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
 class FakePipeline:
     """Stands in for Pipeline: records the frames it gets, answers with constant maps."""
 
-    def __init__(self, bundle, method, device, input_size=None, precision="fp32"):
+    def __init__(self, bundle, method, device, input_size=None, precision="fp32", **refine):
         self.bundle, self.method, self.precision = bundle, method, precision
         self.device, self.input_size = "cpu", tuple(input_size or bundle.input_size)
         self.calls = []
@@ -515,18 +517,48 @@ def test_read_only_parameters_cannot_change(fake_node):
 def test_integers_are_accepted_for_double_parameters(fake_node, ros, bundle_dir):
     """`ros2 param set /cosme_node processing_budget_ms 50` sends an integer; rclpy refused it
     for a double ("Wrong parameter type, expected '3' got '2'")."""
-    for name, value in (("processing_budget_ms", 50), ("anomaly_threshold", -2),
-                        ("overlay_alpha", 1)):
+    for name, value in (("processing_budget_ms", 50), ("overlay_alpha", 1)):
         assert fake_node.set_parameters([Parameter(name, value=value)])[0].successful, name
         got = fake_node.get_parameter(name)
         assert got.type_ == Parameter.Type.DOUBLE and got.value == float(value), name
     assert not fake_node.set_parameters([Parameter("overlay_alpha", value=2)])[0].successful
     assert not fake_node.set_parameters([Parameter("max_image_pixels", value=1.5)])[0] \
         .successful   # an integer parameter still takes integers only
-    node = make_node(ros, bundle_dir, anomaly_threshold=1, processing_budget_ms=20)  # a file's
+    node = make_node(ros, bundle_dir, overlay_alpha=1, processing_budget_ms=20)  # a file's
     try:
-        assert node.get_parameter("anomaly_threshold").value == 1.0
+        assert node.get_parameter("overlay_alpha").value == 1.0
         assert node.get_parameter("processing_budget_ms").value == 20.0
+    finally:
+        node.destroy_node()
+
+
+def test_anomaly_threshold_follows_the_bundle_and_method(ros, bundle_dir, tmp_path):
+    """anomaly_threshold: auto takes the bundle's calibrated threshold for the method as the node
+    runs it (refinement included); a number overrides it; without one the mask stays empty (an
+    infinite threshold) and the node says why, in its log and on /diagnostics."""
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.ros.outputs import render_outputs
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(bundle_dir, calibrated)
+    Bundle.load(calibrated).write_thresholds({"maxlogit": {"value": -3.5, "fpr": 0.01}})
+    node = make_node(ros, calibrated, anomaly_threshold="auto")
+    try:
+        assert node._threshold() == (-3.5, "-3.5 (bundle, maxlogit)")
+        assert node.set_parameters([Parameter("anomaly_threshold", value=2)])[0].successful
+        assert node._threshold() == (2.0, "2 (parameter)")
+        assert node.set_parameters([Parameter("anomaly_threshold", value="auto")])[0].successful
+        assert node._threshold()[0] == -3.5
+    finally:
+        node.destroy_node()
+    node = make_node(ros, calibrated, anomaly_threshold="auto", refine="guided")
+    try:
+        value, why = node._threshold()
+        assert value == math.inf and "no calibrated threshold for maxlogit[refine=guided]" in why
+        score = np.full((4, 6), 1e30, np.float32)
+        mask = render_outputs(np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8), score,
+                              {"mask"}, threshold=value, alpha=0.5, palette=node.palette,
+                              heat_range=(0.0, 1.0))["mask"][0]
+        assert not mask.any()
     finally:
         node.destroy_node()
 
@@ -568,7 +600,9 @@ def test_no_parameter_can_be_unset(fake_node):
     ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
     ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),
     ({"max_image_pixels": 0}, "parameter 'max_image_pixels': 0 is out of range"),
-    ({"anomaly_threshold": "high"}, "parameter 'anomaly_threshold': must be a number"),
+    ({"anomaly_threshold": "high"}, "parameter 'anomaly_threshold': 'high' is neither 'auto' "
+                                    "nor a number"),
+    ({"overlay_alpha": "high"}, "parameter 'overlay_alpha': must be a number"),
     ({"bundle": "/nonexistent/bundle"}, "parameter 'bundle': /nonexistent/bundle: not a bundle"),
 ])
 def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, message):

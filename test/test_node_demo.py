@@ -1,8 +1,8 @@
 """The shipped configuration end to end: cosme_node with the demo bundle (models/demo) and
 config/cosme.yaml finds the anomalies of the synthetic world's test split, over real DDS.
 
-Nothing is tuned here: the node runs with the parameters file as shipped (its anomaly_threshold is
-the demo bundle's CosMe score at 1 % false positives on the test split). On 14 test frames of
+Nothing is tuned here: the node runs with the parameters file as shipped (anomaly_threshold: auto,
+the demo bundle's calibrated CosMe threshold: 1 % false positives on the world's val split). On 14 test frames of
 another seed the node's anomaly/score must rank anomaly pixels above in-distribution ones (pixel
 AUROC >= 80 %), and its anomaly/mask must mark anomaly pixels at least ten times as often as
 in-distribution pixels, while marking at most 3 % of the latter. Skipped until the demo bundle is

@@ -188,7 +188,8 @@ def check_output_bag(out, drive, expected, storage):
         classes = image_codec.image_array(topics[OUT["class_mask"]][i][3])
         assert (classes == res.classes).mean() > 0.999
         mask = image_codec.image_array(topics[OUT["mask"]][i][3])
-        np.testing.assert_array_equal(mask, threshold_mask(score, 0.0))  # node default
+        # node default auto, and the tiny bundle has no calibrated threshold: an empty mask
+        assert not mask.any()
         for key in ("color", "heatmap"):
             assert topics[OUT[key]][i][3].encoding == "rgb8"
 
@@ -469,3 +470,30 @@ def test_refine_guided_replays_the_refined_maps(drive, tmp_path, capsys):
     assert replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle",
                   drive["bundle"], "--refine-radius", "4") == 2
     assert "--refine-radius needs --refine guided" in capsys.readouterr().err
+
+
+def test_anomaly_threshold_auto_is_the_bundles(drive, expected, tmp_path, capsys):
+    """--anomaly-threshold defaults to auto, as the node: the bundle's calibrated threshold for
+    the method; a number overrides it."""
+    import shutil
+    bundle = tmp_path / "calibrated"
+    shutil.copytree(drive["bundle"], bundle)
+    t = float(np.median(np.concatenate([r.score.ravel() for r in expected])))
+    Bundle.load(bundle).write_thresholds({"maxlogit": {"value": t}})
+    for given, threshold in ((None, t), (t + 0.5, t + 0.5)):
+        out = tmp_path / f"out_{given}.bag"
+        extra = [] if given is None else ["--anomaly-threshold", given]
+        assert replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle", bundle,
+                      "--method", "maxlogit", "--out", out, *extra) == 0
+        topics, _ = read_bag(out)
+        marked = 0
+        for i in range(N):
+            score = image_codec.image_array(topics[OUT["score"]][i][3])
+            mask = image_codec.image_array(topics[OUT["mask"]][i][3])
+            np.testing.assert_array_equal(mask, threshold_mask(score, threshold))
+            marked += int(mask.any())
+        assert marked > 0
+    with pytest.raises(SystemExit):   # argparse: "'nan' is not finite"
+        replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle", bundle,
+               "--method", "maxlogit", "--anomaly-threshold", "nan")
+    assert "is not finite" in capsys.readouterr().err

@@ -28,8 +28,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
@@ -70,8 +72,9 @@ def add_parser(sub) -> None:
     add_pipeline_args(p, ", as the node's parameter")
     p.add_argument("--output-resolution", default="input", choices=("input", "network"),
                    help="size of the output images, as the node's parameter (default input)")
-    p.add_argument("--anomaly-threshold", type=float, default=0.0,
-                   help="anomaly/mask threshold, as the node's parameter (default 0.0)")
+    p.add_argument("--anomaly-threshold", type=_threshold, default=None, metavar="auto|T",
+                   help="anomaly/mask threshold, as the node's parameter (default auto: the "
+                        "bundle's calibrated threshold for the method, `cosme calibrate`)")
     p.add_argument("--overlay-alpha", type=float, default=0.5,
                    help="heatmap blend weight, as the node's parameter (default 0.5)")
     p.add_argument("--heatmap-range", type=_heatmap_range, default=None, metavar="auto|LO,HI",
@@ -98,6 +101,19 @@ def add_parser(sub) -> None:
                    help="keep {\"frames_done\": n, \"frames_total\": N} in F (for supervisors)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(run=run)
+
+
+def _threshold(text: str):
+    """``auto`` → None (the bundle's), else a finite number."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
+    return value
 
 
 def _load_pipeline(args):
@@ -128,6 +144,7 @@ def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.anomaly.scorers import METHODS
     from cosme_ros.bundle import AUTO_METHOD
+    from cosme_ros.calibration import resolve_threshold
     from cosme_ros.replay import (Bag, ReplayOptions, check_bag, check_options, format_report,
                                   replay)
 
@@ -143,7 +160,8 @@ def run(args) -> int:
         gt_anomaly_value=args.gt_anomaly_value, out=Path(args.out) if args.out else None,
         out_storage=args.out_storage, out_namespace=args.out_namespace,
         video=Path(args.video) if args.video else None, video_fps=args.video_fps,
-        anomaly_threshold=args.anomaly_threshold, overlay_alpha=args.overlay_alpha,
+        anomaly_threshold=0.0 if args.anomaly_threshold is None else args.anomaly_threshold,
+        overlay_alpha=args.overlay_alpha,
         heatmap_range=args.heatmap_range, output_resolution=args.output_resolution,
         binned=args.binned, memory_limit_gib=args.memory_limit, force=args.force,
         progress_file=Path(args.progress_file) if args.progress_file else None)
@@ -159,6 +177,13 @@ def run(args) -> int:
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         pipeline = _load_pipeline(args)
+        if args.anomaly_threshold is None:   # auto, as the node: the bundle's, else no mask
+            key, value = resolve_threshold(pipeline.bundle, pipeline.method, refine)
+            if value is None:
+                print(f"note: bundle {pipeline.bundle.path} has no calibrated threshold for "
+                      f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
+                      f"run cosme calibrate)")
+            options = replace(options, anomaly_threshold=math.inf if value is None else value)
         report = replay(args.bag, pipeline, options)
     except Terminated:
         print("terminated", file=sys.stderr)

@@ -125,9 +125,16 @@ def _check_precision(value: str) -> None:
                          f"use auto, fp32 or bf16")
 
 
-def _finite(value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
+def parse_threshold(value: Any) -> Optional[float]:
+    """``anomaly_threshold`` → a number, or None for ``auto`` (the bundle's calibrated threshold
+    for the method, :mod:`cosme_ros.calibration`); raises ValueError."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
+        return float(value)
+    raise ValueError(f"{value!r} is neither 'auto' nor a number")
 
 
 # ----------------------------------------------------------------------------- parameter table
@@ -221,9 +228,11 @@ PARAMS: Sequence[Param] = (
           choices=lambda: INPUT_TRANSPORTS),
     Param("input_qos", "SENSOR_DATA", "QoS preset of the image subscription.",
           choices=lambda: INPUT_QOS),
-    Param("anomaly_threshold", 0.0,
-          "Score above which a pixel is an anomaly in anomaly/mask (units of the method's score).",
-          read_only=False, check=_finite),
+    Param("anomaly_threshold", "auto",
+          "Score above which a pixel is an anomaly in anomaly/mask (units of the method's "
+          "score); auto = the bundle's calibrated threshold for the method (`cosme calibrate`; "
+          "without one the mask stays empty and the node says so).",
+          read_only=False, dynamic=True, check=parse_threshold),
     Param("overlay_alpha", 0.5, "Weight of the colour map over the camera image in "
           "anomaly/heatmap.", read_only=False, float_range=(0.0, 1.0)),
     Param("heatmap_range", "auto", "Scores mapped to the ends of the heatmap's colour map: "
@@ -288,6 +297,7 @@ class CosmeNode(Node):
             raise
         self.palette = list(self.pipeline.bundle.palette)
         self.precision = self.pipeline.precision  # what "auto" resolved to
+        self.method_key, self.auto_threshold = self._calibrated_threshold(self.settings)
         if hasattr(self, "add_pre_set_parameters_callback"):   # rclpy of Iron and later
             self.add_pre_set_parameters_callback(lambda ps: [_as_double(p) for p in ps])
         self.add_on_set_parameters_callback(self._check_parameter_change)
@@ -418,6 +428,25 @@ class CosmeNode(Node):
                                f"({str(exc).splitlines()[0]})") from None
         return pipeline, s
 
+    def _calibrated_threshold(self, s: Settings) -> Tuple[str, Optional[float]]:
+        """The bundle's threshold for the method as the node runs it (refinement included)."""
+        from cosme_ros.calibration import resolve_threshold
+        refine = {} if s.refine == "none" else {
+            "refine": s.refine, "refine_radius": s.refine_radius, "refine_eps": s.refine_eps}
+        key, value = resolve_threshold(self.pipeline.bundle, s.method, refine)
+        if parse_threshold(self._param("anomaly_threshold")) is not None:
+            pass   # the parameter overrides it; /diagnostics says which is in use
+        elif value is None:
+            self.get_logger().warning(
+                f"anomaly_threshold is auto, but bundle {self.pipeline.bundle.path} has no "
+                f"calibrated threshold for {key}: anomaly/mask stays empty until "
+                f"anomaly_threshold is set or `cosme calibrate --bundle ... --methods {key}` "
+                f"has stored one")
+        else:
+            self.get_logger().info(f"anomaly_threshold auto: {value:g}, the bundle's calibrated "
+                                   f"threshold for {key}")
+        return key, value
+
     def _check_parameter_change(self, params) -> SetParametersResult:
         """Runtime checks that descriptors cannot express (ranges and read-only are rclpy's)."""
         for param in params:
@@ -438,6 +467,15 @@ class CosmeNode(Node):
         return SetParametersResult(successful=True)
 
     # -- helpers
+
+    def _threshold(self) -> Tuple[float, str]:
+        """The mask's threshold and where it comes from (for /diagnostics)."""
+        given = parse_threshold(self._param("anomaly_threshold"))
+        if given is not None:
+            return given, f"{given:g} (parameter)"
+        if self.auto_threshold is None:
+            return math.inf, f"none: the bundle has no calibrated threshold for {self.method_key}"
+        return self.auto_threshold, f"{self.auto_threshold:g} (bundle, {self.method_key})"
 
     def _steady_s(self) -> float:
         return self._steady.now().nanoseconds * 1e-9
@@ -520,7 +558,7 @@ class CosmeNode(Node):
             heat_range = parse_heatmap_range(self._param("heatmap_range")) or \
                 self._heat_range.update(result.score)
         images = render_outputs(rgb, result.classes, result.score, wanted,
-                                threshold=self._param("anomaly_threshold"),
+                                threshold=self._threshold()[0],
                                 alpha=self._param("overlay_alpha"), palette=self.palette,
                                 heat_range=heat_range)
         for key, (array, encoding) in images.items():
@@ -539,7 +577,8 @@ class CosmeNode(Node):
                                            "device": str(self.pipeline.device),
                                            "precision": self.precision,
                                            "network input (HxW)": f"{h}x{w}",
-                                           "output resolution": s.output_resolution})
+                                           "output resolution": s.output_resolution,
+                                           "anomaly threshold": self._threshold()[1]})
         status = DiagnosticStatus(
             level=bytes([report.level]), name=f"{self.get_fully_qualified_name()}: anomaly "
             f"segmentation", message=report.message, hardware_id=str(self.pipeline.device),
