@@ -274,9 +274,8 @@ def read_mask_folder(folder: str | Path) -> Tuple[Dict[int, Path], List[str]]:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise CosmeError(f"{path}: not a readable image")
+    from cosme_ros.data.images import decode_file
+    mask = decode_file(path, cv2.IMREAD_UNCHANGED, error=CosmeError, what="mask")
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[2])):
             raise CosmeError(f"{path}: a colour image; a mask has one channel (0, 1 or 255)")

@@ -98,7 +98,7 @@ def test_infer_reports_an_unreadable_image_and_goes_on(tmp_path):
                  check_rc=None)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"error: {images / 'b.jpg'}: cannot read image" in proc.stderr
+    assert f"error: {images / 'b.jpg'}: image refused: not a PNG, JPEG, BMP or WebP" in proc.stderr
     assert (out / "a_classes.png").is_file() and (out / "a_score.npy").is_file()
     assert np.load(out / "a_score.npy").shape == (40, 60)
 

@@ -191,17 +191,21 @@ def test_jpeg_decodes_close():
     assert np.abs(out.astype(int) - rgb.astype(int)).mean() < 3
 
 
-def test_compressed_size_peek_matches_header():
+def test_compressed_size_matches_header():
+    from cosme_ros.data.image_header import compressed_size
     rgb = smooth_rgb(33, 57)
     for ext in (".png", ".jpg"):
         data = bytes(compressed(rgb, ext, "x").data)
-        assert codec._peek_size(data) == (33, 57)
+        assert compressed_size(data) == (33, 57)
 
 
 def test_compressed_errors():
     bad = CompressedImage(format="jpeg")
     bad.data = b"\xff\xd8 definitely not a jpeg"
-    with pytest.raises(ImageMessageError, match="undecodable"):
+    with pytest.raises(ImageMessageError, match="refused: JPEG without a frame header"):
+        codec.decode_compressed(bad)
+    bad.data = bytes(compressed(smooth_rgb(), ".png", "png").data)[:40] + bytes(100)
+    with pytest.raises(ImageMessageError, match="undecodable"):   # header intact, data broken
         codec.decode_compressed(bad)
     with pytest.raises(ImageMessageError, match="no data"):
         codec.decode_compressed(CompressedImage(format="jpeg"))

@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 from cosme_ros.data.cityscapes import IGNORE_ID, color_to_trainid
-from cosme_ros.data.images import IMAGE_SUFFIXES, read_rgb
+from cosme_ros.data.images import IMAGE_SUFFIXES, decode_file, read_rgb
 from cosme_ros.errors import InputError
 
 __all__ = [
@@ -171,12 +171,7 @@ _Decoder = Callable[[Path], np.ndarray]
 
 def _read_label(path: Path) -> np.ndarray:
     """A single-channel 8-bit label image; a grey image stored as RGB is accepted."""
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    if data is None:
-        raise DatasetError(f"{path}: label file is missing")
-    label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if label is None:
-        raise DatasetError(f"{path}: cannot read label image (not an image, or corrupt)")
+    label = decode_file(path, cv2.IMREAD_UNCHANGED, error=DatasetError, what="label image")
     if label.ndim == 3:
         if label.shape[2] >= 3 and (np.array_equal(label[..., 0], label[..., 1])
                                     and np.array_equal(label[..., 0], label[..., 2])):
@@ -206,12 +201,7 @@ _lut_decoder = _LutDecoder
 
 
 def _decode_cityscapes_color(path: Path) -> np.ndarray:
-    data = np.fromfile(path, np.uint8) if path.is_file() else None
-    if data is None:
-        raise DatasetError(f"{path}: label file is missing")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise DatasetError(f"{path}: cannot read colour label image (not an image, or corrupt)")
+    bgr = decode_file(path, cv2.IMREAD_COLOR, error=DatasetError, what="colour label image")
     return color_to_trainid(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 

@@ -15,12 +15,13 @@ Colour conversions follow cv_bridge (``cv_bridge/src/cv_bridge.cpp``, ``getConve
 """
 from __future__ import annotations
 
-import struct
 import sys
 from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
+
+from cosme_ros.data.image_header import ImageHeaderError, compressed_size
 
 
 class ImageMessageError(ValueError):
@@ -51,6 +52,15 @@ DECODABLE_ENCODINGS: Tuple[str, ...] = tuple(e for e in _LAYOUTS if e != "32FC1"
 RAW_ENCODINGS: Tuple[str, ...] = tuple(_LAYOUTS)
 
 
+def shown(text: Any, limit: int = 64) -> str:
+    """A sender's string as it goes into a log line or /diagnostics: repr, at most ``limit``
+    characters of it (a 100 kB encoding name was copied into every diagnostics message)."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def bytes_per_pixel(encoding: str) -> int:
     channels, dtype, _ = _layout(encoding)
     return channels * np.dtype(dtype).itemsize
@@ -60,7 +70,7 @@ def _layout(encoding: str) -> Tuple[int, str, Optional[int]]:
     try:
         return _LAYOUTS[encoding]
     except (KeyError, TypeError):
-        raise ImageMessageError(f"unsupported encoding {encoding!r} (supported: "
+        raise ImageMessageError(f"unsupported encoding {shown(encoding)} (supported: "
                                 f"{', '.join(RAW_ENCODINGS)})") from None
 
 
@@ -105,7 +115,7 @@ def check_image(msg: Any, max_pixels: Optional[int] = None, decodable: bool = Tr
     """
     encoding = msg.encoding
     if decodable and encoding not in DECODABLE_ENCODINGS:
-        raise ImageMessageError(f"unsupported encoding {encoding!r} (supported: "
+        raise ImageMessageError(f"unsupported encoding {shown(encoding)} (supported: "
                                 f"{', '.join(DECODABLE_ENCODINGS)})")
     channels, dtype, _ = _layout(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
@@ -157,45 +167,20 @@ def decode_image(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- CompressedImage
 
-def _peek_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """(height, width) from a PNG or JPEG header, without decoding; None when not found."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return height, width
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 4 <= len(data):
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-                i += 2
-                continue
-            length = int.from_bytes(data[i + 2:i + 4], "big")
-            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC)
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if i + 9 > len(data):
-                    return None
-                height, width = struct.unpack(">HH", data[i + 5:i + 9])
-                return height, width
-            i += 2 + length
-    return None
-
-
 def check_compressed(msg: Any, max_pixels: Optional[int] = None) -> None:
-    """Cheap checks of a CompressedImage before decoding: a colour format, some data, and — when
-    the PNG/JPEG header says how large the image is — the size limit (decompression bombs)."""
+    """Cheap checks of a CompressedImage before decoding: a colour format, some data, an allowed
+    image format (PNG, JPEG, BMP, WebP) and the size its header declares within the limit
+    (decompression bombs)."""
     fmt = str(getattr(msg, "format", ""))
     if "compresseddepth" in fmt.lower():
-        raise ImageMessageError(f"unsupported compressed format {fmt!r} (depth images)")
+        raise ImageMessageError(f"unsupported compressed format {shown(fmt)} (depth images)")
     if _data_size(msg.data) == 0:
         raise ImageMessageError("compressed image has no data")
-    size = _peek_size(_as_bytes(msg.data)[:65536].tobytes())
-    if size is not None:
-        _check_size(size[0], size[1], max_pixels)
+    try:   # from the real header, walked to the end if need be (data/image_header.py)
+        height, width = compressed_size(_as_bytes(msg.data).tobytes())
+    except ImageHeaderError as exc:
+        raise ImageMessageError(f"compressed image refused: {exc}") from None
+    _check_size(height, width, max_pixels)
 
 
 def decode_compressed(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
@@ -211,7 +196,7 @@ def decode_compressed(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     buf = _as_bytes(msg.data)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ImageMessageError(f"undecodable compressed data (format {fmt!r}, {buf.size} bytes)")
+        raise ImageMessageError(f"undecodable compressed data (format {shown(fmt)}, {buf.size} bytes)")
     _check_size(bgr.shape[0], bgr.shape[1], max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 

@@ -53,6 +53,14 @@ class HealthReport:
     values: Dict[str, str] = field(default_factory=dict)
 
 
+MAX_REASON_CHARS = 300   # a reason is published once a second on /diagnostics
+
+
+def _bounded(reason: str) -> str:
+    reason = str(reason)
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS] + "…"
+
+
 class FrameMonitor:
     """Thread-safe frame counters (totals and the current period) and timing."""
 
@@ -92,13 +100,13 @@ class FrameMonitor:
     def rejected(self, reason: str) -> int:
         with self._lock:
             self._count("rejected")
-            self.last_rejection = reason
+            self.last_rejection = _bounded(reason)
             return self.totals.rejected
 
     def failed(self, reason: str) -> int:
         with self._lock:
             self._count("failed")
-            self.last_failure = reason
+            self.last_failure = _bounded(reason)
             return self.totals.failed
 
     def processed(self, ms: float) -> None:

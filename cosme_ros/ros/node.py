@@ -49,8 +49,9 @@ from rclpy.qos import QoSPresetProfiles, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 
-from cosme_ros.paths import default_bundle_path
+from cosme_ros.data.image_header import MAX_IMAGE_PIXELS
 from cosme_ros.errors import CosmeError
+from cosme_ros.paths import default_bundle_path
 from cosme_ros.ros import image_codec
 from cosme_ros.ros.monitor import FrameMonitor
 from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
@@ -240,7 +241,7 @@ PARAMS: Sequence[Param] = (
           dynamic=True, check=parse_heatmap_range),
     Param("processing_budget_ms", 100.0, "Mean processing time per frame above which "
           "/diagnostics warns.", read_only=False, float_range=(0.0, 1e6)),
-    Param("max_image_pixels", 4096 * 4096, "Images with more pixels are rejected (checked on "
+    Param("max_image_pixels", MAX_IMAGE_PIXELS, "Images with more pixels are rejected (checked on "
           "the header, before anything is allocated).", read_only=False,
           int_range=(1, _INT64_MAX)),
 )

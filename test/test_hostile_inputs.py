@@ -1,0 +1,182 @@
+"""Hostile and broken inputs (issue "Hostile and broken inputs"): every case is generated here,
+no large file is committed, and each test fails without the check it covers."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from cosme_ros.data.image_header import (ImageHeaderError, check_compressed_data,
+                                         compressed_size)
+from cosme_ros.data.images import read_rgb
+from cosme_ros.errors import InputError
+
+BOMB_SIDE = 30000
+
+
+def small_jpeg() -> bytes:
+    ok, data = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def declare(jpeg: bytes, side: int = BOMB_SIDE) -> bytes:
+    """The JPEG with its frame header (SOF0) claiming side × side pixels."""
+    at = jpeg.index(b"\xff\xc0")
+    sof = bytearray(jpeg[at:at + 9])
+    sof[5:9] = side.to_bytes(2, "big") * 2
+    return jpeg[:at] + bytes(sof) + jpeg[at + 9:]
+
+
+def stray_byte_bomb() -> bytes:
+    """One stray byte before the SOF marker: libjpeg skips it ("extraneous bytes before
+    marker"), a reader that stops at the first non-marker byte does not size the image."""
+    data = declare(small_jpeg())
+    at = data.index(b"\xff\xc0")
+    return data[:at] + b"\x00" + data[at:]
+
+
+def app_segments_bomb(total: int = 128 * 1024) -> bytes:
+    """128 KB of APP1 segments before the frame header: past any fixed-size prefix."""
+    data = declare(small_jpeg())
+    segment = b"\xff\xe1" + (65535).to_bytes(2, "big") + bytes(65533)
+    return data[:2] + segment * (total // len(segment) + 1) + data[2:]
+
+
+@pytest.mark.parametrize("make", [stray_byte_bomb, app_segments_bomb])
+def test_jpeg_bombs_are_sized_from_their_real_header(make):
+    data = make()
+    assert len(data) < 300_000
+    assert compressed_size(data) == (BOMB_SIDE, BOMB_SIDE)
+    with pytest.raises(ImageHeaderError, match="30000x30000 has more than max_pixels"):
+        check_compressed_data(data)
+
+
+@pytest.mark.parametrize("make", [stray_byte_bomb, app_segments_bomb])
+def test_bomb_messages_and_files_are_refused_before_decoding(make, tmp_path, monkeypatch):
+    from cosme_ros.ros import image_codec
+
+    class Msg:
+        format = "jpeg"
+        data = make()
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a bomb reached the decoder")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(image_codec.ImageMessageError, match="more than max_pixels"):
+        image_codec.decode_compressed(Msg(), max_pixels=4096 * 4096)
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(Msg.data)
+    with pytest.raises(InputError, match=r"bomb\.jpg: image refused: 30000x30000 has more"):
+        read_rgb(path)
+
+
+@pytest.mark.parametrize("ext", [".tiff", ".ppm", ".jp2"])
+def test_formats_that_are_not_sized_are_refused(ext, tmp_path):
+    ok, data = cv2.imencode(ext, np.zeros((8, 8, 3), np.uint8))
+    if not ok:
+        pytest.skip(f"OpenCV cannot write {ext} here")
+    with pytest.raises(ImageHeaderError, match="not a PNG, JPEG, BMP or WebP"):
+        compressed_size(data.tobytes())
+    path = tmp_path / f"x{ext}"
+    path.write_bytes(data.tobytes())
+    with pytest.raises(InputError, match="image refused: not a PNG"):
+        read_rgb(path)
+
+
+@pytest.mark.parametrize("ext,params", [(".png", []), (".jpg", []), (".bmp", []),
+                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
+                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])])
+def test_allowed_formats_are_sized_as_decoded(ext, params):
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    ok, data = cv2.imencode(ext, image, params)
+    assert ok
+    assert compressed_size(data.tobytes()) == (37, 53)
+    assert cv2.imdecode(data, cv2.IMREAD_COLOR).shape[:2] == (37, 53)
+
+
+def test_broken_jpeg_headers():
+    jpeg = small_jpeg()
+    for data, why in ((jpeg[:jpeg.index(b"\xff\xc0")], "without a frame header"),
+                      (declare(jpeg, 0), "size 0x0"),
+                      (b"\xff\xd8\xff\xda\x00\x02", "before its image data")):
+        with pytest.raises(ImageHeaderError, match=why):
+            compressed_size(data)
+
+
+# ----------------------------------------------------------------------------- manifests
+
+def _tiny(tmp_path):
+    from bundles import make_tiny_bundle
+    return make_tiny_bundle(tmp_path / "b").path
+
+
+def test_yaml_alias_bomb_in_a_manifest_is_refused(tmp_path):
+    """A 'billion laughs' name: nine levels of ten aliases, 10^9 strings from ~1 kB."""
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    text = (path / "manifest.yaml").read_text()
+    levels = ['a0: &a0 "lol"'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]"
+                                  for i in range(1, 10)]
+    bomb = "\n".join(levels) + "\n" + text.replace("name: b", "name: *a9", 1)
+    assert "name: *a9" in bomb
+    (path / "manifest.yaml").write_text(bomb)
+    with pytest.raises(BundleError, match=r"manifest\.yaml: not valid YAML \(aliases"):
+        Bundle.load(path)
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "", "tab\there", 19])
+def test_manifest_name_must_be_a_short_printable_string(tmp_path, name):
+    import yaml
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    manifest = yaml.safe_load((path / "manifest.yaml").read_text())
+    manifest["name"] = name
+    (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match="field 'name' should be a printable string"):
+        Bundle.load(path)
+
+
+def test_huge_manifest_is_refused_unread(tmp_path):
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    with open(path / "manifest.yaml", "a") as f:
+        f.write("#" * (1 << 20) + "\n")
+    with pytest.raises(BundleError, match="a manifest is at most"):
+        Bundle.load(path)
+
+
+def test_manifests_are_written_without_aliases(tmp_path):
+    """The reader refuses aliases, so the writer must never emit one, even for an object that
+    appears twice in the manifest."""
+    from cosme_ros.bundle import Bundle
+    path = _tiny(tmp_path)
+    b = Bundle.load(path)
+    shared = [1, 2]
+    b.write_thresholds({"maxlogit": {"value": 1.0, "extra": shared},
+                        "msp": {"value": 0.5, "extra": shared}})
+    assert "&" not in (path / "manifest.yaml").read_text()
+    assert Bundle.load(path).manifest["thresholds"]["msp"]["extra"] == [1, 2]
+
+
+def test_echoed_sender_strings_are_bounded():
+    """A 100 kB encoding name used to be copied into the log line and into every /diagnostics
+    message; now at most a short prefix of it is."""
+    from cosme_ros.ros import image_codec
+    from cosme_ros.ros.monitor import MAX_REASON_CHARS, FrameMonitor
+
+    class Msg:
+        height, width, step, is_bigendian = 2, 2, 6, 0
+        encoding = "x" * 100_000
+        data = bytes(12)
+
+    with pytest.raises(image_codec.ImageMessageError) as err:
+        image_codec.decode_image(Msg())
+    assert len(str(err.value)) < 600 and "(100000 characters)" in str(err.value)
+    monitor = FrameMonitor(0.0)
+    monitor.rejected("y" * 100_000)
+    assert len(monitor.last_rejection) <= MAX_REASON_CHARS + 1
