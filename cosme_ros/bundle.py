@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from cosme_ros import atomic
 from cosme_ros.errors import BundleError, MissingPartError
+from cosme_ros.manifest_io import dump_manifest, read_manifest_text
 
 FORMAT = "cosme-bundle"
 VERSION = 1
@@ -45,6 +45,7 @@ MANIFEST = "manifest.yaml"
 TEACHER_FILE = "teacher.safetensors"
 STUDENT_FILE = "student.safetensors"
 ANOMALY_FILE = "anomaly.safetensors"
+MAX_NAME_CHARS = 200           # the name is echoed in logs and in every /diagnostics message
 
 
 
@@ -103,10 +104,7 @@ class Bundle:
         if not (path / MANIFEST).is_file():
             raise BundleError(f"{where}: missing (not a cosme bundle; make one with "
                               f"`cosme bundle create`)")
-        try:
-            manifest = yaml.safe_load((path / MANIFEST).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        manifest = read_manifest_text(path / MANIFEST)
         if not isinstance(manifest, dict):
             raise BundleError(f"{where}: should be a mapping, got {type(manifest).__name__}")
         if manifest.get("format") != FORMAT:
@@ -116,6 +114,11 @@ class Bundle:
         if version != VERSION:
             raise BundleError(f"{where}: field 'version' is {version!r}; this cosme_ros reads "
                               f"version {VERSION}")
+        name = manifest.get("name")
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS
+                                     and name.isprintable()):
+            raise BundleError(f"{where}: field 'name' should be a printable string of 1 to "
+                              f"{MAX_NAME_CHARS} characters")
         teacher = _need(manifest, "teacher", where, dict)
         _need(teacher, "arch", f"{where} teacher", str)
         _need(teacher, "config", f"{where} teacher", dict)
@@ -301,8 +304,7 @@ def write_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
 
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
-    atomic.write_text(root / MANIFEST, yaml.safe_dump(dict(manifest), sort_keys=False,
-                                                      default_flow_style=None, width=100))
+    atomic.write_text(root / MANIFEST, dump_manifest(manifest))
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:

@@ -120,11 +120,13 @@ def default_bundle() -> Path:
 def read_manifest(path: Path) -> Dict[str, Any]:
     """The bundle's manifest as a mapping; an unreadable bundle raises the bundle reader's
     one-line error (the node validates everything else when it starts)."""
+    from cosme_ros.errors import BundleError
+    from cosme_ros.manifest_io import read_manifest_text
     try:
-        manifest = yaml.safe_load((path / "manifest.yaml").read_text(encoding="utf-8"))
+        manifest = read_manifest_text(path / "manifest.yaml")
         if isinstance(manifest, dict) and isinstance(manifest.get("classes"), dict):
             return manifest
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except (OSError, BundleError):
         pass
     from cosme_ros.bundle import Bundle
     return Bundle.load(path).manifest  # raises BundleError naming the file and the field
