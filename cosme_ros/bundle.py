@@ -27,6 +27,7 @@ fails with a :class:`BundleError` that names the file and the field.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,18 @@ def _need(section: Mapping, key: str, where: str, kind: type) -> Any:
 
 def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
     if (not isinstance(value, list) or len(value) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise BundleError(f"{where}: field '{key}' should be a list of {n} numbers, got {value!r}")
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in value)):
+        raise BundleError(f"{where}: field '{key}' should be a list of {n} finite numbers, got "
+                          f"{value!r}")
     return [float(v) for v in value]
+
+
+def _check_sha256(section: Mapping[str, Any], where: str, part: str) -> None:
+    sha = section.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+        raise BundleError(f"{where}: field '{part}.sha256' should be 64 lower-case hex digits")
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -124,6 +134,7 @@ class Bundle:
         _need(teacher, "config", f"{where} teacher", dict)
         weights = _need(teacher, "weights", f"{where} teacher", str)
         _check_file(path, weights, where, "teacher.weights")
+        _check_sha256(teacher, where, "teacher")
 
         pre = _need(manifest, "preprocess", where, dict)
         size = _need(pre, "input_size", f"{where} preprocess", list)
@@ -161,10 +172,12 @@ class Bundle:
             _need(student, "config", f"{where} student", dict)
             _check_file(path, _need(student, "weights", f"{where} student", str), where,
                         "student.weights")
+            _check_sha256(student, where, "student")
         if "anomaly" in manifest:
             anomaly = _need(manifest, "anomaly", where, dict)
             _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where,
                         "anomaly.weights")
+            _check_sha256(anomaly, where, "anomaly")
             for key in ("memory_layers", "consensus_layers"):
                 if key in anomaly and not (isinstance(anomaly[key], list)
                                            and all(isinstance(v, str) for v in anomaly[key])):
@@ -211,7 +224,7 @@ class Bundle:
         section = self.manifest["teacher"]
         module = _build(build_network, section["arch"], section["config"],
                         self.path / MANIFEST, "teacher")
-        _load_weights(module, self.path / section["weights"])
+        _load_weights(module, self.path / section["weights"], section.get("sha256"))
         return module.eval()
 
     def student(self) -> nn.Module:
@@ -222,7 +235,7 @@ class Bundle:
         section = self.manifest["student"]
         module = _build(build_network, "student", section["config"], self.path / MANIFEST,
                         "student")
-        _load_weights(module, self.path / section["weights"])
+        _load_weights(module, self.path / section["weights"], section.get("sha256"))
         return module.eval()
 
     def anomaly_parts(self):
@@ -231,7 +244,7 @@ class Bundle:
         section = self.manifest.get("anomaly")
         if section is None:
             return AnomalyParts(has_student=self.has_student)
-        tensors = read_tensors(self.path / section["weights"])
+        tensors = read_tensors(self.path / section["weights"], section.get("sha256"))
         kwargs = {k: tuple(section[k]) for k in ("memory_layers", "consensus_layers")
                   if k in section}
         try:
@@ -256,9 +269,9 @@ class Bundle:
         if part not in ("student", "anomaly"):
             raise ValueError(f"unknown bundle part {part!r}")
         filename = STUDENT_FILE if part == "student" else ANOMALY_FILE
-        write_tensors(self.path / filename, tensors)
+        sha = write_tensors(self.path / filename, tensors)
         manifest = copy.deepcopy(self.manifest)
-        manifest[part] = {**section, "weights": filename}
+        manifest[part] = {**section, "weights": filename, "sha256": sha}
         manifest.pop("thresholds", None)
         write_manifest(self.path, manifest)
         self.manifest = manifest
@@ -288,29 +301,48 @@ def _build(builder, arch: str, config: Mapping, where: Path, part: str) -> nn.Mo
                           f"network ({exc})") from None
 
 
-def read_tensors(path: Path) -> Dict[str, Tensor]:
+def read_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, Tensor]:
+    """The tensors of a part's file; with ``sha256`` (the manifest's) the file must match it
+    byte for byte, and every floating-point tensor must be finite."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read safetensors file ({exc.strerror})") from None
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise BundleError(f"{path}: sha256 {actual[:16]}… does not match the manifest's "
+                              f"{sha256[:16]}… (the file is corrupt or was changed after the "
+                              f"bundle was written)")
+    try:
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError) as exc:
         raise BundleError(f"{path}: cannot read safetensors file ({exc})") from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{path}: tensor '{key}' has non-finite values (NaN or inf)")
+    return tensors
 
 
-def write_tensors(path: Path, tensors: Mapping[str, Tensor]) -> None:
+def write_tensors(path: Path, tensors: Mapping[str, Tensor]) -> str:
+    """Write a part's tensors atomically; returns the file's sha256 (for the manifest)."""
     from safetensors.torch import save_file
     with atomic.atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+    return sha
 
 
 def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     atomic.write_text(root / MANIFEST, dump_manifest(manifest))
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
+def _load_weights(module: nn.Module, path: Path, sha256: Optional[str] = None) -> None:
     from cosme_ros.errors import CheckpointError
     from cosme_ros.nets.checkpoints import load_strict
-    tensors = read_tensors(path)
+    tensors = read_tensors(path, sha256)
     try:
         load_strict(module, tensors, path)
     except CheckpointError as exc:
@@ -336,7 +368,7 @@ def create(out: str | Path, *, arch: str, module: nn.Module, input_size: Sequenc
                     "void": [int(v) for v in void_classes]},
     }
     with atomic.atomic_dir(out, force=force) as tmp:
-        write_tensors(tmp / TEACHER_FILE, module.state_dict())
+        manifest["teacher"]["sha256"] = write_tensors(tmp / TEACHER_FILE, module.state_dict())
         write_manifest(tmp, manifest)
     return Bundle.load(out)
 
@@ -355,13 +387,14 @@ def store_half(bundle: str | Path, parts: Sequence[str] = HALF_PARTS) -> Dict[st
     Raises BundleError when a weight does not fit fp16 (|w| > 65504)."""
     b = Bundle.load(bundle)
     sizes = {}
+    manifest = copy.deepcopy(b.manifest)
     for part in parts:
         section = b.manifest.get(part)
         if section is None:
             continue
         path = b.path / section["weights"]
         before = path.stat().st_size
-        tensors = read_tensors(path)
+        tensors = read_tensors(path, section.get("sha256"))
         out = {}
         for key, t in tensors.items():
             if t.dtype == torch.float32 and not key.endswith(_KEEP_FP32):
@@ -370,6 +403,7 @@ def store_half(bundle: str | Path, parts: Sequence[str] = HALF_PARTS) -> Dict[st
                     raise BundleError(f"{path}: {key} has values beyond fp16's range; keep fp32")
                 t = half
             out[key] = t
-        write_tensors(path, out)
+        manifest[part]["sha256"] = write_tensors(path, out)
         sizes[section["weights"]] = (before, path.stat().st_size)
+    write_manifest(b.path, manifest)
     return sizes

@@ -84,6 +84,10 @@ def test_not_a_bundle(tmp_path):
 def test_corrupt_weights_name_the_file(tiny):
     weights = tiny.path / "teacher.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="teacher.safetensors: sha256 .* does not match"):
+        Bundle.load(tiny.path).teacher()
+    # a bundle without hashes (written before they were recorded) still names the broken file
+    _edit_manifest(tiny, lambda m: m["teacher"].pop("sha256"))
     with pytest.raises(BundleError, match="teacher.safetensors: cannot read safetensors"):
         Bundle.load(tiny.path).teacher()
 

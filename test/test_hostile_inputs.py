@@ -180,3 +180,47 @@ def test_echoed_sender_strings_are_bounded():
     monitor = FrameMonitor(0.0)
     monitor.rejected("y" * 100_000)
     assert len(monitor.last_rejection) <= MAX_REASON_CHARS + 1
+
+
+# ----------------------------------------------------------------------------- corrupt models
+
+def test_flipped_bytes_in_a_part_are_detected(tmp_path):
+    """1,000 flipped bytes inside teacher.safetensors used to load silently: each part's sha256
+    is in the manifest and is checked on load."""
+    from cosme_ros.bundle import Bundle, store_half
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    assert len(Bundle.load(path).manifest["teacher"]["sha256"]) == 64
+    store_half(path)                          # rewriting a part records its new hash
+    Bundle.load(path).teacher()
+    weights = path / "teacher.safetensors"
+    data = bytearray(weights.read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.choice(np.arange(len(data) // 2, len(data)), 1000, replace=False):
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"teacher\.safetensors: sha256 .* does not match"):
+        Bundle.load(path).teacher()
+
+
+def test_non_finite_weights_and_normalisation_are_refused(tmp_path):
+    import torch
+    import yaml
+    from cosme_ros.bundle import Bundle, write_tensors
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    b = Bundle.load(path)
+    state = b.teacher().state_dict()
+    state["head.classifier.weight"] = torch.full_like(state["head.classifier.weight"],
+                                                      float("nan"))
+    manifest = yaml.safe_load((path / "manifest.yaml").read_text())
+    manifest["teacher"]["sha256"] = write_tensors(path / "teacher.safetensors", state)
+    (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))   # poisoned, hash consistent
+    with pytest.raises(BundleError, match=r"tensor 'head\.classifier\.weight' has non-finite"):
+        Bundle.load(path).teacher()
+    for key, bad in (("std", [float("nan"), 0.2, 0.2]), ("mean", [float("inf"), 0.4, 0.4])):
+        m = yaml.safe_load((path / "manifest.yaml").read_text())
+        m["preprocess"][key] = bad
+        (path / "manifest.yaml").write_text(yaml.safe_dump(m))
+        with pytest.raises(BundleError, match=f"preprocess.{key}' should be a list of 3 finite"):
+            Bundle.load(path)

@@ -422,11 +422,15 @@ class CosmeNode(Node):
         # a network that cannot run at the requested input size says so now.
         h, w = pipeline.input_size
         try:
-            pipeline(np.zeros((h, w, 3), np.uint8))
+            warm = pipeline(np.zeros((h, w, 3), np.uint8))
         except (RuntimeError, ValueError) as exc:
             name = "input_size" if s.input_size else "bundle"
             raise StartupError(f"parameter '{name}': the network cannot run at {h}x{w} "
                                f"({str(exc).splitlines()[0]})") from None
+        # a self-check: a model that gives NaN scores would publish class 0 and NaN everywhere
+        if not np.isfinite(warm.score).all():
+            raise StartupError(f"parameter 'bundle': {bundle.path} gives non-finite anomaly "
+                               f"scores on the start-up frame ({s.method}); the model is broken")
         return pipeline, s
 
     def _calibrated_threshold(self, s: Settings) -> Tuple[str, Optional[float]]:
