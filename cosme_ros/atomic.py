@@ -27,10 +27,21 @@ def give_default_mode(path: str | Path) -> None:
 
 
 def check_writable(path: str | Path, force: bool) -> Path:
-    """Refuse to replace an existing output unless ``force`` is given."""
+    """Refuse to replace an existing output unless ``force`` is given, and an output whose folder
+    cannot be written (read-only, no permission, no space for a file): checked by creating and
+    removing a file there, before any work — a training run must not end in a failed save."""
     path = Path(path)
     if path.exists() and not force:
         raise CosmeError(f"{path}: already exists (use --force to overwrite)")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent   # the output's folders are made later, inside this one
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CosmeError(f"{path}: cannot write here ({exc.strerror or exc})") from None
     return path
 
 
@@ -38,8 +49,12 @@ def check_writable(path: str | Path, force: bool) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        raise CosmeError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -48,6 +63,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         give_default_mode(tmp)
         os.replace(tmp, path)
+    except OSError as exc:   # disk full, read-only, …: one line naming the output
+        raise CosmeError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
             tmp.unlink()

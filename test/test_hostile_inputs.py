@@ -224,3 +224,70 @@ def test_non_finite_weights_and_normalisation_are_refused(tmp_path):
         (path / "manifest.yaml").write_text(yaml.safe_dump(m))
         with pytest.raises(BundleError, match=f"preprocess.{key}' should be a list of 3 finite"):
             Bundle.load(path)
+
+
+# ----------------------------------------------------------------------------- unwritable outputs
+
+def test_unwritable_output_is_one_error_line_before_any_work(tmp_path):
+    """/sys refuses new files even to root: evaluate, infer and calibrate stop at once with one
+    `error:` line naming the output (a traceback before)."""
+    import subprocess
+    import sys
+    path = _tiny(tmp_path)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    for args in (["calibrate", "--bundle", path, "--data", f"images:{images}",
+                  "--json", "/sys/cosme_out.json"],
+                 ["infer", "--bundle", path, "--input", images, "--output", "/sys/cosme_out"]):
+        proc = subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+        assert "/sys/cosme_out" in lines[0] and "cannot write" in lines[0], lines[0]
+
+
+def test_read_only_bundle_stops_train_student_before_training(tmp_path, monkeypatch, capsys):
+    """train-student on a read-only bundle trained the whole run and then failed on save."""
+    import errno
+    import tempfile
+    from cosme_ros import atomic
+    from cosme_ros.cli.main import main
+    import cosme_ros.train.student as student_mod
+    path = _tiny(tmp_path)
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(path)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(student_mod, "train_student",
+                        lambda *a, **k: pytest.fail("training started on a read-only bundle"))
+    images = tmp_path / "imgs"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((40, 60, 3), np.uint8))
+    assert main(["train-student", "--bundle", str(path), "--data", f"images:{images}",
+                 "--depth", "18", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path / 'manifest.yaml'}: cannot write here (Read-only file system)" in err
+
+
+def test_disk_full_while_writing_leaves_nothing_and_says_so(tmp_path, monkeypatch):
+    import errno
+    import safetensors.torch
+    import torch
+    from cosme_ros.bundle import write_tensors
+    from cosme_ros.errors import CosmeError
+
+    def full(tensors, filename, *a, **k):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(CosmeError, match=r"out\.safetensors: cannot write \(No space left"):
+        write_tensors(tmp_path / "out.safetensors", {"w": torch.zeros(3)})
+    assert list(tmp_path.iterdir()) == []   # neither the output nor its temporary

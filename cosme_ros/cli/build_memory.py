@@ -68,6 +68,7 @@ def run(args) -> int:
     if bundle.has_anomaly and not args.force:
         raise CosmeError(f"{bundle.path}: already has an anomaly part "
                          f"({bundle.manifest['anomaly'].get('weights')}); use --force to replace it")
+    atomic.check_writable(bundle.path / "manifest.yaml", True)   # before hours of work
     if args.json:
         atomic.check_writable(args.json, args.force)
     if args.workers < 0:

@@ -45,6 +45,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CosmeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise   # not about a file: a bug, keep the traceback
+        # a file the command reads or writes (disk full, read-only, missing): one line
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cosme_ros import atomic
 from cosme_ros.cli.common import size_arg, write_json
 from cosme_ros.errors import CosmeError
 
@@ -88,6 +89,9 @@ def run(args) -> int:
     bundle = Bundle.load(args.bundle)
     if bundle.has_student and not args.force:
         raise CosmeError(f"{bundle.path}: already has a student (use --force to replace it)")
+    atomic.check_writable(bundle.path / "manifest.yaml", True)   # not after the whole run
+    if args.json:
+        atomic.check_writable(args.json, True)
     dataset = open_training_data(args.data, args.split)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else \
         bundle.path.with_name(bundle.path.name + ".student-checkpoints")
