@@ -71,6 +71,37 @@ def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
     return [float(v) for v in value]
 
 
+MAX_INPUT_SIDE = 8192     # network input side; [100000, 100000] asked for a 28 GiB tensor
+MAX_CHANNELS = 4096       # any *_channels of a network config (10^7 made the node grow to 10 GB)
+MAX_CONFIG_INT = 65536    # any other integer of a network config (classes, depth, strides, …)
+
+
+def _check_config(value: Any, where: str, key: str) -> None:
+    """Every number of a network config within sane bounds, before anything is built."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_config(v, where, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_config(v, where, f"{key}[{i}]")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        limit = MAX_CHANNELS if key.endswith("channels") else MAX_CONFIG_INT
+        low = 1 if key.endswith(("channels", "num_classes")) else 0
+        if not low <= value <= limit:
+            raise BundleError(f"{where}: field '{key}' is {value}; it must be within "
+                              f"[{low}, {limit}]")
+    elif isinstance(value, float):
+        if not (math.isfinite(value) and abs(value) <= 1e6):
+            raise BundleError(f"{where}: field '{key}' is {value}; it must be a finite number")
+    elif isinstance(value, str):
+        if len(value) > MAX_NAME_CHARS:
+            raise BundleError(f"{where}: field '{key}' is a string of {len(value)} characters")
+    else:
+        raise BundleError(f"{where}: field '{key}' has a value of type {type(value).__name__}")
+
+
 def _check_sha256(section: Mapping[str, Any], where: str, part: str) -> None:
     sha = section.get("sha256")
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64
@@ -131,17 +162,18 @@ class Bundle:
                               f"{MAX_NAME_CHARS} characters")
         teacher = _need(manifest, "teacher", where, dict)
         _need(teacher, "arch", f"{where} teacher", str)
-        _need(teacher, "config", f"{where} teacher", dict)
+        _check_config(_need(teacher, "config", f"{where} teacher", dict), where,
+                      "teacher.config")
         weights = _need(teacher, "weights", f"{where} teacher", str)
         _check_file(path, weights, where, "teacher.weights")
         _check_sha256(teacher, where, "teacher")
 
         pre = _need(manifest, "preprocess", where, dict)
         size = _need(pre, "input_size", f"{where} preprocess", list)
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32
-                                     for v in size):
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                     and 32 <= v <= MAX_INPUT_SIDE for v in size):
             raise BundleError(f"{where}: field 'preprocess.input_size' should be [height, width], "
-                              f"integers >= 32, got {size!r}")
+                              f"integers from 32 to {MAX_INPUT_SIDE}, got {size!r}")
         mean = _numbers(pre.get("mean"), 3, where, "preprocess.mean")
         std = _numbers(pre.get("std"), 3, where, "preprocess.std")
         if min(std) <= 0:
@@ -163,13 +195,18 @@ class Bundle:
             raise BundleError(f"{where}: field 'classes.void' should list class indices "
                               f"below {len(names)}")
         num_classes = teacher["config"].get("num_classes")
+        if num_classes is not None and (not isinstance(num_classes, int)
+                                        or isinstance(num_classes, bool)):
+            raise BundleError(f"{where}: field 'teacher.config.num_classes' should be an "
+                              f"integer, got {num_classes!r}")
         if num_classes is not None and num_classes != len(names):
             raise BundleError(f"{where}: teacher.config.num_classes is {num_classes} but "
                               f"classes.names has {len(names)} entries")
 
         if "student" in manifest:
             student = _need(manifest, "student", where, dict)
-            _need(student, "config", f"{where} student", dict)
+            _check_config(_need(student, "config", f"{where} student", dict), where,
+                          "student.config")
             _check_file(path, _need(student, "weights", f"{where} student", str), where,
                         "student.weights")
             _check_sha256(student, where, "student")
@@ -178,11 +215,12 @@ class Bundle:
             _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where,
                         "anomaly.weights")
             _check_sha256(anomaly, where, "anomaly")
+            from cosme_ros.nets.taps import ALL_TAPS
             for key in ("memory_layers", "consensus_layers"):
                 if key in anomaly and not (isinstance(anomaly[key], list)
-                                           and all(isinstance(v, str) for v in anomaly[key])):
+                                           and all(v in ALL_TAPS for v in anomaly[key])):
                     raise BundleError(f"{where}: field 'anomaly.{key}' should be a list of tap "
-                                      f"names")
+                                      f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}")
         thresholds = manifest.get("thresholds", {})
         if not isinstance(thresholds, dict):
             raise BundleError(f"{where}: field 'thresholds' should be a mapping of method to "
@@ -286,6 +324,8 @@ class Bundle:
 
 
 def _check_file(root: Path, name: str, where: str, key: str) -> None:
+    if not name:
+        raise BundleError(f"{where}: field '{key}' is empty; it names the part's file")
     if Path(name).name != name:
         raise BundleError(f"{where}: field '{key}' must be a file name inside the bundle, "
                           f"got {name!r}")

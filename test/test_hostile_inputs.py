@@ -291,3 +291,31 @@ def test_disk_full_while_writing_leaves_nothing_and_says_so(tmp_path, monkeypatc
     with pytest.raises(CosmeError, match=r"out\.safetensors: cannot write \(No space left"):
         write_tensors(tmp_path / "out.safetensors", {"w": torch.zeros(3)})
     assert list(tmp_path.iterdir()) == []   # neither the output nor its temporary
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["teacher"]["config"].update(aspp_channels=-1),
+     r"field 'teacher.config.aspp_channels' is -1; it must be within \[1, 4096\]"),
+    (lambda m: m["teacher"]["config"].update(aspp_channels=10_000_000),
+     r"field 'teacher.config.aspp_channels' is 10000000"),
+    (lambda m: m["preprocess"].update(input_size=[100000, 100000]),
+     r"field 'preprocess.input_size' should be \[height, width\], integers from 32 to 8192"),
+    (lambda m: m["teacher"]["config"].update(num_classes="19"),
+     r"field 'teacher.config.num_classes' should be an integer, got '19'"),
+    (lambda m: m["teacher"].update(weights=""),
+     r"manifest\.yaml: field 'teacher.weights' is empty"),
+    (lambda m: m.update(anomaly={"weights": "teacher.safetensors", "memory_layers": ["c9"]}),
+     r"manifest\.yaml: field 'anomaly.memory_layers' should be a list of tap names"),
+])
+def test_bad_manifest_numbers_are_one_line_naming_the_field(tmp_path, edit, message):
+    """Each of these used to end in a traceback or a huge allocation (aspp_channels 10^7: 10 GB)
+    or blamed the wrong file; now the manifest is refused before anything is built."""
+    import yaml
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.errors import BundleError
+    path = _tiny(tmp_path)
+    manifest = yaml.safe_load((path / "manifest.yaml").read_text())
+    edit(manifest)
+    (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(path)
