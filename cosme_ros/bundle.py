@@ -252,6 +252,13 @@ class Bundle:
         return "anomaly" in self.manifest
 
     @property
+    def teacher_align_corners(self) -> bool:
+        """How the teacher upsamples its outputs (:func:`cosme_ros.nets.teacher_align_corners`)."""
+        from cosme_ros.nets import teacher_align_corners
+        t = self.manifest["teacher"]
+        return teacher_align_corners(t["arch"], t["config"])
+
+    @property
     def default_method(self) -> str:
         """The method ``auto`` stands for: :func:`default_method` of the manifest."""
         return default_method(self.manifest)
@@ -281,12 +288,14 @@ class Bundle:
         from cosme_ros.anomaly.scorers import AnomalyParts
         section = self.manifest.get("anomaly")
         if section is None:
-            return AnomalyParts(has_student=self.has_student)
+            return AnomalyParts(has_student=self.has_student,
+                                align_corners=self.teacher_align_corners)
         tensors = read_tensors(self.path / section["weights"], section.get("sha256"))
         kwargs = {k: tuple(section[k]) for k in ("memory_layers", "consensus_layers")
                   if k in section}
         try:
-            return AnomalyParts.from_tensors(tensors, has_student=self.has_student, **kwargs)
+            return AnomalyParts.from_tensors(tensors, has_student=self.has_student,
+                                             align_corners=self.teacher_align_corners, **kwargs)
         except (ValueError, KeyError) as exc:
             raise BundleError(f"{self.path / section['weights']}: {exc}") from None
 

@@ -136,9 +136,8 @@ class MultiMethodRunner:
                                               guide)[0].float().cpu().numpy()
         class_map = None
         if classes:
-            logits = torch.nn.functional.interpolate(teacher[O].float(), size=out_size,
-                                                     mode="bilinear", align_corners=False)
-            class_map = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            class_map = self.pipeline.postprocess(teacher[O].float(), out_size)[0] \
+                .to(torch.uint8).cpu().numpy()
         return class_map, scores
 
 

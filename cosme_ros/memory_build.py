@@ -63,7 +63,7 @@ from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
 from cosme_ros.anomaly.scorers import (CONSENSUS_LAYERS, MEMORY_LAYERS, AnomalyParts,
-                                       _resize, mulmem_gamma, predicted_classes)
+                                       mulmem_gamma, predicted_classes, resize)
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
@@ -412,6 +412,7 @@ def build_anomaly_parts(
         memory = {k: v.to(teacher.device) for k, v in builder.prototypes().items()}
         taps_needed = tuple(t for t in ALL_TAPS if t in set(layers) | {LH, O})
         num_classes = bundle.num_classes
+        align = bundle.teacher_align_corners   # resize the teacher's outputs as the scorers do
         acc_mulmem = ClassStatsAccumulator(num_classes)
         acc_sml = ClassStatsAccumulator(num_classes)
         acc_pans: Optional[ClassPrototypeAccumulator] = None
@@ -426,17 +427,17 @@ def build_anomaly_parts(
                                      f"classes but the manifest names {num_classes}")
                 if acc_pans is None:
                     acc_pans = ClassPrototypeAccumulator(num_classes, int(taps[LH].shape[1]))
-                gamma, classes = mulmem_gamma(taps, memory, layers)
+                gamma, classes = mulmem_gamma(taps, memory, layers, align)
                 acc_mulmem.update(gamma, classes)
                 for i, sample in enumerate(samples):
                     size = sample.image.shape[:2]
-                    values, cls = baselines.max_logit(_resize(taps[O][i:i + 1], size))
+                    values, cls = baselines.max_logit(resize(taps[O][i:i + 1], size, align))
                     acc_sml.update(values, cls)
                     if use_labels:
                         label = torch.from_numpy(sample.semantic).to(teacher.device)[None]
                         acc_pans.update(taps[LH][i:i + 1], label)
                 if not use_labels:
-                    pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]))
+                    pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]), align)
                     acc_pans.update(taps[LH], pseudo, ~torch.isin(pseudo, void))
                 pbar.update(1)
     finally:

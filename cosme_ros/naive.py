@@ -28,11 +28,11 @@ __all__ = ["naive_max_cosine", "cdist_max_cosine", "naive_gamma", "naive_psi", "
            "NaivePipeline"]
 
 
-def _up(x: Tensor, size: Tuple[int, int]) -> Tensor:
+def _up(x: Tensor, size: Tuple[int, int], align_corners: bool = False) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear",
-                         align_corners=False).squeeze(1)
+                         align_corners=align_corners).squeeze(1)
 
 
 def naive_max_cosine(features: Tensor, prototypes: Tensor) -> Tensor:
@@ -81,7 +81,7 @@ def _mulmem(s: "sc.MulMemScorer", teacher: Taps) -> Tensor:
     if not s.standardize:
         return raw
     logits = F.interpolate(teacher[O].float(), size=raw.shape[-2:], mode="bilinear",
-                           align_corners=False)
+                           align_corners=s.align_corners)
     return s.stats.standardize(raw, logits.argmax(dim=1))
 
 
@@ -104,10 +104,11 @@ def naive_score(scorer: "sc.Scorer", teacher: Taps, student: Optional[Taps],
         gamma = _mulmem(scorer.mulmem, teacher)
         psi = naive_psi(teacher, student, scorer.auxcon.layers)
         size = max(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]), key=lambda s: s[0] * s[1])
-        score = sc.cosme_fusion(_up(psi, size), _up(gamma, size), scorer.fusion)
+        align = scorer.align_corners
+        score = sc.cosme_fusion(_up(psi, size, align), _up(gamma, size, align), scorer.fusion)
     else:
         return scorer(teacher, student, out_size)
-    return _up(score.float(), out_size)
+    return _up(score.float(), out_size, scorer.align_corners)
 
 
 class NaivePipeline:
@@ -139,7 +140,7 @@ class NaivePipeline:
         # the scorer's own refinement: the guided filter has no naive form to compare
         score = self.scorer.refined(naive_score(self.scorer, teacher, student, out_size), guide)
         logits = F.interpolate(teacher[O].float(), size=out_size, mode="bilinear",
-                               align_corners=False)
+                               align_corners=self.scorer.align_corners)
         return logits.argmax(1), score
 
     def __call__(self, image_rgb: np.ndarray, out_size: Optional[Tuple[int, int]] = None) -> Result:

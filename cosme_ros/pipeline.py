@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from cosme_ros.anomaly.refine import guide_from_images
-from cosme_ros.anomaly.scorers import build_scorer
+from cosme_ros.anomaly.scorers import build_scorer, predicted_classes
 from cosme_ros.bundle import AUTO_METHOD, Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ordered
@@ -375,7 +375,10 @@ class Pipeline:
 
     def postprocess(self, logits: Tensor, out_size: Tuple[int, int]) -> Tensor:
         """Logits → class map (B, H, W) long at ``out_size``: the argmax of the bilinearly
-        upsampled logits (:func:`upsampled_argmax`)."""
+        upsampled logits, with the teacher's ``align_corners`` (:func:`upsampled_argmax` for
+        the usual False: the same map without upsampling every class)."""
+        if self.scorer.align_corners:
+            return predicted_classes(logits, out_size, align_corners=True)
         return upsampled_argmax(logits, out_size)
 
     @torch.inference_mode()

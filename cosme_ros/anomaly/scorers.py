@@ -61,7 +61,9 @@ class AnomalyParts:
     - ``mulmem_stats``: per-class mean/std of Γ over training pixels predicted as that class;
     - ``sml_stats``: per-class mean/std of the max logit (SML);
     - ``pans_prototypes``: ``(N_cls, C_lh)`` unit class prototypes (zero rows: unseen classes);
-    - ``has_student``: whether the bundle carries an AuxCon student.
+    - ``has_student``: whether the bundle carries an AuxCon student;
+    - ``align_corners``: how the teacher upsamples its outputs (:func:`teacher_align_corners`):
+      every scorer resizes the teacher's outputs and its maps that way.
     """
 
     memory: Optional[Dict[str, Tensor]] = None
@@ -71,6 +73,7 @@ class AnomalyParts:
     pans_prototypes: Optional[Tensor] = None
     has_student: bool = False
     consensus_layers: Tuple[str, ...] = CONSENSUS_LAYERS
+    align_corners: bool = False
 
     def __post_init__(self) -> None:
         self.memory_layers = parse_taps(self.memory_layers)
@@ -103,6 +106,7 @@ class AnomalyParts:
         has_student: bool = False,
         memory_layers: Iterable[str] = MEMORY_LAYERS,
         consensus_layers: Iterable[str] = CONSENSUS_LAYERS,
+        align_corners: bool = False,
     ) -> "AnomalyParts":
         """Inverse of :meth:`to_tensors`, validating every key; raises ValueError naming the
         offending key (the bundle reader prefixes the file). Absent groups stay ``None``: the
@@ -150,7 +154,7 @@ class AnomalyParts:
 
         return cls(memory=bank, memory_layers=memory_layers, mulmem_stats=stats["mulmem"],
                    sml_stats=stats["sml"], pans_prototypes=pans_p, has_student=bool(has_student),
-                   consensus_layers=consensus_layers)
+                   consensus_layers=consensus_layers, align_corners=bool(align_corners))
 
 
 def _check_unit_rows(key: str, t: Tensor, *, allow_zero_rows: bool) -> Tensor:
@@ -189,33 +193,38 @@ def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of ``(B,H,W)`` or ``(B,C,H,W)`` in fp32."""
+def resize(x: Tensor, size: Tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of ``(B,H,W)`` or ``(B,C,H,W)`` in fp32, with the teacher's
+    ``align_corners`` (:attr:`AnomalyParts.align_corners`)."""
     size = (int(size[0]), int(size[1]))
     x = x.float()
     if tuple(x.shape[-2:]) == size:
         return x
     if x.dim() == 3:
-        return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear",
+                             align_corners=align_corners).squeeze(1)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
 
 
 def _larger(a: Tuple[int, int], b: Tuple[int, int]) -> Tuple[int, int]:
     return a if a[0] * a[1] >= b[0] * b[1] else b
 
 
-def predicted_classes(logits: Tensor, size: Optional[Tuple[int, int]] = None) -> Tensor:
+def predicted_classes(logits: Tensor, size: Optional[Tuple[int, int]] = None,
+                      align_corners: bool = False) -> Tensor:
     """Class map ``(B,H,W)`` long: argmax of the logits resized bilinearly to ``size``.
 
     Resizing the logits (not the argmax) gives the same class map that the segmentation output
     shows after its own upsampling, and smooth class borders at a finer resolution.
     """
-    logits = logits if size is None else _resize(logits, size)
+    logits = logits if size is None else resize(logits, size, align_corners)
     return logits.argmax(dim=1)
 
 
 def mulmem_gamma(
-    teacher: Taps, bank: Mapping[str, Tensor], layers: Iterable[str] = MEMORY_LAYERS, **kw
+    teacher: Taps, bank: Mapping[str, Tensor], layers: Iterable[str] = MEMORY_LAYERS,
+    align_corners: bool = False, **kw
 ) -> Tuple[Tensor, Tensor]:
     """Raw Γ (Eq. 3–4) at the largest memory-layer resolution, and the class map there.
 
@@ -225,7 +234,7 @@ def mulmem_gamma(
     layers = tuple(layers)
     taps = {layer: teacher[layer] for layer in layers}
     gamma = memory.gamma(taps, {layer: bank[layer] for layer in layers}, **kw).float()
-    return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]))
+    return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]), align_corners)
 
 
 def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = "softplus") -> Tensor:
@@ -267,7 +276,8 @@ class Scorer(abc.ABC):
     """An anomaly method: ``scorer(teacher_taps, student_taps, out_size)`` → ``(B,H,W)`` fp32.
 
     Subclasses implement :meth:`score` at whatever resolution is natural for them; ``__call__``
-    checks the taps, then upsamples bilinearly (align_corners=False) to ``out_size``.
+    checks the taps, then upsamples bilinearly to ``out_size`` (with the teacher's
+    ``align_corners``, which :func:`build_scorer` sets from the bundle's parts).
     """
 
     name: str = ""
@@ -292,7 +302,7 @@ class Scorer(abc.ABC):
             if missing:
                 raise KeyError(f"method {self.name!r} needs student taps {missing} (got {sorted(student)})")
         out_size = (int(out_size[0]), int(out_size[1]))
-        out = _resize(self.score(teacher, student, out_size), out_size)
+        out = resize(self.score(teacher, student, out_size), out_size, self.align_corners)
         return self.refined(out, guide).contiguous()
 
     def refined(self, out: Tensor, guide: Optional[Tensor]) -> Tensor:
@@ -310,6 +320,8 @@ class Scorer(abc.ABC):
 
     #: ``(radius in network-input pixels, eps)`` of the guided filter, or None (plain bilinear).
     refinement: Optional[Tuple[int, float]] = None
+    #: The teacher's bilinear convention (:attr:`AnomalyParts.align_corners`).
+    align_corners: bool = False
     #: The network input's height, the unit of ``refine_radius`` (the pipeline that runs the
     #: scorer sets it; None: the output's height).
     input_height: Optional[int] = None
@@ -340,7 +352,8 @@ class LogitScorer(Scorer):
         self._kw = {"normalize": bool(normalize)} if name == "entropy" else {}
 
     def score(self, teacher, student, out_size):
-        logits = _resize(teacher[O], out_size) if self.upsample_logits else teacher[O]
+        logits = resize(teacher[O], out_size, self.align_corners) if self.upsample_logits \
+            else teacher[O]
         return self.FUNCS[self.name](logits, **self._kw)
 
 
@@ -359,12 +372,17 @@ class SMLScorer(Scorer):
         self.options = sml_options
 
     def score(self, teacher, student, out_size):
-        logits = _resize(teacher[O], out_size) if self.upsample_logits else teacher[O]
+        logits = resize(teacher[O], out_size, self.align_corners) if self.upsample_logits \
+            else teacher[O]
         return baselines.sml(logits, self.stats, **self.options)
 
 
 class PAnSScorer(Scorer):
-    """1 − max cosine between the teacher's LH feature and the class prototypes."""
+    """1 − max cosine between the teacher's LH feature and the class prototypes.
+
+    PAnS-*style*: Fontanel et al. train a cosine classifier whose weights are the prototypes;
+    here the prototypes are the class means of the teacher's LH features over the training
+    pixels (``cosme build-memory``), which needs no training. Its table rows say so."""
 
     def __init__(self, prototypes: Tensor, *, chunk_bytes: Optional[int] = None):
         self.name = "pans"
@@ -401,7 +419,7 @@ class MulMemScorer(Scorer):
         """Γ — standardised unless ``standardize=False`` — at its native resolution."""
         device = teacher[self.layers[0]].device
         bank = {k: v.to(device) for k, v in self.bank.items()}
-        raw, classes = mulmem_gamma(teacher, bank, self.layers, **self._kw)
+        raw, classes = mulmem_gamma(teacher, bank, self.layers, self.align_corners, **self._kw)
         if not self.standardize:
             return raw
         return self.stats.standardize(raw, classes).float()
@@ -444,7 +462,8 @@ class CosMeScorer(Scorer):
         gamma = self.mulmem.gamma(teacher)
         psi = self.auxcon.score(teacher, student, out_size)
         size = _larger(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]))
-        return cosme_fusion(_resize(psi, size), _resize(gamma, size), self.fusion)
+        return cosme_fusion(resize(psi, size, self.align_corners),
+                            resize(gamma, size, self.align_corners), self.fusion)
 
 
 # --------------------------------------------------------------------------- registry
@@ -539,6 +558,9 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
                              options.pop("refine_eps", None))
     scorer = _build(key, parts, options)
     scorer.refinement = refinement
+    scorer.align_corners = bool(parts.align_corners)
+    if isinstance(scorer, CosMeScorer):   # its parts resize too
+        scorer.mulmem.align_corners = scorer.auxcon.align_corners = scorer.align_corners
     return scorer
 
 

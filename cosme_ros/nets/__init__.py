@@ -16,6 +16,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def teacher_align_corners(arch: str, config: Mapping[str, Any]) -> bool:
+    """How a teacher upsamples its own outputs (bilinear ``align_corners``): the convention its
+    logits were trained and evaluated with, which every resize of its outputs follows. DeepLabV3+
+    records it in its config (VainF: False, the SML release: True); ESPNetv2 always uses True."""
+    if arch == "espnetv2":
+        return True
+    return bool(config.get("align_corners", False))
+
+
 def _builders() -> Dict[str, Callable[..., nn.Module]]:
     # Imported on use so that reading a manifest does not import every architecture.
     from cosme_ros.nets.deeplabv3plus import build_deeplabv3plus

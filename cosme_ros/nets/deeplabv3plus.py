@@ -395,6 +395,12 @@ def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = No
                               f"DeepLabV3Plus-Pytorch or NVIDIA/SML){hint}; "
                               f"keys look like {sample}")
     dropped: List[str] = []
+    if layout == VAINF and any(".body." in k for k in state):
+        raise CheckpointError(
+            f"{path}: a VainF DeepLabV3+ saved after convert_to_separable_conv (depthwise-"
+            f"separable convolutions in the ASPP and decoder, keys like "
+            f"{next(k for k in state if '.body.' in k)!r}); only the standard convolutions of "
+            f"the released checkpoints are supported: export the model before converting it")
     if layout == VAINF:
         mapped = map_vainf_keys(state, path)
     else:
