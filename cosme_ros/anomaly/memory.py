@@ -325,7 +325,9 @@ class MulMemBuilder:
     let high-norm pixels dominate and, with prototypes of norm 1 against feature norms of 10–100,
     the momentum would no longer mean "1 − m of the way" towards the assigned directions. The
     renormalisation keeps the prototypes on the unit sphere, which :func:`max_cosine` assumes.
-    Sums are accumulated in float64.
+    Sums are accumulated in float64. *This departs from the paper's text*, which averages the raw
+    features; an outside audit re-implemented the raw form and measured it equivalent on the demo
+    bundle's test split (MulMem AP 24.95 with raw means vs 24.89 here).
 
     **Distributed** (``torch.distributed`` initialised): every method is collective — all ranks
     must call it the same number of times. The equivalence, for both algorithms, is: *N processes,
