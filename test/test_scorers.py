@@ -249,9 +249,11 @@ def test_auxcon_scorer_is_psi():
 def test_cosme_fusion_by_hand():
     psi = torch.tensor([[[2.0, 3.0, 0.5]]])
     g = torch.tensor([[[0.0, -1.0, 2.0]]])
-    torch.testing.assert_close(cosme_fusion(psi, g),  # default: softplus
+    torch.testing.assert_close(cosme_fusion(psi, g, "softplus"),
                                torch.tensor([[[2 * math.log(2), 3 * math.log1p(math.exp(-1)),
                                                0.5 * math.log1p(math.exp(2))]]]))
+    # default: the paper's literal Eq. 8
+    torch.testing.assert_close(cosme_fusion(psi, g), cosme_fusion(psi, g, "signed"))
     torch.testing.assert_close(cosme_fusion(psi, g, "exp"),
                                torch.tensor([[[2.0, 3 / math.e, 0.5 * math.e**2]]]))
     torch.testing.assert_close(cosme_fusion(psi, g, "signed"), torch.tensor([[[0.0, -3.0, 1.0]]]))
