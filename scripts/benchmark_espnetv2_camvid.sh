@@ -28,6 +28,12 @@ METHODS=msp,maxlogit,entropy,sml,pans,mulmem,auxcon,cosme
 # The same eight with their maps re-fitted to the image by the guided filter (README, "Sharper
 # anomaly maps"): rows of the same tables.
 METHODS="$METHODS,$(echo "$METHODS" | sed 's/\([a-z]*\)/\1[refine=guided]/g')"
+# The ablation rows of BENCHMARKS.md ("Ablations"), including Eq. 8's fusions.
+ABLATIONS="mulmem[standardize=false],mulmem[layers=c4+c5,standardize=false]"
+ABLATIONS="$ABLATIONS,mulmem[layers=lh,standardize=false],auxcon[layers=c4],auxcon[layers=c3+c4+c5]"
+ABLATIONS="$ABLATIONS,auxcon[layers=lh],cosme[fusion=exp],cosme[fusion=signed],cosme[fusion=raw]"
+ABLATIONS="$ABLATIONS,cosme[fusion=raw,layers=c4+c5],cosme[consensus=c4,fusion=raw]"
+METHODS="$METHODS,${BENCH_ABLATIONS-$ABLATIONS}"
 
 bash scripts/setup_env.sh >/dev/null
 cosme() { .venv/bin/python -m cosme_ros.cli.main "$@"; }

@@ -9,7 +9,8 @@
 #   3. cosme build-memory   MulMem at c4, c5, lh (K prototypes) + SML / MulMem statistics + PAnS
 #   4. cosme train-student  the AuxCon student, ResNet-18 width 0.5
 #   5. cosme evaluate       every method on the test split
-#   6. scripts/model_card.py  README.md of the bundle (training records + the evaluate table)
+#   6. cosme calibrate      anomaly thresholds at 1 % false positives on the val split, per method
+#   7. scripts/model_card.py  README.md of the bundle (training records + the evaluate table)
 #
 # The network weights are stored in fp16 (BatchNorm statistics and the anomaly part stay fp32;
 # loading casts back to fp32) right after each network is trained, so that the memory, the
@@ -179,6 +180,10 @@ if [ "$fp16" = 1 ]; then step fp16-student half student; fi
 step evaluate cosme evaluate --bundle "$bundle" --data "synthetic:$world/test" \
   --methods "$METHODS" --device "$DEVICE" --force \
   --json "$work/evaluate.json" --markdown "$work/evaluate.md"
+# the node's anomaly_threshold: auto, per method, plain and refined: 1 % of the val split's pixels
+step calibrate cosme calibrate --bundle "$bundle" --data "synthetic:$world/val" --fpr 0.01 \
+  --methods "$METHODS,$(echo "$METHODS" | sed 's/\([a-z]*\)/\1[refine=guided]/g')" \
+  --device "$DEVICE" --json "$work/calibrate.json" --force
 rm -f "$done_dir/model-card"   # the card always reflects this run's timings
 step model-card "$py" scripts/model_card.py --bundle "$bundle" --evaluate "$work/evaluate.json" \
   --timings "$timings" --world "$world" --out "$bundle/README.md"

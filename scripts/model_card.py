@@ -243,7 +243,12 @@ def data_section(manifest: Mapping, world: Dict[str, Dict]) -> List[str]:
     else:
         lines += [f"`{rec.get('data', '?')}` ({rec.get('images', '?')} images), validated on "
                   f"`{rec.get('val', '?')}` ({rec.get('val_images', '?')} images).", ""]
-    lines += ["No third-party data or pretrained weights were used.", ""]
+    if rec.get("pretrained"):
+        lines += ["No third-party data was used. The teacher's backbone starts from ImageNet "
+                  "weights (MobileNetV2, Apache-2.0; see Teacher); nothing else is pretrained.",
+                  ""]
+    else:
+        lines += ["No third-party data or pretrained weights were used.", ""]
     return lines
 
 
@@ -258,8 +263,8 @@ def teacher_section(manifest: Mapping) -> List[str]:
         (f", {rec['threads']} thread(s)" if rec.get("threads") else "")
     pre = rec.get("pretrained")
     start = (f"From the ImageNet weights of the backbone (`{pre.get('file')}`, Apache-2.0: "
-             f"`LICENSE.mobilenet_v2` beside this card; backbone BatchNorm "
-             f"{pre.get('batchnorm')})" if pre else "From scratch")
+             f"`LICENSE.mobilenet_v2` beside this card; BatchNorm {pre.get('batchnorm')})"
+             if pre else "From scratch")
     lines += [
         f"{start}, trained by `{src.get('trained_by', 'cosme train-teacher')}`: plain "
         "cross-entropy (void ignored).", "",
@@ -391,6 +396,23 @@ def evaluation_section(ev: Mapping) -> List[str]:
     return lines
 
 
+def thresholds_section(manifest: Mapping) -> List[str]:
+    entries: Mapping[str, Mapping[str, Any]] = manifest.get("thresholds") or {}
+    if not entries:
+        return []
+    first = next(iter(entries.values()))
+    rows = [[f"`{k}`", f"{e['value']:.4g}", pct(e.get("measured_fpr"), 2) + " %"]
+            for k, e in entries.items()]
+    return ["## Anomaly thresholds", "",
+            f"`cosme calibrate` on `{first.get('data')}` ({first.get('images')} images, "
+            f"{first.get('precision')} networks as the node runs them): the score that "
+            f"{100 * float(first.get('fpr', 0)):g} % of the in-distribution pixels exceed, per "
+            "method. "
+            "`cosme_node` uses the one for its method when `anomaly_threshold` is `auto` (the "
+            "default).", "",
+            table(["method", "threshold", "in-distribution above"], rows, "lrr"), ""]
+
+
 def build_section(timings: Dict[str, Any]) -> List[str]:
     steps = timings["steps"]
     if not steps:
@@ -414,7 +436,8 @@ def card(bundle: Path, evaluation: Mapping, timings: Optional[Path] = None,
     for part in (header_section(manifest, bundle), contents_section(manifest, bundle),
                  data_section(manifest, read_world(world)), teacher_section(manifest),
                  student_section(manifest), memory_section(manifest),
-                 evaluation_section(evaluation), build_section(read_timings(timings))):
+                 evaluation_section(evaluation), thresholds_section(manifest),
+                 build_section(read_timings(timings))):
         lines += part
     return "\n".join(lines).rstrip() + "\n"
 

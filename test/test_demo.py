@@ -224,6 +224,10 @@ def test_model_card_from_manifest_and_evaluation(tiny_bundle, tmp_path):
 # ----------------------------------------------------------------------------- the build script
 
 def _build_tiny(out: Path, work: Path) -> subprocess.CompletedProcess:
+    from conftest import SHARED_DATA
+    weights = SHARED_DATA / "backbones" / "mobilenet_v2_1.0_imagenet"
+    if not weights.is_dir():
+        pytest.skip(f"{weights} is absent: the demo teacher starts from these ImageNet weights")
     env = dict(os.environ, OMP_NUM_THREADS="1", DEMO_TRAIN_N="8", DEMO_VAL_N="4",
                DEMO_TEST_N="4", DEMO_SIZE="64x128", DEMO_EPOCHS="1", DEMO_STUDENT_EPOCHS="1",
                DEMO_K="16", DEMO_BATCH="4", DEMO_WORKERS="1", DEMO_WORK=str(work),
@@ -241,7 +245,8 @@ def test_build_script_end_to_end_at_tiny_sizes(tmp_path):
     out = tmp_path / "demo"
     proc = _build_tiny(out, tmp_path / "work")
     assert re.search(r"total \(this run\): ", proc.stdout)
-    for step in ("synth-train", "train-teacher", "build-memory", "train-student", "evaluate"):
+    for step in ("synth-train", "train-teacher", "build-memory", "train-student", "evaluate",
+                 "calibrate"):
         assert re.search(rf"^  {step} +\d+\.\d s$", proc.stdout, re.M), step
     from cosme_ros.bundle import Bundle
     bundle = Bundle.load(out)
@@ -252,6 +257,15 @@ def test_build_script_end_to_end_at_tiny_sizes(tmp_path):
     assert "| cosme |" in card and "fp16 (BatchNorm statistics fp32)" in card
     assert not math.isnan(bundle.manifest["teacher"]["source"]["train"]["miou"])
     assert not list(tmp_path.glob(".demo.*"))  # the temporary copy was renamed into place
+    # the ImageNet-pretrained teacher, its licence beside the bundle, hashes and thresholds
+    teacher = bundle.manifest["teacher"]
+    assert teacher["config"]["backbone"] == "mobilenetv2"
+    assert teacher["source"]["train"]["pretrained"]["weights"] == "imagenet"
+    assert "Apache License" in (out / "LICENSE.mobilenet_v2").read_text()
+    assert all(len(bundle.manifest[p]["sha256"]) == 64 for p in ("teacher", "student", "anomaly"))
+    for key in ("cosme", "cosme[refine=guided]", "maxlogit"):
+        assert bundle.threshold(key) is not None, key
+    assert "## Anomaly thresholds" in card
 
 
 @pytest.mark.slow
