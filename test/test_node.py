@@ -500,10 +500,16 @@ def test_corrupt_compressed_rejected_by_the_worker(ros, bundle_dir):
         node.pipeline.calls.clear()
         assert node._sub.topic_name == "/fake/image/compressed"
         msg = _compressed(np.zeros((8, 8, 3), np.uint8), ".jpg", "jpeg", 1)
-        msg.data = bytes(msg.data)[:100] + bytes(50)
+        msg.data = bytes(msg.data)[:100] + bytes(50)   # cut before the frame header
         node._on_compressed(msg)
         node._process_latest()
         assert node.stats.rejected == 1 and not node.pipeline.calls
+        assert "refused: JPEG without a frame header" in node.monitor.last_rejection
+        msg = _compressed(np.zeros((8, 8, 3), np.uint8), ".png", "png", 1)
+        msg.data = bytes(msg.data)[:40] + bytes(50)    # header intact, data broken
+        node._on_compressed(msg)
+        node._process_latest()
+        assert node.stats.rejected == 2 and not node.pipeline.calls
         assert "undecodable" in node.monitor.last_rejection
     finally:
         node.destroy_node()

@@ -250,8 +250,9 @@ def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION) -> Te
     - ``"signed"`` (default): Υ = Ψ · Γ_std, the paper's Eq. 8 as written. The monotone variants
       below were the default before; measured on six renders of the synthetic test split with
       both demo teachers, the literal product is at least as good in AP and better in FPR95
-      (the 95 %-TPR threshold sits where Γ_std > 0, so the flip below 0 costs nothing there),
-      and on Road Anomaly / FS Static the variants tie (BENCHMARKS.md, "Eq. 8").
+      (the 95 %-TPR threshold sits where Γ_std > 0, so the flip below 0 costs nothing there);
+      on Road Anomaly / FS Static they tie in AP and softplus is 1.3–1.6 points lower in FPR95
+      (BENCHMARKS.md, "Eq. 8").
     - ``"softplus"``: Υ = Ψ · log(1 + e^{Γ_std}) — positive, monotone in Ψ and Γ_std, equal to
       Ψ · Γ_std for Γ_std ≫ 0; bends exactly where the 95 %-TPR threshold sits.
     - ``"exp"``: Υ = Ψ · e^{Γ_std}, i.e. log Υ = log Ψ + Γ_std — monotone, weights the memory
