@@ -258,6 +258,7 @@ def _as_double(param: Parameter) -> Parameter:
         return param
     return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
 
+
 _TYPE_NAMES = {str: "a string", float: "a number", int: "an integer", bool: "a bool"}
 
 
@@ -277,6 +278,12 @@ class Settings:
     output_resolution: str
     input_transport: str
     input_qos: str
+
+    def refine_options(self) -> dict:
+        """The Pipeline's refinement keywords (none for ``refine: none``)."""
+        return {} if self.refine == "none" else {
+            "refine": self.refine, "refine_radius": self.refine_radius,
+            "refine_eps": self.refine_eps}
 
 
 # ----------------------------------------------------------------------------- the node
@@ -407,8 +414,7 @@ class CosmeNode(Node):
             raise StartupError(f"parameter 'bundle': {exc}") from None
         if s.method == _auto_method():
             s = replace(s, method=bundle.default_method)
-        refine = {} if s.refine == "none" else {
-            "refine": s.refine, "refine_radius": s.refine_radius, "refine_eps": s.refine_eps}
+        refine = s.refine_options()
         try:
             pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
                                              input_size=s.input_size, precision=s.precision,
@@ -436,9 +442,7 @@ class CosmeNode(Node):
     def _calibrated_threshold(self, s: Settings) -> Tuple[str, Optional[float]]:
         """The bundle's threshold for the method as the node runs it (refinement included)."""
         from cosme_ros.calibration import resolve_threshold
-        refine = {} if s.refine == "none" else {
-            "refine": s.refine, "refine_radius": s.refine_radius, "refine_eps": s.refine_eps}
-        key, value = resolve_threshold(self.pipeline.bundle, s.method, refine)
+        key, value = resolve_threshold(self.pipeline.bundle, s.method, s.refine_options())
         if parse_threshold(self._param("anomaly_threshold")) is not None:
             pass   # the parameter overrides it; /diagnostics says which is in use
         elif value is None:
