@@ -323,6 +323,16 @@ class Client:
             self.node.destroy_subscription(s)
         self.node.destroy_publisher(self.pub)
 
+    def forget(self, stamp_sec: Optional[int] = None) -> None:
+        """Drop what was received: everything, or only the image messages stamped ``stamp_sec``
+        (with their arrival and publication times)."""
+        for topic in self.received:
+            keep = [stamp_sec is not None and (getattr(m, "header", None) is None
+                                               or m.header.stamp.sec != stamp_sec)
+                    for m in self.received[topic]]
+            for store in (self.received, self.arrivals, self.published):
+                store[topic] = [x for x, k in zip(store[topic], keep) if k]
+
     def wait_connected(self, timeout: float = 30.0) -> None:
         ok = spin_until(self.session.executor,
                         lambda: self.pub.get_subscription_count() >= 1
