@@ -116,9 +116,13 @@ AUTO_METHOD = "auto"
 
 
 def default_method(manifest: Dict[str, Any]) -> str:
-    """The best method a bundle supports — what :data:`AUTO_METHOD` means: CosMe (Eq. 8) when
-    the bundle has a memory and a student, otherwise MaxLogit, which needs the teacher alone."""
-    return "cosme" if "student" in manifest and "anomaly" in manifest else "maxlogit"
+    """The best method a bundle supports — what :data:`AUTO_METHOD` means: the method spec the
+    bundle names (``anomaly.default_method``, set by ``cosme bundle set-default`` from
+    measurements on its development data) when it has a memory and a student, else CosMe
+    (Eq. 8) when it has both, otherwise MaxLogit, which needs the teacher alone."""
+    if "student" in manifest and "anomaly" in manifest:
+        return str(manifest["anomaly"].get("default_method") or "cosme")
+    return "maxlogit"
 
 
 @dataclass
@@ -221,6 +225,8 @@ class Bundle:
                                            and all(v in ALL_TAPS for v in anomaly[key])):
                     raise BundleError(f"{where}: field 'anomaly.{key}' should be a list of tap "
                                       f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}")
+            if "default_method" in anomaly:
+                _check_default_method(anomaly["default_method"], where)
         thresholds = manifest.get("thresholds", {})
         if not isinstance(thresholds, dict):
             raise BundleError(f"{where}: field 'thresholds' should be a mapping of method to "
@@ -283,6 +289,16 @@ class Bundle:
         _load_weights(module, self.path / section["weights"], section.get("sha256"))
         return module.eval()
 
+    def student_sha256(self) -> Optional[str]:
+        """The student's weights' SHA-256: the manifest's, or (bundles written before parts
+        carried one) the file's own."""
+        section = self.manifest.get("student")
+        if section is None:
+            return None
+        if section.get("sha256"):
+            return str(section["sha256"])
+        return hashlib.sha256((self.path / section["weights"]).read_bytes()).hexdigest()
+
     def anomaly_parts(self):
         """The scorers' view of the bundle: memory, statistics, whether a student exists."""
         from cosme_ros.anomaly.scorers import AnomalyParts
@@ -294,10 +310,19 @@ class Bundle:
         kwargs = {k: tuple(section[k]) for k in ("memory_layers", "consensus_layers")
                   if k in section}
         try:
-            return AnomalyParts.from_tensors(tensors, has_student=self.has_student,
-                                             align_corners=self.teacher_align_corners, **kwargs)
+            parts = AnomalyParts.from_tensors(tensors, has_student=self.has_student,
+                                              align_corners=self.teacher_align_corners, **kwargs)
         except (ValueError, KeyError) as exc:
             raise BundleError(f"{self.path / section['weights']}: {exc}") from None
+        if parts.psi_stats is not None:
+            # Ψ statistics describe one student (psi_stats.py): a replaced one makes them stale.
+            gathered = (section.get("psi_stats") or {}).get("student_sha256")
+            current = self.student_sha256()
+            if gathered is None or gathered != current:
+                parts.psi_stats = None
+                parts.psi_stats_note = (f"{self.path / section['weights']} has them for "
+                                        f"another student than {self.path / STUDENT_FILE}")
+        return parts
 
     def threshold(self, key: str) -> Optional[float]:
         """The calibrated anomaly threshold for a method key
@@ -307,11 +332,13 @@ class Bundle:
 
     # -- writing
 
-    def write_part(self, part: str, section: Dict[str, Any], tensors: Mapping[str, Tensor]) -> None:
+    def write_part(self, part: str, section: Dict[str, Any], tensors: Mapping[str, Tensor],
+                   keep_thresholds: bool = False) -> None:
         """Add or replace ``student`` or ``anomaly``: tensors first, then the manifest, both atomic.
 
         A crash between the two leaves the old manifest pointing at the old, still-valid data.
-        Calibrated thresholds are dropped: they were measured with the part this replaces.
+        Calibrated thresholds are dropped — they were measured with the part this replaces —
+        unless ``keep_thresholds`` (the caller only adds what no existing score uses).
         """
         if part not in ("student", "anomaly"):
             raise ValueError(f"unknown bundle part {part!r}")
@@ -319,7 +346,23 @@ class Bundle:
         sha = write_tensors(self.path / filename, tensors)
         manifest = copy.deepcopy(self.manifest)
         manifest[part] = {**section, "weights": filename, "sha256": sha}
-        manifest.pop("thresholds", None)
+        if not keep_thresholds:
+            manifest.pop("thresholds", None)
+        write_manifest(self.path, manifest)
+        self.manifest = manifest
+
+    def set_default_method(self, spec: Optional[str]) -> None:
+        """Name the method spec that ``auto`` runs (None: back to :func:`default_method`'s
+        rule). The caller checks that the bundle's parts can run it."""
+        if "anomaly" not in self.manifest or "student" not in self.manifest:
+            raise BundleError(f"{self.path}: a default method needs the anomaly part and the "
+                              f"student (`auto` is maxlogit without them)")
+        manifest = copy.deepcopy(self.manifest)
+        if spec is None:
+            manifest["anomaly"].pop("default_method", None)
+        else:
+            _check_default_method(spec, str(self.path / MANIFEST))
+            manifest["anomaly"]["default_method"] = spec
         write_manifest(self.path, manifest)
         self.manifest = manifest
 
@@ -330,6 +373,17 @@ class Bundle:
                                   **{k: dict(v) for k, v in entries.items()}}
         write_manifest(self.path, manifest)
         self.manifest = manifest
+
+
+def _check_default_method(value: Any, where: str) -> None:
+    from cosme_ros.anomaly.method_spec import check_run_spec
+    from cosme_ros.anomaly.scorers import METHODS
+    try:
+        if not isinstance(value, str):
+            raise ValueError(f"not a string: {value!r}")
+        check_run_spec(value, METHODS)
+    except ValueError as exc:
+        raise BundleError(f"{where}: field 'anomaly.default_method': {exc}") from None
 
 
 def _check_file(root: Path, name: str, where: str, key: str) -> None:
@@ -435,6 +489,7 @@ def store_half(bundle: str | Path, parts: Sequence[str] = HALF_PARTS) -> Dict[st
 
     Raises BundleError when a weight does not fit fp16 (|w| > 65504)."""
     b = Bundle.load(bundle)
+    old_student = b.student_sha256()
     sizes = {}
     manifest = copy.deepcopy(b.manifest)
     for part in parts:
@@ -454,5 +509,9 @@ def store_half(bundle: str | Path, parts: Sequence[str] = HALF_PARTS) -> Dict[st
             out[key] = t
         manifest[part]["sha256"] = write_tensors(path, out)
         sizes[section["weights"]] = (before, path.stat().st_size)
+        psi_stats = manifest.get("anomaly", {}).get("psi_stats")
+        if part == "student" and psi_stats and psi_stats.get("student_sha256") == old_student:
+            # the same student, rounded to fp16: its Ψ statistics still describe it
+            psi_stats["student_sha256"] = manifest[part]["sha256"]
     write_manifest(b.path, manifest)
     return sizes

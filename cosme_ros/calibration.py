@@ -52,10 +52,11 @@ def threshold_key(spec: str) -> str:
 
 
 def method_key(method: str, refine: Optional[Mapping[str, object]] = None) -> str:
-    """:func:`threshold_key` of a method as the node and replay run it: its name and the
-    Pipeline's refinement keywords (``{}`` or ``{"refine": "guided", "refine_radius": 8, …}``)."""
-    options = {k: v for k, v in (refine or {}).items() if v is not None}
-    return threshold_key(canonical(method, options))
+    """:func:`threshold_key` of a method as the node and replay run it: its spec (name and
+    scorer options, e.g. ``cosme[consensus=c4]``) and the Pipeline's refinement keywords (``{}`` or ``{"refine": "guided", "refine_radius": 8, …}``)."""
+    name, options = parse_method(method)
+    options = {**options, **{k: v for k, v in (refine or {}).items() if v is not None}}
+    return threshold_key(canonical(name, options))
 
 
 def resolve_threshold(bundle, method: str, refine: Optional[Mapping[str, object]] = None

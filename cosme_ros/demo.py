@@ -144,12 +144,15 @@ def resolve_bundle(bundle: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
 
 
 def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
+    from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.scorers import METHODS
     from cosme_ros.bundle import default_method
     if method is None:
         return default_method(manifest)
-    if method not in METHODS:
-        raise CosmeError(f"--method {method!r}: unknown (use one of: {', '.join(METHODS)})")
+    try:
+        check_run_spec(method, METHODS)
+    except ValueError as exc:
+        raise CosmeError(f"--method {method!r}: {exc}") from None
     return method
 
 

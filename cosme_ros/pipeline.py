@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.scorers import build_scorer, predicted_classes
+from cosme_ros.anomaly.method_spec import REFINE_OPTIONS, canonical, parse_method
 from cosme_ros.bundle import AUTO_METHOD, Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ordered
@@ -267,8 +268,10 @@ def resize_frames(images_rgb: Sequence[np.ndarray], size: Tuple[int, int]) -> Li
 class Pipeline:
     """A bundle's teacher (+ student) and one anomaly scorer, ready to run on frames.
 
-    ``method``: a name of :data:`~cosme_ros.anomaly.scorers.METHODS`, or ``"auto"`` for the best
-    the bundle supports (:attr:`Bundle.default_method`); ``self.method`` is the resolved name.
+    ``method``: a method spec — a name of :data:`~cosme_ros.anomaly.scorers.METHODS`, optionally
+    with scorer options in brackets (``cosme[consensus=c4]``, :mod:`.anomaly.method_spec`) — or
+    ``"auto"`` for the bundle's default (:attr:`Bundle.default_method`); ``self.method`` is the
+    resolved spec in canonical form.
 
     ``precision``: ``fp32`` (default: the reference numbers), ``bf16`` or ``auto`` (see
     :func:`resolve_precision`). ``threads``: if given, ``torch.set_num_threads`` — process-wide;
@@ -297,14 +300,19 @@ class Pipeline:
         if method == AUTO_METHOD:
             method = bundle.default_method
         # Build the scorer first: a method whose parts are missing fails before any weights load.
-        options = {k: v for k, v in (("refine_radius", refine_radius), ("refine_eps", refine_eps))
-                   if v is not None}
+        options = {k: v for k, v in (("refine", refine), ("refine_radius", refine_radius),
+                                     ("refine_eps", refine_eps)) if v is not None}
         try:
-            self.scorer = build_scorer(method, bundle.anomaly_parts(), refine=refine, **options)
+            name, spec_options = parse_method(method)
+            if refine != "none" and any(k in spec_options for k in REFINE_OPTIONS):
+                raise ValueError(f"method {method!r}: refinement given both in the spec and as "
+                                 f"refine={refine}")
+            self.scorer = build_scorer(name, bundle.anomaly_parts(),
+                                       **{**options, **spec_options})
         except ValueError as exc:
             raise CosmeError(str(exc)) from None
         self.scorer.input_height = self.input_size[0]
-        self.method = method
+        self.method = canonical(name, spec_options)
         self._extra_taps = (tuple(teacher_taps), tuple(student_taps))
         self.teacher = bundle.teacher().to(self.device)
         self.student = bundle.student().to(self.device) if self.student_taps else None

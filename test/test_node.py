@@ -414,7 +414,9 @@ def test_sigint_exits_cleanly(bundle_dir, ros):
 
 @pytest.mark.parametrize("params,message", [
     ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
-    ({"method": "nonsense"}, "parameter 'method': unknown value 'nonsense'"),
+    ({"method": "nonsense"}, "parameter 'method': unknown method 'nonsense'"),
+    ({"method": "cosme[refine=guided]"}, "refine is a parameter of its own here"),
+    ({"method": "cosme[fusion=nonsense]"}, "unknown CosMe fusion 'nonsense'"),
     ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
 ])
 def test_invalid_parameter_fails_start_up(bundle_dir, params, message):

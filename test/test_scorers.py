@@ -272,7 +272,7 @@ def test_cosme_fusion_is_monotone_in_psi_where_the_literal_product_is_not():
     assert b[0, 0, 1] < a[0, 0, 1]  # the literal Ψ·Γ_std flips
 
 
-@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f != "zsum"])
 def test_cosme_scorer_composes_eq8(fusion):
     teacher, student, p = _taps(26), _taps(27), _parts()
     gamma, classes = mulmem_gamma(teacher, p.memory)  # 8×8

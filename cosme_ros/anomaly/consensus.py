@@ -68,18 +68,42 @@ def distillation_loss(
     return total
 
 
-def psi_layer(f: Tensor, g: Tensor) -> Tensor:
-    """Eq. 6: ψ_ij = (1/C) ‖f_ij − g_ij‖²₂ for one layer — ``(B,C,H,W)`` × 2 → ``(B,H,W)`` fp32.
+#: How ψ measures the disagreement at a pixel (:func:`psi_layer`); ``"l2"`` is Eq. 6.
+DISTANCES: Tuple[str, ...] = ("l2", "relative", "cosine")
+# Guards 0/0 where a feature vector is exactly zero (after a ReLU): such a pixel counts as agreeing.
+_EPS = 1e-12
 
-    Computed in fp32 whatever the input dtype (see the module note on fp16 overflow).
+
+def psi_layer(f: Tensor, g: Tensor, distance: str = "l2") -> Tensor:
+    """ψ for one layer — ``(B,C,H,W)`` × 2 → ``(B,H,W)`` fp32.
+
+    - ``"l2"`` — Eq. 6: ψ_ij = (1/C) ‖f_ij − g_ij‖²₂.
+    - ``"relative"`` — ‖f_ij − g_ij‖²₂ / ‖f_ij‖²₂: Eq. 6 divided by the teacher's own feature
+      energy (×C). Eq. 6 grows with ‖f‖, so it is high wherever the teacher's features are
+      strong — class boundaries, textured in-distribution objects — whether or not they are
+      novel (BENCHMARKS.md, "A scale-free Ψ"); this removes that scale.
+    - ``"cosine"`` — 1 − cos(f_ij, g_ij) ∈ [0, 2]: the disagreement in direction only.
+
+    The last two are beyond the paper (``"l2"`` is its form). Computed in fp32 whatever the input
+    dtype (see the module note on fp16 overflow).
     """
     if f.shape != g.shape:
         raise ValueError(f"psi_layer: teacher {tuple(f.shape)} and student {tuple(g.shape)} differ")
     if f.dim() != 4:
         raise ValueError(f"psi_layer expects (B,C,H,W) maps, got {tuple(f.shape)}")
+    if distance == "cosine":
+        f, g = f.float(), g.float()
+        dot = (f * g).sum(dim=1)
+        norms = f.square().sum(dim=1).mul_(g.square().sum(dim=1)).sqrt_()
+        return 1.0 - dot / norms.clamp_min(_EPS)
+    if distance not in ("l2", "relative"):
+        raise ValueError(f"unknown consensus distance {distance!r}; choose one of "
+                         f"{', '.join(DISTANCES)}")
     diff = f.float() - g.float()
     sq = diff.square() if diff.requires_grad else diff.square_()  # in place saves a copy
-    return sq.mean(dim=1)
+    if distance == "l2":
+        return sq.mean(dim=1)
+    return sq.sum(dim=1) / f.float().square().sum(dim=1).clamp_min(_EPS)
 
 
 def _resize(x: Tensor, size: Tuple[int, int]) -> Tensor:
@@ -93,8 +117,10 @@ def psi(
     student: Taps,
     layers: Sequence[str] = CONSENSUS_LAYERS,
     size: Optional[Tuple[int, int]] = None,
+    distance: str = "l2",
 ) -> Tensor:
-    """Eq. 7: Ψ_ij = Π_{l∈Le} ψ^(l)_ij → ``(B,H,W)`` fp32.
+    """Eq. 7: Ψ_ij = Π_{l∈Le} ψ^(l)_ij → ``(B,H,W)`` fp32, each ψ by ``distance``
+    (:func:`psi_layer`).
 
     Each ψ^(l) is upsampled bilinearly (align_corners=False) to ``size`` before the product;
     ``size`` defaults to the largest (H·W) resolution among the layers. Bilinear interpolation
@@ -103,7 +129,7 @@ def psi(
     layers = tuple(layers)
     if not layers:
         raise ValueError("psi needs at least one layer")
-    maps = [psi_layer(*_pair(teacher, student, layer)) for layer in layers]
+    maps = [psi_layer(*_pair(teacher, student, layer), distance) for layer in layers]
     if size is None:
         size = max((tuple(m.shape[-2:]) for m in maps), key=lambda hw: hw[0] * hw[1])
     size = (int(size[0]), int(size[1]))

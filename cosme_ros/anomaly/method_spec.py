@@ -56,10 +56,32 @@ def _number(kind: type) -> Callable[[str], object]:
 OPTION_TYPES: Dict[str, Callable[[str], object]] = {
     "upsample_logits": _bool, "normalize": _bool, "standardize": _bool,
     "boundary_suppression": _bool, "smoothing": _bool,
+    "standardize_psi": _bool, "boundary": _bool, "distance": str,
     "chunk_bytes": _number(int), "layers": _taps, "consensus": _taps, "fusion": str,
     "refine": str, "refine_radius": _number(int), "refine_eps": _number(float),
     **{k: _number(type(v)) for k, v in baselines.SML_DEFAULTS.items()},
 }
+
+
+#: Options that belong to a shell's own ``refine`` parameters, not to a method spec it runs.
+REFINE_OPTIONS = ("refine", "refine_radius", "refine_eps")
+
+
+def check_run_spec(spec: str, names: Sequence[str]) -> MethodSpec:
+    """A method spec that the node, replay or the demo runs: parsed, its name one of ``names``
+    (the methods and ``auto``), no refinement inside (those shells take ``refine`` on its own)
+    and no options on ``auto``. Raises ValueError with the reason."""
+    name, options = parse_method(spec)
+    if name not in names:
+        raise ValueError(f"unknown method {name!r} (use one of: {', '.join(names)}, with "
+                         f"options in brackets, e.g. cosme[consensus=c4])")
+    inside = [k for k in options if k in REFINE_OPTIONS]
+    if inside:
+        raise ValueError(f"method {spec!r}: {', '.join(inside)} is a parameter of its own here, "
+                         f"not a method option")
+    if options and name == "auto":
+        raise ValueError(f"method {spec!r}: 'auto' takes no options")
+    return name, options
 
 
 def split_methods(text: str) -> List[str]:

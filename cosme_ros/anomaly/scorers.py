@@ -18,6 +18,11 @@ auxcon       Ψ of Eq. 6–7                         (teacher and student consen
 cosme        Υ = Ψ · Γ′ of Eq. 8                  (both)
 ===========  ===========================================================================
 
+AuxCon and CosMe also take the scale-free Ψ (beyond the paper; its default is the paper's form):
+``distance`` (``l2`` = Eq. 6, ``relative``, ``cosine``; :func:`.consensus.psi_layer`),
+``standardize`` / ``standardize_psi`` (Ψ per predicted class with training statistics, as Γ is)
+and ``boundary`` (SML's boundary suppression of that z-score).
+
 Every method also takes ``refine=guided`` (``refine_radius``, ``refine_eps``): its upsampled map
 is then re-fitted to the camera image's edges by the guided filter (:mod:`.refine`), which needs
 the image as ``guide``. Off by default: the paper's maps are plain bilinear upsampling.
@@ -36,20 +41,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import MissingPartError
-from ..nets.taps import LH, O, Taps, ordered, parse_taps
+from ..nets.taps import ALL_TAPS, LH, O, Taps, ordered, parse_taps
 from . import baselines, consensus, memory, refine
 from .standardize import ClassStats
 
 METHODS: Tuple[str, ...] = ("msp", "maxlogit", "entropy", "sml", "pans", "mulmem", "auxcon", "cosme")
 MEMORY_LAYERS: Tuple[str, ...] = ("c4", "c5", "lh")
 CONSENSUS_LAYERS: Tuple[str, ...] = consensus.CONSENSUS_LAYERS
-FUSIONS: Tuple[str, ...] = ("signed", "softplus", "exp", "raw")
+FUSIONS: Tuple[str, ...] = ("signed", "softplus", "exp", "raw", "zsum")
+#: The fusions that take a standardised Ψ (a z-score, negative for half the pixels).
+Z_FUSIONS: Tuple[str, ...] = ("softplus", "zsum")
 #: Eq. 8 as the paper writes it; chosen on measurements (BENCHMARKS.md, "Eq. 8").
 DEFAULT_FUSION = "signed"
 REFINEMENTS: Tuple[str, ...] = ("none", "guided")
 
 _BUILD_MEMORY = "cosme build-memory --bundle DIR --data KIND:PATH"
 _TRAIN_STUDENT = "cosme train-student --bundle DIR --data KIND:PATH"
+_PSI_STATS = "cosme train-student --stats-only --bundle DIR --data KIND:PATH"
+
+
+def psi_key(distance: str, layers: Iterable[str]) -> str:
+    """The name of the Ψ statistics for ``distance`` over the consensus layers ``layers``
+    (``"cosine.c5"``, ``"l2.c4+c5"``): the tensors are ``psi.<key>.mean`` / ``.std``."""
+    return f"{distance}.{'+'.join(ordered(parse_taps(layers)))}"
 
 
 # --------------------------------------------------------------------------- parts
@@ -65,7 +79,11 @@ class AnomalyParts:
     - ``pans_prototypes``: ``(N_cls, C_lh)`` unit class prototypes (zero rows: unseen classes);
     - ``has_student``: whether the bundle carries an AuxCon student;
     - ``align_corners``: how the teacher upsamples its outputs (:func:`teacher_align_corners`):
-      every scorer resizes the teacher's outputs and its maps that way.
+      every scorer resizes the teacher's outputs and its maps that way;
+    - ``psi_stats``: per-class mean/std of Ψ over training pixels, keyed by :func:`psi_key`
+      (one entry per distance and consensus-layer set; ``cosme train-student`` gathers them);
+    - ``psi_stats_note``: why ``psi_stats`` is absent when the bundle has them for another
+      student (the reader drops them then), for the error message.
     """
 
     memory: Optional[Dict[str, Tensor]] = None
@@ -76,6 +94,8 @@ class AnomalyParts:
     has_student: bool = False
     consensus_layers: Tuple[str, ...] = CONSENSUS_LAYERS
     align_corners: bool = False
+    psi_stats: Optional[Dict[str, ClassStats]] = None
+    psi_stats_note: str = ""
 
     def __post_init__(self) -> None:
         self.memory_layers = parse_taps(self.memory_layers)
@@ -99,6 +119,8 @@ class AnomalyParts:
             out.update(self.sml_stats.to_tensors("sml."))
         if self.pans_prototypes is not None:
             out["pans.prototypes"] = self.pans_prototypes
+        for key, stats in (self.psi_stats or {}).items():
+            out.update(stats.to_tensors(f"psi.{key}."))
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     @classmethod
@@ -115,12 +137,13 @@ class AnomalyParts:
         scorer that needs one reports :class:`MissingPartError`."""
         memory_layers = parse_taps(memory_layers)
         consensus_layers = parse_taps(consensus_layers)
-        groups = {"memory", "mulmem", "sml", "pans"}
+        groups = {"memory", "mulmem", "sml", "pans", "psi"}
         for key in d:
             head, _, tail = key.partition(".")
             if head not in groups or not tail:
                 raise ValueError(f"anomaly part {key!r}: unknown key (expected memory.<tap>, "
-                                 "mulmem.mean/std, sml.mean/std, pans.prototypes)")
+                                 "mulmem.mean/std, sml.mean/std, pans.prototypes, "
+                                 "psi.<distance>.<taps>.mean/std)")
             if not isinstance(d[key], Tensor):
                 raise ValueError(f"anomaly part {key!r}: not a tensor")
 
@@ -147,6 +170,9 @@ class AnomalyParts:
                 raise ValueError(f"anomaly part {key!r}: unknown key (expected pans.prototypes)")
             pans_p = _check_unit_rows("pans.prototypes", d["pans.prototypes"], allow_zero_rows=True)
 
+        psi_stats = _psi_stats_from(d)
+        for key, st in (psi_stats or {}).items():
+            stats[f"psi.{key}"] = st
         counts = {f"{n}.mean": int(s.mean.numel()) for n, s in stats.items() if s is not None}
         if pans_p is not None:
             counts["pans.prototypes"] = int(pans_p.shape[0])
@@ -156,7 +182,8 @@ class AnomalyParts:
 
         return cls(memory=bank, memory_layers=memory_layers, mulmem_stats=stats["mulmem"],
                    sml_stats=stats["sml"], pans_prototypes=pans_p, has_student=bool(has_student),
-                   consensus_layers=consensus_layers, align_corners=bool(align_corners))
+                   consensus_layers=consensus_layers, align_corners=bool(align_corners),
+                   psi_stats=psi_stats)
 
 
 def _check_unit_rows(key: str, t: Tensor, *, allow_zero_rows: bool) -> Tensor:
@@ -190,6 +217,25 @@ def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
         return ClassStats.from_tensors(d, prefix + ".")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"anomaly part {prefix}.*: {exc}") from exc
+
+
+def _psi_stats_from(d: Mapping[str, Tensor]) -> Optional[Dict[str, ClassStats]]:
+    """``psi.<distance>.<taps>.<stat>`` → {:func:`psi_key`: ClassStats}, or None when absent."""
+    from .consensus import DISTANCES
+    keys = sorted({k.rsplit(".", 1)[0] for k in d if k.startswith("psi.")})
+    if not keys:
+        return None
+    out: Dict[str, ClassStats] = {}
+    for prefix in keys:
+        fields = prefix.split(".")
+        distance, layers = (fields[1], fields[2]) if len(fields) == 3 else (None, "")
+        taps = tuple(layers.split("+")) if layers else ()
+        if distance not in DISTANCES or not taps or any(t not in ALL_TAPS for t in taps):
+            raise ValueError(f"anomaly part {prefix + '.*'!r}: unknown key (expected "
+                             f"psi.<distance>.<taps>.mean with a distance of "
+                             f"{', '.join(DISTANCES)} and taps such as c5 or c4+c5)")
+        out[psi_key(distance, taps)] = _stats_from(d, prefix)
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,7 +285,8 @@ def mulmem_gamma(
     return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]), align_corners)
 
 
-def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION) -> Tensor:
+def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION,
+                 psi_standardized: bool = False) -> Tensor:
     """Eq. 8, Υ = Ψ · Γ′, with Γ′ a function of Γ chosen by ``fusion``.
 
     The paper standardises Γ per predicted class (as SML does) and multiplies. A standardised
@@ -259,10 +306,27 @@ def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION) -> Te
       more strongly at high z.
     - ``"raw"``: Υ = Ψ · Γ with the unstandardised Γ ∈ [0, 2^|L|] — monotone, no class statistics.
 
+    With a standardised Ψ (``psi_standardized``; beyond the paper, see :class:`AuxConScorer`) both
+    factors are z-scores, whose product is not monotone (two negatives make a positive), so only
+    the fusions of two z-scores are allowed:
+
+    - ``"softplus"``: Υ = log(1 + e^{Ψ_std}) · log(1 + e^{Γ_std});
+    - ``"zsum"``: Υ = Ψ_std + Γ_std — the two evidences added in z units (the log of
+      e^{Ψ_std} · e^{Γ_std}).
+
     ``gamma`` must be the standardised Γ for every fusion except ``"raw"``. Both inputs are
     ``(B,H,W)`` at the same resolution; the result is fp32.
     """
     psi, gamma = psi.float(), gamma.float()
+    if psi_standardized:
+        if fusion == "softplus":
+            return F.softplus(psi) * F.softplus(gamma)
+        if fusion == "zsum":
+            return psi + gamma
+        raise ValueError(f"CosMe fusion {fusion!r} does not take a standardised Ψ; choose one "
+                         f"of {', '.join(Z_FUSIONS)}")
+    if fusion == "zsum":
+        raise ValueError("CosMe fusion 'zsum' adds two z-scores: it needs standardize_psi=true")
     if fusion == "softplus":
         g = F.softplus(gamma)
     elif fusion == "exp":
@@ -434,16 +498,42 @@ class MulMemScorer(Scorer):
 
 
 class AuxConScorer(Scorer):
-    """AuxCon: Ψ (Eq. 6–7) over the consensus layers."""
+    """AuxCon: Ψ (Eq. 6–7) over the consensus layers.
 
-    def __init__(self, layers: Tuple[str, ...]):
+    Beyond the paper (BENCHMARKS.md, "A scale-free Ψ"): ``distance`` picks ψ
+    (:func:`.consensus.psi_layer`; ``"l2"`` is Eq. 6); with ``stats`` Ψ is standardised per
+    predicted class, as Γ is (the class at each pixel is the argmax of the logits resized to Ψ's
+    resolution); ``boundary`` then applies SML's boundary suppression
+    (:func:`.baselines.suppress_boundaries`) at the output resolution, where its widths are
+    defined — Ψ, like the max logit, is high on class boundaries whatever the image.
+    """
+
+    def __init__(self, layers: Tuple[str, ...], *, distance: str = "l2",
+                 stats: Optional[ClassStats] = None, boundary: bool = False):
+        if distance not in consensus.DISTANCES:
+            raise ValueError(f"unknown consensus distance {distance!r}; choose one of "
+                             f"{', '.join(consensus.DISTANCES)}")
         self.name = "auxcon"
         self.layers = tuple(layers)
+        self.distance = distance
+        self.stats = stats
+        self.boundary = bool(boundary)
         self.teacher_taps = ordered(self.layers, (O,))
         self.student_taps = ordered(self.layers)
 
+    @property
+    def standardized(self) -> bool:
+        return self.stats is not None
+
     def score(self, teacher, student, out_size):
-        return consensus.psi(teacher, student, self.layers)
+        psi = consensus.psi(teacher, student, self.layers, distance=self.distance)
+        if self.stats is not None:
+            classes = predicted_classes(teacher[O], tuple(psi.shape[-2:]), self.align_corners)
+            psi = self.stats.standardize(psi, classes)
+        if self.boundary:
+            classes = predicted_classes(teacher[O], out_size, self.align_corners)
+            psi = baselines.suppress_boundaries(resize(psi, out_size, self.align_corners), classes)
+        return psi
 
 
 class CosMeScorer(Scorer):
@@ -457,6 +547,11 @@ class CosMeScorer(Scorer):
                  fusion: str = DEFAULT_FUSION):
         if fusion not in FUSIONS:
             raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if (auxcon.standardized and fusion not in Z_FUSIONS) or (
+                fusion == "zsum" and not auxcon.standardized):
+            raise ValueError(f"CosMe fusion {fusion!r} with a {'standardised' if auxcon.standardized else 'raw'} "
+                             f"Ψ: a standardised Ψ takes fusion {' or '.join(Z_FUSIONS)}, "
+                             f"and zsum needs one")
         self.name = "cosme"
         self.mulmem = mulmem
         self.auxcon = auxcon
@@ -469,7 +564,8 @@ class CosMeScorer(Scorer):
         psi = self.auxcon.score(teacher, student, out_size)
         size = _larger(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]))
         return cosme_fusion(resize(psi, size, self.align_corners),
-                            resize(gamma, size, self.align_corners), self.fusion)
+                            resize(gamma, size, self.align_corners), self.fusion,
+                            self.auxcon.standardized)
 
 
 # --------------------------------------------------------------------------- registry
@@ -533,6 +629,31 @@ def _consensus(name: str, parts: AnomalyParts, layers: Optional[Iterable[str]]) 
     return layers
 
 
+def _need_psi_stats(name: str, parts: AnomalyParts, distance: str,
+                    layers: Tuple[str, ...]) -> ClassStats:
+    key = psi_key(distance, layers)
+    if parts.psi_stats and key in parts.psi_stats:
+        return parts.psi_stats[key]
+    if parts.psi_stats_note:
+        raise MissingPartError(f"method {name!r} needs the Ψ statistics, but "
+                               f"{parts.psi_stats_note}: run `{_PSI_STATS}`")
+    have = ", ".join(sorted(parts.psi_stats or {})) or "none"
+    raise MissingPartError(
+        f"method {name!r} needs the Ψ statistics psi.{key}.mean/std (the bundle has {have}): "
+        f"run `{_PSI_STATS}`")
+
+
+def _auxcon(name: str, parts: AnomalyParts, layers: Tuple[str, ...], distance: str,
+            standardize: bool, boundary: bool) -> AuxConScorer:
+    from .consensus import DISTANCES
+    if distance not in DISTANCES:
+        raise ValueError(f"method {name!r}: unknown distance {distance!r}; choose one of "
+                         f"{', '.join(DISTANCES)}")
+    _need_student(name, parts)
+    stats = _need_psi_stats(name, parts, distance, layers) if standardize else None
+    return AuxConScorer(layers, distance=distance, stats=stats, boundary=boundary)
+
+
 def _split(name: str, options: dict, allowed: Iterable[str]) -> dict:
     allowed = set(allowed)
     unknown = sorted(set(options) - allowed)
@@ -549,7 +670,11 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     post-processing keywords of :func:`.baselines.sml` (sml), ``chunk_bytes`` (pans, mulmem,
     cosme), ``standardize`` (mulmem), ``fusion`` (cosme; see :func:`cosme_fusion`), ``layers``
     (mulmem, cosme: a subset of the memory layers for Eq. 4's product, unstandardised only;
-    auxcon: the consensus layers Le of Eq. 7), ``consensus`` (cosme: Le); every method:
+    auxcon: the consensus layers Le of Eq. 7), ``consensus`` (cosme: Le), ``distance``
+    (auxcon, cosme: ψ's distance, ``l2`` / ``relative`` / ``cosine``), ``standardize`` (auxcon) /
+    ``standardize_psi`` (cosme: Ψ per predicted class; needs the bundle's Ψ statistics and, for
+    cosme, fusion ``softplus`` or ``zsum``), ``boundary`` (auxcon, cosme: SML's boundary
+    suppression of Ψ); every method:
     ``refine`` (``none`` or ``guided``), ``refine_radius`` (network-input pixels, default 8),
     ``refine_eps`` (default 1e-3) — see :mod:`.refine`.
     Text specs such as ``cosme[fusion=raw]`` are parsed by :mod:`.method_spec`.
@@ -610,9 +735,10 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
         return PAnSScorer(parts.pans_prototypes, **opts)
 
     if key == "auxcon":
-        opts = _split(key, options, ("layers",))
-        _need_student(key, parts)
-        return AuxConScorer(_consensus(key, parts, opts.get("layers")))
+        opts = _split(key, options, ("layers", "distance", "standardize", "boundary"))
+        return _auxcon(key, parts, _consensus(key, parts, opts.get("layers")),
+                       opts.get("distance", "l2"), bool(opts.get("standardize", False)),
+                       bool(opts.get("boundary", False)))
 
     if key == "mulmem":
         opts = _split(key, options, ("standardize", "chunk_bytes", "layers"))
@@ -623,15 +749,25 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
         return MulMemScorer(bank, layers, stats, **opts)
 
     # cosme
-    opts = _split(key, options, ("fusion", "chunk_bytes", "layers", "consensus"))
+    opts = _split(key, options, ("fusion", "chunk_bytes", "layers", "consensus", "distance",
+                                 "standardize_psi", "boundary"))
     fusion = opts.pop("fusion", DEFAULT_FUSION)
     consensus_layers = _consensus(key, parts, opts.pop("consensus", None))
+    distance = opts.pop("distance", "l2")
+    standardize_psi = bool(opts.pop("standardize_psi", False))
+    boundary = bool(opts.pop("boundary", False))
     if fusion not in FUSIONS:
         raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    if standardize_psi and fusion not in Z_FUSIONS:
+        raise ValueError(f"method 'cosme': standardize_psi=true makes Ψ a z-score, whose product "
+                         f"with Γ's is not monotone; choose fusion {' or '.join(Z_FUSIONS)}")
+    if fusion == "zsum" and not standardize_psi:
+        raise ValueError("method 'cosme': fusion=zsum adds two z-scores: it needs "
+                         "standardize_psi=true")
     bank = _need_memory(key, parts)
     standardize = fusion != "raw"
     layers = _memory_subset(key, parts, opts.pop("layers", None), standardize)
     stats = _need_mulmem_stats(key, parts) if standardize else None
-    _need_student(key, parts)
+    auxcon = _auxcon(key, parts, consensus_layers, distance, standardize_psi, boundary)
     mulmem = MulMemScorer(bank, layers, stats, standardize=standardize, **opts)
-    return CosMeScorer(mulmem, AuxConScorer(consensus_layers), fusion=fusion)
+    return CosMeScorer(mulmem, auxcon, fusion=fusion)

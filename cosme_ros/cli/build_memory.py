@@ -101,6 +101,14 @@ def run(args) -> int:
             if r["pans_unseen_classes"]:
                 say(f"note: no PAnS prototype for {', '.join(r['pans_unseen_classes'])} "
                     f"(never seen in the data)")
+            if bundle.has_student:   # the student is already there: its Ψ statistics too
+                from cosme_ros.psi_stats import add_psi_stats, gather_psi_stats, summary
+                stats, record = gather_psi_stats(bundle, dataset, device=args.device,
+                                                 max_images=args.max_images, batch=args.batch,
+                                                 workers=args.workers)
+                add_psi_stats(bundle, stats, {**record, "data": args.data})
+                say(f"added the Ψ statistics ({record['images']} image(s)): "
+                    f"{summary(stats, bundle)}")
             if args.json:
                 write_json(args.json, {"bundle": str(bundle.path), **r})
         if ctx.world > 1:

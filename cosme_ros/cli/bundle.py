@@ -2,6 +2,10 @@
 
 The checkpoint is read with ``weights_only=True`` (never unpickled beyond tensors), loaded
 strictly into our network, and stored as safetensors under our own parameter names.
+
+``cosme bundle set-default``: name the method spec that ``auto`` runs for this bundle (the node,
+replay, the demo), e.g. ``cosme[consensus=c4]`` — chosen from measurements on the bundle's own
+development data; the paper's ``cosme`` stays what plain ``cosme`` means.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ def add_parser(sub) -> None:
     c.add_argument("--name", help="bundle name (default: the directory name)")
     c.add_argument("--force", action="store_true", help="replace an existing bundle")
     c.set_defaults(run=run_create)
+    d = bsub.add_parser("set-default", help="name the method spec that `auto` runs",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--bundle", required=True, help="bundle directory (with memory and student)")
+    group = d.add_mutually_exclusive_group(required=True)
+    group.add_argument("--method", help="method spec, e.g. 'cosme[consensus=c4,"
+                       "standardize_psi=true,boundary=true,fusion=softplus]'")
+    group.add_argument("--clear", action="store_true",
+                       help="back to the rule: cosme with memory and student, else maxlogit")
+    d.set_defaults(run=run_set_default)
 
 
 def _sha256(path: Path) -> str:
@@ -58,6 +71,30 @@ def class_table(num_classes: int):
     rng = np.random.default_rng(0)
     colours = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(num_classes)]
     return [f"class_{i}" for i in range(num_classes)], colours, []
+
+
+def run_set_default(args) -> int:
+    from cosme_ros.anomaly.method_spec import check_run_spec
+    from cosme_ros.anomaly.scorers import METHODS, build_scorer
+    from cosme_ros.calibration import threshold_key
+    from cosme_ros.errors import CosmeError
+    bundle = bundle_mod.Bundle.load(args.bundle)
+    if args.clear:
+        bundle.set_default_method(None)
+        print(f"{bundle.path}: auto runs {bundle.default_method}")
+        return 0
+    try:
+        name, options = check_run_spec(args.method, METHODS)
+        build_scorer(name, bundle.anomaly_parts(), **options)   # the parts can run it
+    except ValueError as exc:
+        raise CosmeError(f"--method: {exc}") from None
+    bundle.set_default_method(args.method)
+    key = threshold_key(args.method)
+    note = "" if bundle.threshold(key) is not None else (
+        f"; no calibrated threshold for it yet: `cosme calibrate --bundle {bundle.path} "
+        f"--methods '{key}' --data KIND:PATH`")
+    print(f"{bundle.path}: auto runs {args.method}{note}")
+    return 0
 
 
 def run_create(args) -> int:

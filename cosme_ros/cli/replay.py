@@ -142,15 +142,17 @@ def _on_sigterm(signum, frame):
 
 def run(args) -> int:
     from cosme_ros import atomic
+    from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.scorers import METHODS
     from cosme_ros.bundle import AUTO_METHOD
     from cosme_ros.calibration import resolve_threshold
     from cosme_ros.replay import (Bag, ReplayOptions, check_bag, check_options, format_report,
                                   replay)
 
-    if args.method not in (AUTO_METHOD, *METHODS):
-        raise CosmeError(f"unknown method {args.method!r}; choose from {AUTO_METHOD}, "
-                         f"{', '.join(METHODS)}")
+    try:
+        check_run_spec(args.method, (AUTO_METHOD, *METHODS))
+    except ValueError as exc:
+        raise CosmeError(f"--method: {exc}") from None
     if args.worst < 0:
         raise CosmeError("--worst must be >= 0")
     refine = refine_options(args)

@@ -10,6 +10,10 @@ batch: under ``torchrun --nproc-per-node N`` each process takes B/N of it, with 
 BatchNorm, and computes what one process with batch B computes. Checkpoints go to
 ``--checkpoint-dir`` every ``--checkpoint-every`` steps; ``--resume`` continues the newest one and
 gives the same weights as an uninterrupted run. They are removed once the student is written.
+
+Then, when the bundle has an anomaly part, one pass of teacher and student over the same images
+gathers the Ψ statistics that ``auxcon[standardize=true]`` needs (:mod:`cosme_ros.psi_stats`);
+``--stats-only`` runs just that pass for the bundle's existing student.
 """
 from __future__ import annotations
 
@@ -72,6 +76,9 @@ def add_parser(sub) -> None:
                    "(default 1.0)")
     p.add_argument("--max-images", type=positive_int, metavar="N",
                    help="use N evenly spaced images of the dataset")
+    p.add_argument("--stats-only", action="store_true",
+                   help="train nothing: gather the Ψ statistics for the bundle's student (one "
+                        "pass over the images) and add them to its anomaly part")
     add_training_args(p, epochs=10, batch=8, lr=1e-3, checkpoint_every=200,
                       size_default="the bundle's input size",
                       checkpoint_default="BUNDLE.student-checkpoints beside the bundle")
@@ -87,6 +94,8 @@ def run(args) -> int:
     if args.seed < 0:
         raise CosmeError(f"--seed must be >= 0, got {args.seed}")
     bundle = Bundle.load(args.bundle)
+    if args.stats_only:
+        return _stats_only(args, bundle)
     if bundle.has_student and not args.force:
         raise CosmeError(f"{bundle.path}: already has a student (use --force to replace it)")
     atomic.check_writable(bundle.path / "manifest.yaml", True)   # not after the whole run
@@ -110,8 +119,36 @@ def run(args) -> int:
             print(f"wrote student (ResNet-{args.depth}, width {args.width:g}) to {bundle.path}: "
                   f"{out.result.steps} steps, final loss {out.result.final_loss:.4g}, "
                   f"{out.result.images_per_second:.2f} images/s")
+            if bundle.has_anomaly:
+                _psi_stats(args, bundle, dataset, ctx.device.type)
+            else:
+                print("note: no anomaly part yet; `cosme build-memory` gathers the Ψ statistics")
             if args.json:
                 write_json(args.json, {"bundle": str(bundle.path), **record,
                                        "images_per_second": out.result.images_per_second,
                                        "resumed_from": out.result.resumed_from})
+    return 0
+
+
+def _psi_stats(args, bundle, dataset, device: str) -> None:
+    from cosme_ros.psi_stats import add_psi_stats, gather_psi_stats, summary
+    stats, record = gather_psi_stats(bundle, dataset, device=device,
+                                     max_images=args.max_images, batch=args.batch)
+    add_psi_stats(bundle, stats, {**record, "data": args.data})
+    print(f"added the Ψ statistics to {bundle.path} ({record['images']} image(s)): "
+          f"{summary(stats, bundle)}")
+
+
+def _stats_only(args, bundle) -> int:
+    from cosme_ros.pipeline import resolve_device
+    from cosme_ros.train import open_training_data
+    if not bundle.has_student:
+        raise CosmeError(f"{bundle.path}: --stats-only needs a student: run `cosme train-student` "
+                         f"without it")
+    atomic.check_writable(bundle.path / "manifest.yaml", True)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    _psi_stats(args, bundle, open_training_data(args.data, args.split),
+               resolve_device(args.device).type)
     return 0

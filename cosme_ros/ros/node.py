@@ -151,6 +151,12 @@ def _methods() -> Sequence[str]:
     return (_auto_method(), *METHODS)
 
 
+def _check_method(value: Any) -> None:
+    """A method name or spec with scorer options (``cosme[consensus=c4]``); ValueError."""
+    from cosme_ros.anomaly.method_spec import check_run_spec
+    check_run_spec(str(value), _methods())
+
+
 def _refinements() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import REFINEMENTS
     return REFINEMENTS
@@ -204,8 +210,10 @@ PARAMS: Sequence[Param] = (
     Param("bundle", lambda: str(default_bundle_path()),
           "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
           "the package (models/demo)."),
-    Param("method", _auto_method, "Anomaly scorer; auto = cosme when the bundle has a memory "
-          "and a student (the demo bundle does), else maxlogit.", choices=_methods),
+    Param("method", _auto_method, "Anomaly scorer: auto (the bundle's default method: the one "
+          "it names, else cosme when it has a memory and a student, else maxlogit), one of "
+          "msp, maxlogit, entropy, sml, pans, mulmem, auxcon, cosme, or one with scorer options "
+          "in brackets, e.g. cosme[consensus=c4].", check=_check_method),
     Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
           choices=lambda: DEVICES),
     Param("precision", "auto", "Network precision: auto (bf16 on CPUs with native bf16, else "
