@@ -187,7 +187,10 @@ def contents_section(manifest: Mapping, bundle: Path) -> List[str]:
         parts.append(("anomaly", a.get("weights"),
                       f"MulMem memory (K = {b.get('k', '?')} at "
                       f"{', '.join(a.get('memory_layers', []))}), MulMem and SML class "
-                      f"statistics, PAnS class prototypes"))
+                      f"statistics, PAnS class prototypes"
+                      + (f", Ψ class statistics ({', '.join(a['psi_stats'].get('distances', []))}"
+                         f" at {', '.join(a['psi_stats'].get('layers', []))})"
+                         if a.get("psi_stats") else "")))
     for part, name, what in parts:
         path = bundle / str(name)
         size = path.stat().st_size if path.is_file() else 0
@@ -361,7 +364,7 @@ def memory_section(manifest: Mapping) -> List[str]:
     ]
 
 
-def evaluation_section(ev: Mapping) -> List[str]:
+def evaluation_section(ev: Mapping, manifest: Mapping) -> List[str]:
     methods: Mapping[str, Mapping[str, float]] = ev.get("methods", {})
     ds = ev.get("dataset", {})
     px = ev.get("pixels", {})
@@ -390,6 +393,11 @@ def evaluation_section(ev: Mapping) -> List[str]:
         table(["method", "AUROC ↑", "AP ↑", "FPR95 ↓"], rows, "lrrr"), "",
         f"Best by AP: **{ev.get('best_method')}**.", "",
     ]
+    default = (manifest.get("anomaly") or {}).get("default_method")
+    if default:
+        lines += [f"What `auto` runs for this bundle (`cosme_node`'s `method`, `cosme demo`, "
+                  f"`cosme replay`): **`{default}`**, named by `cosme bundle set-default`; "
+                  "plain `cosme` stays the paper's Eq. 8.", ""]
     if ev.get("skipped"):
         lines += ["Not evaluated: " + "; ".join(f"{k} — {v}" for k, v in
                                                 ev["skipped"].items()) + ".", ""]
@@ -436,7 +444,7 @@ def card(bundle: Path, evaluation: Mapping, timings: Optional[Path] = None,
     for part in (header_section(manifest, bundle), contents_section(manifest, bundle),
                  data_section(manifest, read_world(world)), teacher_section(manifest),
                  student_section(manifest), memory_section(manifest),
-                 evaluation_section(evaluation), thresholds_section(manifest),
+                 evaluation_section(evaluation, manifest), thresholds_section(manifest),
                  build_section(read_timings(timings))):
         lines += part
     return "\n".join(lines).rstrip() + "\n"
