@@ -29,11 +29,16 @@ METHODS=msp,maxlogit,entropy,sml,pans,mulmem,auxcon,cosme
 # anomaly maps"): rows of the same tables.
 METHODS="$METHODS,$(echo "$METHODS" | sed 's/\([a-z]*\)/\1[refine=guided]/g')"
 # The ablation rows of BENCHMARKS.md ("Ablations"), including Eq. 8's other fusions. Exact
-# metrics for the 27 rows keep about 5.6 GiB of Road Anomaly scores: --memory-limit 8 below.
+# metrics for the 32 rows keep about 6.6 GiB of Road Anomaly scores: --memory-limit 8 below.
 ABLATIONS="mulmem[standardize=false],mulmem[layers=c4+c5,standardize=false]"
 ABLATIONS="$ABLATIONS,mulmem[layers=lh,standardize=false],auxcon[layers=c4],auxcon[layers=c3+c4+c5]"
 ABLATIONS="$ABLATIONS,auxcon[layers=lh],cosme[fusion=exp],cosme[fusion=softplus],cosme[fusion=raw]"
 ABLATIONS="$ABLATIONS,cosme[fusion=raw,layers=c4+c5],cosme[consensus=c4,fusion=raw]"
+# BENCHMARKS.md "A scale-free, standardised Ψ" (the Ψ statistics come from train-student)
+ABLATIONS="$ABLATIONS,cosme[consensus=c4],auxcon[layers=c4,standardize=true]"
+ABLATIONS="$ABLATIONS,auxcon[boundary=true,distance=cosine,standardize=true]"
+ABLATIONS="$ABLATIONS,cosme[fusion=softplus,standardize_psi=true]"
+ABLATIONS="$ABLATIONS,cosme[consensus=c4,fusion=softplus,standardize_psi=true]"
 METHODS="$METHODS,${BENCH_ABLATIONS-$ABLATIONS}"
 
 bash scripts/setup_env.sh >/dev/null
