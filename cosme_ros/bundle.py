@@ -324,6 +324,39 @@ class Bundle:
                                         f"another student than {self.path / STUDENT_FILE}")
         return parts
 
+    def check_parts_fit(self, parts, tap_channels: Mapping[str, int]) -> None:
+        """Raise BundleError naming ``anomaly.safetensors`` when its tensors do not fit the
+        teacher (``tap_channels``: the teacher's channels per tap): prototypes with another
+        channel count, statistics for another number of classes — a part built for another
+        teacher, or edited."""
+        section = self.manifest.get("anomaly")
+        if section is None:
+            return
+        where = self.path / section["weights"]
+        rebuild = "it was built for another teacher: rebuild it with `cosme build-memory --force`"
+        for layer, protos in (parts.memory or {}).items():
+            if layer not in tap_channels:
+                raise BundleError(f"{where}: memory.{layer}: the teacher has no {layer} tap")
+            if int(protos.shape[1]) != int(tap_channels[layer]):
+                raise BundleError(f"{where}: memory.{layer} holds {protos.shape[1]}-channel "
+                                  f"prototypes but the teacher's {layer} has "
+                                  f"{tap_channels[layer]} channels; {rebuild}")
+        lh = tap_channels.get("lh")
+        if parts.pans_prototypes is not None and lh is not None \
+                and int(parts.pans_prototypes.shape[1]) != int(lh):
+            raise BundleError(f"{where}: pans.prototypes has {parts.pans_prototypes.shape[1]} "
+                              f"channels but the teacher's lh has {lh}; {rebuild}")
+        stats = {"mulmem": parts.mulmem_stats, "sml": parts.sml_stats,
+                 **{f"psi.{k}": v for k, v in (parts.psi_stats or {}).items()}}
+        classes = tap_channels.get("o", self.num_classes)
+        for name, st in stats.items():
+            if st is not None and st.num_classes != int(classes):
+                raise BundleError(f"{where}: {name}.mean has {st.num_classes} classes but the "
+                                  f"teacher outputs {classes}; {rebuild}")
+        if parts.pans_prototypes is not None and int(parts.pans_prototypes.shape[0]) != int(classes):
+            raise BundleError(f"{where}: pans.prototypes has {parts.pans_prototypes.shape[0]} "
+                              f"classes but the teacher outputs {classes}; {rebuild}")
+
     def threshold(self, key: str) -> Optional[float]:
         """The calibrated anomaly threshold for a method key
         (:func:`cosme_ros.calibration.threshold_key`), or None."""

@@ -307,14 +307,17 @@ class Pipeline:
             if refine != "none" and any(k in spec_options for k in REFINE_OPTIONS):
                 raise ValueError(f"method {method!r}: refinement given both in the spec and as "
                                  f"refine={refine}")
-            self.scorer = build_scorer(name, bundle.anomaly_parts(),
-                                       **{**options, **spec_options})
+            parts = bundle.anomaly_parts()
+            self.scorer = build_scorer(name, parts, **{**options, **spec_options})
         except ValueError as exc:
             raise CosmeError(str(exc)) from None
         self.scorer.input_height = self.input_size[0]
         self.method = canonical(name, spec_options)
         self._extra_taps = (tuple(teacher_taps), tuple(student_taps))
         self.teacher = bundle.teacher().to(self.device)
+        tap_channels = getattr(self.teacher, "tap_channels", None)
+        if tap_channels is not None:
+            bundle.check_parts_fit(parts, tap_channels)
         self.student = bundle.student().to(self.device) if self.student_taps else None
         trained = getattr(self.student, "taps", None)
         if trained is not None and set(self.student_taps) - set(trained):

@@ -319,3 +319,55 @@ def test_bad_manifest_numbers_are_one_line_naming_the_field(tmp_path, edit, mess
     (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     with pytest.raises(BundleError, match=message):
         Bundle.load(path)
+
+
+def test_prototypes_for_another_teacher_are_named_at_start_up(tmp_path):
+    """A memory with the wrong channel count gave a ValueError in `cosme infer` and a node message
+    that named no file and suggested an input-size problem."""
+    import torch
+    import torch.nn.functional as F
+    from cosme_ros.anomaly.scorers import AnomalyParts
+    from cosme_ros.anomaly.standardize import ClassStats
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.errors import BundleError
+    from cosme_ros.pipeline import Pipeline
+    path = _tiny(tmp_path)
+    bundle = Bundle.load(path)
+    channels = bundle.teacher().tap_channels
+    stats = ClassStats(mean=torch.zeros(19), std=torch.ones(19))
+
+    def write(memory_channels, classes=19):
+        memory = {k: F.normalize(torch.randn(4, memory_channels.get(k, channels[k])), dim=1)
+                  for k in ("c4", "c5", "lh")}
+        st = stats if classes == 19 else ClassStats(torch.zeros(classes), torch.ones(classes))
+        parts = AnomalyParts(memory=memory, mulmem_stats=st)
+        Bundle.load(path).write_part("anomaly", {"memory_layers": ["c4", "c5", "lh"]},
+                                     parts.to_tensors())
+
+    write({})
+    Pipeline(Bundle.load(path), method="mulmem[standardize=false]", device="cpu")  # fits
+    write({"c5": channels["c5"] + 3})
+    with pytest.raises(BundleError) as err:
+        Pipeline(Bundle.load(path), method="maxlogit", device="cpu")
+    msg = str(err.value)
+    assert "anomaly.safetensors" in msg and "memory.c5" in msg and "build-memory" in msg, msg
+    write({}, classes=7)
+    with pytest.raises(BundleError, match="mulmem.mean has 7 classes but the teacher outputs 19"):
+        Pipeline(Bundle.load(path), method="maxlogit", device="cpu")
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_a_classifier_without_classes_is_refused_by_bundle_create(tmp_path, capsys, rows):
+    import torch
+    from cosme_ros.cli.main import main
+    from cosme_ros.nets.espnetv2 import ESPNetv2Seg
+    state = ESPNetv2Seg(s=1.0).state_dict()
+    state["bu_dec_l4.merge_layer.3.weight"] = torch.zeros(rows, 10, 1, 1)
+    state["bu_dec_l4.merge_layer.3.bias"] = torch.zeros(rows)
+    weights = tmp_path / "espnetv2_cut.pth"
+    torch.save(state, weights)
+    assert main(["bundle", "create", "--teacher", "espnetv2", "--weights", str(weights),
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: the classifier" in err and f"has {rows} output row(s)" in err, err
+    assert "Traceback" not in err and not (tmp_path / "b").exists()

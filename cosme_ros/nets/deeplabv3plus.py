@@ -407,6 +407,9 @@ def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = No
         mapped, dropped = map_sml_keys(state, path)
 
     arch = infer_config(mapped, path)
+    if arch["num_classes"] < 2:
+        raise CheckpointError(f"{path}: the classifier has {arch['num_classes']} output row(s); "
+                              f"a segmentation teacher needs at least 2 classes")
     try:
         requested = parse_backbone(backbone) if backbone is not None else None
     except ValueError as exc:

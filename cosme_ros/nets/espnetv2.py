@@ -389,7 +389,11 @@ def _config_from_state(state: Dict[str, Tensor], path: Path) -> Tuple[float, int
     if width not in by_width:
         raise CheckpointError(f"{path}: ESPNetv2 level-2 width {width} matches no known s "
                               f"(known widths {sorted(by_width)})")
-    return by_width[width], int(state[classifier].shape[0])
+    classes = int(state[classifier].shape[0]) if state[classifier].dim() else 0
+    if classes < 2:
+        raise CheckpointError(f"{path}: the classifier {classifier!r} has {classes} output "
+                              f"row(s); a segmentation teacher needs at least 2 classes")
+    return by_width[width], classes
 
 
 def load_espnetv2_checkpoint(path: str | Path) -> ESPNetv2Seg:
