@@ -46,7 +46,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -531,6 +531,28 @@ def _signals_deferred() -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+class _StagedFile:
+    """A text file written beside ``path`` under a temporary name, renamed by :meth:`commit`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def write(self, text: str) -> None:
+        self.tmp.write_text(text)
+        atomic.give_default_mode(self.tmp)
+
+    def commit(self) -> None:
+        with _signals_deferred():
+            os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 class _BagTarget:
     """A bag directory built at ``<tmpdir>/<name>`` beside ``path`` (the storage file inside is
     named after the bag) and moved into place by :meth:`commit`; :meth:`discard` removes it."""
@@ -587,12 +609,16 @@ class _Video:
         self.writer.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
-    def commit(self) -> None:
+    def close(self) -> None:
+        """Finish the file (still under its temporary name)."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
         if self.frames == 0:
             raise CosmeError(f"{self.path}: no frame to write (every frame was rejected)")
+
+    def commit(self) -> None:
+        self.close()
         atomic.give_default_mode(self.tmp)
         with _signals_deferred():
             os.replace(self.tmp, self.path)
@@ -688,6 +714,7 @@ class _OutputBag:
         from rosbags.rosbag2 import StoragePlugin, Writer
         self.typestore, self.topics = typestore, topics
         self.target = _BagTarget(path)
+        self.closed = False
         self.writer = Writer(self.target.bag, version=8, storage_plugin={
             "mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage])
         self.conns: Dict[str, Any] = {}
@@ -720,8 +747,14 @@ class _OutputBag:
             msg = _image_msg(self.typestore, array, encoding, header)
             self.copy(self.topics[key], bag_ns, self.typestore.serialize_cdr(msg, IMAGE_TYPE))
 
+    def close(self) -> None:
+        """Finish the bag (still at its temporary path)."""
+        if not self.closed:
+            self.writer.close()
+            self.closed = True
+
     def commit(self) -> None:
-        self.writer.close()
+        self.close()
         self.target.commit()
 
     def discard(self) -> None:
@@ -778,10 +811,14 @@ class _GroundTruth:
 
 
 def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
-           progress: bool = True) -> ReplayReport:
+           progress: bool = True,
+           summary: Optional[Tuple[Path, Callable[["ReplayReport"], str]]] = None
+           ) -> ReplayReport:
     """Run every image of ``options.image_topic`` through ``pipeline`` and write / measure
-    what ``options`` asks for (module docstring). Raises :class:`CosmeError` for expected
-    failures; on any exception (``KeyboardInterrupt`` included) no partial output is left."""
+    what ``options`` asks for (module docstring). ``summary``: ``(path, text of the finished
+    report)``, a file written with the other outputs (the CLI's ``--json``). Raises
+    :class:`CosmeError` for expected failures; on any exception (``KeyboardInterrupt``
+    included) no output is left, and the outputs appear together: all of them or none."""
     o = options
     check_options(o)
     with Bag(bag_path) as bag:
@@ -804,6 +841,7 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
         img_topics = {c.topic for c in img_conns}
         out: Optional[_OutputBag] = None
         video: Optional[_Video] = None
+        staged: Optional[_StagedFile] = None
         start = time.perf_counter()
         bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress,
                    dynamic_ncols=True)
@@ -862,31 +900,38 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
                 raise CosmeError(f"{bag.path}: no frame of {o.image_topic} could be processed"
                                  + (f" (first rejection: {report.rejection})"
                                     if report.rejection else ""))
+            for target in (video, out):
+                if target is not None:
+                    target.close()
+            # The report is complete before anything is moved into place: the summary file is
+            # written from it, then every output is renamed in one signal-free block.
             if out is not None:
-                out.commit()
+                report.out, report.out_storage = str(o.out), o.out_storage or bag.storage
+                report.out_topics = out.summary()
             if video is not None:
-                video.commit()
+                report.video, report.video_fps = str(o.video), video_fps
+            if truth is not None:
+                report.ground_truth = (f"topic {o.gt_topic}" if o.gt_topic
+                                       else f"folder {o.gt_masks}")
+                report.metrics, report.error_bounds = scoring.pooled()
+                report.metric_mode = "binned" if o.binned else "exact"
+                report.pixels = scoring.pixels
+                report.per_frame = scoring.records
+                report.unmatched_images = unmatched
+                report.unmatched_gt = truth.unused
+                report.duplicate_gt = truth.duplicates
             report.seconds = time.perf_counter() - start
+            if summary is not None:
+                staged = _StagedFile(Path(summary[0]))
+                staged.write(summary[1](report))
+            with _signals_deferred():
+                for target in (video, out, staged):
+                    if target is not None:
+                        target.commit()
         except BaseException:
             bar.close()
-            if out is not None:
-                out.discard()
-            if video is not None:
-                video.discard()
+            for target in (out, video, staged):
+                if target is not None:
+                    target.discard()
             raise
-
-    if out is not None:
-        report.out, report.out_storage = str(o.out), o.out_storage or bag.storage
-        report.out_topics = out.summary()
-    if video is not None:
-        report.video, report.video_fps = str(o.video), video_fps
-    if truth is not None:
-        report.ground_truth = f"topic {o.gt_topic}" if o.gt_topic else f"folder {o.gt_masks}"
-        report.metrics, report.error_bounds = scoring.pooled()
-        report.metric_mode = "binned" if o.binned else "exact"
-        report.pixels = scoring.pixels
-        report.per_frame = scoring.records
-        report.unmatched_images = unmatched
-        report.unmatched_gt = truth.unused
-        report.duplicate_gt = truth.duplicates
     return report

@@ -453,6 +453,26 @@ def test_interrupt_leaves_no_output(drive, long_bag, tmp_path, sig, code):
     assert left == ["progress.json"], left   # no bag, no video, no temporary
 
 
+def test_ctrl_c_after_the_last_frame_leaves_no_output(drive, tmp_path, monkeypatch):
+    """Ctrl-C just after the last frame left the bag and the mp4 but no JSON: now the JSON is
+    written from the finished report before anything is renamed, and the outputs appear
+    together. The interruption is simulated where the report becomes the JSON text."""
+    from cosme_ros import replay as replay_mod
+
+    def interrupted(self, worst=5):
+        raise KeyboardInterrupt
+
+    out, video, js = tmp_path / "out.bag", tmp_path / "v.mp4", tmp_path / "r.json"
+    args = ("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle", drive["bundle"],
+            "--out", out, "--video", video, "--json", js)
+    with monkeypatch.context() as m:
+        m.setattr(replay_mod.ReplayReport, "to_json", interrupted)
+        assert replay(*args) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []   # nothing, not even temporaries
+    assert replay(*args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bag", "r.json", "v.mp4"]
+
+
 def test_refine_guided_replays_the_refined_maps(drive, tmp_path, capsys):
     """--refine guided: the output bag carries the refined map the pipeline computes."""
     from cosme_ros.bundle import Bundle

@@ -28,13 +28,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
+from cosme_ros.cli.common import add_pipeline_args, refine_options
 from cosme_ros.errors import CosmeError
 
 
@@ -186,7 +187,17 @@ def run(args) -> int:
                       f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
                       f"run cosme calibrate)")
             options = replace(options, anomaly_threshold=math.inf if value is None else value)
-        report = replay(args.bag, pipeline, options)
+        summary = None
+        if args.json:
+            b = pipeline.bundle
+            summary = (Path(args.json), lambda report: json.dumps({
+                **report.to_json(worst=args.worst),
+                "bundle": {"path": str(b.path), "name": b.name},
+                "method": pipeline.method, "refine": refine or {"refine": "none"},
+                "device": str(pipeline.device), "input_size": list(pipeline.input_size)},
+                indent=2, sort_keys=True) + "\n")
+        # the JSON is written with the bag and the video: an interruption leaves all or none
+        report = replay(args.bag, pipeline, options, summary=summary)
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143
@@ -194,11 +205,4 @@ def run(args) -> int:
         if main:
             signal.signal(signal.SIGTERM, old)
     print(format_report(report, per_frame=not args.no_per_frame, worst=args.worst))
-    if args.json:
-        b = pipeline.bundle
-        write_json(args.json, {
-            **report.to_json(worst=args.worst),
-            "bundle": {"path": str(b.path), "name": b.name},
-            "method": pipeline.method, "refine": refine or {"refine": "none"},
-            "device": str(pipeline.device), "input_size": list(pipeline.input_size)})
     return 0
