@@ -384,9 +384,12 @@ def _label_panel(image_rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 
 def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Dataset,
-                out_dir: Path, title: str, worst: int = 3, force: bool = False) -> List[Path]:
+                out_dir: Path, title: str, worst: int = 3, force: bool = False,
+                outputs: Optional[atomic.OutputSet] = None) -> List[Path]:
     """``roc.png``, ``pr.png`` (all methods) and ``worst_<i>_<name>.png`` overlays of the best
-    method's worst images (image + ground truth | class colours | anomaly heatmap)."""
+    method's worst images (image + ground truth | class colours | anomaly heatmap). With
+    ``outputs`` the files are staged there (renamed with the command's other outputs) instead
+    of written in place. Returns the target paths."""
     import cv2
     out_dir = Path(out_dir)
     names = list(report.methods)
@@ -420,9 +423,15 @@ def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Da
                title=f"Precision–recall — {title}")
         ax.legend(loc="upper right", fontsize=7)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_bytes(targets["roc"], _figure_png(roc))
-    atomic.write_bytes(targets["pr"], _figure_png(pr))
+    def write(path: Path, data: bytes) -> None:
+        if outputs is not None:
+            outputs.file(path).write_bytes(data)
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(path, data)
+
+    write(targets["roc"], _figure_png(roc))
+    write(targets["pr"], _figure_png(pr))
     written = list(targets.values())
     for row, path in zip(worst_rows, overlay_paths):
         sample = dataset[row["index"]]
@@ -434,6 +443,6 @@ def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Da
         picture = np.concatenate([_label_panel(image, sample.anomaly),
                                   viz.overlay(image, classes, scores[report.best_method],
                                               runner.bundle.palette)], axis=1)
-        atomic.write_bytes(path, _png(picture))
+        write(path, _png(picture))
         written.append(path)
     return written

@@ -37,11 +37,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import sqlite3
 import struct
 import tempfile
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -517,20 +515,6 @@ def format_report(report: ReplayReport, per_frame: bool = True, worst: int = 5) 
 
 # ----------------------------------------------------------------------------- writing
 
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT / SIGTERM while outputs are moved into place (delivered right after), so an
-    interruption cannot fall between the renames of a ``--force`` replacement."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs) if main else None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _StagedFile:
     """A text file written beside ``path`` under a temporary name, renamed by :meth:`commit`."""
 
@@ -546,7 +530,7 @@ class _StagedFile:
         atomic.give_default_mode(self.tmp)
 
     def commit(self) -> None:
-        with _signals_deferred():
+        with atomic.signals_deferred():
             os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
@@ -565,7 +549,7 @@ class _BagTarget:
         self.bag = self.tmp / path.name
 
     def commit(self) -> None:
-        with _signals_deferred():
+        with atomic.signals_deferred():
             atomic.replace_dir(self.bag, self.path)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -620,7 +604,7 @@ class _Video:
     def commit(self) -> None:
         self.close()
         atomic.give_default_mode(self.tmp)
-        with _signals_deferred():
+        with atomic.signals_deferred():
             os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
@@ -924,7 +908,7 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
             if summary is not None:
                 staged = _StagedFile(Path(summary[0]))
                 staged.write(summary[1](report))
-            with _signals_deferred():
+            with atomic.signals_deferred():
                 for target in (video, out, staged):
                     if target is not None:
                         target.commit()

@@ -195,3 +195,47 @@ def test_bad_method_spec_is_one_line_error(world, tmp_path, capsys, methods, nee
 def test_pipeline_method_auto_is_the_best_the_bundle_supports(world):
     assert Pipeline(Bundle.load(world / "full"), method="auto").method == "cosme"
     assert Pipeline(Bundle.load(world / "plain"), method="auto").method == "maxlogit"
+
+
+def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
+    """Killed mid-way, evaluate left an empty plots/ folder beside a complete markdown table:
+    now markdown, plots and JSON are staged and renamed together."""
+    from cosme_ros import evaluation
+    from cosme_ros.cli.main import main
+    real = evaluation._png
+    calls = []
+
+    def interrupted(picture):
+        calls.append(1)
+        if len(calls) == 2:   # the second overlay: the curves and one overlay are staged
+            raise KeyboardInterrupt
+        return real(picture)
+
+    monkeypatch.setattr(evaluation, "_png", interrupted)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["evaluate", "--bundle", str(world / "full"), "--data", f"folder:{world / 'test'}",
+            "--methods", "maxlogit", "--device", "cpu", "--json", str(out / "eval.json"),
+            "--markdown", str(out / "table.md"), "--plots", str(out / "plots")]
+    assert main(args) == 130
+    assert len(calls) == 2 and sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.setattr(evaluation, "_png", real)
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json", "plots", "table.md"]
+
+
+def test_output_set_all_or_none(tmp_path):
+    from cosme_ros.atomic import OutputSet
+    with pytest.raises(RuntimeError):
+        with OutputSet() as outputs:
+            outputs.file(tmp_path / "a.txt").write_text("a")
+            outputs.file(tmp_path / "deep" / "er" / "b.txt").write_text("b")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with OutputSet() as outputs:
+        outputs.file(tmp_path / "a.txt").write_text("a")
+        outputs.file(tmp_path / "deep" / "er" / "b.txt").write_text("b")
+        assert not (tmp_path / "a.txt").exists()
+    assert (tmp_path / "a.txt").read_text() == "a"
+    assert (tmp_path / "deep" / "er" / "b.txt").read_text() == "b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "deep"]

@@ -371,3 +371,36 @@ def test_a_classifier_without_classes_is_refused_by_bundle_create(tmp_path, caps
     err = capsys.readouterr().err
     assert f"{weights}: the classifier" in err and f"has {rows} output row(s)" in err, err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def test_a_resumed_command_removes_what_a_killed_run_was_writing(tmp_path):
+    """SIGKILL + --resume left hidden .*.tmp.* files inside the bundle."""
+    import tempfile
+    from bundles import write_scenes
+    from cosme_ros import atomic
+    from cosme_ros.cli.main import main
+    path = _tiny(tmp_path)
+    # what a writer killed mid-way leaves (the real helpers' names), and what is not ours
+    fd, half = tempfile.mkstemp(prefix=".anomaly.safetensors.", suffix=".tmp.safetensors",
+                                dir=path)
+    import os
+    os.close(fd)
+    step = tempfile.mkdtemp(prefix=".memory.", suffix=".tmp", dir=path)
+    (path / ".manifest.yaml.old").write_text("x")
+    keep = [path / ".hidden_notes", path / "notes.tmp", path / ".a.tmp"]
+    for p in keep:
+        p.write_text("mine")
+    scenes = tmp_path / "scenes"
+    write_scenes(scenes, 4)
+    assert main(["build-memory", "--bundle", str(path), "--data", f"images:{scenes}", "--k", "4",
+                 "--batch", "2", "--device", "cpu", "--resume", "--workers", "0"]) == 0
+    left = sorted(p.name for p in path.iterdir() if p.name.startswith("."))
+    assert left == [".a.tmp", ".hidden_notes"], left
+    assert not os.path.exists(half) and not os.path.exists(step)
+    assert all(p.exists() for p in keep)
+    # train-teacher's: only the temporaries of its own output, beside it
+    other = tmp_path / ".other.abcdefgh.tmp"
+    other.mkdir()
+    mine = tmp_path / ".b.abcdefgh.tmp"
+    mine.mkdir()
+    assert atomic.remove_temporaries(tmp_path, of="b") == [mine] and other.exists()

@@ -87,6 +87,8 @@ def run(args) -> int:
         for note in dataset.notes:
             say(f"note: {note}")
         ckpt = checkpoint_path(bundle)
+        if args.resume and ctx.is_main:   # what a killed run was writing into the bundle
+            atomic.remove_temporaries(bundle.path)
         result = build_anomaly_parts(bundle, dataset, config, data_spec=args.data,
                                      device=args.device, checkpoint=ckpt, resume=args.resume,
                                      workers=args.workers, log=say)

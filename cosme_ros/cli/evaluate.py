@@ -16,10 +16,10 @@ instead.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from cosme_ros import atomic
-from cosme_ros.cli.common import write_json
 from cosme_ros.errors import CosmeError
 
 
@@ -94,22 +94,26 @@ def run(args) -> int:
     print()
     print(table)
     print(f"best method by AP: {report.best_method}")
-    if args.markdown:
-        atomic.write_text(args.markdown, f"# {title}: {dataset.root}\n\n{table}")
+    # markdown, plots and JSON are staged and renamed together: an interrupted evaluate leaves
+    # all of them or none (an empty plots folder beside a complete table, before)
     plots = []
-    if args.plots:
-        plots = write_plots(report, runner, dataset, args.plots, title, worst=args.worst,
-                            force=args.force)
+    with atomic.OutputSet() as outputs:
+        if args.markdown:
+            outputs.file(args.markdown).write_text(f"# {title}: {dataset.root}\n\n{table}")
+        if args.plots:
+            plots = write_plots(report, runner, dataset, args.plots, title, worst=args.worst,
+                                force=args.force, outputs=outputs)
+        if args.json:
+            outputs.file(args.json).write_text(json.dumps({
+                "dataset": {"spec": args.data, "kind": dataset.kind, "root": str(dataset.root),
+                            "split": dataset.split, "images": report.images},
+                "bundle": {"path": str(bundle.path), "name": bundle.name,
+                           "input_size": list(bundle.input_size),
+                           "has_student": bundle.has_student, "has_anomaly": bundle.has_anomaly},
+                "device": str(runner.device), "precision": runner.precision,
+                **report.to_json(),
+                "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
+            }, indent=2, sort_keys=True) + "\n")
+    if plots:
         print(f"{len(plots)} plot(s) written to {args.plots}")
-    if args.json:
-        write_json(args.json, {
-            "dataset": {"spec": args.data, "kind": dataset.kind, "root": str(dataset.root),
-                        "split": dataset.split, "images": report.images},
-            "bundle": {"path": str(bundle.path), "name": bundle.name,
-                       "input_size": list(bundle.input_size),
-                       "has_student": bundle.has_student, "has_anomaly": bundle.has_anomaly},
-            "device": str(runner.device), "precision": runner.precision,
-            **report.to_json(),
-            "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
-        })
     return 0

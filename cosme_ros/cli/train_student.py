@@ -104,6 +104,8 @@ def run(args) -> int:
     dataset = open_training_data(args.data, args.split)
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else \
         bundle.path.with_name(bundle.path.name + ".student-checkpoints")
+    if args.resume:   # what a killed run was writing into the bundle
+        atomic.remove_temporaries(bundle.path)
     with training_run(ckpt_dir, threads=args.threads, device=args.device, resume=args.resume,
                       force=args.force) as (ctx, threads):
         out = train_student(

@@ -92,6 +92,8 @@ def run(args) -> int:
                              f"Cityscapes-trainId labels")
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else \
         out.with_name(out.name + ".teacher-checkpoints")
+    if args.resume:   # a killed run's half-written bundle beside the target
+        atomic.remove_temporaries(out.parent, of=out.name)
     with training_run(ckpt_dir, threads=args.threads, device=args.device, resume=args.resume,
                       force=args.force) as (ctx, threads):
         run_ = train_teacher(

@@ -511,6 +511,8 @@ def training_run(checkpoint_dir: Path, *, threads: Optional[int], device: str, r
     ctx = Distributed.from_environment(device)
     try:
         check_fresh_start(checkpoint_dir, resume, force, ctx)
+        if resume and ctx.is_main and checkpoint_dir is not None:
+            atomic.remove_temporaries(checkpoint_dir)   # a killed run's half-written step
         yield ctx, n_threads
     finally:
         ctx.close()
