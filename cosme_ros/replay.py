@@ -160,6 +160,16 @@ class Bag:
                 from None
         except _bag_errors() as exc:
             raise self._error(exc) from None
+        # Every MCAP chunk is decoded and its CRC checked before anything is read from it: a
+        # damaged bag stops here with the damaged range (data/bag_crc.py).
+        from cosme_ros.data.bag_crc import mcap_storages, verify_mcap
+        self.unchecked_chunks = 0
+        try:
+            for storage in mcap_storages(self.reader):
+                self.unchecked_chunks += verify_mcap(storage, Path(storage.path))
+        except CosmeError:
+            self.close()
+            raise
         self.connections = list(self.reader.connections)
         self.storage = self._storage_id()
         from rosbags.typesys import Stores, get_typestore
@@ -695,11 +705,13 @@ class _OutputBag:
 
     def __init__(self, path: Path, storage: str, typestore: Any, inputs: Sequence[Any],
                  topics: Dict[str, str]):
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import StoragePlugin
+
+        from cosme_ros.data.bag_crc import ChecksummedWriter
         self.typestore, self.topics = typestore, topics
         self.target = _BagTarget(path)
         self.closed = False
-        self.writer = Writer(self.target.bag, version=8, storage_plugin={
+        self.writer = ChecksummedWriter(self.target.bag, version=8, storage_plugin={
             "mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage])
         self.conns: Dict[str, Any] = {}
         self.types: Dict[str, str] = {}
@@ -818,7 +830,10 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
         report = ReplayReport(bag=str(bag.path), storage=bag.storage, image_topic=o.image_topic,
                               image_type=image_type, frames=0, processed=0, rejected=0,
                               rejection=None, seconds=0.0, pipeline_seconds=0.0,
-                              notes=truth.notes if truth else [])
+                              notes=list(truth.notes) if truth else [])
+        if bag.unchecked_chunks:
+            report.notes.append(f"{bag.unchecked_chunks} chunk(s) of the bag carry no CRC "
+                                f"(written without checksums): damage there cannot be detected")
         unmatched = 0
         heat = RunningRange()
         palette = list(pipeline.bundle.palette)
@@ -873,6 +888,14 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
                         mask = truth.mask_for(stamp)
                         if mask is None:
                             unmatched += 1
+                        elif mask.shape[:2] != rgb.shape[:2]:
+                            # a label of another size belongs to another camera or crop: the
+                            # pixels would be compared with the wrong ones
+                            raise CosmeError(
+                                f"{bag.path}: the ground-truth mask for stamp {stamp} is "
+                                f"{mask.shape[1]}x{mask.shape[0]} but its image is "
+                                f"{rgb.shape[1]}x{rgb.shape[0]} (WxH); masks must match "
+                                f"their images pixel for pixel")
                         else:
                             scoring.add(index, stamp, bag_ns, result.score,
                                         gt_labels(mask, o.gt_anomaly_value))

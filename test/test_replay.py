@@ -517,3 +517,56 @@ def test_anomaly_threshold_auto_is_the_bundles(drive, expected, tmp_path, capsys
         replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle", bundle,
                "--method", "maxlogit", "--anomaly-threshold", "nan")
     assert "is not finite" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- damaged bags
+
+def _mcap_file(bag):
+    return next(p for p in bag.iterdir() if p.suffix == ".mcap")
+
+
+def test_bags_we_write_carry_chunk_crcs_and_damage_is_named(drive, mcap_run, tmp_path, capsys):
+    """4 KB of random bytes inside an mcap: replay exited 0 with one frame silently changed,
+    and our own bags had CRC 0 on every chunk."""
+    import shutil
+    import struct
+    from rosbags.rosbag2 import Reader
+    from cosme_ros.data.bag_crc import MCAP_CHUNK_CRC_OFFSET, mcap_storages
+    for bag in (drive["bag"], mcap_run[0]):                  # cosme synth --drive, replay --out
+        with Reader(bag) as reader:
+            chunks = mcap_storages(reader)[0].chunks
+            with open(_mcap_file(bag), "rb") as f:
+                crcs = []
+                for c in chunks:
+                    f.seek(c.chunk_start_offset + MCAP_CHUNK_CRC_OFFSET)
+                    crcs.append(struct.unpack("<I", f.read(4))[0])
+        assert crcs and all(crcs), (bag, crcs)
+    # damage the middle of the first chunk's data: the replay stops before any work, naming
+    # the file and the damaged range
+    damaged = tmp_path / "damaged.bag"
+    shutil.copytree(drive["bag"], damaged)
+    with Reader(damaged) as reader:
+        chunk = mcap_storages(reader)[0].chunks[0]
+    data = bytearray(_mcap_file(damaged).read_bytes())
+    middle = chunk.chunk_start_offset + chunk.chunk_length // 2
+    data[middle:middle + 4096] = np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes()
+    _mcap_file(damaged).write_bytes(bytes(data))
+    capsys.readouterr()
+    assert replay("--bag", damaged, "--image-topic", IMAGE_TOPIC, "--bundle", drive["bundle"],
+                  "--json", tmp_path / "r.json") == 2
+    err = capsys.readouterr().err
+    assert f"{_mcap_file(damaged)}: damaged data in bytes {chunk.chunk_start_offset}" in err, err
+    assert "checksum" in err and not (tmp_path / "r.json").exists()
+
+
+def test_a_ground_truth_mask_of_another_size_is_refused(drive, tmp_path, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for stamp in drive["stamps"]:
+        cv2.imwrite(str(masks / f"{stamp}.png"), np.zeros((SIZE[0] // 2, SIZE[1]), np.uint8))
+    capsys.readouterr()
+    assert replay("--bag", drive["bag"], "--image-topic", IMAGE_TOPIC, "--bundle",
+                  drive["bundle"], "--gt-masks", masks, "--json", tmp_path / "r.json") == 2
+    err = capsys.readouterr().err
+    assert "ground-truth mask for stamp" in err and f"{SIZE[1]}x{SIZE[0] // 2}" in err, err
+    assert not (tmp_path / "r.json").exists()

@@ -51,8 +51,9 @@ def write_drive_bag(path: str | Path, frames: Iterable, fps: float = 10.0, force
 
     Returns a summary: path, message count per topic, first and last stamp.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2 import StoragePlugin
 
+    from cosme_ros.data.bag_crc import ChecksummedWriter
     path = Path(path)
     atomic.check_writable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def write_drive_bag(path: str | Path, frames: Iterable, fps: float = 10.0, force
     count = 0
     stamps = []
     try:
-        with Writer(bag, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        with ChecksummedWriter(bag, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
             c_img = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=ts)
             c_gt = writer.add_connection(GT_TOPIC, IMAGE_TYPE, typestore=ts)
             for i, frame in enumerate(progress(frames) if progress else frames):
