@@ -218,3 +218,32 @@ def test_check_compressed_refuses_a_png_bomb_from_its_header():
         image_codec.check_compressed(msg, max_pixels=4096 * 4096)
     with pytest.raises(image_codec.ImageMessageError, match="no data"):
         image_codec.check_compressed(SimpleNamespace(format="jpeg", data=b""))
+
+
+def test_ctrl_c_inside_the_executors_constructor_is_clean():
+    """Ctrl-C just as the node logged "ready" sometimes printed `Exception ignored in
+    Executor.__del__ … '_sigint_gc'`: the signal landed inside rclpy's Executor.__init__. The
+    executor is now built first, with the signals held; the Ctrl-C then ends start-up cleanly."""
+    import subprocess
+    import sys
+    code = (
+        "import os, signal, sys\n"
+        "import rclpy.executors as ex\n"
+        "from cosme_ros.ros import node as node_mod\n"
+        "real = ex.SignalHandlerGuardCondition\n"
+        "def interrupted(context):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(context)\n"
+        "ex.SignalHandlerGuardCondition = interrupted\n"
+        "class NeverStarts:\n"
+        "    def __init__(self):\n"
+        "        raise SystemExit('the node must not start after Ctrl-C')\n"
+        "node_mod.CosmeNode = NeverStarts\n"
+        "sys.exit(node_mod.main([]))\n")
+    pytest.importorskip("rclpy")
+    import ros_util
+    env = ros_util.ros_env()   # localhost discovery, a random domain
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "_sigint_gc" not in proc.stderr, proc.stderr

@@ -49,6 +49,7 @@ from rclpy.qos import QoSPresetProfiles, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 
+from cosme_ros.atomic import signals_deferred
 from cosme_ros.data.image_header import MAX_IMAGE_PIXELS
 from cosme_ros.errors import CosmeError
 from cosme_ros.paths import default_bundle_path
@@ -619,8 +620,12 @@ def main(args: Optional[List[str]] = None) -> int:
     executor: Optional[MultiThreadedExecutor] = None
     status = 0
     try:
+        # The executor first, with SIGINT / SIGTERM held while it is built: a Ctrl-C inside
+        # rclpy's Executor.__init__ (it landed there when pressed just as the node said
+        # "ready") leaves an object whose __del__ prints "Exception ignored … _sigint_gc".
+        with signals_deferred():
+            executor = MultiThreadedExecutor(num_threads=2)
         node = CosmeNode()
-        executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(node)
         executor.spin()
     except StartupError as exc:
