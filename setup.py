@@ -6,6 +6,7 @@ machine numpy/OpenCV/torch come from the distro or the system, and a pip name su
 ``opencv-python-headless`` listed here makes setuptools' generated console scripts refuse to start
 when that exact distribution is absent.
 """
+
 from glob import glob
 
 from setuptools import find_packages, setup

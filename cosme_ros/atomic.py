@@ -3,6 +3,7 @@
 Every output of the offline tools goes through here (temporary file in the same directory, fsync,
 ``os.replace``), so an interrupted command leaves no truncated artifact behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,7 +39,7 @@ def check_writable(path: str | Path, force: bool) -> Path:
         raise CosmeError(f"{path}: already exists (use --force to overwrite)")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
-        folder = folder.parent   # the output's folders are made later, inside this one
+        folder = folder.parent  # the output's folders are made later, inside this one
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
         os.close(fd)
@@ -54,8 +55,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
+        )
     except OSError as exc:
         raise CosmeError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
@@ -66,7 +68,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         give_default_mode(tmp)
         os.replace(tmp, path)
-    except OSError as exc:   # disk full, read-only, …: one line naming the output
+    except OSError as exc:  # disk full, read-only, …: one line naming the output
         raise CosmeError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
@@ -76,7 +78,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 #: What this module (and the writers built on mkstemp/mkdtemp like it) leave behind when killed:
 #: ``.<name>.<8 random characters>.tmp[.<ext>]``, ``.cosme-outputs.<random>.tmp`` and the
 #: ``.<name>.old`` of an interrupted :func:`replace_dir`.
-_TEMPORARY = re.compile(r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?|cosme-outputs\.[A-Za-z0-9_]+\.tmp|.+\.old)$")
+_TEMPORARY = re.compile(
+    r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?|cosme-outputs\.[A-Za-z0-9_]+\.tmp|.+\.old)$"
+)
 
 
 def remove_temporaries(folder: str | Path, of: Optional[str] = None) -> List[Path]:
@@ -182,8 +186,9 @@ class OutputSet:
             while not anchor.is_dir():
                 anchor = anchor.parent
             if anchor not in self._stages:
-                self._stages[anchor] = Path(tempfile.mkdtemp(prefix=".cosme-outputs.",
-                                                             suffix=".tmp", dir=anchor))
+                self._stages[anchor] = Path(
+                    tempfile.mkdtemp(prefix=".cosme-outputs.", suffix=".tmp", dir=anchor)
+                )
             staged = self._stages[anchor] / f"{len(self._items)}.{path.name}"
         self._items.append((staged, path))
         return staged
@@ -191,7 +196,7 @@ class OutputSet:
     def commit(self) -> None:
         with signals_deferred():
             for staged, path in self._items:
-                with open(staged, "rb") as fh:   # on disk before the rename, as write_bytes
+                with open(staged, "rb") as fh:  # on disk before the rename, as write_bytes
                     os.fsync(fh.fileno())
                 path.parent.mkdir(parents=True, exist_ok=True)
                 give_default_mode(staged)

@@ -16,6 +16,7 @@ Times are wall-clock (``time.perf_counter``; CUDA synchronised at every stage bo
 ``cpu_ms`` adds the process's CPU time (all threads), which is what a loaded machine distorts
 least.
 """
+
 from __future__ import annotations
 
 import gc
@@ -39,16 +40,16 @@ PIPELINE_STAGES = ("preprocess", "teacher", "student", "scoring", "postprocess")
 NODE_STAGES = ("decode", "encode", "publish")
 SCORER_KS = (128, 512, 2048)
 SWEEP_SIZES: Tuple[Size, ...] = ((256, 512), (512, 1024), (1024, 2048))
-R101_TAPS = ("c4", "c5", "lh")   # the MulMem layers, on DeepLabV3+ R101 at output stride 16
+R101_TAPS = ("c4", "c5", "lh")  # the MulMem layers, on DeepLabV3+ R101 at output stride 16
 
 #: what each ratio in the JSON means (all are median / median of alternated measurements)
 RATIO_DEFINITIONS = {
     "ratio_cosme_vs_teacher_only": "pipeline_ms.median / teacher_only_ms.median (cost of the "
-                                   "anomaly method over a plain segmentation node)",
+    "anomaly method over a plain segmentation node)",
     "ratio_node_vs_pipeline": "frame_ms.median / pipeline_ms.median (the node's decode, "
-                              "encode and publish on top of the pipeline)",
+    "encode and publish on top of the pipeline)",
     "ratio_fast_vs_naive": "naive_ms.median / pipeline_ms.median (speed-up of the pipeline "
-                           "over the naive eager fp32 implementation; > 1 = faster)",
+    "over the naive eager fp32 implementation; > 1 = faster)",
 }
 
 
@@ -60,9 +61,11 @@ def summary(samples_s: Sequence[float]) -> Dict[str, float]:
     if not samples_s:
         raise ValueError("no samples")
     ms = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {"median": round(float(np.median(ms)), 3),
-            "p95": round(float(np.percentile(ms, 95)), 3),
-            "mean": round(float(ms.mean()), 3)}
+    return {
+        "median": round(float(np.median(ms)), 3),
+        "p95": round(float(np.percentile(ms, 95)), 3),
+        "mean": round(float(ms.mean()), 3),
+    }
 
 
 def ratio(numerator_ms: float, denominator_ms: float) -> float:
@@ -116,9 +119,14 @@ def environment(device: torch.device) -> Dict[str, Any]:
     """Library versions, CPU, threads and the bf16 capability that ``precision=auto`` reads."""
     import cv2
     from cosme_ros.pipeline import native_bf16
+
     env = {
-        "versions": {"torch": torch.__version__, "numpy": np.__version__, "cv2": cv2.__version__,
-                     "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "cv2": cv2.__version__,
+            "python": platform.python_version(),
+        },
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -152,6 +160,7 @@ class Clock:
 def synthetic_frames(n: int, size: Size, seed: int = 0) -> List[np.ndarray]:
     """``n`` test frames of the synthetic urban world (with anomalies) at ``size``."""
     from cosme_ros.data.synth.frame import render_frame
+
     return [render_frame(seed, "test", i, size=tuple(size)).image for i in range(n)]
 
 
@@ -160,7 +169,8 @@ def folder_frames(folder: str | Path, n: int, size: Optional[Size] = None) -> Li
     import cv2
     from cosme_ros.data.images import list_images, read_rgb
     from cosme_ros.errors import InputError
-    paths = list_images(folder)[:max(1, n)]
+
+    paths = list_images(folder)[: max(1, n)]
     if not paths:
         raise InputError(f"{folder}: no images")
     out = []
@@ -168,8 +178,9 @@ def folder_frames(folder: str | Path, n: int, size: Optional[Size] = None) -> Li
         im = read_rgb(p)
         if size is not None and im.shape[:2] != tuple(size):
             h, w = size
-            im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA
-                            if im.shape[0] > h else cv2.INTER_LINEAR)
+            im = cv2.resize(
+                im, (w, h), interpolation=cv2.INTER_AREA if im.shape[0] > h else cv2.INTER_LINEAR
+            )
         out.append(np.ascontiguousarray(im))
     return out
 
@@ -188,6 +199,7 @@ class NodeIO:
     def __init__(self, palette: Sequence[Sequence[int]], publish: bool = True):
         from cosme_ros.ros import image_codec
         from cosme_ros.ros.outputs import OUTPUTS, RunningRange
+
         self.codec = image_codec
         self.outputs = OUTPUTS
         self.heat = RunningRange()
@@ -195,6 +207,7 @@ class NodeIO:
         self.reason = ""
         try:
             from sensor_msgs.msg import Image
+
             self.image_cls = Image
         except ImportError as exc:  # no ROS messages: decode and encode with a stand-in
             self.image_cls = _StandInImage
@@ -204,6 +217,7 @@ class NodeIO:
             os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
             try:
                 from cosme_ros.ros.overhead import _Publishers
+
                 self.pubs = _Publishers()
             except Exception as exc:  # noqa: BLE001 — an rmw that cannot start: report, go on
                 self.reason = f"rclpy publishers unavailable ({type(exc).__name__}: {exc})"
@@ -220,11 +234,20 @@ class NodeIO:
 
     def encode(self, rgb: np.ndarray, classes: np.ndarray, score: np.ndarray, header: Any) -> Dict:
         from cosme_ros.ros.outputs import render_outputs
-        images = render_outputs(rgb, classes, score, set(self.outputs), threshold=0.0,
-                                alpha=0.5, palette=self.palette,
-                                heat_range=self.heat.update(score))
-        return {k: self.codec.encode_image(self.image_cls, a, e, header)
-                for k, (a, e) in images.items()}
+
+        images = render_outputs(
+            rgb,
+            classes,
+            score,
+            set(self.outputs),
+            threshold=0.0,
+            alpha=0.5,
+            palette=self.palette,
+            heat_range=self.heat.update(score),
+        )
+        return {
+            k: self.codec.encode_image(self.image_cls, a, e, header) for k, (a, e) in images.items()
+        }
 
     def publish(self, messages: Mapping[str, Any]) -> None:
         if self.pubs is not None:
@@ -250,8 +273,9 @@ class _StandInImage:
 # ----------------------------------------------------------------------------- frame benchmark
 
 
-def _frame_fast(pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size: Size,
-                clock: Clock) -> Tuple[Dict[str, float], float, Tuple[np.ndarray, np.ndarray]]:
+def _frame_fast(
+    pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size: Size, clock: Clock
+) -> Tuple[Dict[str, float], float, Tuple[np.ndarray, np.ndarray]]:
     """One frame through the node's path, stage by stage → ({stage: s}, cpu s, (classes, score))."""
     st: Dict[str, float] = {}
     c0 = clock.cpu()
@@ -265,8 +289,11 @@ def _frame_fast(pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size:
         t3 = clock()
         student = pipe.run_student(x)
         t4 = clock()
-        guide = (guide_from_images([frame], out_size, pipe.device)
-                 if pipe.scorer.refinement is not None else None)  # refine=guided: scoring's cost
+        guide = (
+            guide_from_images([frame], out_size, pipe.device)
+            if pipe.scorer.refinement is not None
+            else None
+        )  # refine=guided: scoring's cost
         score = pipe.scorer(teacher, student, out_size, guide)
         t5 = clock()
         classes = pipe.postprocess(teacher["o"], out_size)
@@ -281,8 +308,9 @@ def _frame_fast(pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size:
         st.update(decode=t1 - t0, encode=t7 - t6, publish=t8 - t7, frame=t8 - t0)
     else:
         st["frame"] = t6 - t1
-    st.update(preprocess=t2 - t1, teacher=t3 - t2, scoring=t5 - t4, postprocess=t6 - t5,
-              pipeline=t6 - t1)
+    st.update(
+        preprocess=t2 - t1, teacher=t3 - t2, scoring=t5 - t4, postprocess=t6 - t5, pipeline=t6 - t1
+    )
     if pipe.student is not None:
         st["student"] = t4 - t3
     return st, clock.cpu() - c0, (classes_np, score_np)
@@ -311,13 +339,27 @@ def memory_sizes(pipe) -> Optional[Dict[str, int]]:
     return {k: int(v.shape[0]) for k, v in bank.items()} if bank else None
 
 
-def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size] = None,
-                 camera: Optional[Size] = None, frames: int = 20, warmup: int = 3,
-                 device: str = "cpu", precision: str = "auto", threads: Optional[int] = None,
-                 images: Optional[str | Path] = None, naive: bool = True,
-                 teacher_only: bool = True, node: bool = True, publish: bool = True,
-                 pipeline=None, seed: int = 0, refine: str = "none",
-                 progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+def bench_frames(
+    bundle,
+    *,
+    method: str = "maxlogit",
+    input_size: Optional[Size] = None,
+    camera: Optional[Size] = None,
+    frames: int = 20,
+    warmup: int = 3,
+    device: str = "cpu",
+    precision: str = "auto",
+    threads: Optional[int] = None,
+    images: Optional[str | Path] = None,
+    naive: bool = True,
+    teacher_only: bool = True,
+    node: bool = True,
+    publish: bool = True,
+    pipeline=None,
+    seed: int = 0,
+    refine: str = "none",
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """Time ``frames`` frames (after ``warmup``) through the node's path, alternating with the
     naive pipeline and the teacher-only node frame by frame. See the module docstring.
 
@@ -338,8 +380,14 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
     if threads is not None:
         torch.set_num_threads(int(threads))
     reset_peak_rss()
-    pipe = pipeline or Pipeline(bundle, method=method, device=device, input_size=input_size,
-                                precision=precision, refine=refine)
+    pipe = pipeline or Pipeline(
+        bundle,
+        method=method,
+        device=device,
+        input_size=input_size,
+        precision=precision,
+        refine=refine,
+    )
     clock = Clock(pipe.device)
     n_src = max(1, min(frames, 8))
     if images is not None:
@@ -362,8 +410,10 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
         naive_pipe = None
         if naive:
             from cosme_ros.naive import NaivePipeline
-            naive_pipe = NaivePipeline(bundle, method=pipe.method, device=str(pipe.device),
-                                       input_size=pipe.input_size)
+
+            naive_pipe = NaivePipeline(
+                bundle, method=pipe.method, device=str(pipe.device), input_size=pipe.input_size
+            )
             naive_pipe.scorer = pipe.scorer  # the same parts (sweep may have swapped them in)
             for i in range(min(warmup, 1) if warmup else 0):
                 _frame_naive(naive_pipe, src[0], src[0].shape[:2], clock)
@@ -378,9 +428,12 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
             rgb, msg = src[k], msgs[k]
             out_size = tuple(rgb.shape[:2])
             # alternate the order too, so that no variant always runs on a warm cache
-            jobs = ["fast"] + (["naive"] if naive_pipe is not None else []) \
+            jobs = (
+                ["fast"]
+                + (["naive"] if naive_pipe is not None else [])
                 + (["teacher"] if teacher_only else [])
-            jobs = jobs[i % len(jobs):] + jobs[:i % len(jobs)]
+            )
+            jobs = jobs[i % len(jobs) :] + jobs[: i % len(jobs)]
             for job in jobs:
                 if job == "fast":
                     st, c, fast_out = _frame_fast(pipe, io, msg, rgb, out_size, clock)
@@ -393,9 +446,12 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
                 else:
                     t_teacher.append(_frame_teacher_only(pipe, rgb, out_size, clock))
             if naive_pipe is not None and not diff:
-                diff = {"max_abs_score_diff": float(np.abs(
-                            fast_out[1].astype(np.float64) - naive_out.score).max()),
-                        "class_agreement": float((fast_out[0] == naive_out.classes).mean())}
+                diff = {
+                    "max_abs_score_diff": float(
+                        np.abs(fast_out[1].astype(np.float64) - naive_out.score).max()
+                    ),
+                    "class_agreement": float((fast_out[0] == naive_out.classes).mean()),
+                }
             say(f"frame {i + 1}/{frames}: {stages['frame'][-1] * 1e3:.1f} ms")
         peak_all = peak_rss_mb()
     finally:
@@ -407,27 +463,41 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
     order = [s for s in ("decode",) + PIPELINE_STAGES + ("encode", "publish") if s in stages]
     stages_ms = {s: summary(stages[s]) for s in order}
     out: Dict[str, Any] = {
-        "bundle": bundle.name, "method": pipe.method, "device": str(pipe.device),
+        "bundle": bundle.name,
+        "method": pipe.method,
+        "device": str(pipe.device),
         "refine": "none" if pipe.scorer.refinement is None else "guided",
-        "precision": pipe.precision, "precision_requested": precision,
+        "precision": pipe.precision,
+        "precision_requested": precision,
         "channels_last": pipe.channels_last,
         "input_size": list(pipe.input_size),
-        "camera_size": list(src[0].shape[:2]), "output_size": list(src[0].shape[:2]),
-        "source": source, "frames": frames, "warmup": warmup, "K": memory_sizes(pipe),
-        "frame_ms": frame, "fps": round(1000.0 / frame["median"], 3),
-        "pipeline_ms": pipeline_ms, "stages_ms": stages_ms,
+        "camera_size": list(src[0].shape[:2]),
+        "output_size": list(src[0].shape[:2]),
+        "source": source,
+        "frames": frames,
+        "warmup": warmup,
+        "K": memory_sizes(pipe),
+        "frame_ms": frame,
+        "fps": round(1000.0 / frame["median"], 3),
+        "pipeline_ms": pipeline_ms,
+        "stages_ms": stages_ms,
         "stage_share": {s: round(v["median"] / frame["median"], 4) for s, v in stages_ms.items()},
         "cpu_frame_ms": summary(cpu),
-        "node": {"measured": node, "published": bool(io and io.published),
-                 "note": (io.reason if io is not None else "node stages not measured")},
-        "peak_rss_mb": round(peak_fast, 1), "peak_rss_mb_with_naive": round(peak_all, 1),
+        "node": {
+            "measured": node,
+            "published": bool(io and io.published),
+            "note": (io.reason if io is not None else "node stages not measured"),
+        },
+        "peak_rss_mb": round(peak_fast, 1),
+        "peak_rss_mb_with_naive": round(peak_all, 1),
     }
-    share = (stages_ms["scoring"]["median"] + stages_ms["postprocess"]["median"])
+    share = stages_ms["scoring"]["median"] + stages_ms["postprocess"]["median"]
     out["scoring_postprocess_share"] = round(share / frame["median"], 4)
     if teacher_only:
         out["teacher_only_ms"] = summary(t_teacher)
-        out["ratio_cosme_vs_teacher_only"] = ratio(pipeline_ms["median"],
-                                                   out["teacher_only_ms"]["median"])
+        out["ratio_cosme_vs_teacher_only"] = ratio(
+            pipeline_ms["median"], out["teacher_only_ms"]["median"]
+        )
     if node:
         out["ratio_node_vs_pipeline"] = ratio(frame["median"], pipeline_ms["median"])
     if naive_pipe is not None:
@@ -444,16 +514,24 @@ def bench_frames(bundle, *, method: str = "maxlogit", input_size: Optional[Size]
 # ----------------------------------------------------------------------------- scorer alone
 
 
-def r101_tap_shapes(input_size: Size = (512, 1024), output_stride: int = 16,
-                    layers: Sequence[str] = R101_TAPS) -> Dict[str, Tuple[int, int, int]]:
+def r101_tap_shapes(
+    input_size: Size = (512, 1024), output_stride: int = 16, layers: Sequence[str] = R101_TAPS
+) -> Dict[str, Tuple[int, int, int]]:
     """(C, H, W) of DeepLabV3+ R101's taps at ``input_size`` — read from the network's
     ``tap_channels`` / ``tap_strides``, built on the meta device (no weights, no memory)."""
     from cosme_ros.nets.deeplabv3plus import build_deeplabv3plus
+
     with torch.device("meta"):
         net = build_deeplabv3plus(backbone="resnet101", output_stride=output_stride)
     h, w = input_size
-    return {t: (int(net.tap_channels[t]), math.ceil(h / net.tap_strides[t]),
-                math.ceil(w / net.tap_strides[t])) for t in layers}
+    return {
+        t: (
+            int(net.tap_channels[t]),
+            math.ceil(h / net.tap_strides[t]),
+            math.ceil(w / net.tap_strides[t]),
+        )
+        for t in layers
+    }
 
 
 def fix_malloc_threshold(threshold: int = 1 << 20) -> bool:
@@ -463,6 +541,7 @@ def fix_malloc_threshold(threshold: int = 1 << 20) -> bool:
     later measurement hides it. Returns whether it took effect."""
     try:
         import ctypes
+
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
@@ -473,6 +552,7 @@ def _trim() -> None:
     gc.collect()
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -488,11 +568,19 @@ def _measure_peak(fn: Callable[[], Any]) -> Optional[float]:
     return max(0.0, peak_rss_mb() - base)
 
 
-def bench_scorer(ks: Iterable[int] = SCORER_KS, *, input_size: Size = (512, 1024),
-                 repeats: int = 5, warmup: int = 1, chunk_bytes: Optional[int] = None,
-                 device: str = "cpu", threads: Optional[int] = None, cdist: bool = False,
-                 seed: int = 0, progress: Optional[Callable[[str], None]] = None
-                 ) -> Dict[str, Any]:
+def bench_scorer(
+    ks: Iterable[int] = SCORER_KS,
+    *,
+    input_size: Size = (512, 1024),
+    repeats: int = 5,
+    warmup: int = 1,
+    chunk_bytes: Optional[int] = None,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    cdist: bool = False,
+    seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """MulMem Γ (Eq. 3–4, :func:`cosme_ros.anomaly.memory.gamma`) against the naive form
     (:func:`cosme_ros.naive.naive_gamma`) on random R101 tap features (B = 1) and random unit
     prototypes, for each K; alternated repeat by repeat. ``cdist=True`` adds ``torch.cdist``."""
@@ -513,16 +601,20 @@ def bench_scorer(ks: Iterable[int] = SCORER_KS, *, input_size: Size = (512, 1024
     banks = {}
 
     def make_variants(bank) -> Dict[str, Callable[[], torch.Tensor]]:
-        out = {"fast": lambda: memory.gamma(taps, bank, chunk_bytes=budget),
-               "naive": lambda: naive.naive_gamma(taps, bank)}
+        out = {
+            "fast": lambda: memory.gamma(taps, bank, chunk_bytes=budget),
+            "naive": lambda: naive.naive_gamma(taps, bank),
+        }
         if cdist:
             out["cdist"] = lambda: _cdist_gamma(taps, bank)
         return out
 
     for k in ks:
         k = int(k)
-        bank = banks[k] = {t: F.normalize(torch.randn(k, s[0], generator=g), dim=1).to(dev)
-                           for t, s in shapes.items()}
+        bank = banks[k] = {
+            t: F.normalize(torch.randn(k, s[0], generator=g), dim=1).to(dev)
+            for t, s in shapes.items()
+        }
         variants = make_variants(bank)
         with torch.inference_mode():
             for _ in range(warmup):
@@ -531,31 +623,46 @@ def bench_scorer(ks: Iterable[int] = SCORER_KS, *, input_size: Size = (512, 1024
             times: Dict[str, List[float]] = {n: [] for n in variants}
             names = list(variants)
             for r in range(repeats):
-                for n in names[r % len(names):] + names[:r % len(names)]:
+                for n in names[r % len(names) :] + names[: r % len(names)]:
                     t0 = clock()
                     variants[n]()
                     times[n].append(clock() - t0)
             fast, ref = variants["fast"](), variants["naive"]()
             gamma_diff = float((fast - ref).abs().max())
-            cos_diff = max(float((memory.max_cosine(taps[t], bank[t], chunk_bytes=budget)
-                                  - naive.naive_max_cosine(taps[t], bank[t])).abs().max())
-                           for t in shapes)
+            cos_diff = max(
+                float(
+                    (
+                        memory.max_cosine(taps[t], bank[t], chunk_bytes=budget)
+                        - naive.naive_max_cosine(taps[t], bank[t])
+                    )
+                    .abs()
+                    .max()
+                )
+                for t in shapes
+            )
             del fast, ref
-        row = {"K": k,
-               "fast_ms": summary(times["fast"]), "naive_ms": summary(times["naive"]),
-               "max_abs_diff_gamma": gamma_diff, "max_abs_diff_cosine": cos_diff,
-               "equal_to_1e-5": bool(gamma_diff <= 1e-5 and cos_diff <= 1e-5),
-               "bound_extra_mb": {"fast": round(_fast_bound(shapes, k, budget, dev) / 2**20, 3),
-                                  "naive": round(_naive_bound(shapes, k) / 2**20, 3)}}
+        row = {
+            "K": k,
+            "fast_ms": summary(times["fast"]),
+            "naive_ms": summary(times["naive"]),
+            "max_abs_diff_gamma": gamma_diff,
+            "max_abs_diff_cosine": cos_diff,
+            "equal_to_1e-5": bool(gamma_diff <= 1e-5 and cos_diff <= 1e-5),
+            "bound_extra_mb": {
+                "fast": round(_fast_bound(shapes, k, budget, dev) / 2**20, 3),
+                "naive": round(_naive_bound(shapes, k) / 2**20, 3),
+            },
+        }
         row["ratio_fast_vs_naive"] = ratio(row["naive_ms"]["median"], row["fast_ms"]["median"])
         if cdist:
             row["cdist_ms"] = summary(times["cdist"])
-            row["ratio_fast_vs_cdist"] = ratio(row["cdist_ms"]["median"],
-                                               row["fast_ms"]["median"])
+            row["ratio_fast_vs_cdist"] = ratio(row["cdist_ms"]["median"], row["fast_ms"]["median"])
         results.append(row)
-        say(f"K={k}: fast {row['fast_ms']['median']:.1f} ms, naive "
+        say(
+            f"K={k}: fast {row['fast_ms']['median']:.1f} ms, naive "
             f"{row['naive_ms']['median']:.1f} ms ({row['ratio_fast_vs_naive']:.2f}x), "
-            f"max |dGamma| {gamma_diff:.1e}")
+            f"max |dGamma| {gamma_diff:.1e}"
+        )
         del bank, variants
     # Memory last: with the mmap threshold fixed, every large buffer is a fresh mapping whose
     # page faults would slow the timings (the blocked scorer allocates many 2 MiB blocks).
@@ -564,27 +671,37 @@ def bench_scorer(ks: Iterable[int] = SCORER_KS, *, input_size: Size = (512, 1024
         for row in results:
             variants = make_variants(banks[row["K"]])
             peak = {n: _measure_peak(variants[n]) for n in ("fast", "naive")}
-            row["peak_extra_mb"] = {n: (None if v is None else round(v, 3))
-                                    for n, v in peak.items()}
+            row["peak_extra_mb"] = {
+                n: (None if v is None else round(v, 3)) for n, v in peak.items()
+            }
     fix_malloc_threshold(32 << 20)  # glibc's largest dynamic threshold: its warmed-up state
-    return {"mode": "scorer", "device": str(dev), "input_size": list(input_size),
-            "taps": {t: list(s) for t, s in shapes.items()}, "repeats": repeats,
-            "chunk_bytes": budget, "chunk_mb": round(budget / 2**20, 1), "results": results,
-            "memory_note": "peak_extra_mb: peak RSS above the RSS before one call (VmHWM reset "
-                           "through /proc/self/clear_refs; glibc mmap threshold fixed at 1 MiB: "
-                           f"{malloc_fixed}); bound_extra_mb: computed from the shapes",
-            **environment(dev)}
+    return {
+        "mode": "scorer",
+        "device": str(dev),
+        "input_size": list(input_size),
+        "taps": {t: list(s) for t, s in shapes.items()},
+        "repeats": repeats,
+        "chunk_bytes": budget,
+        "chunk_mb": round(budget / 2**20, 1),
+        "results": results,
+        "memory_note": "peak_extra_mb: peak RSS above the RSS before one call (VmHWM reset "
+        "through /proc/self/clear_refs; glibc mmap threshold fixed at 1 MiB: "
+        f"{malloc_fixed}); bound_extra_mb: computed from the shapes",
+        **environment(dev),
+    }
 
 
 def _cdist_gamma(taps, bank):
     from cosme_ros import naive
+
     size = max((tuple(taps[n].shape[-2:]) for n in bank), key=lambda s: s[0] * s[1])
     out = None
     for name, protos in bank.items():
         g = 1.0 - naive.cdist_max_cosine(taps[name], protos)
         if tuple(g.shape[-2:]) != size:
-            g = F.interpolate(g.unsqueeze(1), size=size, mode="bilinear",
-                              align_corners=False).squeeze(1)
+            g = F.interpolate(
+                g.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+            ).squeeze(1)
         out = g if out is None else out * g
     return out
 
@@ -593,6 +710,7 @@ def _fast_bound(shapes, k: int, budget: int, device: torch.device) -> int:
     """Largest extra allocation of :func:`memory.max_cosine` for one layer (fp32 features): one
     block of the similarity and its max, the per-pixel max and norm; plus Γ's maps."""
     from cosme_ros.anomaly import memory
+
     worst = 0
     big = max(h * w for _, h, w in shapes.values())
     for c, h, w in shapes.values():
@@ -615,11 +733,13 @@ def _naive_bound(shapes, k: int) -> int:
 # ----------------------------------------------------------------------------- sweep
 
 
-def teacher_gflops(teacher: torch.nn.Module, input_size: Size, taps=("o",),
-                   device: torch.device | str = "cpu") -> float:
+def teacher_gflops(
+    teacher: torch.nn.Module, input_size: Size, taps=("o",), device: torch.device | str = "cpu"
+) -> float:
     """Multiply-adds × 2 of one teacher forward at ``input_size`` (convolutions and matmuls,
     counted by ``torch.utils.flop_counter.FlopCounterMode``), in GFLOP."""
     from torch.utils.flop_counter import FlopCounterMode
+
     x = torch.zeros(1, 3, *input_size, device=device)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
@@ -630,14 +750,16 @@ def teacher_gflops(teacher: torch.nn.Module, input_size: Size, taps=("o",),
 def random_memory_parts(pipe, k: int, layers: Sequence[str] = R101_TAPS, seed: int = 0):
     """AnomalyParts with K random unit prototypes per layer, for the teacher of ``pipe``."""
     from cosme_ros.anomaly.scorers import AnomalyParts
+
     g = torch.Generator().manual_seed(seed)
     chans = pipe.teacher.tap_channels
     bank = {t: F.normalize(torch.randn(k, chans[t], generator=g), dim=1) for t in layers}
     return AnomalyParts(memory=bank, memory_layers=tuple(layers))
 
 
-def _alternate(calls: Mapping[str, Callable[[int], Dict[str, float]]], frames: int,
-               warmup: int) -> Dict[str, Dict[str, List[float]]]:
+def _alternate(
+    calls: Mapping[str, Callable[[int], Dict[str, float]]], frames: int, warmup: int
+) -> Dict[str, Dict[str, List[float]]]:
     """Run every variant on frame i before any runs frame i + 1 (rotating who goes first);
     {variant: {stage: [seconds]}}."""
     for i in range(warmup):
@@ -646,17 +768,26 @@ def _alternate(calls: Mapping[str, Callable[[int], Dict[str, float]]], frames: i
     names = list(calls)
     out: Dict[str, Dict[str, List[float]]] = {n: {} for n in names}
     for i in range(frames):
-        for n in names[i % len(names):] + names[:i % len(names)]:
+        for n in names[i % len(names) :] + names[: i % len(names)]:
             for stage, v in calls[n](i).items():
                 out[n].setdefault(stage, []).append(v)
     return out
 
 
-def sweep(bundle, *, sizes: Sequence[Size] = SWEEP_SIZES, ks: Sequence[int] = SCORER_KS,
-          k_size: Optional[Size] = None, frames: int = 5, warmup: int = 1,
-          device: str = "cpu", precision: str = "auto", threads: Optional[int] = None,
-          images: Optional[str | Path] = None,
-          progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+def sweep(
+    bundle,
+    *,
+    sizes: Sequence[Size] = SWEEP_SIZES,
+    ks: Sequence[int] = SCORER_KS,
+    k_size: Optional[Size] = None,
+    frames: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    precision: str = "auto",
+    threads: Optional[int] = None,
+    images: Optional[str | Path] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """Pipeline time (maxlogit; preprocess → postprocess, no node) against the network input
     size — frames rendered at that size — with the teacher's GFLOPs; then against K (MulMem, K
     random unit prototypes per layer, unstandardised Γ) at ``k_size`` (default: the bundle's
@@ -679,8 +810,9 @@ def sweep(bundle, *, sizes: Sequence[Size] = SWEEP_SIZES, ks: Sequence[int] = SC
 
     def runner(pipe, src):
         clock = Clock(pipe.device)
-        return lambda i: _frame_fast(pipe, None, None, src[i % len(src)],
-                                     src[i % len(src)].shape[:2], clock)[0]
+        return lambda i: _frame_fast(
+            pipe, None, None, src[i % len(src)], src[i % len(src)].shape[:2], clock
+        )[0]
 
     pipes = {}
     by_size = []
@@ -703,14 +835,17 @@ def sweep(bundle, *, sizes: Sequence[Size] = SWEEP_SIZES, ks: Sequence[int] = SC
     pipe = Pipeline(bundle, "maxlogit", device=device, input_size=k_size, precision=precision)
     layers = [t for t in R101_TAPS if t in getattr(pipe.teacher, "tap_channels", {})]
     src = source(k_size)
-    scorers = {int(k): build_scorer("mulmem", random_memory_parts(pipe, int(k), layers),
-                                    standardize=False) for k in ks}
+    scorers = {
+        int(k): build_scorer("mulmem", random_memory_parts(pipe, int(k), layers), standardize=False)
+        for k in ks
+    }
     run = runner(pipe, src)
 
     def with_k(k: int):
         def call(i: int):
             pipe.scorer = scorers[k]
             return run(i)
+
         return call
 
     say(f"K: {', '.join(map(str, scorers))} at {k_size[0]}x{k_size[1]}, alternating")
@@ -719,54 +854,88 @@ def sweep(bundle, *, sizes: Sequence[Size] = SWEEP_SIZES, ks: Sequence[int] = SC
     for k in scorers:
         st = times[str(k)]
         total, scoring = summary(st["pipeline"]), summary(st["scoring"])
-        by_k.append({"K": k, "pipeline_ms": total, "scoring_ms": scoring,
-                     "scoring_share": round(scoring["median"] / total["median"], 4)})
+        by_k.append(
+            {
+                "K": k,
+                "pipeline_ms": total,
+                "scoring_ms": scoring,
+                "scoring_share": round(scoring["median"] / total["median"], 4),
+            }
+        )
     base = by_size[0]
     for row in by_size:
         row["time_ratio"] = ratio(row["pipeline_ms"]["median"], base["pipeline_ms"]["median"])
         row["flop_ratio"] = round(row["gflops"] / base["gflops"], 3)
-    return {"mode": "sweep", "bundle": bundle.name, "device": str(pipe.device),
-            "precision": pipe.precision, "frames": frames, "memory_layers": layers,
-            "k_input_size": list(k_size), "by_size": by_size, "by_k": by_k,
-            **environment(pipe.device)}
+    return {
+        "mode": "sweep",
+        "bundle": bundle.name,
+        "device": str(pipe.device),
+        "precision": pipe.precision,
+        "frames": frames,
+        "memory_layers": layers,
+        "k_input_size": list(k_size),
+        "by_size": by_size,
+        "by_k": by_k,
+        **environment(pipe.device),
+    }
 
 
 def sweep_markdown(result: Mapping[str, Any]) -> str:
     """The sweep as two markdown tables (for BENCHMARKS.md)."""
-    lines = [f"Bundle `{result['bundle']}`, {result['device']} ({result.get('cpu_model', '')}), "
-             f"precision {result['precision']}, {result['threads']} thread(s), "
-             f"median of {result['frames']} frames; the sizes (and the Ks) alternate frame by "
-             "frame in one run.", "",
-             "| input (H×W) | teacher GFLOP | pipeline ms (median) | p95 | time ratio | "
-             "FLOP ratio | ms / GFLOP |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Bundle `{result['bundle']}`, {result['device']} ({result.get('cpu_model', '')}), "
+        f"precision {result['precision']}, {result['threads']} thread(s), "
+        f"median of {result['frames']} frames; the sizes (and the Ks) alternate frame by "
+        "frame in one run.",
+        "",
+        "| input (H×W) | teacher GFLOP | pipeline ms (median) | p95 | time ratio | "
+        "FLOP ratio | ms / GFLOP |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["by_size"]:
         h, w = r["input_size"]
-        lines.append(f"| {h}×{w} | {r['gflops']:.2f} | {r['pipeline_ms']['median']:.1f} | "
-                     f"{r['pipeline_ms']['p95']:.1f} | {r['time_ratio']:.2f} | "
-                     f"{r['flop_ratio']:.2f} | {r['ms_per_gflop']:.1f} |")
+        lines.append(
+            f"| {h}×{w} | {r['gflops']:.2f} | {r['pipeline_ms']['median']:.1f} | "
+            f"{r['pipeline_ms']['p95']:.1f} | {r['time_ratio']:.2f} | "
+            f"{r['flop_ratio']:.2f} | {r['ms_per_gflop']:.1f} |"
+        )
     h, w = result["k_input_size"]
-    lines += ["", f"MulMem with K random prototypes per layer ({', '.join(result['memory_layers'])})"
-              f" at {h}×{w}:", "", "| K | pipeline ms (median) | scoring ms | scoring share |",
-              "| ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        f"MulMem with K random prototypes per layer ({', '.join(result['memory_layers'])})"
+        f" at {h}×{w}:",
+        "",
+        "| K | pipeline ms (median) | scoring ms | scoring share |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for r in result["by_k"]:
-        lines.append(f"| {r['K']} | {r['pipeline_ms']['median']:.1f} | "
-                     f"{r['scoring_ms']['median']:.1f} | {100 * r['scoring_share']:.1f} % |")
+        lines.append(
+            f"| {r['K']} | {r['pipeline_ms']['median']:.1f} | "
+            f"{r['scoring_ms']['median']:.1f} | {100 * r['scoring_share']:.1f} % |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def sweep_plot(result: Mapping[str, Any], path: str | Path) -> None:
     """Frame time against teacher GFLOPs (input size) and against K, as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     xs = [r["gflops"] for r in result["by_size"]]
     ys = [r["pipeline_ms"]["median"] for r in result["by_size"]]
     a.plot(xs, ys, "o-", label="measured")
     a.plot(xs, [ys[0] * x / xs[0] for x in xs], "--", label="∝ FLOPs")
     for r, x, y in zip(result["by_size"], xs, ys):
-        a.annotate(f"{r['input_size'][0]}×{r['input_size'][1]}", (x, y),
-                   textcoords="offset points", xytext=(4, -10), fontsize=8)
+        a.annotate(
+            f"{r['input_size'][0]}×{r['input_size'][1]}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+        )
     a.set(xlabel="teacher GFLOP", ylabel="pipeline ms (median)", title="input size")
     a.legend()
     ks = [r["K"] for r in result["by_k"]]
@@ -780,6 +949,7 @@ def sweep_plot(result: Mapping[str, Any], path: str | Path) -> None:
     fig.suptitle(f"{result['bundle']} — {result['device']}, {result['precision']}")
     fig.tight_layout()
     from cosme_ros import atomic
+
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -24,6 +24,7 @@ Layout::
 Tensors live in safetensors only (no pickle anywhere in a bundle). Every reader validates and
 fails with a :class:`BundleError` that names the file and the field.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,34 +47,41 @@ MANIFEST = "manifest.yaml"
 TEACHER_FILE = "teacher.safetensors"
 STUDENT_FILE = "student.safetensors"
 ANOMALY_FILE = "anomaly.safetensors"
-MAX_NAME_CHARS = 200           # the name is echoed in logs and in every /diagnostics message
-
+MAX_NAME_CHARS = 200  # the name is echoed in logs and in every /diagnostics message
 
 
 # ----------------------------------------------------------------------------- validation helpers
+
 
 def _need(section: Mapping, key: str, where: str, kind: type) -> Any:
     if not isinstance(section, Mapping) or key not in section:
         raise BundleError(f"{where}: missing field '{key}'")
     value = section[key]
     if not isinstance(value, kind):
-        raise BundleError(f"{where}: field '{key}' should be a {kind.__name__}, "
-                          f"got {type(value).__name__}")
+        raise BundleError(
+            f"{where}: field '{key}' should be a {kind.__name__}, " f"got {type(value).__name__}"
+        )
     return value
 
 
 def _numbers(value: Any, n: int, where: str, key: str) -> List[float]:
-    if (not isinstance(value, list) or len(value) != n
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in value)):
-        raise BundleError(f"{where}: field '{key}' should be a list of {n} finite numbers, got "
-                          f"{value!r}")
+    if (
+        not isinstance(value, list)
+        or len(value) != n
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    ):
+        raise BundleError(
+            f"{where}: field '{key}' should be a list of {n} finite numbers, got " f"{value!r}"
+        )
     return [float(v) for v in value]
 
 
-MAX_INPUT_SIDE = 8192     # network input side; [100000, 100000] asked for a 28 GiB tensor
-MAX_CHANNELS = 4096       # any *_channels of a network config (10^7 made the node grow to 10 GB)
-MAX_CONFIG_INT = 65536    # any other integer of a network config (classes, depth, strides, …)
+MAX_INPUT_SIDE = 8192  # network input side; [100000, 100000] asked for a 28 GiB tensor
+MAX_CHANNELS = 4096  # any *_channels of a network config (10^7 made the node grow to 10 GB)
+MAX_CONFIG_INT = 65536  # any other integer of a network config (classes, depth, strides, …)
 
 
 def _check_config(value: Any, where: str, key: str) -> None:
@@ -90,8 +98,9 @@ def _check_config(value: Any, where: str, key: str) -> None:
         limit = MAX_CHANNELS if key.endswith("channels") else MAX_CONFIG_INT
         low = 1 if key.endswith(("channels", "num_classes")) else 0
         if not low <= value <= limit:
-            raise BundleError(f"{where}: field '{key}' is {value}; it must be within "
-                              f"[{low}, {limit}]")
+            raise BundleError(
+                f"{where}: field '{key}' is {value}; it must be within " f"[{low}, {limit}]"
+            )
     elif isinstance(value, float):
         if not (math.isfinite(value) and abs(value) <= 1e6):
             raise BundleError(f"{where}: field '{key}' is {value}; it must be a finite number")
@@ -104,8 +113,9 @@ def _check_config(value: Any, where: str, key: str) -> None:
 
 def _check_sha256(section: Mapping[str, Any], where: str, part: str) -> None:
     sha = section.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
-                                and all(c in "0123456789abcdef" for c in sha)):
+    if sha is not None and not (
+        isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+    ):
         raise BundleError(f"{where}: field '{part}.sha256' should be 64 lower-case hex digits")
 
 
@@ -147,37 +157,47 @@ class Bundle:
         if not path.is_dir():
             raise BundleError(f"{path}: not a bundle directory (it does not exist or is a file)")
         if not (path / MANIFEST).is_file():
-            raise BundleError(f"{where}: missing (not a cosme bundle; make one with "
-                              f"`cosme bundle create`)")
+            raise BundleError(
+                f"{where}: missing (not a cosme bundle; make one with " f"`cosme bundle create`)"
+            )
         manifest = read_manifest_text(path / MANIFEST)
         if not isinstance(manifest, dict):
             raise BundleError(f"{where}: should be a mapping, got {type(manifest).__name__}")
         if manifest.get("format") != FORMAT:
-            raise BundleError(f"{where}: field 'format' should be '{FORMAT}', "
-                              f"got {manifest.get('format')!r}")
+            raise BundleError(
+                f"{where}: field 'format' should be '{FORMAT}', " f"got {manifest.get('format')!r}"
+            )
         version = manifest.get("version")
         if version != VERSION:
-            raise BundleError(f"{where}: field 'version' is {version!r}; this cosme_ros reads "
-                              f"version {VERSION}")
+            raise BundleError(
+                f"{where}: field 'version' is {version!r}; this cosme_ros reads "
+                f"version {VERSION}"
+            )
         name = manifest.get("name")
-        if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS
-                                     and name.isprintable()):
-            raise BundleError(f"{where}: field 'name' should be a printable string of 1 to "
-                              f"{MAX_NAME_CHARS} characters")
+        if name is not None and not (
+            isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
+        ):
+            raise BundleError(
+                f"{where}: field 'name' should be a printable string of 1 to "
+                f"{MAX_NAME_CHARS} characters"
+            )
         teacher = _need(manifest, "teacher", where, dict)
         _need(teacher, "arch", f"{where} teacher", str)
-        _check_config(_need(teacher, "config", f"{where} teacher", dict), where,
-                      "teacher.config")
+        _check_config(_need(teacher, "config", f"{where} teacher", dict), where, "teacher.config")
         weights = _need(teacher, "weights", f"{where} teacher", str)
         _check_file(path, weights, where, "teacher.weights")
         _check_sha256(teacher, where, "teacher")
 
         pre = _need(manifest, "preprocess", where, dict)
         size = _need(pre, "input_size", f"{where} preprocess", list)
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
-                                     and 32 <= v <= MAX_INPUT_SIDE for v in size):
-            raise BundleError(f"{where}: field 'preprocess.input_size' should be [height, width], "
-                              f"integers from 32 to {MAX_INPUT_SIDE}, got {size!r}")
+        if len(size) != 2 or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_INPUT_SIDE
+            for v in size
+        ):
+            raise BundleError(
+                f"{where}: field 'preprocess.input_size' should be [height, width], "
+                f"integers from 32 to {MAX_INPUT_SIDE}, got {size!r}"
+            )
         mean = _numbers(pre.get("mean"), 3, where, "preprocess.mean")
         std = _numbers(pre.get("std"), 3, where, "preprocess.std")
         if min(std) <= 0:
@@ -189,57 +209,90 @@ class Bundle:
         if not all(isinstance(n, str) for n in names):
             raise BundleError(f"{where}: field 'classes.names' should be a list of strings")
         if len(palette) != len(names) or not all(
-                isinstance(c, list) and len(c) == 3
-                and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette):
-            raise BundleError(f"{where}: field 'classes.palette' should hold one [r, g, b] "
-                              f"(0-255) per class name ({len(names)})")
+            isinstance(c, list)
+            and len(c) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+            for c in palette
+        ):
+            raise BundleError(
+                f"{where}: field 'classes.palette' should hold one [r, g, b] "
+                f"(0-255) per class name ({len(names)})"
+            )
         void = classes.get("void", [])
-        if not isinstance(void, list) or not all(isinstance(v, int) and 0 <= v < len(names)
-                                                 for v in void):
-            raise BundleError(f"{where}: field 'classes.void' should list class indices "
-                              f"below {len(names)}")
+        if not isinstance(void, list) or not all(
+            isinstance(v, int) and 0 <= v < len(names) for v in void
+        ):
+            raise BundleError(
+                f"{where}: field 'classes.void' should list class indices " f"below {len(names)}"
+            )
         num_classes = teacher["config"].get("num_classes")
-        if num_classes is not None and (not isinstance(num_classes, int)
-                                        or isinstance(num_classes, bool)):
-            raise BundleError(f"{where}: field 'teacher.config.num_classes' should be an "
-                              f"integer, got {num_classes!r}")
+        if num_classes is not None and (
+            not isinstance(num_classes, int) or isinstance(num_classes, bool)
+        ):
+            raise BundleError(
+                f"{where}: field 'teacher.config.num_classes' should be an "
+                f"integer, got {num_classes!r}"
+            )
         if num_classes is not None and num_classes != len(names):
-            raise BundleError(f"{where}: teacher.config.num_classes is {num_classes} but "
-                              f"classes.names has {len(names)} entries")
+            raise BundleError(
+                f"{where}: teacher.config.num_classes is {num_classes} but "
+                f"classes.names has {len(names)} entries"
+            )
 
         if "student" in manifest:
             student = _need(manifest, "student", where, dict)
-            _check_config(_need(student, "config", f"{where} student", dict), where,
-                          "student.config")
-            _check_file(path, _need(student, "weights", f"{where} student", str), where,
-                        "student.weights")
+            _check_config(
+                _need(student, "config", f"{where} student", dict), where, "student.config"
+            )
+            _check_file(
+                path, _need(student, "weights", f"{where} student", str), where, "student.weights"
+            )
             _check_sha256(student, where, "student")
         if "anomaly" in manifest:
             anomaly = _need(manifest, "anomaly", where, dict)
-            _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where,
-                        "anomaly.weights")
+            _check_file(
+                path, _need(anomaly, "weights", f"{where} anomaly", str), where, "anomaly.weights"
+            )
             _check_sha256(anomaly, where, "anomaly")
             from cosme_ros.nets.taps import ALL_TAPS
+
             for key in ("memory_layers", "consensus_layers"):
-                if key in anomaly and not (isinstance(anomaly[key], list)
-                                           and all(v in ALL_TAPS for v in anomaly[key])):
-                    raise BundleError(f"{where}: field 'anomaly.{key}' should be a list of tap "
-                                      f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}")
+                if key in anomaly and not (
+                    isinstance(anomaly[key], list) and all(v in ALL_TAPS for v in anomaly[key])
+                ):
+                    raise BundleError(
+                        f"{where}: field 'anomaly.{key}' should be a list of tap "
+                        f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}"
+                    )
             if "default_method" in anomaly:
                 _check_default_method(anomaly["default_method"], where)
         thresholds = manifest.get("thresholds", {})
         if not isinstance(thresholds, dict):
-            raise BundleError(f"{where}: field 'thresholds' should be a mapping of method to "
-                              f"threshold")
+            raise BundleError(
+                f"{where}: field 'thresholds' should be a mapping of method to " f"threshold"
+            )
         for key, entry in thresholds.items():
             value = entry.get("value") if isinstance(entry, dict) else None
-            if not isinstance(key, str) or not isinstance(value, (int, float)) \
-                    or isinstance(value, bool) or not math.isfinite(value):
-                raise BundleError(f"{where}: field 'thresholds.{key}' should be a mapping with "
-                                  f"a finite number 'value'")
-        return cls(path=path, manifest=manifest, input_size=(size[0], size[1]),
-                   mean=tuple(mean), std=tuple(std), class_names=list(names),
-                   palette=[tuple(c) for c in palette], void_classes=list(void))
+            if (
+                not isinstance(key, str)
+                or not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+            ):
+                raise BundleError(
+                    f"{where}: field 'thresholds.{key}' should be a mapping with "
+                    f"a finite number 'value'"
+                )
+        return cls(
+            path=path,
+            manifest=manifest,
+            input_size=(size[0], size[1]),
+            mean=tuple(mean),
+            std=tuple(std),
+            class_names=list(names),
+            palette=[tuple(c) for c in palette],
+            void_classes=list(void),
+        )
 
     @property
     def name(self) -> str:
@@ -261,6 +314,7 @@ class Bundle:
     def teacher_align_corners(self) -> bool:
         """How the teacher upsamples its outputs (:func:`cosme_ros.nets.teacher_align_corners`)."""
         from cosme_ros.nets import teacher_align_corners
+
         t = self.manifest["teacher"]
         return teacher_align_corners(t["arch"], t["config"])
 
@@ -272,20 +326,26 @@ class Bundle:
     def teacher(self) -> nn.Module:
         """The teacher in eval mode with its weights loaded strictly."""
         from cosme_ros.nets import build_network
+
         section = self.manifest["teacher"]
-        module = _build(build_network, section["arch"], section["config"],
-                        self.path / MANIFEST, "teacher")
+        module = _build(
+            build_network, section["arch"], section["config"], self.path / MANIFEST, "teacher"
+        )
         _load_weights(module, self.path / section["weights"], section.get("sha256"))
         return module.eval()
 
     def student(self) -> nn.Module:
         from cosme_ros.nets import build_network
+
         if not self.has_student:
-            raise MissingPartError(f"{self.path}: bundle has no student: run `cosme train-student "
-                                   f"--bundle {self.path} --data KIND:PATH`")
+            raise MissingPartError(
+                f"{self.path}: bundle has no student: run `cosme train-student "
+                f"--bundle {self.path} --data KIND:PATH`"
+            )
         section = self.manifest["student"]
-        module = _build(build_network, "student", section["config"], self.path / MANIFEST,
-                        "student")
+        module = _build(
+            build_network, "student", section["config"], self.path / MANIFEST, "student"
+        )
         _load_weights(module, self.path / section["weights"], section.get("sha256"))
         return module.eval()
 
@@ -302,16 +362,23 @@ class Bundle:
     def anomaly_parts(self):
         """The scorers' view of the bundle: memory, statistics, whether a student exists."""
         from cosme_ros.anomaly.scorers import AnomalyParts
+
         section = self.manifest.get("anomaly")
         if section is None:
-            return AnomalyParts(has_student=self.has_student,
-                                align_corners=self.teacher_align_corners)
+            return AnomalyParts(
+                has_student=self.has_student, align_corners=self.teacher_align_corners
+            )
         tensors = read_tensors(self.path / section["weights"], section.get("sha256"))
-        kwargs = {k: tuple(section[k]) for k in ("memory_layers", "consensus_layers")
-                  if k in section}
+        kwargs = {
+            k: tuple(section[k]) for k in ("memory_layers", "consensus_layers") if k in section
+        }
         try:
-            parts = AnomalyParts.from_tensors(tensors, has_student=self.has_student,
-                                              align_corners=self.teacher_align_corners, **kwargs)
+            parts = AnomalyParts.from_tensors(
+                tensors,
+                has_student=self.has_student,
+                align_corners=self.teacher_align_corners,
+                **kwargs,
+            )
         except (ValueError, KeyError) as exc:
             raise BundleError(f"{self.path / section['weights']}: {exc}") from None
         if parts.psi_stats is not None:
@@ -320,8 +387,10 @@ class Bundle:
             current = self.student_sha256()
             if gathered is None or gathered != current:
                 parts.psi_stats = None
-                parts.psi_stats_note = (f"{self.path / section['weights']} has them for "
-                                        f"another student than {self.path / STUDENT_FILE}")
+                parts.psi_stats_note = (
+                    f"{self.path / section['weights']} has them for "
+                    f"another student than {self.path / STUDENT_FILE}"
+                )
         return parts
 
     def check_parts_fit(self, parts, tap_channels: Mapping[str, int]) -> None:
@@ -338,24 +407,40 @@ class Bundle:
             if layer not in tap_channels:
                 raise BundleError(f"{where}: memory.{layer}: the teacher has no {layer} tap")
             if int(protos.shape[1]) != int(tap_channels[layer]):
-                raise BundleError(f"{where}: memory.{layer} holds {protos.shape[1]}-channel "
-                                  f"prototypes but the teacher's {layer} has "
-                                  f"{tap_channels[layer]} channels; {rebuild}")
+                raise BundleError(
+                    f"{where}: memory.{layer} holds {protos.shape[1]}-channel "
+                    f"prototypes but the teacher's {layer} has "
+                    f"{tap_channels[layer]} channels; {rebuild}"
+                )
         lh = tap_channels.get("lh")
-        if parts.pans_prototypes is not None and lh is not None \
-                and int(parts.pans_prototypes.shape[1]) != int(lh):
-            raise BundleError(f"{where}: pans.prototypes has {parts.pans_prototypes.shape[1]} "
-                              f"channels but the teacher's lh has {lh}; {rebuild}")
-        stats = {"mulmem": parts.mulmem_stats, "sml": parts.sml_stats,
-                 **{f"psi.{k}": v for k, v in (parts.psi_stats or {}).items()}}
+        if (
+            parts.pans_prototypes is not None
+            and lh is not None
+            and int(parts.pans_prototypes.shape[1]) != int(lh)
+        ):
+            raise BundleError(
+                f"{where}: pans.prototypes has {parts.pans_prototypes.shape[1]} "
+                f"channels but the teacher's lh has {lh}; {rebuild}"
+            )
+        stats = {
+            "mulmem": parts.mulmem_stats,
+            "sml": parts.sml_stats,
+            **{f"psi.{k}": v for k, v in (parts.psi_stats or {}).items()},
+        }
         classes = tap_channels.get("o", self.num_classes)
         for name, st in stats.items():
             if st is not None and st.num_classes != int(classes):
-                raise BundleError(f"{where}: {name}.mean has {st.num_classes} classes but the "
-                                  f"teacher outputs {classes}; {rebuild}")
-        if parts.pans_prototypes is not None and int(parts.pans_prototypes.shape[0]) != int(classes):
-            raise BundleError(f"{where}: pans.prototypes has {parts.pans_prototypes.shape[0]} "
-                              f"classes but the teacher outputs {classes}; {rebuild}")
+                raise BundleError(
+                    f"{where}: {name}.mean has {st.num_classes} classes but the "
+                    f"teacher outputs {classes}; {rebuild}"
+                )
+        if parts.pans_prototypes is not None and int(parts.pans_prototypes.shape[0]) != int(
+            classes
+        ):
+            raise BundleError(
+                f"{where}: pans.prototypes has {parts.pans_prototypes.shape[0]} "
+                f"classes but the teacher outputs {classes}; {rebuild}"
+            )
 
     def threshold(self, key: str) -> Optional[float]:
         """The calibrated anomaly threshold for a method key
@@ -365,8 +450,13 @@ class Bundle:
 
     # -- writing
 
-    def write_part(self, part: str, section: Dict[str, Any], tensors: Mapping[str, Tensor],
-                   keep_thresholds: bool = False) -> None:
+    def write_part(
+        self,
+        part: str,
+        section: Dict[str, Any],
+        tensors: Mapping[str, Tensor],
+        keep_thresholds: bool = False,
+    ) -> None:
         """Add or replace ``student`` or ``anomaly``: tensors first, then the manifest, both atomic.
 
         A crash between the two leaves the old manifest pointing at the old, still-valid data.
@@ -388,8 +478,10 @@ class Bundle:
         """Name the method spec that ``auto`` runs (None: back to :func:`default_method`'s
         rule). The caller checks that the bundle's parts can run it."""
         if "anomaly" not in self.manifest or "student" not in self.manifest:
-            raise BundleError(f"{self.path}: a default method needs the anomaly part and the "
-                              f"student (`auto` is maxlogit without them)")
+            raise BundleError(
+                f"{self.path}: a default method needs the anomaly part and the "
+                f"student (`auto` is maxlogit without them)"
+            )
         manifest = copy.deepcopy(self.manifest)
         if spec is None:
             manifest["anomaly"].pop("default_method", None)
@@ -402,8 +494,10 @@ class Bundle:
     def write_thresholds(self, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Add or replace calibrated thresholds (``{key: {value, ...}}``) in the manifest."""
         manifest = copy.deepcopy(self.manifest)
-        manifest["thresholds"] = {**manifest.get("thresholds", {}),
-                                  **{k: dict(v) for k, v in entries.items()}}
+        manifest["thresholds"] = {
+            **manifest.get("thresholds", {}),
+            **{k: dict(v) for k, v in entries.items()},
+        }
         write_manifest(self.path, manifest)
         self.manifest = manifest
 
@@ -411,6 +505,7 @@ class Bundle:
 def _check_default_method(value: Any, where: str) -> None:
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.scorers import METHODS
+
     try:
         if not isinstance(value, str):
             raise ValueError(f"not a string: {value!r}")
@@ -423,8 +518,9 @@ def _check_file(root: Path, name: str, where: str, key: str) -> None:
     if not name:
         raise BundleError(f"{where}: field '{key}' is empty; it names the part's file")
     if Path(name).name != name:
-        raise BundleError(f"{where}: field '{key}' must be a file name inside the bundle, "
-                          f"got {name!r}")
+        raise BundleError(
+            f"{where}: field '{key}' must be a file name inside the bundle, " f"got {name!r}"
+        )
     if not (root / name).is_file():
         raise BundleError(f"{root / name}: missing (named by field '{key}' of {where})")
 
@@ -433,8 +529,9 @@ def _build(builder, arch: str, config: Mapping, where: Path, part: str) -> nn.Mo
     try:
         return builder(arch, dict(config))
     except (TypeError, ValueError, KeyError) as exc:
-        raise BundleError(f"{where}: field '{part}.config' does not describe a valid {arch} "
-                          f"network ({exc})") from None
+        raise BundleError(
+            f"{where}: field '{part}.config' does not describe a valid {arch} " f"network ({exc})"
+        ) from None
 
 
 def read_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, Tensor]:
@@ -442,6 +539,7 @@ def read_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, Tensor]:
     byte for byte, and every floating-point tensor must be finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -449,9 +547,11 @@ def read_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, Tensor]:
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
-            raise BundleError(f"{path}: sha256 {actual[:16]}… does not match the manifest's "
-                              f"{sha256[:16]}… (the file is corrupt or was changed after the "
-                              f"bundle was written)")
+            raise BundleError(
+                f"{path}: sha256 {actual[:16]}… does not match the manifest's "
+                f"{sha256[:16]}… (the file is corrupt or was changed after the "
+                f"bundle was written)"
+            )
     try:
         tensors = load_bytes(data)
     except (SafetensorError, ValueError) as exc:
@@ -465,6 +565,7 @@ def read_tensors(path: Path, sha256: Optional[str] = None) -> Dict[str, Tensor]:
 def write_tensors(path: Path, tensors: Mapping[str, Tensor]) -> str:
     """Write a part's tensors atomically; returns the file's sha256 (for the manifest)."""
     from safetensors.torch import save_file
+
     with atomic.atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
         sha = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
@@ -478,6 +579,7 @@ def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
 def _load_weights(module: nn.Module, path: Path, sha256: Optional[str] = None) -> None:
     from cosme_ros.errors import CheckpointError
     from cosme_ros.nets.checkpoints import load_strict
+
     tensors = read_tensors(path, sha256)
     try:
         load_strict(module, tensors, path)
@@ -485,23 +587,43 @@ def _load_weights(module: nn.Module, path: Path, sha256: Optional[str] = None) -
         raise BundleError(str(exc)) from None
 
 
-def create(out: str | Path, *, arch: str, module: nn.Module, input_size: Sequence[int],
-           mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
-           palette: Sequence[Sequence[int]], void_classes: Sequence[int] = (),
-           name: Optional[str] = None, source: Optional[Mapping[str, Any]] = None,
-           force: bool = False) -> Bundle:
+def create(
+    out: str | Path,
+    *,
+    arch: str,
+    module: nn.Module,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    void_classes: Sequence[int] = (),
+    name: Optional[str] = None,
+    source: Optional[Mapping[str, Any]] = None,
+    force: bool = False,
+) -> Bundle:
     """Write a teacher-only bundle directory atomically and return it, validated."""
     out = Path(out)
     manifest: Dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "name": name or out.name,
-        "teacher": {"arch": arch, "config": dict(module.config), "weights": TEACHER_FILE,
-                    **({"source": dict(source)} if source else {})},
-        "preprocess": {"input_size": [int(v) for v in input_size],
-                       "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "classes": {"names": list(class_names), "palette": [[int(v) for v in c] for c in palette],
-                    "void": [int(v) for v in void_classes]},
+        "teacher": {
+            "arch": arch,
+            "config": dict(module.config),
+            "weights": TEACHER_FILE,
+            **({"source": dict(source)} if source else {}),
+        },
+        "preprocess": {
+            "input_size": [int(v) for v in input_size],
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "classes": {
+            "names": list(class_names),
+            "palette": [[int(v) for v in c] for c in palette],
+            "void": [int(v) for v in void_classes],
+        },
     }
     with atomic.atomic_dir(out, force=force) as tmp:
         manifest["teacher"]["sha256"] = write_tensors(tmp / TEACHER_FILE, module.state_dict())

@@ -15,6 +15,7 @@ of at most ``pixels_per_image`` in-distribution pixels per image keeps memory bo
 The bundle stores them under ``thresholds`` in its manifest, keyed by :func:`threshold_key`;
 rebuilding the memory or the student removes them (they were measured on the old parts).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -53,14 +54,16 @@ def threshold_key(spec: str) -> str:
 
 def method_key(method: str, refine: Optional[Mapping[str, object]] = None) -> str:
     """:func:`threshold_key` of a method as the node and replay run it: its spec (name and
-    scorer options, e.g. ``cosme[consensus=c4]``) and the Pipeline's refinement keywords (``{}`` or ``{"refine": "guided", "refine_radius": 8, …}``)."""
+    scorer options, e.g. ``cosme[consensus=c4]``) and the Pipeline's refinement keywords
+    (``{}`` or ``{"refine": "guided", "refine_radius": 8, …}``)."""
     name, options = parse_method(method)
     options = {**options, **{k: v for k, v in (refine or {}).items() if v is not None}}
     return threshold_key(canonical(name, options))
 
 
-def resolve_threshold(bundle, method: str, refine: Optional[Mapping[str, object]] = None
-                      ) -> Tuple[str, Optional[float]]:
+def resolve_threshold(
+    bundle, method: str, refine: Optional[Mapping[str, object]] = None
+) -> Tuple[str, Optional[float]]:
     """(key, the bundle's calibrated threshold for it or None)."""
     key = method_key(method, refine)
     return key, bundle.threshold(key)
@@ -70,10 +73,17 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
 
 
-def calibrate(runner, dataset: Dataset, fpr: float = DEFAULT_FPR, *,
-              max_images: Optional[int] = None, pixels_per_image: int = PIXELS_PER_IMAGE,
-              seed: int = 0, progress: bool = True,
-              log: Callable[[str], None] = print) -> Dict[str, Dict[str, object]]:
+def calibrate(
+    runner,
+    dataset: Dataset,
+    fpr: float = DEFAULT_FPR,
+    *,
+    max_images: Optional[int] = None,
+    pixels_per_image: int = PIXELS_PER_IMAGE,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Dict[str, object]]:
     """{method: {value, fpr, tpr, images, pixels}} for every scorer of ``runner``.
 
     ``tpr`` is the share of anomaly pixels above the threshold (None without anomaly labels).
@@ -86,17 +96,23 @@ def calibrate(runner, dataset: Dataset, fpr: float = DEFAULT_FPR, *,
     anomalous: Dict[str, List[np.ndarray]] = {m: [] for m in methods}
     rng = np.random.default_rng(seed)
     used = 0
-    for index in tqdm(indices, desc="calibrate", unit="img", disable=not progress,
-                      dynamic_ncols=True, leave=False):
+    for index in tqdm(
+        indices, desc="calibrate", unit="img", disable=not progress, dynamic_ncols=True, leave=False
+    ):
         sample = dataset[int(index)]
         size = sample.image.shape[:2]
         label = sample.anomaly if dataset.has_anomaly else None
         if label is not None and tuple(label.shape) != tuple(size):
-            raise CosmeError(f"{sample.name}: anomaly label {label.shape[1]}x{label.shape[0]} "
-                             f"does not match the image {size[1]}x{size[0]}")
+            raise CosmeError(
+                f"{sample.name}: anomaly label {label.shape[1]}x{label.shape[0]} "
+                f"does not match the image {size[1]}x{size[0]}"
+            )
         _, scores = runner(sample.image, size)
-        normal_at = (np.flatnonzero(label.reshape(-1) == 0) if label is not None
-                     else np.arange(size[0] * size[1]))
+        normal_at = (
+            np.flatnonzero(label.reshape(-1) == 0)
+            if label is not None
+            else np.arange(size[0] * size[1])
+        )
         if normal_at.size == 0:
             continue
         used += 1
@@ -113,17 +129,22 @@ def calibrate(runner, dataset: Dataset, fpr: float = DEFAULT_FPR, *,
             if anomaly_at is not None and anomaly_at.size:
                 anomalous[m].append(flat[anomaly_at].astype(np.float32, copy=False))
     if used == 0:
-        raise CosmeError(f"{dataset.root}: no in-distribution pixels in the "
-                         f"{len(indices)} image(s)")
+        raise CosmeError(
+            f"{dataset.root}: no in-distribution pixels in the " f"{len(indices)} image(s)"
+        )
     out: Dict[str, Dict[str, object]] = {}
     for m in methods:
         values = np.concatenate(normal[m])
         value = float(np.quantile(values, 1.0 - fpr, method="higher"))
         positives = np.concatenate(anomalous[m]) if anomalous[m] else None
-        out[m] = {"value": value, "fpr": float(fpr),
-                  "measured_fpr": float((values > value).mean()),
-                  "tpr": None if positives is None else float((positives > value).mean()),
-                  "images": used, "pixels": int(values.size)}
+        out[m] = {
+            "value": value,
+            "fpr": float(fpr),
+            "measured_fpr": float((values > value).mean()),
+            "tpr": None if positives is None else float((positives > value).mean()),
+            "images": used,
+            "pixels": int(values.size),
+        }
     return out
 
 
@@ -132,8 +153,17 @@ def describe(entries: Mapping[str, Mapping[str, object]]) -> List[Tuple[str, str
     lines = []
     for m, e in entries.items():
         tpr = e.get("tpr")
-        lines.append((m, f"{e['value']:.6g} (in-distribution above it: "
-                         f"{100 * float(e['measured_fpr']):.2f} % of {e['pixels']} pixels"
-                         + (f"; anomaly pixels above it: {100 * float(tpr):.1f} %"
-                            if tpr is not None else "") + ")"))
+        lines.append(
+            (
+                m,
+                f"{e['value']:.6g} (in-distribution above it: "
+                f"{100 * float(e['measured_fpr']):.2f} % of {e['pixels']} pixels"
+                + (
+                    f"; anomaly pixels above it: {100 * float(tpr):.1f} %"
+                    if tpr is not None
+                    else ""
+                )
+                + ")",
+            )
+        )
     return lines

@@ -20,6 +20,7 @@ which then stops the node itself; and it gets SIGINT if the demo dies without cl
 The demo bundle's network weights are stored in fp16 by :func:`cosme_ros.bundle.store_half`, to
 keep it small enough for the repository; loading casts them back to fp32.
 """
+
 from __future__ import annotations
 
 import collections
@@ -47,33 +48,38 @@ from cosme_ros.errors import CosmeError
 from cosme_ros.ros.dds_profile import FASTDDS_PROFILE_KEYS, shm_profile_env
 
 DEFAULT_FRAMES = 100
-DEFAULT_SEED = 7            # a drive with anomalies on the road from the first frames
+DEFAULT_SEED = 7  # a drive with anomalies on the road from the first frames
 DEFAULT_OUT = Path("out") / "demo"
 FPS = 10.0
 NAMESPACE = "/cosme_demo"
 IMAGE_TOPIC = "camera/image_raw"
 FRAME_ID = "camera"
-STAMP0_NS = 1_700_000_000 * 10**9     # as the drive bags: the same drive gets the same stamps
+STAMP0_NS = 1_700_000_000 * 10**9  # as the drive bags: the same drive gets the same stamps
 #: output key → topic (relative to the namespace)
-TOPICS = {"score": "anomaly/score", "classes": "segmentation/class_mask",
-          "heatmap": "anomaly/heatmap", "mask": "anomaly/mask"}
+TOPICS = {
+    "score": "anomaly/score",
+    "classes": "segmentation/class_mask",
+    "heatmap": "anomaly/heatmap",
+    "mask": "anomaly/mask",
+}
 BUILD_SCRIPT = "scripts/build_demo_bundle.sh"
 VIDEO_NAME, SHEET_NAME, LOG_NAME = "demo.mp4", "contact_sheet.png", "node.log"
 SHEET_ROWS = 4
-STARTUP_TIMEOUT_S = 300.0   # torch import + model load + warm-up on a busy CPU
-FRAME_TIMEOUT_S = 120.0     # no output for one frame for this long: give up
-RESEND_MIN_S = 5.0          # re-publish a frame with missing outputs after this long (or 5x the
-                            # typical round trip): an output nobody matched yet is not computed
-GT_COLOUR = (0, 255, 255)   # ground-truth anomaly outline (RGB)
+STARTUP_TIMEOUT_S = 300.0  # torch import + model load + warm-up on a busy CPU
+FRAME_TIMEOUT_S = 120.0  # no output for one frame for this long: give up
+RESEND_MIN_S = 5.0  # re-publish a frame with missing outputs after this long (or 5x the
+# typical round trip): an output nobody matched yet is not computed
+GT_COLOUR = (0, 255, 255)  # ground-truth anomaly outline (RGB)
 MASK_COLOUR = (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------- options, result
 
+
 @dataclass
 class DemoOptions:
-    bundle: Optional[Path] = None           # None: the demo bundle (models/demo)
-    method: Optional[str] = None            # None: cosme when the bundle can, else maxlogit
+    bundle: Optional[Path] = None  # None: the demo bundle (models/demo)
+    method: Optional[str] = None  # None: cosme when the bundle can, else maxlogit
     frames: int = DEFAULT_FRAMES
     size: Optional[Tuple[int, int]] = None  # camera (drive) size; None: the bundle's input size
     out: Path = DEFAULT_OUT
@@ -91,7 +97,7 @@ class DemoResult:
     frames: int
     size: Tuple[int, int]
     seed: int
-    metrics: Optional[Dict[str, float]]     # auroc / ap / fpr95 (percent); None when undefined
+    metrics: Optional[Dict[str, float]]  # auroc / ap / fpr95 (percent); None when undefined
     metrics_note: Optional[str]
     pixels: Dict[str, int]
     segmentation: Dict[str, Any]
@@ -101,19 +107,31 @@ class DemoResult:
     seconds: float = 0.0
 
     def to_json(self) -> Dict[str, Any]:
-        return {"bundle": self.bundle, "method": self.method, "frames": self.frames,
-                "size": list(self.size), "seed": self.seed, "fps": FPS,
-                "metrics": self.metrics, "metrics_note": self.metrics_note,
-                "pixels": self.pixels, "segmentation": self.segmentation,
-                "threshold": self.threshold, "node": self.node, "outputs": self.outputs,
-                "seconds": round(self.seconds, 2)}
+        return {
+            "bundle": self.bundle,
+            "method": self.method,
+            "frames": self.frames,
+            "size": list(self.size),
+            "seed": self.seed,
+            "fps": FPS,
+            "metrics": self.metrics,
+            "metrics_note": self.metrics_note,
+            "pixels": self.pixels,
+            "segmentation": self.segmentation,
+            "threshold": self.threshold,
+            "node": self.node,
+            "outputs": self.outputs,
+            "seconds": round(self.seconds, 2),
+        }
 
 
 # ----------------------------------------------------------------------------- the bundle
 
+
 def default_bundle() -> Path:
     """The demo bundle the node uses by default (installed share/ or the repository's)."""
     from cosme_ros.paths import default_bundle_path
+
     return default_bundle_path()
 
 
@@ -122,6 +140,7 @@ def read_manifest(path: Path) -> Dict[str, Any]:
     one-line error (the node validates everything else when it starts)."""
     from cosme_ros.errors import BundleError
     from cosme_ros.manifest_io import read_manifest_text
+
     try:
         manifest = read_manifest_text(path / "manifest.yaml")
         if isinstance(manifest, dict) and isinstance(manifest.get("classes"), dict):
@@ -129,6 +148,7 @@ def read_manifest(path: Path) -> Dict[str, Any]:
     except (OSError, BundleError):
         pass
     from cosme_ros.bundle import Bundle
+
     return Bundle.load(path).manifest  # raises BundleError naming the file and the field
 
 
@@ -136,8 +156,10 @@ def resolve_bundle(bundle: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
     if bundle is None:
         path = default_bundle()
         if not (path / "manifest.yaml").is_file():
-            raise CosmeError(f"the demo bundle {path} is not built: run `bash {BUILD_SCRIPT}` "
-                             f"(or pass --bundle DIR)")
+            raise CosmeError(
+                f"the demo bundle {path} is not built: run `bash {BUILD_SCRIPT}` "
+                f"(or pass --bundle DIR)"
+            )
     else:
         path = Path(bundle)
     return path.resolve(), read_manifest(path)
@@ -147,6 +169,7 @@ def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.scorers import METHODS
     from cosme_ros.bundle import default_method
+
     if method is None:
         return default_method(manifest)
     try:
@@ -157,7 +180,6 @@ def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- ROS environment
-
 
 
 def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -184,8 +206,12 @@ def ros_environment(environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
-_ROS_KEYS = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_STATIC_PEERS",
-             "ROS_LOCALHOST_ONLY") + FASTDDS_PROFILE_KEYS
+_ROS_KEYS = (
+    "ROS_AUTOMATIC_DISCOVERY_RANGE",
+    "ROS_DOMAIN_ID",
+    "ROS_STATIC_PEERS",
+    "ROS_LOCALHOST_ONLY",
+) + FASTDDS_PROFILE_KEYS
 
 
 class _Environ:
@@ -219,6 +245,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     """The node gets SIGINT (a clean stop) if the demo dies without stopping it (Linux)."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -228,14 +255,28 @@ class NodeProcess:
     """``cosme_node`` as a child process; its output goes to ``log_path`` and is scanned for the
     ready line and for errors."""
 
-    def __init__(self, params: Dict[str, Any], env: Dict[str, str], log_path: Path,
-                 params_file: Path):
+    def __init__(
+        self, params: Dict[str, Any], env: Dict[str, str], log_path: Path, params_file: Path
+    ):
         params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        self.cmd = [sys.executable, "-m", "cosme_ros.ros.node", "--ros-args",
-                    "-r", f"__ns:={NAMESPACE}", "-r", f"image:={IMAGE_TOPIC}",
-                    "--params-file", str(params_file)]
-        env = dict(env, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0",
-                   RCUTILS_LOGGING_BUFFERED_STREAM="0")
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "cosme_ros.ros.node",
+            "--ros-args",
+            "-r",
+            f"__ns:={NAMESPACE}",
+            "-r",
+            f"image:={IMAGE_TOPIC}",
+            "--params-file",
+            str(params_file),
+        ]
+        env = dict(
+            env,
+            PYTHONUNBUFFERED="1",
+            RCUTILS_COLORIZED_OUTPUT="0",
+            RCUTILS_LOGGING_BUFFERED_STREAM="0",
+        )
         self.lines: collections.deque = collections.deque(maxlen=400)
         self._cond = threading.Condition()
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,9 +285,16 @@ class NodeProcess:
         kwargs: Dict[str, Any] = {"start_new_session": True}
         if sys.platform.startswith("linux"):
             kwargs["preexec_fn"] = _die_with_parent
-        self.proc = subprocess.Popen(self.cmd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1, **kwargs)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            **kwargs,
+        )
         self._reader = threading.Thread(target=self._read, daemon=True, name="cosme_node log")
         self._reader.start()
 
@@ -281,8 +329,10 @@ class NodeProcess:
                     raise CosmeError(f"cosme_node did not start: {self.failure()}")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CosmeError(f"cosme_node did not become ready within {timeout:.0f} s "
-                                     f"(log: {self.log_path})")
+                    raise CosmeError(
+                        f"cosme_node did not become ready within {timeout:.0f} s "
+                        f"(log: {self.log_path})"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def failure(self) -> str:
@@ -313,6 +363,7 @@ class NodeProcess:
 
 # ----------------------------------------------------------------------------- talking to it
 
+
 class NodeLink:
     """The demo's own rclpy context: publishes camera frames to the node and gathers its
     outputs for one stamp at a time."""
@@ -322,23 +373,29 @@ class NodeLink:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
+
         self._rclpy = rclpy
         self.Image = Image
         self.context = rclpy.Context()
         # No signal handlers: Ctrl-C stays a KeyboardInterrupt of the demo, which stops the node.
-        rclpy.init(context=self.context, domain_id=domain_id,
-                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        rclpy.init(
+            context=self.context,
+            domain_id=domain_id,
+            signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
+        )
         try:
-            self.node = rclpy.create_node("cosme_demo", namespace=NAMESPACE,
-                                          context=self.context)
+            self.node = rclpy.create_node("cosme_demo", namespace=NAMESPACE, context=self.context)
             self.executor = SingleThreadedExecutor(context=self.context)
             self.executor.add_node(self.node)
             reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
             self.pub = self.node.create_publisher(Image, IMAGE_TOPIC, reliable)
             self.keys = list(keys)
-            self.subs = [self.node.create_subscription(
-                Image, TOPICS[k], lambda msg, k=k: self._on_output(k, msg), reliable)
-                for k in self.keys]
+            self.subs = [
+                self.node.create_subscription(
+                    Image, TOPICS[k], lambda msg, k=k: self._on_output(k, msg), reliable
+                )
+                for k in self.keys
+            ]
         except BaseException:
             rclpy.try_shutdown(context=self.context)
             raise
@@ -347,12 +404,14 @@ class NodeLink:
 
     def _on_output(self, key: str, msg) -> None:
         from cosme_ros.ros import image_codec
+
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if stamp == self._waiting and key not in self._got:
             self._got[key] = image_codec.image_array(msg).copy()
 
-    def spin_until(self, done: Callable[[], bool], timeout: float,
-                   alive: Callable[[], bool] = lambda: True) -> bool:
+    def spin_until(
+        self, done: Callable[[], bool], timeout: float, alive: Callable[[], bool] = lambda: True
+    ) -> bool:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() >= deadline or not alive():
@@ -361,15 +420,26 @@ class NodeLink:
         return True
 
     def wait_connected(self, timeout: float, alive: Callable[[], bool]) -> bool:
-        return self.spin_until(lambda: self.pub.get_subscription_count() >= 1 and all(
-            s.get_publisher_count() >= 1 for s in self.subs), timeout, alive)
+        return self.spin_until(
+            lambda: self.pub.get_subscription_count() >= 1
+            and all(s.get_publisher_count() >= 1 for s in self.subs),
+            timeout,
+            alive,
+        )
 
-    def exchange(self, rgb: np.ndarray, stamp_ns: int, resend_after: float, timeout: float,
-                 alive: Callable[[], bool]) -> Tuple[Optional[Dict[str, np.ndarray]], int]:
+    def exchange(
+        self,
+        rgb: np.ndarray,
+        stamp_ns: int,
+        resend_after: float,
+        timeout: float,
+        alive: Callable[[], bool],
+    ) -> Tuple[Optional[Dict[str, np.ndarray]], int]:
         """Publish ``rgb`` stamped ``stamp_ns`` and wait for every output with that stamp; the
         outputs (None on timeout or when the node died) and how often the frame was re-sent."""
         from std_msgs.msg import Header
         from cosme_ros.ros import image_codec
+
         header = Header(frame_id=FRAME_ID)
         header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
         msg = image_codec.encode_image(self.Image, rgb, "rgb8", header)
@@ -381,8 +451,7 @@ class NodeLink:
         while not done() and alive() and time.monotonic() < deadline:
             self.pub.publish(msg)
             resent += 1
-            self.spin_until(done, min(resend_after, max(0.0, deadline - time.monotonic())),
-                            alive)
+            self.spin_until(done, min(resend_after, max(0.0, deadline - time.monotonic())), alive)
         return (dict(self._got) if done() else None), max(resent, 0)
 
     def close(self) -> None:
@@ -395,9 +464,11 @@ class NodeLink:
 
 # ----------------------------------------------------------------------------- pictures
 
+
 def _outline(image: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     return cv2.drawContours(image, contours, -1, colour, 1)
 
 
@@ -406,18 +477,25 @@ def _caption(panel: np.ndarray, text: str, bar: int) -> np.ndarray:
     out = np.zeros((h + bar, w, 3), np.uint8)
     out[bar:] = panel
     scale = max(0.3, min(0.5, bar / 32))
-    cv2.putText(out, text, (4, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        out, text, (4, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
+    )
     return out
 
 
-def compose_row(camera: np.ndarray, classes: np.ndarray, heat: np.ndarray,
-                palette: Sequence[Sequence[int]], anomaly_gt: Optional[np.ndarray] = None,
-                mask: Optional[np.ndarray] = None, titles: Sequence[str] = ("camera", "", "")
-                ) -> np.ndarray:
+def compose_row(
+    camera: np.ndarray,
+    classes: np.ndarray,
+    heat: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    anomaly_gt: Optional[np.ndarray] = None,
+    mask: Optional[np.ndarray] = None,
+    titles: Sequence[str] = ("camera", "", ""),
+) -> np.ndarray:
     """camera (ground-truth anomalies outlined) | segmentation over the camera | the node's
     anomaly heatmap (its thresholded mask outlined), each with a caption; RGB uint8."""
     from cosme_ros import viz
+
     cam = camera.copy()
     if anomaly_gt is not None:
         cam = _outline(cam, anomaly_gt == 1, GT_COLOUR)
@@ -444,6 +522,7 @@ def contact_sheet(rows: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- metrics
 
+
 class DriveScores:
     """Pooled labelled pixels of the drive (score, label), the segmentation confusion matrix
     and, with a node mask, its pixel counts against the ground truth."""
@@ -458,8 +537,14 @@ class DriveScores:
         self.mask_counts = np.zeros(3, np.int64)  # tp, fp, fn
         self.has_mask = False
 
-    def add(self, score: np.ndarray, anomaly: np.ndarray, classes: np.ndarray,
-            semantic: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
+    def add(
+        self,
+        score: np.ndarray,
+        anomaly: np.ndarray,
+        classes: np.ndarray,
+        semantic: np.ndarray,
+        mask: Optional[np.ndarray] = None,
+    ) -> None:
         valid = (anomaly == 0) | (anomaly == 1)
         self.scores.append(score[valid].astype(np.float32))
         self.labels.append(anomaly[valid].astype(np.uint8))
@@ -472,18 +557,25 @@ class DriveScores:
         if mask is not None:
             self.has_mask = True
             pred_a, gt_a = mask[valid] > 0, anomaly[valid] == 1
-            self.mask_counts += [int((pred_a & gt_a).sum()), int((pred_a & ~gt_a).sum()),
-                                 int((~pred_a & gt_a).sum())]
+            self.mask_counts += [
+                int((pred_a & gt_a).sum()),
+                int((pred_a & ~gt_a).sum()),
+                int((~pred_a & gt_a).sum()),
+            ]
 
     def pixels(self) -> Dict[str, int]:
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.uint8)
         anomaly = int((labels == 1).sum())
-        return {"anomaly": anomaly, "in_distribution": int(labels.size - anomaly),
-                "void": self.void}
+        return {
+            "anomaly": anomaly,
+            "in_distribution": int(labels.size - anomaly),
+            "void": self.void,
+        }
 
     def anomaly_metrics(self) -> Tuple[Optional[Dict[str, float]], Optional[str], Dict]:
         """(auroc / ap / fpr95 or None, why None, best-F1 threshold info)."""
         from cosme_ros.metrics import best_f1_threshold, pixel_metrics
+
         scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
         try:
             metrics = {k: float(v) for k, v in pixel_metrics(scores, labels).items()}
@@ -501,21 +593,29 @@ class DriveScores:
         union = gt + pred - tp
         present = gt > 0
         iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-        return {"miou": float(np.mean(iou[present])) * 100 if present.any() else None,
-                "classes": int(present.sum()),
-                "pixel_accuracy": float(tp.sum() / conf.sum()) * 100 if conf.sum() else None,
-                "iou": {names[c] if c < len(names) else str(c): round(float(iou[c]) * 100, 2)
-                        for c in np.flatnonzero(present)}}
+        return {
+            "miou": float(np.mean(iou[present])) * 100 if present.any() else None,
+            "classes": int(present.sum()),
+            "pixel_accuracy": float(tp.sum() / conf.sum()) * 100 if conf.sum() else None,
+            "iou": {
+                names[c] if c < len(names) else str(c): round(float(iou[c]) * 100, 2)
+                for c in np.flatnonzero(present)
+            },
+        }
 
     def mask_scores(self) -> Optional[Dict[str, float]]:
         if not self.has_mask:
             return None
         tp, fp, fn = (int(v) for v in self.mask_counts)
-        return {"iou": tp / max(1, tp + fp + fn), "precision": tp / max(1, tp + fp),
-                "recall": tp / max(1, tp + fn)}
+        return {
+            "iou": tp / max(1, tp + fp + fn),
+            "precision": tp / max(1, tp + fp),
+            "recall": tp / max(1, tp + fn),
+        }
 
 
 # ----------------------------------------------------------------------------- rendering ahead
+
 
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:
     """``items`` produced by a background thread, ``depth`` ahead (the next frame renders while
@@ -555,9 +655,13 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
 
 # ----------------------------------------------------------------------------- the demo
 
+
 def output_paths(out: Path) -> Dict[str, Path]:
-    return {"video": out / VIDEO_NAME, "contact_sheet": out / SHEET_NAME,
-            "node_log": out / LOG_NAME}
+    return {
+        "video": out / VIDEO_NAME,
+        "contact_sheet": out / SHEET_NAME,
+        "node_log": out / LOG_NAME,
+    }
 
 
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResult:
@@ -584,23 +688,34 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResul
         import rclpy  # noqa: F401
         from sensor_msgs.msg import Image  # noqa: F401
     except ImportError as exc:
-        raise CosmeError(f"cosme demo needs rclpy and sensor_msgs (a sourced ROS 2 distro, or the "
-                         f".venv's ROS wheels): {exc}") from None
+        raise CosmeError(
+            f"cosme demo needs rclpy and sensor_msgs (a sourced ROS 2 distro, or the "
+            f".venv's ROS wheels): {exc}"
+        ) from None
 
-    params: Dict[str, Any] = {"bundle": str(bundle_path), "method": method,
-                              "device": opts.device, "input_qos": "DEFAULT"}
+    params: Dict[str, Any] = {
+        "bundle": str(bundle_path),
+        "method": method,
+        "device": opts.device,
+        "input_qos": "DEFAULT",
+    }
     if opts.threshold is not None:
         params["anomaly_threshold"] = float(opts.threshold)
     keys = ["score", "classes", "heatmap"] + (["mask"] if opts.threshold is not None else [])
-    chosen = ("LOCALHOST" if not os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
-              else f"{env['ROS_AUTOMATIC_DISCOVERY_RANGE']} (from the environment)")
+    chosen = (
+        "LOCALHOST"
+        if not os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")
+        else f"{env['ROS_AUTOMATIC_DISCOVERY_RANGE']} (from the environment)"
+    )
     profile = next((env[k] for k in FASTDDS_PROFILE_KEYS if env.get(k)), None)
     if profile is not None:
         mine = any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS)
         chosen += f", Fast DDS profile {profile}{' (from the environment)' if mine else ''}"
-    log(f"starting cosme_node: bundle {manifest.get('name', bundle_path.name)} ({bundle_path}), "
+    log(
+        f"starting cosme_node: bundle {manifest.get('name', bundle_path.name)} ({bundle_path}), "
         f"method {method}; ROS_DOMAIN_ID={domain}"
-        f"{'' if os.environ.get('ROS_DOMAIN_ID') else ' (random)'}, discovery {chosen}")
+        f"{'' if os.environ.get('ROS_DOMAIN_ID') else ' (random)'}, discovery {chosen}"
+    )
 
     node: Optional[NodeProcess] = None
     link: Optional[NodeLink] = None
@@ -615,10 +730,13 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResul
             if not link.wait_connected(60.0, node.alive):
                 if not node.alive():
                     raise CosmeError(f"cosme_node stopped: {node.failure()}")
-                raise CosmeError("cosme_node's topics did not match the demo's publisher and "
-                                 "subscribers within 60 s (is multicast on loopback blocked?)")
-            scores, trips, resent = _drive(opts, link, node, (h, w), method, palette,
-                                           len(names), paths)
+                raise CosmeError(
+                    "cosme_node's topics did not match the demo's publisher and "
+                    "subscribers within 60 s (is multicast on loopback blocked?)"
+                )
+            scores, trips, resent = _drive(
+                opts, link, node, (h, w), method, palette, len(names), paths
+            )
             finished = True
         finally:
             try:
@@ -628,29 +746,56 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> DemoResul
                 if node is not None:
                     code = node.stop()
                     if finished and code not in (0, None):
-                        log(f"note: cosme_node exited with status {code} (log: "
-                            f"{paths['node_log']})")
+                        log(
+                            f"note: cosme_node exited with status {code} (log: "
+                            f"{paths['node_log']})"
+                        )
 
     metrics, note, best = scores.anomaly_metrics()
     threshold = {"value": opts.threshold, **best, "mask": scores.mask_scores()}
-    node_info = {"ros_domain_id": domain, "discovery_range": env["ROS_AUTOMATIC_DISCOVERY_RANGE"],
-                 "fastdds_profile": profile, "namespace": NAMESPACE, "round_trip_ms": {
-                     "median": round(1e3 * statistics.median(trips), 1),
-                     "mean": round(1e3 * statistics.fmean(trips), 1),
-                     "max": round(1e3 * max(trips), 1)}, "resent": resent}
+    node_info = {
+        "ros_domain_id": domain,
+        "discovery_range": env["ROS_AUTOMATIC_DISCOVERY_RANGE"],
+        "fastdds_profile": profile,
+        "namespace": NAMESPACE,
+        "round_trip_ms": {
+            "median": round(1e3 * statistics.median(trips), 1),
+            "mean": round(1e3 * statistics.fmean(trips), 1),
+            "max": round(1e3 * max(trips), 1),
+        },
+        "resent": resent,
+    }
     return DemoResult(
         bundle={"path": str(bundle_path), "name": manifest.get("name", bundle_path.name)},
-        method=method, frames=opts.frames, size=(h, w), seed=opts.seed, metrics=metrics,
-        metrics_note=note, pixels=scores.pixels(), segmentation=scores.segmentation(names),
-        threshold=threshold, node=node_info, outputs={k: str(v) for k, v in paths.items()},
-        seconds=time.perf_counter() - start)
+        method=method,
+        frames=opts.frames,
+        size=(h, w),
+        seed=opts.seed,
+        metrics=metrics,
+        metrics_note=note,
+        pixels=scores.pixels(),
+        segmentation=scores.segmentation(names),
+        threshold=threshold,
+        node=node_info,
+        outputs={k: str(v) for k, v in paths.items()},
+        seconds=time.perf_counter() - start,
+    )
 
 
-def _drive(opts: DemoOptions, link: NodeLink, node: NodeProcess, size: Tuple[int, int],
-           method: str, palette, num_classes: int, paths: Dict[str, Path]):
+def _drive(
+    opts: DemoOptions,
+    link: NodeLink,
+    node: NodeProcess,
+    size: Tuple[int, int],
+    method: str,
+    palette,
+    num_classes: int,
+    paths: Dict[str, Path],
+):
     """Stream the drive through the node, frame by frame; write the video and the sheet.
     Returns (DriveScores, round trips in s, frames re-sent)."""
     from cosme_ros.data.synth import drive_frames
+
     h, w = size
     scores = DriveScores(num_classes)
     sheet_at = set(_sheet_indices(opts.frames))
@@ -665,27 +810,42 @@ def _drive(opts: DemoOptions, link: NodeLink, node: NodeProcess, size: Tuple[int
             for i, frame in enumerate(frames):
                 typical = statistics.median(trips[-20:]) if trips else 1.0
                 t0 = time.perf_counter()
-                out, again = link.exchange(frame.image, STAMP0_NS + round(i * 1e9 / FPS),
-                                           resend_after=max(RESEND_MIN_S, 5 * typical),
-                                           timeout=FRAME_TIMEOUT_S, alive=node.alive)
+                out, again = link.exchange(
+                    frame.image,
+                    STAMP0_NS + round(i * 1e9 / FPS),
+                    resend_after=max(RESEND_MIN_S, 5 * typical),
+                    timeout=FRAME_TIMEOUT_S,
+                    alive=node.alive,
+                )
                 if out is None:
                     if not node.alive():
-                        raise CosmeError(f"cosme_node stopped during the drive (frame {i}): "
-                                         f"{node.failure()}")
-                    raise CosmeError(f"no output from cosme_node for frame {i} within "
-                                     f"{FRAME_TIMEOUT_S:.0f} s (log: {paths['node_log']})")
+                        raise CosmeError(
+                            f"cosme_node stopped during the drive (frame {i}): " f"{node.failure()}"
+                        )
+                    raise CosmeError(
+                        f"no output from cosme_node for frame {i} within "
+                        f"{FRAME_TIMEOUT_S:.0f} s (log: {paths['node_log']})"
+                    )
                 trips.append(time.perf_counter() - t0)
                 resent += again
                 for key, image in out.items():
                     if image.shape[:2] != (h, w):
-                        raise CosmeError(f"{TOPICS[key]}: {image.shape[1]}x{image.shape[0]} "
-                                         f"image for a {w}x{h} frame")
-                scores.add(out["score"], frame.anomaly, out["classes"], frame.semantic,
-                           out.get("mask"))
-                row = compose_row(frame.image, out["classes"], out["heatmap"], palette,
-                                  frame.anomaly, out.get("mask"),
-                                  (f"camera {i + 1}/{opts.frames}", "segmentation",
-                                   f"anomaly ({method})"))
+                        raise CosmeError(
+                            f"{TOPICS[key]}: {image.shape[1]}x{image.shape[0]} "
+                            f"image for a {w}x{h} frame"
+                        )
+                scores.add(
+                    out["score"], frame.anomaly, out["classes"], frame.semantic, out.get("mask")
+                )
+                row = compose_row(
+                    frame.image,
+                    out["classes"],
+                    out["heatmap"],
+                    palette,
+                    frame.anomaly,
+                    out.get("mask"),
+                    (f"camera {i + 1}/{opts.frames}", "segmentation", f"anomaly ({method})"),
+                )
                 if writer is None:
                     writer = _video_writer(video_tmp, row.shape)
                 writer.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
@@ -707,6 +867,7 @@ def _drive(opts: DemoOptions, link: NodeLink, node: NodeProcess, size: Tuple[int
 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
+
     return tqdm(total=total, desc="drive", unit="frame", disable=not enabled)
 
 
@@ -729,36 +890,50 @@ def format_result(r: DemoResult) -> str:
     """What ``cosme demo`` prints at the end."""
     h, w = r.size
     px = r.pixels
-    lines = [f"drive: {r.frames} frames {h}x{w} (seed {r.seed}), {px['anomaly']:,} anomaly / "
-             f"{px['in_distribution']:,} in-distribution pixels"]
+    lines = [
+        f"drive: {r.frames} frames {h}x{w} (seed {r.seed}), {px['anomaly']:,} anomaly / "
+        f"{px['in_distribution']:,} in-distribution pixels"
+    ]
     seg = r.segmentation
     if seg["miou"] is not None:
-        lines.append(f"segmentation: mIoU {seg['miou']:.1f} over the {seg['classes']} classes in "
-                     f"the drive, pixel accuracy {seg['pixel_accuracy']:.1f}")
+        lines.append(
+            f"segmentation: mIoU {seg['miou']:.1f} over the {seg['classes']} classes in "
+            f"the drive, pixel accuracy {seg['pixel_accuracy']:.1f}"
+        )
     if r.metrics is not None:
         m = r.metrics
-        lines.append(f"anomaly ({r.method}), pixels pooled over the drive: AUROC "
-                     f"{m['auroc']:.2f}  AP {m['ap']:.2f}  FPR95 {m['fpr95']:.2f}")
+        lines.append(
+            f"anomaly ({r.method}), pixels pooled over the drive: AUROC "
+            f"{m['auroc']:.2f}  AP {m['ap']:.2f}  FPR95 {m['fpr95']:.2f}"
+        )
     else:
         lines.append(f"anomaly ({r.method}): metrics undefined: {r.metrics_note}")
     t = r.threshold
     if t.get("mask"):
         mk = t["mask"]
-        lines.append(f"anomaly/mask at threshold {t['value']:g}: IoU {100 * mk['iou']:.1f}, "
-                     f"precision {100 * mk['precision']:.1f}, recall {100 * mk['recall']:.1f}")
+        lines.append(
+            f"anomaly/mask at threshold {t['value']:g}: IoU {100 * mk['iou']:.1f}, "
+            f"precision {100 * mk['precision']:.1f}, recall {100 * mk['recall']:.1f}"
+        )
     if "best_f1" in t:
-        lines.append(f"best F1 {t['best_f1_score']:.3f} at score {t['best_f1']:.4g}"
-                     + ("" if t["value"] is not None else
-                        " (--threshold T outlines the node's anomaly/mask in the video)"))
+        lines.append(
+            f"best F1 {t['best_f1_score']:.3f} at score {t['best_f1']:.4g}"
+            + (
+                ""
+                if t["value"] is not None
+                else " (--threshold T outlines the node's anomaly/mask in the video)"
+            )
+        )
     n = r.node
-    lines.append(f"node: {n['round_trip_ms']['median']:.0f} ms per frame (median round trip)"
-                 + (f", {n['resent']} frame(s) re-sent" if n["resent"] else ""))
-    lines.append(f"wrote {r.outputs['video']}, {r.outputs['contact_sheet']} and "
-                 f"{r.outputs['node_log']} in {r.seconds:.0f} s")
+    lines.append(
+        f"node: {n['round_trip_ms']['median']:.0f} ms per frame (median round trip)"
+        + (f", {n['resent']} frame(s) re-sent" if n["resent"] else "")
+    )
+    lines.append(
+        f"wrote {r.outputs['video']}, {r.outputs['contact_sheet']} and "
+        f"{r.outputs['node_log']} in {r.seconds:.0f} s"
+    )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- compact storage
-
-
-

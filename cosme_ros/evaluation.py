@@ -23,6 +23,7 @@ classes. The *chosen* method is the one with the highest pooled AP. ROC / precis
 points are kept for plotting (:func:`write_plots`), as is a per-image overlay of the chosen
 method's worst images (lowest per-image AP).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,17 +44,25 @@ from cosme_ros.data.datasets import Dataset, subset_indices
 from cosme_ros.errors import CosmeError, MissingPartError
 from cosme_ros.nets.taps import O, ordered
 
-__all__ = ["select_methods", "MultiMethodRunner", "EvaluationReport", "evaluate",
-           "markdown_table", "write_plots", "CURVE_POINTS"]
+__all__ = [
+    "select_methods",
+    "MultiMethodRunner",
+    "EvaluationReport",
+    "evaluate",
+    "markdown_table",
+    "write_plots",
+    "CURVE_POINTS",
+]
 
-CURVE_POINTS = 1000   # quantile thresholds per class for the plotted curves
+CURVE_POINTS = 1000  # quantile thresholds per class for the plotted curves
 
 
 # ----------------------------------------------------------------------------- methods
 
 
-def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
-                   ) -> Tuple[Dict[str, Scorer], Dict[str, str]]:
+def select_methods(
+    bundle: Bundle, methods: Optional[Sequence[str]] = None
+) -> Tuple[Dict[str, Scorer], Dict[str, str]]:
     """Scorers for ``methods`` and the methods skipped, with the reason.
 
     Each item is a method spec — a name of :data:`METHODS`, optionally with scorer options in
@@ -65,7 +74,7 @@ def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
     """
     explicit = methods is not None
     specs: Dict[str, MethodSpec] = {}
-    for m in (methods if explicit else METHODS):
+    for m in methods if explicit else METHODS:
         if not m.strip():
             continue
         try:
@@ -90,8 +99,9 @@ def select_methods(bundle: Bundle, methods: Optional[Sequence[str]] = None
         except ValueError as exc:
             raise CosmeError(f"{key}: {exc}") from None
     if not scorers:
-        raise MissingPartError(f"{bundle.path}: none of the methods can run: "
-                               + "; ".join(skipped.values()))
+        raise MissingPartError(
+            f"{bundle.path}: none of the methods can run: " + "; ".join(skipped.values())
+        )
     return scorers, skipped
 
 
@@ -103,25 +113,41 @@ class MultiMethodRunner:
     the same settings; ``precision="fp32"`` (default) gives the reference numbers.
     """
 
-    def __init__(self, bundle: Bundle, scorers: Dict[str, Scorer], device: str = "cpu",
-                 precision: str = "fp32"):
+    def __init__(
+        self,
+        bundle: Bundle,
+        scorers: Dict[str, Scorer],
+        device: str = "cpu",
+        precision: str = "fp32",
+    ):
         from cosme_ros.pipeline import Pipeline
+
         self.bundle = bundle
         self.scorers = dict(scorers)
         teacher_taps = ordered(*(s.teacher_taps for s in scorers.values()), (O,))
         student_taps = ordered(*(s.student_taps for s in scorers.values()))
         # maxlogit needs no part: the pipeline provides the networks and the preprocessing.
-        self.pipeline = Pipeline(bundle, method="maxlogit", device=device, precision=precision,
-                                 teacher_taps=teacher_taps, student_taps=student_taps)
+        self.pipeline = Pipeline(
+            bundle,
+            method="maxlogit",
+            device=device,
+            precision=precision,
+            teacher_taps=teacher_taps,
+            student_taps=student_taps,
+        )
         self.device = self.pipeline.device
         self.precision = self.pipeline.precision
         for scorer in self.scorers.values():
             scorer.input_height = self.pipeline.input_size[0]  # refine_radius's unit
 
     @torch.inference_mode()
-    def __call__(self, image_rgb: np.ndarray, out_size: Tuple[int, int],
-                 methods: Optional[Sequence[str]] = None, classes: bool = False
-                 ) -> Tuple[Optional[np.ndarray], Dict[str, np.ndarray]]:
+    def __call__(
+        self,
+        image_rgb: np.ndarray,
+        out_size: Tuple[int, int],
+        methods: Optional[Sequence[str]] = None,
+        classes: bool = False,
+    ) -> Tuple[Optional[np.ndarray], Dict[str, np.ndarray]]:
         """({method: float32 score (H, W)} at ``out_size``, with the class map (H, W) uint8 first
         when ``classes`` — else None — as the pipeline computes it)."""
         out_size = (int(out_size[0]), int(out_size[1]))
@@ -132,12 +158,17 @@ class MultiMethodRunner:
             guide = guide_from_images([image_rgb], out_size, self.device)
         scores = {}
         for name in names:
-            scores[name] = self.scorers[name](teacher, student, out_size,
-                                              guide)[0].float().cpu().numpy()
+            scores[name] = (
+                self.scorers[name](teacher, student, out_size, guide)[0].float().cpu().numpy()
+            )
         class_map = None
         if classes:
-            class_map = self.pipeline.postprocess(teacher[O].float(), out_size)[0] \
-                .to(torch.uint8).cpu().numpy()
+            class_map = (
+                self.pipeline.postprocess(teacher[O].float(), out_size)[0]
+                .to(torch.uint8)
+                .cpu()
+                .numpy()
+            )
         return class_map, scores
 
 
@@ -146,12 +177,12 @@ class MultiMethodRunner:
 
 @dataclass
 class EvaluationReport:
-    methods: Dict[str, Dict[str, float]]           # method → auroc / ap / fpr95 (percent)
-    skipped: Dict[str, str]                        # method → why it was not evaluated
+    methods: Dict[str, Dict[str, float]]  # method → auroc / ap / fpr95 (percent)
+    skipped: Dict[str, str]  # method → why it was not evaluated
     best_method: str
-    per_image: List[Dict]                          # index, name, size, pixels, ap per method
-    pixels: Dict[str, int]                         # anomaly / in_distribution / void
-    mode: str                                      # "exact" or "binned"
+    per_image: List[Dict]  # index, name, size, pixels, ap per method
+    pixels: Dict[str, int]  # anomaly / in_distribution / void
+    mode: str  # "exact" or "binned"
     images: int
     label_sizes: List[List[int]]
     input_size: List[int]
@@ -163,7 +194,7 @@ class EvaluationReport:
         """The ``n`` images with the lowest per-image AP of ``method`` (default: the best)."""
         method = method or self.best_method
         rated = [r for r in self.per_image if r["ap"].get(method) is not None]
-        return sorted(rated, key=lambda r: (r["ap"][method], r["index"]))[:max(0, n)]
+        return sorted(rated, key=lambda r: (r["ap"][method], r["index"]))[: max(0, n)]
 
     def to_json(self) -> Dict:
         best = self.best_method
@@ -173,14 +204,27 @@ class EvaluationReport:
             "best_method": best,
             "metric_mode": self.mode,
             **({"error_bounds": self.error_bounds} if self.error_bounds else {}),
-            "per_image_ap": {"method": best, "images": [
-                {"name": r["name"], "ap": r["ap"].get(best), "anomaly_pixels": r["anomaly"],
-                 "in_distribution_pixels": r["in_distribution"]} for r in self.per_image]},
-            "per_image": [{"name": r["name"], "size": r["size"], "ap": r["ap"]}
-                          for r in self.per_image],
+            "per_image_ap": {
+                "method": best,
+                "images": [
+                    {
+                        "name": r["name"],
+                        "ap": r["ap"].get(best),
+                        "anomaly_pixels": r["anomaly"],
+                        "in_distribution_pixels": r["in_distribution"],
+                    }
+                    for r in self.per_image
+                ],
+            },
+            "per_image": [
+                {"name": r["name"], "size": r["size"], "ap": r["ap"]} for r in self.per_image
+            ],
             "pixels": self.pixels,
-            "sizes": {"images": self.images, "input_size": self.input_size,
-                      "label_sizes": self.label_sizes},
+            "sizes": {
+                "images": self.images,
+                "input_size": self.input_size,
+                "label_sizes": self.label_sizes,
+            },
             "images_without_labelled_pixels": self.images_without_labelled_pixels,
         }
 
@@ -200,12 +244,15 @@ def markdown_table(report: EvaluationReport, dataset_title: str) -> str:
             text = f"{v:.2f}"
             cells.append(f"**{text}**" if math.isclose(v, best[key], abs_tol=5e-3) else text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    foot = [f"{report.images} images, {report.pixels['anomaly']} anomaly / "
-            f"{report.pixels['in_distribution']} in-distribution pixels, pooled "
-            f"({report.mode} metrics)."]
+    foot = [
+        f"{report.images} images, {report.pixels['anomaly']} anomaly / "
+        f"{report.pixels['in_distribution']} in-distribution pixels, pooled "
+        f"({report.mode} metrics)."
+    ]
     if report.skipped:
-        foot.append("Not evaluated: " + "; ".join(f"{m} — {why}" for m, why in
-                                                  report.skipped.items()))
+        foot.append(
+            "Not evaluated: " + "; ".join(f"{m} — {why}" for m, why in report.skipped.items())
+        )
     return "\n".join(lines) + "\n\n" + "\n\n".join(foot) + "\n"
 
 
@@ -216,7 +263,7 @@ def _curve_from_sorted(pos: np.ndarray, neg: np.ndarray) -> Dict[str, np.ndarray
     """ROC and PR points at quantile thresholds of both classes (plus the extremes)."""
     qs = np.linspace(0.0, 1.0, CURVE_POINTS)
     thr = np.unique(np.concatenate([np.quantile(pos, qs), np.quantile(neg, qs)]))
-    tp = pos.size - np.searchsorted(pos, thr, side="left")   # score >= t
+    tp = pos.size - np.searchsorted(pos, thr, side="left")  # score >= t
     fp = neg.size - np.searchsorted(neg, thr, side="left")
     return _curve(tp[::-1], fp[::-1], pos.size, neg.size)
 
@@ -228,8 +275,12 @@ def _curve(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> Dict[str, 
     keep = (tp + fp) > 0
     precision = np.where(keep, tp / np.maximum(tp + fp, 1), 1.0)[keep]
     recall = (tp / n_pos)[keep]
-    return {"fpr": fpr.astype(np.float32), "tpr": tpr.astype(np.float32),
-            "recall": recall.astype(np.float32), "precision": precision.astype(np.float32)}
+    return {
+        "fpr": fpr.astype(np.float32),
+        "tpr": tpr.astype(np.float32),
+        "recall": recall.astype(np.float32),
+        "precision": precision.astype(np.float32),
+    }
 
 
 def _image_ap(scores: np.ndarray, labels: np.ndarray) -> Optional[float]:
@@ -256,9 +307,11 @@ def evaluate(
     (:func:`~cosme_ros.data.datasets.subset_indices`), not the first ones.
     """
     if not dataset.has_anomaly:
-        raise CosmeError(f"{dataset.root}: a {dataset.kind} dataset has no anomaly labels; "
-                         f"evaluate needs road_anomaly, folder (Fishyscapes, SegmentMeIfYouCan), "
-                         f"streethazards --split test or a synthetic test split")
+        raise CosmeError(
+            f"{dataset.root}: a {dataset.kind} dataset has no anomaly labels; "
+            f"evaluate needs road_anomaly, folder (Fishyscapes, SegmentMeIfYouCan), "
+            f"streethazards --split test or a synthetic test split"
+        )
     indices = subset_indices(len(dataset), max_images)
     n = len(indices)
     methods = list(runner.scorers)
@@ -280,10 +333,17 @@ def evaluate(
                 f"exact metrics would keep about {estimate:.3g} GiB of scores ({n} images × "
                 f"{labelled} labelled pixels × {len(methods)} methods, estimated from the first "
                 f"image), above the {memory_limit_gib:g} GiB limit: use --binned (histogram "
-                f"metrics with reported error bounds), --max-images, or raise --memory-limit")
+                f"metrics with reported error bounds), --max-images, or raise --memory-limit"
+            )
 
-    for pos in tqdm(range(n), desc="evaluate", unit="img", disable=not progress or n < 2,
-                    dynamic_ncols=True, leave=False):
+    for pos in tqdm(
+        range(n),
+        desc="evaluate",
+        unit="img",
+        disable=not progress or n < 2,
+        dynamic_ncols=True,
+        leave=False,
+    ):
         index = int(indices[pos])
         sample = first if pos == 0 else dataset[index]
         label = sample.anomaly
@@ -301,8 +361,14 @@ def evaluate(
             continue
         _, scores = runner(sample.image, label.shape)
         y = label[valid]
-        record = {"index": index, "name": sample.name, "size": size, "anomaly": n_anom,
-                  "in_distribution": n_valid - n_anom, "ap": {}}
+        record = {
+            "index": index,
+            "name": sample.name,
+            "size": size,
+            "anomaly": n_anom,
+            "in_distribution": n_valid - n_anom,
+            "ap": {},
+        }
         for m in methods:
             s = scores[m][valid]
             if not np.isfinite(s).all():
@@ -317,9 +383,11 @@ def evaluate(
         per_image.append(record)
 
     if pixels["anomaly"] == 0 or pixels["in_distribution"] == 0:
-        raise CosmeError(f"{dataset.root}: the {n} image(s) have {pixels['anomaly']} anomaly and "
-                         f"{pixels['in_distribution']} in-distribution pixels; the metrics need "
-                         f"both")
+        raise CosmeError(
+            f"{dataset.root}: the {n} image(s) have {pixels['anomaly']} anomaly and "
+            f"{pixels['in_distribution']} in-distribution pixels; the metrics need "
+            f"both"
+        )
 
     results: Dict[str, Dict[str, float]] = {}
     curves: Dict[str, Dict[str, np.ndarray]] = {}
@@ -342,10 +410,19 @@ def evaluate(
             curves[m] = _curve_from_sorted(pos, neg)
     best = max(methods, key=lambda m: (results[m]["ap"], -methods.index(m)))
     return EvaluationReport(
-        methods=results, skipped=dict(skipped or {}), best_method=best, per_image=per_image,
-        pixels=pixels, mode="binned" if binned else "exact", images=n, label_sizes=sizes,
-        input_size=list(runner.pipeline.input_size), curves=curves, error_bounds=bounds,
-        images_without_labelled_pixels=empty)
+        methods=results,
+        skipped=dict(skipped or {}),
+        best_method=best,
+        per_image=per_image,
+        pixels=pixels,
+        mode="binned" if binned else "exact",
+        images=n,
+        label_sizes=sizes,
+        input_size=list(runner.pipeline.input_size),
+        curves=curves,
+        error_bounds=bounds,
+        images_without_labelled_pixels=empty,
+    )
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -353,6 +430,7 @@ def evaluate(
 
 def _png(image_rgb: np.ndarray) -> bytes:
     import cv2
+
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
     if not ok:
         raise CosmeError("could not encode a PNG image")
@@ -364,6 +442,7 @@ def _figure_png(draw) -> bytes:
     import io
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.5, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     draw(fig.add_subplot(1, 1, 1))
@@ -383,14 +462,22 @@ def _label_panel(image_rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Dataset,
-                out_dir: Path, title: str, worst: int = 3, force: bool = False,
-                outputs: Optional[atomic.OutputSet] = None) -> List[Path]:
+def write_plots(
+    report: EvaluationReport,
+    runner: MultiMethodRunner,
+    dataset: Dataset,
+    out_dir: Path,
+    title: str,
+    worst: int = 3,
+    force: bool = False,
+    outputs: Optional[atomic.OutputSet] = None,
+) -> List[Path]:
     """``roc.png``, ``pr.png`` (all methods) and ``worst_<i>_<name>.png`` overlays of the best
     method's worst images (image + ground truth | class colours | anomaly heatmap). With
     ``outputs`` the files are staged there (renamed with the command's other outputs) instead
     of written in place. Returns the target paths."""
     import cv2
+
     out_dir = Path(out_dir)
     names = list(report.methods)
     worst_rows = report.worst_images(worst)
@@ -408,19 +495,30 @@ def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Da
             ax.plot(c["fpr"], c["tpr"], label=f"{m} (AUROC {report.methods[m]['auroc']:.1f})")
         ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
         ax.axhline(0.95, color="0.7", linestyle="--", linewidth=0.8)
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
-               ylim=(0, 1.01), title=f"ROC — {title}")
+        ax.set(
+            xlabel="false positive rate",
+            ylabel="true positive rate",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            title=f"ROC — {title}",
+        )
         ax.legend(loc="lower right", fontsize=7)
 
     def pr(ax):
-        base = report.pixels["anomaly"] / (report.pixels["anomaly"]
-                                           + report.pixels["in_distribution"])
+        base = report.pixels["anomaly"] / (
+            report.pixels["anomaly"] + report.pixels["in_distribution"]
+        )
         for m in names:
             c = report.curves[m]
             ax.plot(c["recall"], c["precision"], label=f"{m} (AP {report.methods[m]['ap']:.1f})")
         ax.axhline(base, color="0.7", linestyle=":", linewidth=1)
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
-               title=f"Precision–recall — {title}")
+        ax.set(
+            xlabel="recall",
+            ylabel="precision",
+            xlim=(0, 1),
+            ylim=(0, 1.01),
+            title=f"Precision–recall — {title}",
+        )
         ax.legend(loc="upper right", fontsize=7)
 
     def write(path: Path, data: bytes) -> None:
@@ -435,14 +533,19 @@ def write_plots(report: EvaluationReport, runner: MultiMethodRunner, dataset: Da
     written = list(targets.values())
     for row, path in zip(worst_rows, overlay_paths):
         sample = dataset[row["index"]]
-        classes, scores = runner(sample.image, sample.anomaly.shape, [report.best_method],
-                                 classes=True)
+        classes, scores = runner(
+            sample.image, sample.anomaly.shape, [report.best_method], classes=True
+        )
         image = sample.image
         if image.shape[:2] != sample.anomaly.shape:
             image = cv2.resize(image, sample.anomaly.shape[::-1], interpolation=cv2.INTER_AREA)
-        picture = np.concatenate([_label_panel(image, sample.anomaly),
-                                  viz.overlay(image, classes, scores[report.best_method],
-                                              runner.bundle.palette)], axis=1)
+        picture = np.concatenate(
+            [
+                _label_panel(image, sample.anomaly),
+                viz.overlay(image, classes, scores[report.best_method], runner.bundle.palette),
+            ],
+            axis=1,
+        )
         write(path, _png(picture))
         written.append(path)
     return written

@@ -4,6 +4,7 @@ A manifest is read with a SafeLoader that refuses aliases — a 5.7 kB manifest 
 expands to 10^6 strings (a "billion laughs" document) — and only up to :data:`MAX_MANIFEST_BYTES`;
 it is written without anchors, so that every manifest this package writes can be read back.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 
 from cosme_ros.errors import BundleError
 
-MAX_MANIFEST_BYTES = 1 << 20   # ours are ~6 kB; anything near this is not a manifest
+MAX_MANIFEST_BYTES = 1 << 20  # ours are ~6 kB; anything near this is not a manifest
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -31,7 +32,8 @@ class _NoAliasLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a bundle manifest", mark)
+                None, None, "aliases (*name) are not allowed in a bundle manifest", mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -47,5 +49,6 @@ def read_manifest_text(path: Path) -> Any:
 
 
 def dump_manifest(manifest: Mapping[str, Any]) -> str:
-    return yaml.dump(dict(manifest), Dumper=_NoAliasDumper, sort_keys=False,
-                     default_flow_style=None, width=100)
+    return yaml.dump(
+        dict(manifest), Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=None, width=100
+    )

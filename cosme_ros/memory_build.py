@@ -43,6 +43,7 @@ determines the result; ``resume=True`` continues from it when the fingerprint ma
 number of processes). The statistics pass is short and is always redone. Nothing is written to
 the bundle here: the caller writes the returned parts once everything is complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,14 @@ from cosme_ros import __version__, atomic
 from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
-from cosme_ros.anomaly.scorers import (CONSENSUS_LAYERS, MEMORY_LAYERS, AnomalyParts,
-                                       mulmem_gamma, predicted_classes, resize)
+from cosme_ros.anomaly.scorers import (
+    CONSENSUS_LAYERS,
+    MEMORY_LAYERS,
+    AnomalyParts,
+    mulmem_gamma,
+    predicted_classes,
+    resize,
+)
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
@@ -71,9 +78,17 @@ from cosme_ros.data.datasets import Dataset, Sample, subset_indices
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ALL_TAPS, LH, O, parse_taps
 
-__all__ = ["BuildConfig", "BuildResult", "DistContext", "init_distributed",
-           "shutdown_distributed", "build_anomaly_parts", "checkpoint_path", "global_schedule",
-           "local_slice"]
+__all__ = [
+    "BuildConfig",
+    "BuildResult",
+    "DistContext",
+    "init_distributed",
+    "shutdown_distributed",
+    "build_anomaly_parts",
+    "checkpoint_path",
+    "global_schedule",
+    "local_slice",
+]
 
 PANS_LABELS = ("auto", "labels", "pseudo")
 CHECKPOINT_NAME = ".anomaly.build-state.safetensors"
@@ -88,9 +103,9 @@ class BuildConfig:
     tau: float = 0.85
     momentum: float = 0.99
     epochs: int = 1
-    batch: int = 8            # images per step, summed over all processes
+    batch: int = 8  # images per step, summed over all processes
     seed: int = 0
-    max_images: Optional[int] = None      # that many images spread evenly over the dataset
+    max_images: Optional[int] = None  # that many images spread evenly over the dataset
     candidates_per_image: int = 64
     init_passes: int = 1
     pans_labels: str = "auto"
@@ -109,16 +124,20 @@ class BuildConfig:
         bad = [layer for layer in self.layers if layer == O]
         if bad:
             raise CosmeError("--layers: the logits 'o' are not a feature layer for the memory")
-        checks = [(self.k >= 1, "--k must be >= 1"),
-                  (-1.0 < self.tau <= 1.0, "--tau is a cosine threshold in (-1, 1]"),
-                  (0.0 <= self.momentum <= 1.0, "--momentum must lie in [0, 1]"),
-                  (self.epochs >= 0, "--epochs must be >= 0"),
-                  (self.batch >= 1, "--batch must be >= 1"),
-                  (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
-                  (self.candidates_per_image >= 1, "--candidates must be >= 1"),
-                  (self.init_passes >= 1, "--init-passes must be >= 1"),
-                  (self.pans_labels in PANS_LABELS,
-                   f"--pans-labels must be one of {', '.join(PANS_LABELS)}")]
+        checks = [
+            (self.k >= 1, "--k must be >= 1"),
+            (-1.0 < self.tau <= 1.0, "--tau is a cosine threshold in (-1, 1]"),
+            (0.0 <= self.momentum <= 1.0, "--momentum must lie in [0, 1]"),
+            (self.epochs >= 0, "--epochs must be >= 0"),
+            (self.batch >= 1, "--batch must be >= 1"),
+            (self.max_images is None or self.max_images >= 1, "--max-images must be >= 1"),
+            (self.candidates_per_image >= 1, "--candidates must be >= 1"),
+            (self.init_passes >= 1, "--init-passes must be >= 1"),
+            (
+                self.pans_labels in PANS_LABELS,
+                f"--pans-labels must be one of {', '.join(PANS_LABELS)}",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 raise CosmeError(message)
@@ -127,8 +146,8 @@ class BuildConfig:
 @dataclass
 class BuildResult:
     parts: AnomalyParts
-    section: Dict          # the manifest's anomaly section (without 'weights')
-    report: Dict           # what happened, for printing and --json
+    section: Dict  # the manifest's anomaly section (without 'weights')
+    report: Dict  # what happened, for printing and --json
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -157,16 +176,21 @@ def init_distributed(device: str) -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if _dist_active():
-        return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                           local_rank)
+        return DistContext(
+            torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
+        )
     if world <= 1:
         return DistContext()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return DistContext(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                       local_rank, initialized_here=True)
+    return DistContext(
+        torch.distributed.get_rank(),
+        torch.distributed.get_world_size(),
+        local_rank,
+        initialized_here=True,
+    )
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
@@ -188,13 +212,13 @@ def _world() -> Tuple[int, int]:
 # ----------------------------------------------------------------------------- schedule
 
 
-def global_schedule(n: int, batch: int, seed: int, phase: int, index: int,
-                    shuffle: bool = True) -> List[np.ndarray]:
+def global_schedule(
+    n: int, batch: int, seed: int, phase: int, index: int, shuffle: bool = True
+) -> List[np.ndarray]:
     """The global batches of one pass: a permutation seeded by (seed, phase, index) cut into
     chunks of ``batch`` image indices. The same on every rank and for any number of ranks."""
-    order = (np.random.default_rng([seed, phase, index]).permutation(n) if shuffle
-             else np.arange(n))
-    return [order[i:i + batch] for i in range(0, n, batch)]
+    order = np.random.default_rng([seed, phase, index]).permutation(n) if shuffle else np.arange(n)
+    return [order[i : i + batch] for i in range(0, n, batch)]
 
 
 def local_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -202,8 +226,9 @@ def local_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return np.array_split(global_batch, world)[rank]
 
 
-def _batches(dataset: Dataset, batches: Sequence[np.ndarray],
-             pool: Optional[ThreadPoolExecutor]) -> Iterator[List[Sample]]:
+def _batches(
+    dataset: Dataset, batches: Sequence[np.ndarray], pool: Optional[ThreadPoolExecutor]
+) -> Iterator[List[Sample]]:
     """Samples of each batch in order, the next batch decoding in threads meanwhile."""
     if pool is None:
         for b in batches:
@@ -224,45 +249,62 @@ def checkpoint_path(bundle: Bundle) -> Path:
     return bundle.path / CHECKPOINT_NAME
 
 
-def _fingerprint(bundle: Bundle, dataset: Dataset, names: Sequence[str], config: BuildConfig,
-                 data_spec: str) -> Dict:
+def _fingerprint(
+    bundle: Bundle, dataset: Dataset, names: Sequence[str], config: BuildConfig, data_spec: str
+) -> Dict:
     teacher = json.dumps(bundle.manifest.get("teacher"), sort_keys=True, default=str)
     return {
-        "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in asdict(config).items() if k != "pans_labels"},
-        "data": data_spec, "split": dataset.split, "images": len(names),
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(config).items()
+            if k != "pans_labels"
+        },
+        "data": data_spec,
+        "split": dataset.split,
+        "images": len(names),
         "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
         "teacher_sha1": hashlib.sha1(teacher.encode()).hexdigest(),
         "input_size": list(bundle.input_size),
     }
 
 
-def _save_checkpoint(path: Path, builder: MulMemBuilder, fingerprint: Dict,
-                     epochs_done: int) -> None:
+def _save_checkpoint(
+    path: Path, builder: MulMemBuilder, fingerprint: Dict, epochs_done: int
+) -> None:
     from safetensors.torch import save_file
-    meta = {"fingerprint": json.dumps(fingerprint, sort_keys=True),
-            "epochs_done": str(int(epochs_done)), "format": "cosme-build-memory-state/1"}
+
+    meta = {
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "epochs_done": str(int(epochs_done)),
+        "format": "cosme-build-memory-state/1",
+    }
     with atomic.atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in builder.state_dict().items()}, str(tmp),
-                  metadata=meta)
+        save_file(
+            {k: v.contiguous() for k, v in builder.state_dict().items()}, str(tmp), metadata=meta
+        )
 
 
 def _load_checkpoint(path: Path, builder: MulMemBuilder, fingerprint: Dict) -> int:
     """Restore the builder; returns the number of completed epochs of Algorithm 2."""
     from safetensors import SafetensorError, safe_open
+
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CosmeError(f"{path}: cannot read the build checkpoint ({exc}); delete it or run "
-                         f"without --resume") from None
+        raise CosmeError(
+            f"{path}: cannot read the build checkpoint ({exc}); delete it or run "
+            f"without --resume"
+        ) from None
     try:
         theirs = json.loads(meta.get("fingerprint", "{}"))
     except ValueError:
         theirs = {}
     if theirs != fingerprint:
-        diff = sorted(k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k))
+        diff = sorted(
+            k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k)
+        )
         detail = []
         for key in diff:
             a, b = theirs.get(key), fingerprint.get(key)
@@ -270,8 +312,10 @@ def _load_checkpoint(path: Path, builder: MulMemBuilder, fingerprint: Dict) -> i
                 detail += [f"{key}.{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
             else:
                 detail.append(key)
-        raise CosmeError(f"{path}: the checkpoint belongs to another build (differs in "
-                         f"{', '.join(detail)}); run without --resume to start over")
+        raise CosmeError(
+            f"{path}: the checkpoint belongs to another build (differs in "
+            f"{', '.join(detail)}); run without --resume to start over"
+        )
     try:
         builder.load_state_dict(state)
     except ValueError as exc:
@@ -289,9 +333,9 @@ def _labels_are_trainids(bundle: Bundle) -> bool:
 class _Teacher:
     """The bundle's teacher behind Pipeline's preprocessing, taking (possibly empty) batches."""
 
-    def __init__(self, bundle: Bundle, device: str,
-                 input_size: Optional[Tuple[int, int]] = None):
+    def __init__(self, bundle: Bundle, device: str, input_size: Optional[Tuple[int, int]] = None):
         from cosme_ros.pipeline import Pipeline
+
         # maxlogit needs no bundle part: the pipeline serves for its teacher and preprocessing.
         self.pipeline = Pipeline(bundle, method="maxlogit", device=device, input_size=input_size)
         self.device = self.pipeline.device
@@ -327,32 +371,44 @@ def build_anomaly_parts(
     rank, world = _world()
     main = rank == 0
     say = log if main else (lambda _msg: None)
-    subset = subset_indices(len(dataset), config.max_images)   # spread over the dataset
+    subset = subset_indices(len(dataset), config.max_images)  # spread over the dataset
     n = len(subset)
     all_names = dataset.names
     names = [all_names[i] for i in subset]
     layers = config.layers
 
     use_labels = config.pans_labels == "labels" or (
-        config.pans_labels == "auto" and dataset.has_semantic and _labels_are_trainids(bundle))
+        config.pans_labels == "auto" and dataset.has_semantic and _labels_are_trainids(bundle)
+    )
     if use_labels and not dataset.has_semantic:
-        raise CosmeError(f"--pans-labels labels: dataset {data_spec or dataset.root} has no "
-                         f"semantic labels")
+        raise CosmeError(
+            f"--pans-labels labels: dataset {data_spec or dataset.root} has no " f"semantic labels"
+        )
     if use_labels and not _labels_are_trainids(bundle):
-        raise CosmeError(f"--pans-labels labels: the bundle's classes are not the Cityscapes "
-                         f"trainIds the dataset labels use ({bundle.class_names[:3]}…)")
+        raise CosmeError(
+            f"--pans-labels labels: the bundle's classes are not the Cityscapes "
+            f"trainIds the dataset labels use ({bundle.class_names[:3]}…)"
+        )
 
     teacher = _Teacher(bundle, device, config.input_size)
     fingerprint = _fingerprint(bundle, dataset, names, config, data_spec)
-    builder = MulMemBuilder(layers, config.k, tau=config.tau, momentum=config.momentum,
-                            seed=config.seed, candidates_per_image=config.candidates_per_image)
+    builder = MulMemBuilder(
+        layers,
+        config.k,
+        tau=config.tau,
+        momentum=config.momentum,
+        seed=config.seed,
+        candidates_per_image=config.candidates_per_image,
+    )
     epochs_done = -1  # -1: Algorithm 1 still to run
     resumed = False
     if resume and checkpoint is not None and checkpoint.is_file():
         epochs_done = _load_checkpoint(checkpoint, builder, fingerprint)
         resumed = True
-        say(f"resuming from {checkpoint}: Algorithm 1 done, {epochs_done} of {config.epochs} "
-            f"epoch(s) of Algorithm 2 done")
+        say(
+            f"resuming from {checkpoint}: Algorithm 1 done, {epochs_done} of {config.epochs} "
+            f"epoch(s) of Algorithm 2 done"
+        )
     elif resume:
         say(f"no checkpoint at {checkpoint}: starting from the beginning")
 
@@ -362,16 +418,24 @@ def build_anomaly_parts(
         _barrier()
 
     def bar(total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit="batch", disable=not (progress and main),
-                    dynamic_ncols=True, leave=False)
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="batch",
+            disable=not (progress and main),
+            dynamic_ncols=True,
+            leave=False,
+        )
 
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
     try:
         # ---- Algorithm 1
         if epochs_done < 0:
             done = False
-            steps = [global_schedule(n, config.batch, config.seed, 0, p)
-                     for p in range(config.init_passes)]
+            steps = [
+                global_schedule(n, config.batch, config.seed, 0, p)
+                for p in range(config.init_passes)
+            ]
             with bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
                 for schedule in steps:
                     local = [subset[local_slice(b, rank, world)] for b in schedule]
@@ -387,16 +451,24 @@ def build_anomaly_parts(
                 try:
                     builder.finish_init()
                 except RuntimeError as exc:
-                    raise CosmeError(f"Algorithm 1: {exc} ({n} image(s) from "
-                                     f"{data_spec or dataset.root})") from None
+                    raise CosmeError(
+                        f"Algorithm 1: {exc} ({n} image(s) from " f"{data_spec or dataset.root})"
+                    ) from None
             epochs_done = 0
             save(0)
         shortfall = {k: int(v) for k, v in builder.shortfall().items()}
         if any(shortfall.values()):
-            say("Algorithm 1 ran out of data before K = {}: {} (the memory keeps what was "
+            say(
+                "Algorithm 1 ran out of data before K = {}: {} (the memory keeps what was "
                 "found; more images or --init-passes give more candidates)".format(
-                    config.k, ", ".join(f"{layer} has {c}" for layer, c in
-                                        builder.counts().items() if shortfall[layer])))
+                    config.k,
+                    ", ".join(
+                        f"{layer} has {c}"
+                        for layer, c in builder.counts().items()
+                        if shortfall[layer]
+                    ),
+                )
+            )
 
         # ---- Algorithm 2
         for epoch in range(epochs_done, config.epochs):
@@ -412,7 +484,7 @@ def build_anomaly_parts(
         memory = {k: v.to(teacher.device) for k, v in builder.prototypes().items()}
         taps_needed = tuple(t for t in ALL_TAPS if t in set(layers) | {LH, O})
         num_classes = bundle.num_classes
-        align = bundle.teacher_align_corners   # resize the teacher's outputs as the scorers do
+        align = bundle.teacher_align_corners  # resize the teacher's outputs as the scorers do
         acc_mulmem = ClassStatsAccumulator(num_classes)
         acc_sml = ClassStatsAccumulator(num_classes)
         acc_pans: Optional[ClassPrototypeAccumulator] = None
@@ -423,19 +495,21 @@ def build_anomaly_parts(
             for samples in _batches(dataset, local, pool):
                 taps = teacher(samples, taps_needed)
                 if taps[O].shape[1] != num_classes:
-                    raise CosmeError(f"{bundle.path}: the teacher outputs {taps[O].shape[1]} "
-                                     f"classes but the manifest names {num_classes}")
+                    raise CosmeError(
+                        f"{bundle.path}: the teacher outputs {taps[O].shape[1]} "
+                        f"classes but the manifest names {num_classes}"
+                    )
                 if acc_pans is None:
                     acc_pans = ClassPrototypeAccumulator(num_classes, int(taps[LH].shape[1]))
                 gamma, classes = mulmem_gamma(taps, memory, layers, align)
                 acc_mulmem.update(gamma, classes)
                 for i, sample in enumerate(samples):
                     size = sample.image.shape[:2]
-                    values, cls = baselines.max_logit(resize(taps[O][i:i + 1], size, align))
+                    values, cls = baselines.max_logit(resize(taps[O][i : i + 1], size, align))
                     acc_sml.update(values, cls)
                     if use_labels:
                         label = torch.from_numpy(sample.semantic).to(teacher.device)[None]
-                        acc_pans.update(taps[LH][i:i + 1], label)
+                        acc_pans.update(taps[LH][i : i + 1], label)
                 if not use_labels:
                     pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]), align)
                     acc_pans.update(taps[LH], pseudo, ~torch.isin(pseudo, void))
@@ -453,43 +527,74 @@ def build_anomaly_parts(
         raise CosmeError(f"statistics: {exc}") from None
     pans_protos = acc_pans.finalize()
     if not bool((pans_protos.norm(dim=1) > 0).any()):
-        raise CosmeError(f"PAnS: no pixel of any class was seen in {data_spec or dataset.root} "
-                         f"({'labels' if use_labels else 'pseudo-labels'}); cannot build "
-                         f"class prototypes")
+        raise CosmeError(
+            f"PAnS: no pixel of any class was seen in {data_spec or dataset.root} "
+            f"({'labels' if use_labels else 'pseudo-labels'}); cannot build "
+            f"class prototypes"
+        )
 
-    consensus = (bundle.manifest.get("anomaly", {}).get("consensus_layers")
-                 or list(CONSENSUS_LAYERS))
-    parts = AnomalyParts(memory={k: v.cpu() for k, v in builder.prototypes().items()},
-                         memory_layers=layers, mulmem_stats=mulmem_stats, sml_stats=sml_stats,
-                         pans_prototypes=pans_protos, has_student=bundle.has_student,
-                         consensus_layers=tuple(consensus))
+    consensus = bundle.manifest.get("anomaly", {}).get("consensus_layers") or list(CONSENSUS_LAYERS)
+    parts = AnomalyParts(
+        memory={k: v.cpu() for k, v in builder.prototypes().items()},
+        memory_layers=layers,
+        mulmem_stats=mulmem_stats,
+        sml_stats=sml_stats,
+        pans_prototypes=pans_protos,
+        has_student=bundle.has_student,
+        consensus_layers=tuple(consensus),
+    )
     # What the bundle reader will do, now: a part that would not load is never written.
-    AnomalyParts.from_tensors(parts.to_tensors(), has_student=bundle.has_student,
-                              memory_layers=layers, consensus_layers=parts.consensus_layers)
+    AnomalyParts.from_tensors(
+        parts.to_tensors(),
+        has_student=bundle.has_student,
+        memory_layers=layers,
+        consensus_layers=parts.consensus_layers,
+    )
 
     counts = builder.counts()
-    unseen = [bundle.class_names[c] for c in range(num_classes)
-              if float(pans_protos[c].norm()) == 0 and c not in bundle.void_classes]
+    unseen = [
+        bundle.class_names[c]
+        for c in range(num_classes)
+        if float(pans_protos[c].norm()) == 0 and c not in bundle.void_classes
+    ]
     build = {
-        "k": config.k, "tau": config.tau, "momentum": config.momentum, "epochs": config.epochs,
-        "batch": config.batch, "seed": config.seed,
-        "candidates_per_image": config.candidates_per_image, "init_passes": config.init_passes,
-        "data": data_spec, "split": dataset.split, "images": n,
+        "k": config.k,
+        "tau": config.tau,
+        "momentum": config.momentum,
+        "epochs": config.epochs,
+        "batch": config.batch,
+        "seed": config.seed,
+        "candidates_per_image": config.candidates_per_image,
+        "init_passes": config.init_passes,
+        "data": data_spec,
+        "split": dataset.split,
+        "images": n,
         "input_size": list(teacher.input_size),
-        "prototypes": {k: int(v) for k, v in counts.items()}, "shortfall": shortfall,
-        "init_steps": builder.init_steps, "learn_steps": builder.learn_steps,
+        "prototypes": {k: int(v) for k, v in counts.items()},
+        "shortfall": shortfall,
+        "init_steps": builder.init_steps,
+        "learn_steps": builder.learn_steps,
         "pans_labels": "labels" if use_labels else "pseudo",
-        "sml_resolution": "image", "world_size": world, "resumed": resumed,
+        "sml_resolution": "image",
+        "world_size": world,
+        "resumed": resumed,
         "cosme_ros": __version__,
     }
-    section = {"memory_layers": list(layers), "consensus_layers": list(parts.consensus_layers),
-               "build": build}
+    section = {
+        "memory_layers": list(layers),
+        "consensus_layers": list(parts.consensus_layers),
+        "build": build,
+    }
     report = {
         **build,
-        "mulmem_pixels_per_class": {bundle.class_names[c]: int(v) for c, v in
-                                    enumerate(mulmem_stats.count.tolist()) if v > 0},
-        "stats_fallback_classes": [bundle.class_names[c] for c in range(num_classes)
-                                   if bool(mulmem_stats.fallback[c])],
+        "mulmem_pixels_per_class": {
+            bundle.class_names[c]: int(v)
+            for c, v in enumerate(mulmem_stats.count.tolist())
+            if v > 0
+        },
+        "stats_fallback_classes": [
+            bundle.class_names[c] for c in range(num_classes) if bool(mulmem_stats.fallback[c])
+        ],
         "pans_unseen_classes": unseen,
     }
     return BuildResult(parts=parts, section=section, report=report)

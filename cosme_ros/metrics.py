@@ -219,8 +219,12 @@ class PixelMetricAccumulator:
     Scores must be finite (a histogram has no bin for infinity).
     """
 
-    def __init__(self, bins: int = 1 << 16, range: tuple[float, float] | None = None,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        bins: int = 1 << 16,
+        range: tuple[float, float] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ):
         if bins < 2 or bins % 2:
             raise ValueError(f"bins must be an even number >= 2 (bins merge in pairs), got {bins}")
         _check_ignore_index(ignore_index)
@@ -382,8 +386,13 @@ class ComponentMetricAccumulator:
     See :func:`component_metrics` for the definitions.
     """
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX, min_pred_size: int = 0,
-                 min_gt_size: int = 0, thresholds: Iterable[float] = SIOU_THRESHOLDS):
+    def __init__(
+        self,
+        ignore_index: int = IGNORE_INDEX,
+        min_pred_size: int = 0,
+        min_gt_size: int = 0,
+        thresholds: Iterable[float] = SIOU_THRESHOLDS,
+    ):
         _check_ignore_index(ignore_index)
         self.min_pred_size = int(min_pred_size)
         self.min_gt_size = int(min_gt_size)
@@ -427,9 +436,14 @@ class ComponentMetricAccumulator:
         return result
 
 
-def component_metrics(pred_masks, gt_labels, ignore_index: int = IGNORE_INDEX,
-                      min_pred_size: int = 0, min_gt_size: int = 0,
-                      thresholds: Iterable[float] = SIOU_THRESHOLDS) -> dict:
+def component_metrics(
+    pred_masks,
+    gt_labels,
+    ignore_index: int = IGNORE_INDEX,
+    min_pred_size: int = 0,
+    min_gt_size: int = 0,
+    thresholds: Iterable[float] = SIOU_THRESHOLDS,
+) -> dict:
     """SegmentMeIfYouCan component-level metrics over a dataset, in percent.
 
     ``pred_masks``: binary anomaly masks (nonzero = anomaly, e.g. ``score >= t`` with ``t`` from

@@ -9,6 +9,7 @@ matrix at once, like ``torch.cdist`` builds its full distance matrix (no chunkin
 memory). Pre-processing, standardisation, fusion and post-processing are the same maths as
 :mod:`cosme_ros.pipeline` and :mod:`cosme_ros.anomaly.scorers`.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence, Tuple
@@ -24,15 +25,22 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
 from cosme_ros.pipeline import Result, resize_frames, resolve_device
 
-__all__ = ["naive_max_cosine", "cdist_max_cosine", "naive_gamma", "naive_psi", "naive_score",
-           "NaivePipeline"]
+__all__ = [
+    "naive_max_cosine",
+    "cdist_max_cosine",
+    "naive_gamma",
+    "naive_psi",
+    "naive_score",
+    "NaivePipeline",
+]
 
 
 def _up(x: Tensor, size: Tuple[int, int], align_corners: bool = False) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear",
-                         align_corners=align_corners).squeeze(1)
+    return F.interpolate(
+        x.unsqueeze(1), size=size, mode="bilinear", align_corners=align_corners
+    ).squeeze(1)
 
 
 def naive_max_cosine(features: Tensor, prototypes: Tensor) -> Tensor:
@@ -54,8 +62,9 @@ def cdist_max_cosine(features: Tensor, prototypes: Tensor) -> Tensor:
     return (1.0 - d.square().mul(0.5)).max(dim=2).values.reshape(b, h, w)
 
 
-def naive_gamma(taps: Taps, memory: Mapping[str, Tensor],
-                size: Optional[Tuple[int, int]] = None) -> Tensor:
+def naive_gamma(
+    taps: Taps, memory: Mapping[str, Tensor], size: Optional[Tuple[int, int]] = None
+) -> Tensor:
     """Eq. 4, Γ = Π_l (1 − max cos), each γ upsampled to the largest memory tap's size."""
     if size is None:
         size = max((tuple(taps[n].shape[-2:]) for n in memory), key=lambda s: s[0] * s[1])
@@ -80,13 +89,15 @@ def _mulmem(s: "sc.MulMemScorer", teacher: Taps) -> Tensor:
     raw = naive_gamma(teacher, {l: s.bank[l] for l in s.layers})
     if not s.standardize:
         return raw
-    logits = F.interpolate(teacher[O].float(), size=raw.shape[-2:], mode="bilinear",
-                           align_corners=s.align_corners)
+    logits = F.interpolate(
+        teacher[O].float(), size=raw.shape[-2:], mode="bilinear", align_corners=s.align_corners
+    )
     return s.stats.standardize(raw, logits.argmax(dim=1))
 
 
-def naive_score(scorer: "sc.Scorer", teacher: Taps, student: Optional[Taps],
-                out_size: Tuple[int, int]) -> Tensor:
+def naive_score(
+    scorer: "sc.Scorer", teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]
+) -> Tensor:
     """What ``scorer(teacher, student, out_size)`` computes, with the naive prototype scoring.
 
     Logit methods (msp, maxlogit, entropy, sml) involve no prototypes: the scorer itself runs.
@@ -114,8 +125,13 @@ def naive_score(scorer: "sc.Scorer", teacher: Taps, student: Optional[Taps],
 class NaivePipeline:
     """:class:`cosme_ros.pipeline.Pipeline`'s maths, eager fp32, as plainly as it can be written."""
 
-    def __init__(self, bundle: Bundle, method: str = "maxlogit", device: str = "cpu",
-                 input_size: Optional[Tuple[int, int]] = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        method: str = "maxlogit",
+        device: str = "cpu",
+        input_size: Optional[Tuple[int, int]] = None,
+    ):
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
         self.scorer = sc.build_scorer(method, bundle.anomaly_parts())
@@ -133,20 +149,29 @@ class NaivePipeline:
         return (batch - self.mean) / self.std
 
     @torch.no_grad()
-    def run_tensor(self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
-                   ) -> Tuple[Tensor, Tensor]:
+    def run_tensor(
+        self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
         teacher = self.teacher(x, taps=self.scorer.teacher_taps)
         student = self.student(x, taps=self.scorer.student_taps) if self.student else None
         # the scorer's own refinement: the guided filter has no naive form to compare
         score = self.scorer.refined(naive_score(self.scorer, teacher, student, out_size), guide)
-        logits = F.interpolate(teacher[O].float(), size=out_size, mode="bilinear",
-                               align_corners=self.scorer.align_corners)
+        logits = F.interpolate(
+            teacher[O].float(),
+            size=out_size,
+            mode="bilinear",
+            align_corners=self.scorer.align_corners,
+        )
         return logits.argmax(1), score
 
     def __call__(self, image_rgb: np.ndarray, out_size: Optional[Tuple[int, int]] = None) -> Result:
         out_size = tuple(out_size or image_rgb.shape[:2])
-        guide = (guide_from_images([image_rgb], out_size, self.device)
-                 if self.scorer.refinement is not None else None)
+        guide = (
+            guide_from_images([image_rgb], out_size, self.device)
+            if self.scorer.refinement is not None
+            else None
+        )
         classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size, guide)
-        return Result(classes=classes[0].to(torch.uint8).cpu().numpy(),
-                      score=score[0].float().cpu().numpy())
+        return Result(
+            classes=classes[0].to(torch.uint8).cpu().numpy(), score=score[0].float().cpu().numpy()
+        )

@@ -1,4 +1,5 @@
 """Where the package finds its own files; imports nothing heavy (no torch, no rclpy)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ def _package_file(*parts: str) -> Path:
     repository this package was imported from (editable ``.venv``)."""
     try:
         from ament_index_python.packages import get_package_share_directory
+
         return Path(get_package_share_directory("cosme_ros")).joinpath(*parts)
     except (ImportError, LookupError, OSError, ValueError):
         return Path(__file__).resolve().parents[1].joinpath(*parts)

@@ -16,6 +16,7 @@ CPU fast path (DESIGN.md §4), all numerically equivalent except bf16:
   emulates bf16 and it is slower than fp32, so ``auto`` picks fp32 there. The scorer always gets
   fp32 taps and computes in fp32 (AuxCon's 2048-channel squared sums, cosines to 1e-5).
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class Result:
     """One frame's outputs at the requested output size."""
 
-    classes: np.ndarray   # (H, W) uint8 class index (Cityscapes trainIds for our teachers)
-    score: np.ndarray     # (H, W) float32 anomaly score, higher = more anomalous
+    classes: np.ndarray  # (H, W) uint8 class index (Cityscapes trainIds for our teachers)
+    score: np.ndarray  # (H, W) float32 anomaly score, higher = more anomalous
 
 
 def resolve_device(device: str) -> torch.device:
@@ -78,8 +79,10 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    probes = [getattr(torch.cpu, name, None) for name in
-              ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
     try:
         if any(p is not None and p() for p in probes):
             return True
@@ -115,9 +118,14 @@ def channels_last_for(device: torch.device, precision: str) -> bool:
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
     """``bn(conv(x))`` as one convolution (eval-mode statistics), or None if it does not apply."""
-    if (not isinstance(conv, nn.Conv2d) or type(bn) is not nn.BatchNorm2d
-            or bn.running_mean is None or bn.running_var is None
-            or conv.out_channels != bn.num_features or conv.padding_mode != "zeros"):
+    if (
+        not isinstance(conv, nn.Conv2d)
+        or type(bn) is not nn.BatchNorm2d
+        or bn.running_mean is None
+        or bn.running_var is None
+        or conv.out_channels != bn.num_features
+        or conv.padding_mode != "zeros"
+    ):
         return None
     with torch.no_grad():
         w = conv.weight.float()
@@ -126,9 +134,18 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Optional[nn.Conv2d]:
             scale = scale * bn.weight.float()
         bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
         shift = bn.bias.float() if bn.bias is not None else torch.zeros_like(scale)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                          conv.padding, conv.dilation, conv.groups, bias=True,
-                          device=conv.weight.device, dtype=conv.weight.dtype)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         fused.weight.copy_(w * scale.view(-1, 1, 1, 1))
         fused.bias.copy_((bias - bn.running_mean.float()) * scale + shift)
     return fused.eval()
@@ -178,8 +195,9 @@ def _taps_close(a: Dict[str, Tensor], b: Dict[str, Tensor]) -> bool:
     return True
 
 
-def folded(net: nn.Module, taps: Sequence[str], size: Tuple[int, int],
-           device: torch.device) -> nn.Module:
+def folded(
+    net: nn.Module, taps: Sequence[str], size: Tuple[int, int], device: torch.device
+) -> nn.Module:
     """A BatchNorm-folded copy of ``net`` if it gives the same taps on a random input, else
     ``net`` itself."""
     candidate = copy.deepcopy(net)
@@ -260,9 +278,14 @@ def resize_frames(images_rgb: Sequence[np.ndarray], size: Tuple[int, int]) -> Li
     bilinear aliases fine texture and costs ESPNetv2 s=1.0 0.4 points of accuracy.
     """
     h, w = size
-    return [im if im.shape[:2] == (h, w) else cv2.resize(
-        im, (w, h), interpolation=cv2.INTER_AREA if im.shape[0] > h else cv2.INTER_LINEAR)
-        for im in images_rgb]
+    return [
+        im
+        if im.shape[:2] == (h, w)
+        else cv2.resize(
+            im, (w, h), interpolation=cv2.INTER_AREA if im.shape[0] > h else cv2.INTER_LINEAR
+        )
+        for im in images_rgb
+    ]
 
 
 class Pipeline:
@@ -283,12 +306,21 @@ class Pipeline:
     with ``refine_radius`` network-input pixels and ``refine_eps``.
     """
 
-    def __init__(self, bundle: Bundle, method: str = "maxlogit", device: str = "cpu",
-                 input_size: Optional[Tuple[int, int]] = None, precision: str = "fp32",
-                 threads: Optional[int] = None, fast: bool = True,
-                 teacher_taps: Sequence[str] = (), student_taps: Sequence[str] = (),
-                 refine: str = "none", refine_radius: Optional[int] = None,
-                 refine_eps: Optional[float] = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        method: str = "maxlogit",
+        device: str = "cpu",
+        input_size: Optional[Tuple[int, int]] = None,
+        precision: str = "fp32",
+        threads: Optional[int] = None,
+        fast: bool = True,
+        teacher_taps: Sequence[str] = (),
+        student_taps: Sequence[str] = (),
+        refine: str = "none",
+        refine_radius: Optional[int] = None,
+        refine_eps: Optional[float] = None,
+    ):
         self.bundle = bundle
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
@@ -300,13 +332,22 @@ class Pipeline:
         if method == AUTO_METHOD:
             method = bundle.default_method
         # Build the scorer first: a method whose parts are missing fails before any weights load.
-        options = {k: v for k, v in (("refine", refine), ("refine_radius", refine_radius),
-                                     ("refine_eps", refine_eps)) if v is not None}
+        options = {
+            k: v
+            for k, v in (
+                ("refine", refine),
+                ("refine_radius", refine_radius),
+                ("refine_eps", refine_eps),
+            )
+            if v is not None
+        }
         try:
             name, spec_options = parse_method(method)
             if refine != "none" and any(k in spec_options for k in REFINE_OPTIONS):
-                raise ValueError(f"method {method!r}: refinement given both in the spec and as "
-                                 f"refine={refine}")
+                raise ValueError(
+                    f"method {method!r}: refinement given both in the spec and as "
+                    f"refine={refine}"
+                )
             parts = bundle.anomaly_parts()
             self.scorer = build_scorer(name, parts, **{**options, **spec_options})
         except ValueError as exc:
@@ -325,7 +366,8 @@ class Pipeline:
                 f"{bundle.path}: the student outputs {','.join(trained)}, not "
                 f"{','.join(t for t in self.student_taps if t not in trained)} (needed by "
                 f"{method if set(self.scorer.student_taps) - set(trained) else 'a scorer'}); "
-                f"retrain it with `cosme train-student`")
+                f"retrain it with `cosme train-student`"
+            )
         self.channels_last = bool(fast) and channels_last_for(self.device, self.precision)
         if fast:
             probe = (min(self.input_size[0], 128), min(self.input_size[1], 256))
@@ -358,8 +400,9 @@ class Pipeline:
         return (batch - self._mean) / self._std
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.precision == "bf16")
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        )
 
     def prepare(self, x: Tensor) -> Tensor:
         """A normalised batch in the networks' memory format."""
@@ -393,8 +436,9 @@ class Pipeline:
         return upsampled_argmax(logits, out_size)
 
     @torch.inference_mode()
-    def run_tensor(self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
-                   ) -> Tuple[Tensor, Tensor]:
+    def run_tensor(
+        self, x: Tensor, out_size: Tuple[int, int], guide: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Tensor]:
         """Normalised batch → (classes (B, H, W) long, score (B, H, W) float32) at ``out_size``;
         ``guide``: the frames at ``out_size`` (:func:`~cosme_ros.anomaly.refine.guide_from_images`),
         needed when the pipeline refines its maps."""
@@ -405,8 +449,12 @@ class Pipeline:
     def __call__(self, image_rgb: np.ndarray, out_size: Optional[Tuple[int, int]] = None) -> Result:
         """One RGB uint8 image (H, W, 3) → Result at ``out_size`` (default: the image's size)."""
         out_size = tuple(out_size or image_rgb.shape[:2])
-        guide = (guide_from_images([image_rgb], out_size, self.device)
-                 if self.scorer.refinement is not None else None)
+        guide = (
+            guide_from_images([image_rgb], out_size, self.device)
+            if self.scorer.refinement is not None
+            else None
+        )
         classes, score = self.run_tensor(self.preprocess([image_rgb]), out_size, guide)
-        return Result(classes=classes[0].to(torch.uint8).cpu().numpy(),
-                      score=score[0].float().cpu().numpy())
+        return Result(
+            classes=classes[0].to(torch.uint8).cpu().numpy(), score=score[0].float().cpu().numpy()
+        )

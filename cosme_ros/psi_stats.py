@@ -16,6 +16,7 @@ The statistics belong to one student: the anomaly section records the student's 
 (``psi_stats.student_sha256``), and a bundle whose student was replaced without a new pass loses
 them (:meth:`cosme_ros.bundle.Bundle.anomaly_parts`).
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -40,38 +41,68 @@ def consensus_layer_sets(bundle: Bundle) -> List[Tuple[str, ...]]:
     section = bundle.manifest.get("anomaly", {})
     le = ordered(section.get("consensus_layers") or consensus.CONSENSUS_LAYERS)
     student_taps = bundle.manifest["student"]["config"].get("taps") or ALL_TAPS
-    singles = [(t,) for t in ALL_TAPS if t != O and t in student_taps
-               and (t,) != tuple(le)]
+    singles = [(t,) for t in ALL_TAPS if t != O and t in student_taps and (t,) != tuple(le)]
     return [tuple(le), *singles]
 
 
-def gather_psi_stats(bundle: Bundle, dataset, *, device: str = "cpu",
-                     max_images: Optional[int] = None, batch: int = 8, workers: int = 2,
-                     layer_sets: Optional[Iterable[Sequence[str]]] = None,
-                     progress: bool = True) -> Tuple[Dict[str, ClassStats], Dict[str, Any]]:
+def gather_psi_stats(
+    bundle: Bundle,
+    dataset,
+    *,
+    device: str = "cpu",
+    max_images: Optional[int] = None,
+    batch: int = 8,
+    workers: int = 2,
+    layer_sets: Optional[Iterable[Sequence[str]]] = None,
+    progress: bool = True,
+) -> Tuple[Dict[str, ClassStats], Dict[str, Any]]:
     """One pass over ``dataset`` (``max_images`` evenly spaced images, all by default) →
     ``({psi_key: ClassStats}, record)``; nothing is written."""
     from .pipeline import Pipeline
     from .train.loop import subset_indices
+
     if not bundle.has_student:
-        raise CosmeError(f"{bundle.path}: the Ψ statistics need a student: run `cosme "
-                         f"train-student`")
+        raise CosmeError(
+            f"{bundle.path}: the Ψ statistics need a student: run `cosme " f"train-student`"
+        )
     sets = [ordered(s) for s in (layer_sets or consensus_layer_sets(bundle))]
     taps = ordered(*sets)
-    pipeline = Pipeline(bundle, method="maxlogit", device=device,
-                        teacher_taps=ordered(taps, (O,)), student_taps=taps)
+    pipeline = Pipeline(
+        bundle,
+        method="maxlogit",
+        device=device,
+        teacher_taps=ordered(taps, (O,)),
+        student_taps=taps,
+    )
     align = bundle.teacher_align_corners
-    accs = {psi_key(d, s): ClassStatsAccumulator(bundle.num_classes)
-            for d in consensus.DISTANCES for s in sets}
+    accs = {
+        psi_key(d, s): ClassStatsAccumulator(bundle.num_classes)
+        for d in consensus.DISTANCES
+        for s in sets
+    }
     subset = subset_indices(len(dataset), max_images)
-    chunks = [subset[i:i + batch] for i in range(0, len(subset), batch)]
+    chunks = [subset[i : i + batch] for i in range(0, len(subset), batch)]
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
-    load = (lambda idx: [dataset[int(i)].image for i in idx]) if pool is None else \
-        (lambda idx: [f.result() for f in [pool.submit(lambda j: dataset[int(j)].image, i)
-                                           for i in idx]])
+    load = (
+        (lambda idx: [dataset[int(i)].image for i in idx])
+        if pool is None
+        else (
+            lambda idx: [
+                f.result() for f in [pool.submit(lambda j: dataset[int(j)].image, i) for i in idx]
+            ]
+        )
+    )
     try:
-        with torch.inference_mode(), tqdm(total=len(chunks), desc="Ψ statistics", unit="batch",
-                                          disable=not progress, leave=False) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=len(chunks),
+                desc="Ψ statistics",
+                unit="batch",
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             for idx in chunks:
                 teacher, student = pipeline.networks(pipeline.preprocess(load(idx)))
                 classes: Dict[Tuple[int, int], torch.Tensor] = {}
@@ -90,9 +121,13 @@ def gather_psi_stats(bundle: Bundle, dataset, *, device: str = "cpu",
         stats = {key: acc.finalize() for key, acc in accs.items()}
     except ValueError as exc:
         raise CosmeError(f"Ψ statistics: {exc}") from None
-    record = {"images": int(len(subset)), "input_size": list(pipeline.input_size),
-              "distances": list(consensus.DISTANCES), "layers": ["+".join(s) for s in sets],
-              "student_sha256": bundle.student_sha256()}
+    record = {
+        "images": int(len(subset)),
+        "input_size": list(pipeline.input_size),
+        "distances": list(consensus.DISTANCES),
+        "layers": ["+".join(s) for s in sets],
+        "student_sha256": bundle.student_sha256(),
+    }
     return stats, record
 
 
@@ -100,12 +135,15 @@ def add_psi_stats(bundle: Bundle, stats: Dict[str, ClassStats], record: Dict[str
     """Write ``stats`` into the bundle's anomaly part beside what it holds (replacing earlier Ψ
     statistics); the calibrated thresholds stay — no existing score changes."""
     if not bundle.has_anomaly:
-        raise CosmeError(f"{bundle.path}: no anomaly part to hold the Ψ statistics yet: "
-                         f"`cosme build-memory` gathers them when the bundle has a student")
+        raise CosmeError(
+            f"{bundle.path}: no anomaly part to hold the Ψ statistics yet: "
+            f"`cosme build-memory` gathers them when the bundle has a student"
+        )
     parts = bundle.anomaly_parts()
     parts.psi_stats = dict(stats)
-    section = {k: v for k, v in bundle.manifest["anomaly"].items()
-               if k not in ("weights", "sha256")}
+    section = {
+        k: v for k, v in bundle.manifest["anomaly"].items() if k not in ("weights", "sha256")
+    }
     section["psi_stats"] = dict(record)
     bundle.write_part("anomaly", section, parts.to_tensors(), keep_thresholds=True)
 

@@ -30,6 +30,7 @@ Outputs, each optional:
 
 This module never imports rclpy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,9 +57,23 @@ from cosme_ros.errors import CosmeError
 from cosme_ros.ros import image_codec
 from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
 
-__all__ = ["IMAGE_TYPE", "COMPRESSED_TYPE", "STORAGES", "ReplayOptions", "ReplayReport",
-           "FrameRecord", "Bag", "default_bundle_path", "output_topics", "gt_labels",
-           "read_mask_folder", "check_options", "check_bag", "replay", "format_report"]
+__all__ = [
+    "IMAGE_TYPE",
+    "COMPRESSED_TYPE",
+    "STORAGES",
+    "ReplayOptions",
+    "ReplayReport",
+    "FrameRecord",
+    "Bag",
+    "default_bundle_path",
+    "output_topics",
+    "gt_labels",
+    "read_mask_folder",
+    "check_options",
+    "check_bag",
+    "replay",
+    "format_report",
+]
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -69,33 +84,46 @@ VIDEO_FOURCC = "mp4v"
 
 # Errors the rosbags readers (and the sqlite3 / mcap code below them) raise on a bag that is not
 # readable: missing, truncated, corrupt. Anything else is a bug and keeps its traceback.
-_BAG_ERRORS: Tuple[type, ...] = (OSError, sqlite3.Error, struct.error, EOFError, ValueError,
-                                 KeyError, IndexError, zlib.error)
+_BAG_ERRORS: Tuple[type, ...] = (
+    OSError,
+    sqlite3.Error,
+    struct.error,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    zlib.error,
+)
 
 
 def _bag_errors() -> Tuple[type, ...]:
     from rosbags.rosbag2 import ReaderError
     from rosbags.typesys import TypesysError
+
     return (ReaderError, TypesysError, *_BAG_ERRORS)
 
 
-
-
 # ----------------------------------------------------------------------------- topics
+
 
 def _normalise_namespace(ns: str) -> str:
     ns = ns.strip()
     if not ns.startswith("/"):
         ns = "/" + ns
     ns = ns.rstrip("/")
-    if ns and not all(part and (part[0].isalpha() or part[0] == "_") and
-                      all(c.isalnum() or c == "_" for c in part) for part in ns[1:].split("/")):
+    if ns and not all(
+        part
+        and (part[0].isalpha() or part[0] == "_")
+        and all(c.isalnum() or c == "_" for c in part)
+        for part in ns[1:].split("/")
+    ):
         raise CosmeError(f"output namespace {ns!r} is not a valid ROS namespace")
     return ns
 
 
-def output_topics(image_topic: str, compressed: bool = False,
-                  namespace: Optional[str] = None) -> Dict[str, str]:
+def output_topics(
+    image_topic: str, compressed: bool = False, namespace: Optional[str] = None
+) -> Dict[str, str]:
     """output key → absolute topic: the node's relative output names under ``namespace``,
     by default the input topic's namespace — where a node started in that namespace (or a
     launch with ``namespace:=``) publishes them: ``/camera/image_raw`` →
@@ -113,6 +141,7 @@ def output_topics(image_topic: str, compressed: bool = False,
 
 # ----------------------------------------------------------------------------- reading bags
 
+
 @dataclass(frozen=True)
 class TopicInfo:
     name: str
@@ -125,8 +154,11 @@ class TopicInfo:
 
 def _storage_files(path: Path) -> List[Path]:
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3")
-                      or p.name.endswith((".mcap.zstd", ".db3.zstd")))
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix in (".mcap", ".db3") or p.name.endswith((".mcap.zstd", ".db3.zstd"))
+        )
     return [path]
 
 
@@ -135,6 +167,7 @@ def _register_bag_type(store: Any, connections: Sequence[Any], msgtype: str) -> 
     bags of Iron and later, carry their message definitions)."""
     from rosbags.interfaces import MessageDefinitionFormat
     from rosbags.typesys import get_types_from_msg
+
     for conn in connections:
         if conn.msgtype == msgtype and conn.msgdef.format == MessageDefinitionFormat.MSG:
             with contextlib.suppress(Exception):  # then deserializing says what is wrong
@@ -148,21 +181,24 @@ class Bag:
 
     def __init__(self, path: str | Path):
         from rosbags.rosbag2 import Reader
+
         self.path = Path(path)
         if not self.path.exists():
-            raise CosmeError(f"{self.path}: no such bag (a rosbag2 directory with "
-                             f"metadata.yaml, or an .mcap / .db3 file)")
+            raise CosmeError(
+                f"{self.path}: no such bag (a rosbag2 directory with "
+                f"metadata.yaml, or an .mcap / .db3 file)"
+            )
         try:
             self.reader = Reader(self.path)
             self.reader.open()
         except FileNotFoundError:  # a directory without metadata.yaml
-            raise CosmeError(f"{self.path}: not a rosbag2 directory (no metadata.yaml)") \
-                from None
+            raise CosmeError(f"{self.path}: not a rosbag2 directory (no metadata.yaml)") from None
         except _bag_errors() as exc:
             raise self._error(exc) from None
         # Every MCAP chunk is decoded and its CRC checked before anything is read from it: a
         # damaged bag stops here with the damaged range (data/bag_crc.py).
         from cosme_ros.data.bag_crc import mcap_storages, verify_mcap
+
         self.unchecked_chunks = 0
         try:
             for storage in mcap_storages(self.reader):
@@ -173,13 +209,15 @@ class Bag:
         self.connections = list(self.reader.connections)
         self.storage = self._storage_id()
         from rosbags.typesys import Stores, get_typestore
+
         self.typestore = get_typestore(Stores.ROS2_HUMBLE)
         self.topics: Dict[str, TopicInfo] = {}
         for conn in self.connections:
             old = self.topics.get(conn.topic)
             types = tuple(dict.fromkeys((*(old.msgtypes if old else ()), conn.msgtype)))
-            self.topics[conn.topic] = TopicInfo(conn.topic, types,
-                                                (old.count if old else 0) + conn.msgcount)
+            self.topics[conn.topic] = TopicInfo(
+                conn.topic, types, (old.count if old else 0) + conn.msgcount
+            )
 
     def _error(self, exc: BaseException) -> CosmeError:
         files = _storage_files(self.path)
@@ -189,6 +227,7 @@ class Bag:
 
     def _storage_id(self) -> str:
         from rosbags.rosbag2.storage_mcap import McapReader
+
         storages = getattr(self.reader.storage, "storages", [self.reader.storage])
         return "mcap" if storages and isinstance(storages[0], McapReader) else "sqlite3"
 
@@ -209,13 +248,17 @@ class Bag:
         """The connections of ``topic``, which must exist with one of the ``allowed`` types."""
         info = self.topics.get(topic)
         if info is None:
-            raise CosmeError(f"{self.path}: no topic {topic!r} for the {what}; the bag has: "
-                             f"{self.describe_topics()}")
+            raise CosmeError(
+                f"{self.path}: no topic {topic!r} for the {what}; the bag has: "
+                f"{self.describe_topics()}"
+            )
         wrong = [t for t in info.msgtypes if t not in allowed]
         if wrong:
-            raise CosmeError(f"{self.path}: topic {topic!r} is {', '.join(info.msgtypes)}, the "
-                             f"{what} must be {' or '.join(allowed)}; the bag has: "
-                             f"{self.describe_topics()}")
+            raise CosmeError(
+                f"{self.path}: topic {topic!r} is {', '.join(info.msgtypes)}, the "
+                f"{what} must be {' or '.join(allowed)}; the bag has: "
+                f"{self.describe_topics()}"
+            )
         return [c for c in self.connections if c.topic == topic]
 
     def messages(self, connections: Sequence[Any]) -> Iterator[Tuple[Any, int, Any]]:
@@ -239,8 +282,10 @@ class Bag:
         try:
             return self.typestore.deserialize_cdr(raw, msgtype)
         except Exception as exc:  # rosbags' CDR reader raises anything on garbage  # noqa: BLE001
-            raise CosmeError(f"{self.path}: message on {topic} at bag time {bag_ns} cannot be "
-                             f"deserialized as {msgtype} ({type(exc).__name__}: {exc})") from None
+            raise CosmeError(
+                f"{self.path}: message on {topic} at bag time {bag_ns} cannot be "
+                f"deserialized as {msgtype} ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def stamp_ns(header: Any) -> int:
@@ -248,6 +293,7 @@ def stamp_ns(header: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- ground truth
+
 
 def gt_labels(gt: np.ndarray, anomaly_value: int) -> np.ndarray:
     """A ground-truth mask → metric labels: 0 stays in-distribution, ``anomaly_value`` (1 or
@@ -263,8 +309,10 @@ def read_mask_folder(folder: str | Path) -> Tuple[Dict[int, Path], List[str]]:
     nanoseconds (``1700000000100000000.png``) — and the names of files that are not masks."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CosmeError(f"{folder}: no such directory (--gt-masks takes a folder of masks "
-                         f"named <stamp in nanoseconds>.png)")
+        raise CosmeError(
+            f"{folder}: no such directory (--gt-masks takes a folder of masks "
+            f"named <stamp in nanoseconds>.png)"
+        )
     masks: Dict[int, Path] = {}
     other: List[str] = []
     for p in sorted(folder.iterdir()):
@@ -276,13 +324,15 @@ def read_mask_folder(folder: str | Path) -> Tuple[Dict[int, Path], List[str]]:
         else:
             other.append(p.name)
     if not masks:
-        raise CosmeError(f"{folder}: no masks named <stamp in nanoseconds>"
-                         f"{'|'.join(MASK_SUFFIXES)}")
+        raise CosmeError(
+            f"{folder}: no masks named <stamp in nanoseconds>" f"{'|'.join(MASK_SUFFIXES)}"
+        )
     return masks, other
 
 
 def _read_mask(path: Path) -> np.ndarray:
     from cosme_ros.data.images import decode_file
+
     mask = decode_file(path, cv2.IMREAD_UNCHANGED, error=CosmeError, what="mask")
     if mask.ndim == 3:
         if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[2])):
@@ -295,14 +345,17 @@ def _read_mask(path: Path) -> np.ndarray:
 
 def _gt_from_message(msg: Any, topic: str) -> np.ndarray:
     if msg.encoding not in ("mono8", "8UC1"):
-        raise CosmeError(f"ground truth on {topic} is {msg.encoding!r}; it must be mono8 "
-                         f"(0 in-distribution, 1 or 255 anomaly)")
+        raise CosmeError(
+            f"ground truth on {topic} is {msg.encoding!r}; it must be mono8 "
+            f"(0 in-distribution, 1 or 255 anomaly)"
+        )
     fields = msg if msg.encoding == "mono8" else _Mono8(msg)
     try:
         return image_codec.image_array(fields)
     except image_codec.ImageMessageError as exc:
-        raise CosmeError(f"ground truth on {topic} at stamp {stamp_ns(msg.header)}: "
-                         f"{exc}") from None
+        raise CosmeError(
+            f"ground truth on {topic} at stamp {stamp_ns(msg.header)}: " f"{exc}"
+        ) from None
 
 
 class _Mono8:
@@ -314,6 +367,7 @@ class _Mono8:
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 @dataclass
 class FrameRecord:
@@ -337,8 +391,11 @@ class _Scoring:
     """Per-frame metrics and the pooled ones, exact (scores of labelled pixels kept) or binned."""
 
     def __init__(self, frames_total: int, binned: bool, memory_limit_gib: float):
-        self.frames_total, self.binned, self.memory_limit_gib = frames_total, binned, \
-            memory_limit_gib
+        self.frames_total, self.binned, self.memory_limit_gib = (
+            frames_total,
+            binned,
+            memory_limit_gib,
+        )
         self.kept_scores: List[np.ndarray] = []
         self.kept_labels: List[np.ndarray] = []
         self.acc = metrics.PixelMetricAccumulator() if binned else None
@@ -346,11 +403,13 @@ class _Scoring:
         self.pixels = {"anomaly": 0, "in_distribution": 0, "void": 0}
         self._checked = False
 
-    def add(self, index: int, stamp: int, bag_ns: int, score: np.ndarray,
-            labels: np.ndarray) -> FrameRecord:
+    def add(
+        self, index: int, stamp: int, bag_ns: int, score: np.ndarray, labels: np.ndarray
+    ) -> FrameRecord:
         if labels.shape != score.shape:  # metrics at the ground truth's resolution
-            score = cv2.resize(score, (labels.shape[1], labels.shape[0]),
-                               interpolation=cv2.INTER_LINEAR)
+            score = cv2.resize(
+                score, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_LINEAR
+            )
         valid = (labels == 0) | (labels == 1)
         n_valid, n_anom = int(valid.sum()), int((labels == 1).sum())
         self.pixels["anomaly"] += n_anom
@@ -360,8 +419,9 @@ class _Scoring:
         if n_valid:
             s, y = score[valid], labels[valid]
             if not np.isfinite(s).all():
-                raise CosmeError(f"frame {index} (stamp {stamp}): the method gave non-finite "
-                                 f"scores")
+                raise CosmeError(
+                    f"frame {index} (stamp {stamp}): the method gave non-finite " f"scores"
+                )
             if 0 < n_anom < n_valid:
                 m = metrics.pixel_metrics(s, y)
                 rec.auroc, rec.ap, rec.fpr95 = (float(m[k]) for k in ("auroc", "ap", "fpr95"))
@@ -376,7 +436,8 @@ class _Scoring:
                             f"exact metrics would keep about {gib:.3g} GiB of scores "
                             f"({self.frames_total} frames × {n_valid} labelled pixels), above the "
                             f"{self.memory_limit_gib:g} GiB limit: use --binned or raise "
-                            f"--memory-limit")
+                            f"--memory-limit"
+                        )
                     self._checked = True
                 self.kept_scores.append(s.astype(np.float32, copy=False))
                 self.kept_labels.append(y.astype(np.uint8))
@@ -388,14 +449,17 @@ class _Scoring:
         if self.pixels["anomaly"] == 0 or self.pixels["in_distribution"] == 0:
             return None, None
         if self.binned:
-            return ({k: float(v) for k, v in self.acc.compute().items()},
-                    {k: float(v) for k, v in self.acc.error_bounds().items()})
+            return (
+                {k: float(v) for k, v in self.acc.compute().items()},
+                {k: float(v) for k, v in self.acc.error_bounds().items()},
+            )
         scores, labels = np.concatenate(self.kept_scores), np.concatenate(self.kept_labels)
         self.kept_scores, self.kept_labels = [], []
         return {k: float(v) for k, v in metrics.pixel_metrics(scores, labels).items()}, None
 
 
 # ----------------------------------------------------------------------------- options, report
+
 
 @dataclass
 class ReplayOptions:
@@ -406,14 +470,14 @@ class ReplayOptions:
     gt_masks: Optional[Path] = None
     gt_anomaly_value: int = 1
     out: Optional[Path] = None
-    out_storage: Optional[str] = None          # None: the input's
-    out_namespace: Optional[str] = None        # None: the image topic's namespace
+    out_storage: Optional[str] = None  # None: the input's
+    out_namespace: Optional[str] = None  # None: the image topic's namespace
     video: Optional[Path] = None
-    video_fps: Optional[float] = None          # None: the image topic's rate
-    anomaly_threshold: float = 0.0             # the node's drawing parameters (the CLI resolves
-                                               # the node's default, auto, from the bundle)
+    video_fps: Optional[float] = None  # None: the image topic's rate
+    anomaly_threshold: float = 0.0  # the node's drawing parameters (the CLI resolves
+    # the node's default, auto, from the bundle)
     overlay_alpha: float = 0.5
-    heatmap_range: Optional[Tuple[float, float]] = None   # None: auto (RunningRange)
+    heatmap_range: Optional[Tuple[float, float]] = None  # None: auto (RunningRange)
     output_resolution: str = "input"
     binned: bool = False
     memory_limit_gib: float = 4.0
@@ -427,10 +491,10 @@ class ReplayReport:
     storage: str
     image_topic: str
     image_type: str
-    frames: int                                # image messages read
-    processed: int                             # frames run through the pipeline
-    rejected: int                              # frames the decoder refused (as the node does)
-    rejection: Optional[str]                   # the first reason
+    frames: int  # image messages read
+    processed: int  # frames run through the pipeline
+    rejected: int  # frames the decoder refused (as the node does)
+    rejection: Optional[str]  # the first reason
     seconds: float
     pipeline_seconds: float
     out: Optional[str] = None
@@ -444,8 +508,8 @@ class ReplayReport:
     metric_mode: Optional[str] = None
     pixels: Optional[Dict[str, int]] = None
     per_frame: List[FrameRecord] = field(default_factory=list)
-    unmatched_images: int = 0                  # processed frames without ground truth
-    unmatched_gt: int = 0                      # ground truth without an image of its stamp
+    unmatched_images: int = 0  # processed frames without ground truth
+    unmatched_gt: int = 0  # ground truth without an image of its stamp
     duplicate_gt: int = 0
     notes: List[str] = field(default_factory=list)
 
@@ -460,7 +524,7 @@ class ReplayReport:
     def worst_frames(self, n: int) -> List[FrameRecord]:
         """The ``n`` frames with the lowest AP (frames with both classes)."""
         rated = [r for r in self.per_frame if r.ap is not None]
-        return sorted(rated, key=lambda r: (r.ap, r.index))[:max(0, n)]
+        return sorted(rated, key=lambda r: (r.ap, r.index))[: max(0, n)]
 
     def to_json(self, worst: int = 5) -> Dict:
         out = {k: v for k, v in self.__dict__.items() if k != "per_frame"}
@@ -478,52 +542,69 @@ def _fmt(v: Optional[float]) -> str:
 def format_report(report: ReplayReport, per_frame: bool = True, worst: int = 5) -> str:
     """The text ``cosme replay`` prints: throughput, outputs, and with ground truth the pooled
     metrics, one line per frame and the worst frames."""
-    lines = [f"replayed {report.processed} of {report.frames} frames of {report.image_topic} "
-             f"({report.image_type}) in {report.seconds:.1f} s: {report.fps:.2f} frames/s "
-             f"(pipeline alone {report.pipeline_fps:.2f} frames/s)"]
+    lines = [
+        f"replayed {report.processed} of {report.frames} frames of {report.image_topic} "
+        f"({report.image_type}) in {report.seconds:.1f} s: {report.fps:.2f} frames/s "
+        f"(pipeline alone {report.pipeline_fps:.2f} frames/s)"
+    ]
     if report.rejected:
-        lines.append(f"{report.rejected} frame(s) rejected by the decoder (first: "
-                     f"{report.rejection})")
+        lines.append(
+            f"{report.rejected} frame(s) rejected by the decoder (first: " f"{report.rejection})"
+        )
     if report.out:
-        lines.append(f"output bag {report.out} ({report.out_storage}): " + ", ".join(
-            f"{t} {v['count']}" for t, v in report.out_topics.items()))
+        lines.append(
+            f"output bag {report.out} ({report.out_storage}): "
+            + ", ".join(f"{t} {v['count']}" for t, v in report.out_topics.items())
+        )
     if report.video:
         lines.append(f"video {report.video} ({report.video_fps:g} fps)")
     lines += [f"note: {n}" for n in report.notes]
     if report.ground_truth is None:
         return "\n".join(lines)
-    lines.append(f"ground truth {report.ground_truth}: {len(report.per_frame)} frame(s) matched "
-                 f"by header stamp; {report.unmatched_images} frame(s) without ground truth, "
-                 f"{report.unmatched_gt} ground-truth mask(s) without a frame"
-                 + (f", {report.duplicate_gt} duplicate stamp(s) ignored"
-                    if report.duplicate_gt else ""))
+    lines.append(
+        f"ground truth {report.ground_truth}: {len(report.per_frame)} frame(s) matched "
+        f"by header stamp; {report.unmatched_images} frame(s) without ground truth, "
+        f"{report.unmatched_gt} ground-truth mask(s) without a frame"
+        + (f", {report.duplicate_gt} duplicate stamp(s) ignored" if report.duplicate_gt else "")
+    )
     if report.metrics is None:
         px = report.pixels or {}
-        lines.append(f"no pooled metrics: the matched frames have {px.get('anomaly', 0)} anomaly "
-                     f"and {px.get('in_distribution', 0)} in-distribution pixels; both are needed")
+        lines.append(
+            f"no pooled metrics: the matched frames have {px.get('anomaly', 0)} anomaly "
+            f"and {px.get('in_distribution', 0)} in-distribution pixels; both are needed"
+        )
     else:
         m = report.metrics
         bounds = ""
         if report.error_bounds:
             b = report.error_bounds
-            bounds = (f" (binned; error at most {b['auroc']:.3f} / {b['ap']:.3f} / "
-                      f"{b['fpr95']:.3f} pp)")
-        lines.append(f"pooled over the drive: AUROC {m['auroc']:.2f}  AP {m['ap']:.2f}  "
-                     f"FPR95 {m['fpr95']:.2f} (%){bounds}; {report.pixels['anomaly']} anomaly / "
-                     f"{report.pixels['in_distribution']} in-distribution pixels")
+            bounds = (
+                f" (binned; error at most {b['auroc']:.3f} / {b['ap']:.3f} / "
+                f"{b['fpr95']:.3f} pp)"
+            )
+        lines.append(
+            f"pooled over the drive: AUROC {m['auroc']:.2f}  AP {m['ap']:.2f}  "
+            f"FPR95 {m['fpr95']:.2f} (%){bounds}; {report.pixels['anomaly']} anomaly / "
+            f"{report.pixels['in_distribution']} in-distribution pixels"
+        )
     if per_frame and report.per_frame:
         lines.append("per frame:   index  stamp_ns             AUROC     AP  FPR95  anomaly px")
         for r in report.per_frame:
-            lines.append(f"           {r.index:7d}  {r.stamp_ns:19d} {_fmt(r.auroc)} "
-                         f"{_fmt(r.ap)} {_fmt(r.fpr95)}  {r.anomaly:10d}")
+            lines.append(
+                f"           {r.index:7d}  {r.stamp_ns:19d} {_fmt(r.auroc)} "
+                f"{_fmt(r.ap)} {_fmt(r.fpr95)}  {r.anomaly:10d}"
+            )
     bad = report.worst_frames(worst)
     if bad:
-        lines.append("worst frames by AP: " + ", ".join(
-            f"#{r.index} (stamp {r.stamp_ns}, AP {r.ap:.2f})" for r in bad))
+        lines.append(
+            "worst frames by AP: "
+            + ", ".join(f"#{r.index} (stamp {r.stamp_ns}, AP {r.ap:.2f})" for r in bad)
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 class _StagedFile:
     """A text file written beside ``path`` under a temporary name, renamed by :meth:`commit`."""
@@ -554,8 +635,7 @@ class _BagTarget:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp",
-                                         dir=path.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         self.bag = self.tmp / path.name
 
     def commit(self) -> None:
@@ -574,8 +654,9 @@ class _Video:
     def __init__(self, path: Path, fps: float):
         self.path, self.fps = path, fps
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (path.suffix or ".mp4"),
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=".tmp" + (path.suffix or ".mp4"), dir=path.parent
+        )
         os.close(fd)
         self.tmp = Path(tmp)
         self.writer = None
@@ -585,16 +666,21 @@ class _Video:
     def write(self, camera: np.ndarray, color: np.ndarray, heatmap: np.ndarray) -> None:
         h, w = color.shape[:2]
         if camera.shape[:2] != (h, w):
-            camera = cv2.resize(camera, (w, h), interpolation=cv2.INTER_AREA
-                                if camera.shape[0] > h else cv2.INTER_LINEAR)
+            camera = cv2.resize(
+                camera,
+                (w, h),
+                interpolation=cv2.INTER_AREA if camera.shape[0] > h else cv2.INTER_LINEAR,
+            )
         row = np.concatenate([camera, color, heatmap], axis=1)
         H, W = row.shape[0] + row.shape[0] % 2, row.shape[1] + row.shape[1] % 2
         if (H, W) != row.shape[:2]:
-            row = cv2.copyMakeBorder(row, 0, H - row.shape[0], 0, W - row.shape[1],
-                                     cv2.BORDER_CONSTANT, value=0)
+            row = cv2.copyMakeBorder(
+                row, 0, H - row.shape[0], 0, W - row.shape[1], cv2.BORDER_CONSTANT, value=0
+            )
         if self.writer is None:
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*VIDEO_FOURCC),
-                                          float(self.fps), (W, H))
+            self.writer = cv2.VideoWriter(
+                str(self.tmp), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), float(self.fps), (W, H)
+            )
             if not self.writer.isOpened():
                 raise CosmeError(f"{self.path}: OpenCV cannot write {VIDEO_FOURCC} video here")
             self.size = (H, W)
@@ -639,6 +725,7 @@ def _image_msg(typestore: Any, array: np.ndarray, encoding: str, header: Any) ->
 
 # ----------------------------------------------------------------------------- replay
 
+
 def _topic_rate(bag: Bag, connections: Sequence[Any]) -> Optional[float]:
     """Messages per second of ``connections`` from the bag's metadata (count over duration)."""
     count = sum(c.msgcount for c in connections)
@@ -663,7 +750,7 @@ def check_options(o: ReplayOptions) -> None:
         raise CosmeError("--output-resolution must be input or network")
     if not 0.0 <= o.overlay_alpha <= 1.0:
         raise CosmeError(f"--overlay-alpha must be within [0, 1], got {o.overlay_alpha}")
-    if math.isnan(o.anomaly_threshold):   # +inf: no mask (auto without a calibration)
+    if math.isnan(o.anomaly_threshold):  # +inf: no mask (auto without a calibration)
         raise CosmeError("--anomaly-threshold must be a number")
     if o.video_fps is not None and not (o.video_fps > 0 and math.isfinite(o.video_fps)):
         raise CosmeError("--video-fps must be positive")
@@ -672,8 +759,11 @@ def check_options(o: ReplayOptions) -> None:
     targets = [p for p in (o.out, o.video) if p is not None]
     for p in targets:
         atomic.check_writable(p, o.force)
-    if o.out is not None and o.video is not None and Path(o.out).resolve() == \
-            Path(o.video).resolve():
+    if (
+        o.out is not None
+        and o.video is not None
+        and Path(o.out).resolve() == Path(o.video).resolve()
+    ):
         raise CosmeError("--out and --video name the same path")
 
 
@@ -686,14 +776,15 @@ def check_bag(bag: Bag, o: ReplayOptions) -> Tuple[List[Any], List[Any], Dict[st
     if o.gt_topic is not None and o.gt_topic == o.image_topic:
         raise CosmeError("--gt-topic and --image-topic name the same topic")
     img_conns = bag.connections_for(o.image_topic, IMAGE_TYPES, "image topic")
-    gt_conns = bag.connections_for(o.gt_topic, (IMAGE_TYPE,), "ground-truth topic") \
-        if o.gt_topic else []
-    topics = output_topics(o.image_topic, img_conns[0].msgtype == COMPRESSED_TYPE,
-                           o.out_namespace)
+    gt_conns = (
+        bag.connections_for(o.gt_topic, (IMAGE_TYPE,), "ground-truth topic") if o.gt_topic else []
+    )
+    topics = output_topics(o.image_topic, img_conns[0].msgtype == COMPRESSED_TYPE, o.out_namespace)
     clash = sorted(set(topics.values()) & {o.image_topic, o.gt_topic})
     if clash:
-        raise CosmeError(f"output topic {clash[0]} is also an input topic; choose "
-                         f"--out-namespace")
+        raise CosmeError(
+            f"output topic {clash[0]} is also an input topic; choose " f"--out-namespace"
+        )
     if o.gt_masks is not None:
         read_mask_folder(o.gt_masks)
     return img_conns, gt_conns, topics
@@ -703,16 +794,26 @@ class _OutputBag:
     """The output bag: built at a temporary path beside the target (:class:`_BagTarget`), the
     inputs copied byte for byte, the node's outputs added, committed or discarded as a whole."""
 
-    def __init__(self, path: Path, storage: str, typestore: Any, inputs: Sequence[Any],
-                 topics: Dict[str, str]):
+    def __init__(
+        self,
+        path: Path,
+        storage: str,
+        typestore: Any,
+        inputs: Sequence[Any],
+        topics: Dict[str, str],
+    ):
         from rosbags.rosbag2 import StoragePlugin
 
         from cosme_ros.data.bag_crc import ChecksummedWriter
+
         self.typestore, self.topics = typestore, topics
         self.target = _BagTarget(path)
         self.closed = False
-        self.writer = ChecksummedWriter(self.target.bag, version=8, storage_plugin={
-            "mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage])
+        self.writer = ChecksummedWriter(
+            self.target.bag,
+            version=8,
+            storage_plugin={"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage],
+        )
         self.conns: Dict[str, Any] = {}
         self.types: Dict[str, str] = {}
         try:
@@ -728,16 +829,18 @@ class _OutputBag:
         self.counts = {t: 0 for t in self.conns}
 
     def _add(self, topic: str, msgtype: str, qos) -> None:
-        self.conns[topic] = self.writer.add_connection(topic, msgtype, typestore=self.typestore,
-                                                       offered_qos_profiles=list(qos))
+        self.conns[topic] = self.writer.add_connection(
+            topic, msgtype, typestore=self.typestore, offered_qos_profiles=list(qos)
+        )
         self.types[topic] = msgtype
 
     def copy(self, topic: str, bag_ns: int, raw: Any) -> None:
         self.writer.write(self.conns[topic], bag_ns, raw)
         self.counts[topic] += 1
 
-    def add_outputs(self, images: Dict[str, Tuple[np.ndarray, str]], header: Any,
-                    bag_ns: int) -> None:
+    def add_outputs(
+        self, images: Dict[str, Tuple[np.ndarray, str]], header: Any, bag_ns: int
+    ) -> None:
         """The node's output images, each with the input's header, at the input's bag time."""
         for key, (array, encoding) in images.items():
             msg = _image_msg(self.typestore, array, encoding, header)
@@ -766,8 +869,7 @@ class _GroundTruth:
     """Masks by header stamp, from a topic (read first, kept zlib-compressed: masks compress
     ~100x) or a folder (read when their frame comes)."""
 
-    def __init__(self, bag: Bag, conns: Sequence[Any], folder: Optional[Path],
-                 progress: bool):
+    def __init__(self, bag: Bag, conns: Sequence[Any], folder: Optional[Path], progress: bool):
         self.packed: Dict[int, Tuple[Tuple[int, ...], bytes]] = {}
         self.files: Dict[int, Path] = {}
         self.used: set = set()
@@ -776,12 +878,20 @@ class _GroundTruth:
         if folder is not None:
             self.files, other = read_mask_folder(folder)
             if other:
-                self.notes.append(f"{len(other)} file(s) in {folder} are not named "
-                                  f"<stamp_ns>.png and are ignored (first: {other[0]})")
+                self.notes.append(
+                    f"{len(other)} file(s) in {folder} are not named "
+                    f"<stamp_ns>.png and are ignored (first: {other[0]})"
+                )
         n = sum(c.msgcount for c in conns)
-        for conn, bag_ns, raw in tqdm(bag.messages(conns), total=n, desc="ground truth",
-                                      unit="msg", leave=False, disable=not progress or n < 2,
-                                      dynamic_ncols=True):
+        for conn, bag_ns, raw in tqdm(
+            bag.messages(conns),
+            total=n,
+            desc="ground truth",
+            unit="msg",
+            leave=False,
+            disable=not progress or n < 2,
+            dynamic_ncols=True,
+        ):
             msg = bag.deserialize(raw, conn.msgtype, conn.topic, bag_ns)
             stamp = stamp_ns(msg.header)
             if stamp in self.packed:
@@ -806,10 +916,14 @@ class _GroundTruth:
         return len((set(self.packed) | set(self.files)) - self.used)
 
 
-def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
-           progress: bool = True,
-           summary: Optional[Tuple[Path, Callable[["ReplayReport"], str]]] = None
-           ) -> ReplayReport:
+def replay(
+    bag_path: str | Path,
+    pipeline: Any,
+    options: ReplayOptions,
+    *,
+    progress: bool = True,
+    summary: Optional[Tuple[Path, Callable[["ReplayReport"], str]]] = None,
+) -> ReplayReport:
     """Run every image of ``options.image_topic`` through ``pipeline`` and write / measure
     what ``options`` asks for (module docstring). ``summary``: ``(path, text of the finished
     report)``, a file written with the other outputs (the CLI's ``--json``). Raises
@@ -821,19 +935,32 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
         img_conns, gt_conns, topics = check_bag(bag, o)
         image_type = img_conns[0].msgtype
         total = sum(c.msgcount for c in img_conns)
-        video_fps = round(min(max(o.video_fps or _topic_rate(bag, img_conns) or 10.0, 1.0),
-                              120.0), 3)
-        truth = _GroundTruth(bag, gt_conns, o.gt_masks, progress) \
-            if (gt_conns or o.gt_masks) else None
+        video_fps = round(
+            min(max(o.video_fps or _topic_rate(bag, img_conns) or 10.0, 1.0), 120.0), 3
+        )
+        truth = (
+            _GroundTruth(bag, gt_conns, o.gt_masks, progress) if (gt_conns or o.gt_masks) else None
+        )
         scoring = _Scoring(total, o.binned, o.memory_limit_gib) if truth else None
 
-        report = ReplayReport(bag=str(bag.path), storage=bag.storage, image_topic=o.image_topic,
-                              image_type=image_type, frames=0, processed=0, rejected=0,
-                              rejection=None, seconds=0.0, pipeline_seconds=0.0,
-                              notes=list(truth.notes) if truth else [])
+        report = ReplayReport(
+            bag=str(bag.path),
+            storage=bag.storage,
+            image_topic=o.image_topic,
+            image_type=image_type,
+            frames=0,
+            processed=0,
+            rejected=0,
+            rejection=None,
+            seconds=0.0,
+            pipeline_seconds=0.0,
+            notes=list(truth.notes) if truth else [],
+        )
         if bag.unchecked_chunks:
-            report.notes.append(f"{bag.unchecked_chunks} chunk(s) of the bag carry no CRC "
-                                f"(written without checksums): damage there cannot be detected")
+            report.notes.append(
+                f"{bag.unchecked_chunks} chunk(s) of the bag carry no CRC "
+                f"(written without checksums): damage there cannot be detected"
+            )
         unmatched = 0
         heat = RunningRange()
         palette = list(pipeline.bundle.palette)
@@ -842,14 +969,20 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
         video: Optional[_Video] = None
         staged: Optional[_StagedFile] = None
         start = time.perf_counter()
-        bar = tqdm(total=total, desc="replay", unit="frame", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=total, desc="replay", unit="frame", disable=not progress, dynamic_ncols=True
+        )
         try:
             if o.video:
                 video = _Video(Path(o.video), video_fps)
             if o.out:
-                out = _OutputBag(Path(o.out), o.out_storage or bag.storage, bag.typestore,
-                                 img_conns + gt_conns, topics)
+                out = _OutputBag(
+                    Path(o.out),
+                    o.out_storage or bag.storage,
+                    bag.typestore,
+                    img_conns + gt_conns,
+                    topics,
+                )
             if o.progress_file:
                 _write_progress(Path(o.progress_file), 0, total)
             for conn, bag_ns, raw in bag.messages(img_conns + gt_conns):
@@ -867,8 +1000,11 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
                     report.rejection = report.rejection or f"stamp {stamp}: {exc}"
                 else:
                     # The node's _process_latest and _publish, for one frame.
-                    out_size = rgb.shape[:2] if o.output_resolution == "input" \
+                    out_size = (
+                        rgb.shape[:2]
+                        if o.output_resolution == "input"
                         else tuple(pipeline.input_size)
+                    )
                     t0 = time.perf_counter()
                     result = pipeline(rgb, out_size=out_size)
                     report.pipeline_seconds += time.perf_counter() - t0
@@ -876,10 +1012,15 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
                     report.processed += 1
                     if out is not None or video is not None:
                         images = render_outputs(
-                            rgb, result.classes, result.score, set(OUTPUTS),
-                            threshold=o.anomaly_threshold, alpha=o.overlay_alpha,
+                            rgb,
+                            result.classes,
+                            result.score,
+                            set(OUTPUTS),
+                            threshold=o.anomaly_threshold,
+                            alpha=o.overlay_alpha,
                             palette=palette,
-                            heat_range=o.heatmap_range or heat.update(result.score))
+                            heat_range=o.heatmap_range or heat.update(result.score),
+                        )
                         if out is not None:
                             out.add_outputs(images, msg.header, bag_ns)
                         if video is not None:
@@ -895,18 +1036,25 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
                                 f"{bag.path}: the ground-truth mask for stamp {stamp} is "
                                 f"{mask.shape[1]}x{mask.shape[0]} but its image is "
                                 f"{rgb.shape[1]}x{rgb.shape[0]} (WxH); masks must match "
-                                f"their images pixel for pixel")
+                                f"their images pixel for pixel"
+                            )
                         else:
-                            scoring.add(index, stamp, bag_ns, result.score,
-                                        gt_labels(mask, o.gt_anomaly_value))
+                            scoring.add(
+                                index,
+                                stamp,
+                                bag_ns,
+                                result.score,
+                                gt_labels(mask, o.gt_anomaly_value),
+                            )
                 bar.update(1)
                 if o.progress_file:
                     _write_progress(Path(o.progress_file), report.frames, total)
             bar.close()
             if report.processed == 0:
-                raise CosmeError(f"{bag.path}: no frame of {o.image_topic} could be processed"
-                                 + (f" (first rejection: {report.rejection})"
-                                    if report.rejection else ""))
+                raise CosmeError(
+                    f"{bag.path}: no frame of {o.image_topic} could be processed"
+                    + (f" (first rejection: {report.rejection})" if report.rejection else "")
+                )
             for target in (video, out):
                 if target is not None:
                     target.close()
@@ -918,8 +1066,9 @@ def replay(bag_path: str | Path, pipeline: Any, options: ReplayOptions, *,
             if video is not None:
                 report.video, report.video_fps = str(o.video), video_fps
             if truth is not None:
-                report.ground_truth = (f"topic {o.gt_topic}" if o.gt_topic
-                                       else f"folder {o.gt_masks}")
+                report.ground_truth = (
+                    f"topic {o.gt_topic}" if o.gt_topic else f"folder {o.gt_masks}"
+                )
                 report.metrics, report.error_bounds = scoring.pooled()
                 report.metric_mode = "binned" if o.binned else "exact"
                 report.pixels = scoring.pixels

@@ -1,4 +1,5 @@
 """Pictures for people: class colours, anomaly heatmaps and overlays (RGB uint8 arrays)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -14,7 +15,9 @@ def colorize(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarra
     return lut[classes.astype(np.uint8)]
 
 
-def score_range(score: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> Tuple[float, float]:
+def score_range(
+    score: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
+) -> Tuple[float, float]:
     """A robust display range for one score map (its 1st–99th percentile)."""
     finite = score[np.isfinite(score)]
     if finite.size == 0:
@@ -23,7 +26,9 @@ def score_range(score: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0)
     return float(lo), (float(hi) if hi > lo else float(lo) + 1e-6)
 
 
-def heatmap(score: np.ndarray, lo: Optional[float] = None, hi: Optional[float] = None) -> np.ndarray:
+def heatmap(
+    score: np.ndarray, lo: Optional[float] = None, hi: Optional[float] = None
+) -> np.ndarray:
     """Score → RGB with the JET colour map over [lo, hi] (default: :func:`score_range`)."""
     if lo is None or hi is None:
         lo, hi = score_range(score)
@@ -37,8 +42,13 @@ def blend(base_rgb: np.ndarray, top_rgb: np.ndarray, alpha: float) -> np.ndarray
     return cv2.addWeighted(base_rgb, 1.0 - alpha, top_rgb, alpha, 0.0)
 
 
-def overlay(image_rgb: np.ndarray, classes: np.ndarray, score: np.ndarray,
-            palette: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image_rgb: np.ndarray,
+    classes: np.ndarray,
+    score: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    alpha: float = 0.5,
+) -> np.ndarray:
     """Side by side: camera + class colours | camera + anomaly heatmap."""
     seg = blend(image_rgb, colorize(classes, palette), alpha)
     heat = blend(image_rgb, heatmap(score), alpha)

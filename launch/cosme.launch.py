@@ -14,6 +14,7 @@ A thin wrapper: everything else is a node parameter (see config/cosme.yaml).
 With rviz:=true on a machine without rviz2, nothing is started: launch stops with one line saying
 that rviz2 is missing (a headless robot runs without the flag).
 """
+
 import os
 
 from launch import LaunchDescription
@@ -36,6 +37,7 @@ def _flag(name: str, value: str) -> bool:
 
 def _has_package(name: str) -> bool:
     from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
     try:
         get_package_share_directory(name)
     except PackageNotFoundError:
@@ -48,6 +50,7 @@ def _node_env(shm_profile: bool) -> dict:
     if not shm_profile:
         return {}
     from cosme_ros.ros.dds_profile import shm_profile_env
+
     return shm_profile_env(os.environ)
 
 
@@ -58,50 +61,93 @@ def _nodes(context):
     rviz = _flag("rviz", arg("rviz"))
     if rviz and not _has_package("rviz2"):
         # checked before anything starts: a launch that fails half-way leaves the node orphaned
-        raise RuntimeError("rviz:=true, but the rviz2 package is not installed (apt install "
-                           "ros-$ROS_DISTRO-rviz2, or launch without rviz:=true); nothing was "
-                           "started")
+        raise RuntimeError(
+            "rviz:=true, but the rviz2 package is not installed (apt install "
+            "ros-$ROS_DISTRO-rviz2, or launch without rviz:=true); nothing was "
+            "started"
+        )
     use_sim_time = _flag("use_sim_time", arg("use_sim_time"))
     overrides = {"use_sim_time": use_sim_time}
     if arg("bundle"):  # empty: keep the params file's bundle
         overrides["bundle"] = arg("bundle")
     remap = [("image", arg("image_topic"))]
-    nodes = [Node(package=PACKAGE, executable="cosme_node", name="cosme_node",
-                  namespace=arg("namespace"), output="screen", emulate_tty=True,
-                  parameters=[arg("params_file"), overrides], remappings=remap,
-                  additional_env=_node_env(_flag("shm_profile", arg("shm_profile"))))]
+    nodes = [
+        Node(
+            package=PACKAGE,
+            executable="cosme_node",
+            name="cosme_node",
+            namespace=arg("namespace"),
+            output="screen",
+            emulate_tty=True,
+            parameters=[arg("params_file"), overrides],
+            remappings=remap,
+            additional_env=_node_env(_flag("shm_profile", arg("shm_profile"))),
+        )
+    ]
     if rviz:
         # Same namespace and remapping: the RViz config's relative topics are the node's.
-        nodes.append(Node(package="rviz2", executable="rviz2", name="rviz2",
-                          namespace=arg("namespace"), output="screen",
-                          arguments=["-d", PathJoinSubstitution(
-                              [FindPackageShare(PACKAGE), "config", "cosme.rviz"])],
-                          parameters=[{"use_sim_time": use_sim_time}], remappings=remap))
+        nodes.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="rviz2",
+                namespace=arg("namespace"),
+                output="screen",
+                arguments=[
+                    "-d",
+                    PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "cosme.rviz"]),
+                ],
+                parameters=[{"use_sim_time": use_sim_time}],
+                remappings=remap,
+            )
+        )
     return nodes
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        DeclareLaunchArgument("image_topic", default_value="image",
-                              description="Camera topic (sensor_msgs/Image) remapped to the "
-                                          "node's `image`; with input_transport: compressed "
-                                          "the node reads <image_topic>/compressed"),
-        DeclareLaunchArgument("bundle", default_value="",
-                              description="Model bundle directory; empty: the params file's "
-                                          "(default: the demo bundle installed with the package)"),
-        DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution(
-                                  [FindPackageShare(PACKAGE), "config", "cosme.yaml"]),
-                              description="cosme_node parameters file"),
-        DeclareLaunchArgument("namespace", default_value="",
-                              description="Namespace of the node, its topics and RViz"),
-        DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="Use /clock (bag replay with `ros2 bag play --clock`)"),
-        DeclareLaunchArgument("rviz", default_value="false",
-                              description="Also start rviz2 with config/cosme.rviz"),
-        DeclareLaunchArgument("shm_profile", default_value="true",
-                              description="Give the node config/fastdds_shm.xml (16 MB Fast DDS "
-                                          "shared-memory segments for camera-sized images) "
-                                          "unless a Fast DDS profile is set or the RMW is "
-                                          "another"),
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "image_topic",
+                default_value="image",
+                description="Camera topic (sensor_msgs/Image) remapped to the "
+                "node's `image`; with input_transport: compressed "
+                "the node reads <image_topic>/compressed",
+            ),
+            DeclareLaunchArgument(
+                "bundle",
+                default_value="",
+                description="Model bundle directory; empty: the params file's "
+                "(default: the demo bundle installed with the package)",
+            ),
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=PathJoinSubstitution(
+                    [FindPackageShare(PACKAGE), "config", "cosme.yaml"]
+                ),
+                description="cosme_node parameters file",
+            ),
+            DeclareLaunchArgument(
+                "namespace",
+                default_value="",
+                description="Namespace of the node, its topics and RViz",
+            ),
+            DeclareLaunchArgument(
+                "use_sim_time",
+                default_value="false",
+                description="Use /clock (bag replay with `ros2 bag play --clock`)",
+            ),
+            DeclareLaunchArgument(
+                "rviz", default_value="false", description="Also start rviz2 with config/cosme.rviz"
+            ),
+            DeclareLaunchArgument(
+                "shm_profile",
+                default_value="true",
+                description="Give the node config/fastdds_shm.xml (16 MB Fast DDS "
+                "shared-memory segments for camera-sized images) "
+                "unless a Fast DDS profile is set or the RMW is "
+                "another",
+            ),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

@@ -20,6 +20,7 @@ pixels neither count as anomaly nor as in-distribution; cells more than half voi
 so the loss is a soft binary cross-entropy with positives weighted by sqrt(N_in / N_anomaly).
 Scores are upsampled bilinearly to the label's size, as every scorer's are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,13 @@ def features(pipeline: Pipeline, image: np.ndarray) -> torch.Tensor:
     """(C, h, w) fp16: the normalised LAYERS of one image at LH's resolution."""
     teacher, _ = pipeline.networks(pipeline.preprocess([image]))
     size = teacher["lh"].shape[-2:]
-    maps = [F.normalize(F.interpolate(teacher[layer].float(), size=size, mode="bilinear",
-                                      align_corners=False), dim=1) for layer in LAYERS]
+    maps = [
+        F.normalize(
+            F.interpolate(teacher[layer].float(), size=size, mode="bilinear", align_corners=False),
+            dim=1,
+        )
+        for layer in LAYERS
+    ]
     return torch.cat(maps, 1)[0].half()
 
 
@@ -86,32 +92,46 @@ def train_probe(feats, masks, kind: str, epochs: int, seed: int) -> nn.Module:
     if kind == "linear":
         probe = nn.Linear(x.shape[1], 1)
     else:
-        probe = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                              nn.Linear(256, 1))
+        probe = nn.Sequential(
+            nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)
+        )
     opt = torch.optim.Adam(probe.parameters(), 1e-3)
     pos_weight = ((1 - y.mean()) / y.mean()).sqrt()
     for _ in range(epochs):
         order = torch.randperm(len(x))
         for i in range(0, len(x), 4096):
-            j = order[i:i + 4096]
-            loss = F.binary_cross_entropy_with_logits(probe(x[j].float())[:, 0], y[j],
-                                                      pos_weight=pos_weight)
+            j = order[i : i + 4096]
+            loss = F.binary_cross_entropy_with_logits(
+                probe(x[j].float())[:, 0], y[j], pos_weight=pos_weight
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
-    print(f"{kind} probe trained on {len(x)} cells ({float((y > 0.5).float().mean()) * 100:.2f} % "
-          f"anomalous), {epochs} epochs", flush=True)
+    print(
+        f"{kind} probe trained on {len(x)} cells ({float((y > 0.5).float().mean()) * 100:.2f} % "
+        f"anomalous), {epochs} epochs",
+        flush=True,
+    )
     return probe
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="models/demo")
-    ap.add_argument("--train", action="append", required=True, metavar="KIND:PATH",
-                    help="labelled images to train the probe on (repeatable)")
+    ap.add_argument(
+        "--train",
+        action="append",
+        required=True,
+        metavar="KIND:PATH",
+        help="labelled images to train the probe on (repeatable)",
+    )
     ap.add_argument("--test", required=True, metavar="KIND:PATH")
-    ap.add_argument("--probe", choices=("mlp", "linear"), default="mlp",
-                    help="two hidden layers of 256 (default), or one linear layer")
+    ap.add_argument(
+        "--probe",
+        choices=("mlp", "linear"),
+        default="mlp",
+        help="two hidden layers of 256 (default), or one linear layer",
+    )
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -136,12 +156,23 @@ def main(argv=None) -> int:
             scores.append(s[0, 0].numpy()[keep])
             labels.append(m[keep])
     result = pixel_metrics(np.concatenate(scores), np.concatenate(labels), IGNORE_INDEX)
-    report = {"bundle": args.bundle, "layers": list(LAYERS), "train": args.train,
-              "train_images": len(train_feats), "test": args.test, "test_images": len(test_feats),
-              "probe": args.probe, "epochs": args.epochs, "seed": args.seed, "metrics": result,
-              "seconds": round(time.monotonic() - start, 1)}
-    print(f"oracle {args.probe} probe on {args.test}: AUROC {result['auroc']:.2f}  "
-          f"AP {result['ap']:.2f}  FPR95 {result['fpr95']:.2f}  ({report['seconds']:.0f} s)")
+    report = {
+        "bundle": args.bundle,
+        "layers": list(LAYERS),
+        "train": args.train,
+        "train_images": len(train_feats),
+        "test": args.test,
+        "test_images": len(test_feats),
+        "probe": args.probe,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "metrics": result,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    print(
+        f"oracle {args.probe} probe on {args.test}: AUROC {result['auroc']:.2f}  "
+        f"AP {result['ap']:.2f}  FPR95 {result['fpr95']:.2f}  ({report['seconds']:.0f} s)"
+    )
     if args.json:
         write_json(args.json, report)  # atomic, like every cosme command's --json
     return 0

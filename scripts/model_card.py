@@ -11,6 +11,7 @@ from ``cosme train-teacher``), the student's (``student.train``), the memory bui
         --evaluate build/demo-work/evaluate.json --timings build/demo-work/timings.tsv \\
         --world build/demo-work/world --out build/demo-work/bundle/README.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ CONFIG_FP32 = {"running_mean", "running_var"}
 
 
 # ----------------------------------------------------------------------------- small helpers
+
 
 def fmt_seconds(s: Optional[float]) -> str:
     if s is None:
@@ -49,8 +51,11 @@ def plural(n: Any, word: str) -> str:
 
 
 def pct(v: Optional[float], digits: int = 1) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else \
-        f"{100 * float(v):.{digits}f}"
+    return (
+        "—"
+        if v is None or (isinstance(v, float) and math.isnan(v))
+        else f"{100 * float(v):.{digits}f}"
+    )
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
@@ -71,8 +76,7 @@ def augment_text(aug: Optional[Mapping]) -> str:
         parts.append(f"crop {aug['size'][0]}×{aug['size'][1]}")
     if aug.get("flip"):
         parts.append("horizontal flip")
-    jitter = [f"{k} ±{aug[k]:g}" for k in ("brightness", "contrast", "saturation")
-              if aug.get(k)]
+    jitter = [f"{k} ±{aug[k]:g}" for k in ("brightness", "contrast", "saturation") if aug.get(k)]
     if jitter:
         parts.append("colour jitter (" + ", ".join(jitter) + ")")
     return ", ".join(parts)
@@ -95,8 +99,9 @@ def file_dtype(path: Path) -> str:
         return "fp32"
     if set(kinds) == {"F16"}:
         return "fp16"
-    if set(kinds) == {"F16", "F32"} and all(k.rsplit(".", 1)[-1] in CONFIG_FP32
-                                             for k in kinds["F32"]):
+    if set(kinds) == {"F16", "F32"} and all(
+        k.rsplit(".", 1)[-1] in CONFIG_FP32 for k in kinds["F32"]
+    ):
         return "fp16 (BatchNorm statistics fp32)"
     return "/".join(sorted(k.lower() for k in kinds)) or "?"
 
@@ -129,6 +134,7 @@ def read_world(world: Optional[Path]) -> Dict[str, Dict]:
 
 # ----------------------------------------------------------------------------- sections
 
+
 def backbone_text(cfg: Mapping) -> str:
     """``resnet18 width 0.5`` / ``mobilenetv2`` (whose width is always 1)."""
     name = cfg.get("backbone", "")
@@ -140,11 +146,15 @@ def header_section(manifest: Mapping, bundle: Path) -> List[str]:
     cfg = t.get("config", {})
     h, w = manifest["preprocess"]["input_size"]
     arch = t.get("arch", "?")
-    title = (f"DeepLabV3+ {backbone_text(cfg)} (OS {cfg.get('output_stride', '?')})"
-             if arch == "deeplabv3plus" else arch)
+    title = (
+        f"DeepLabV3+ {backbone_text(cfg)} (OS {cfg.get('output_stride', '?')})"
+        if arch == "deeplabv3plus"
+        else arch
+    )
     pretrained = (t.get("source", {}).get("train") or {}).get("pretrained")
-    origin = ("trained from an ImageNet-pretrained backbone" if pretrained
-              else "trained from scratch")
+    origin = (
+        "trained from an ImageNet-pretrained backbone" if pretrained else "trained from scratch"
+    )
     return [
         f"# Model card: `{manifest.get('name', bundle.name)}` — {title} with CosMe",
         "",
@@ -171,26 +181,45 @@ def contents_section(manifest: Mapping, bundle: Path) -> List[str]:
     total = 0
     t = manifest["teacher"]
     cfg = t.get("config", {})
-    parts = [("teacher", t.get("weights"),
-              f"{t.get('arch')}: {backbone_text(cfg)}, output stride {cfg.get('output_stride', '?')}, ASPP/decoder "
-              f"{cfg.get('aspp_channels', '?')} channels, {cfg.get('num_classes', '?')} classes")]
+    parts = [
+        (
+            "teacher",
+            t.get("weights"),
+            f"{t.get('arch')}: {backbone_text(cfg)}, "
+            f"output stride {cfg.get('output_stride', '?')}, ASPP/decoder "
+            f"{cfg.get('aspp_channels', '?')} channels, {cfg.get('num_classes', '?')} classes",
+        )
+    ]
     if "student" in manifest:
         s = manifest["student"]
         sc = s.get("config", {})
-        parts.append(("student", s.get("weights"),
-                      f"AuxCon student: ResNet-{sc.get('depth', '?')} width "
-                      f"{sc.get('width', 1):g} + 1×1 adapters to the teacher's "
-                      f"{', '.join(sc.get('taps', []))}"))
+        parts.append(
+            (
+                "student",
+                s.get("weights"),
+                f"AuxCon student: ResNet-{sc.get('depth', '?')} width "
+                f"{sc.get('width', 1):g} + 1×1 adapters to the teacher's "
+                f"{', '.join(sc.get('taps', []))}",
+            )
+        )
     if "anomaly" in manifest:
         a = manifest["anomaly"]
         b = a.get("build", {})
-        parts.append(("anomaly", a.get("weights"),
-                      f"MulMem memory (K = {b.get('k', '?')} at "
-                      f"{', '.join(a.get('memory_layers', []))}), MulMem and SML class "
-                      f"statistics, PAnS class prototypes"
-                      + (f", Ψ class statistics ({', '.join(a['psi_stats'].get('distances', []))}"
-                         f" at {', '.join(a['psi_stats'].get('layers', []))})"
-                         if a.get("psi_stats") else "")))
+        parts.append(
+            (
+                "anomaly",
+                a.get("weights"),
+                f"MulMem memory (K = {b.get('k', '?')} at "
+                f"{', '.join(a.get('memory_layers', []))}), MulMem and SML class "
+                f"statistics, PAnS class prototypes"
+                + (
+                    f", Ψ class statistics ({', '.join(a['psi_stats'].get('distances', []))}"
+                    f" at {', '.join(a['psi_stats'].get('layers', []))})"
+                    if a.get("psi_stats")
+                    else ""
+                ),
+            )
+        )
     for part, name, what in parts:
         path = bundle / str(name)
         size = path.stat().st_size if path.is_file() else 0
@@ -198,21 +227,34 @@ def contents_section(manifest: Mapping, bundle: Path) -> List[str]:
         rows.append([f"`{name}`", what, file_dtype(path), size_text(size)])
     man = bundle / "manifest.yaml"
     total += man.stat().st_size if man.is_file() else 0
-    rows.insert(0, ["`manifest.yaml`", "architecture, preprocessing, classes, training records",
-                    "", size_text(man.stat().st_size if man.is_file() else 0)])
+    rows.insert(
+        0,
+        [
+            "`manifest.yaml`",
+            "architecture, preprocessing, classes, training records",
+            "",
+            size_text(man.stat().st_size if man.is_file() else 0),
+        ],
+    )
     half = any(r[2].startswith("fp16") for r in rows)
     pre = manifest["preprocess"]
     names = manifest["classes"]["names"]
     return [
-        "## Contents", "",
-        table(["file", "what", "stored as", "size"], rows, "lllr"), "",
+        "## Contents",
+        "",
+        table(["file", "what", "stored as", "size"], rows, "lllr"),
+        "",
         f"{total / MB:.1f} MB in all."
-        + (" Weights stored in fp16 are cast back to fp32 when they load (they run in fp32)."
-           if half else "")
+        + (
+            " Weights stored in fp16 are cast back to fp32 when they load (they run in fp32)."
+            if half
+            else ""
+        )
         + " Input: RGB resized to "
         f"{pre['input_size'][0]}×{pre['input_size'][1]}, normalised with mean "
         f"{[round(v, 3) for v in pre['mean']]} and std {[round(v, 3) for v in pre['std']]}. "
-        f"Output: {len(names)} classes, the Cityscapes trainIds ({', '.join(names)}).", "",
+        f"Output: {len(names)} classes, the Cityscapes trainIds ({', '.join(names)}).",
+        "",
     ]
 
 
@@ -223,33 +265,50 @@ def data_section(manifest: Mapping, world: Dict[str, Dict]) -> List[str]:
         rows = []
         for split, meta in world.items():
             fams = meta.get("anomaly_families") or []
-            rows.append([split, meta.get("n", "?"), f"{meta['size'][0]}×{meta['size'][1]}"
-                         if meta.get("size") else "?", meta.get("seed", "?"),
-                         ", ".join(fams) if fams else "none"])
+            rows.append(
+                [
+                    split,
+                    meta.get("n", "?"),
+                    f"{meta['size'][0]}×{meta['size'][1]}" if meta.get("size") else "?",
+                    meta.get("seed", "?"),
+                    ", ".join(fams) if fams else "none",
+                ]
+            )
         gen = next(iter(world.values()))
         lines += [
             f"The synthetic driving world of `cosme_ros.data.synth` (generator version "
             f"{gen.get('version', '?')}): forward-facing street scenes with exact Cityscapes "
             "trainId labels; every image is seeded by (seed, split, index). Anomalies — object "
-            "families never drawn in train or val — appear only in the test split.", "",
-            table(["split", "images", "size", "seed", "anomaly families"], rows, "lrrrl"), "",
+            "families never drawn in train or val — appear only in the test split.",
+            "",
+            table(["split", "images", "size", "seed", "anomaly families"], rows, "lrrrl"),
+            "",
         ]
         from cosme_ros.data.synth.things import MIN_LABELLED_WIDTH
+
         drawn = world.get("train", gen).get("trainids_present") or []
         names = gen.get("classes") or []
         if drawn and names:
             lines += [
                 f"The world draws {len(drawn)} of the {len(names)} Cityscapes classes: "
-                + ", ".join(names[i] for i in drawn if i < len(names)) + ". The teacher keeps "
+                + ", ".join(names[i] for i in drawn if i < len(names))
+                + ". The teacher keeps "
                 "all outputs; the mIoU below is over the classes in the labels or predictions. "
-                f"Poles drawn narrower than {MIN_LABELLED_WIDTH:g} pixels are labelled void (255).", ""]
+                f"Poles drawn narrower than {MIN_LABELLED_WIDTH:g} pixels are labelled void (255).",
+                "",
+            ]
     else:
-        lines += [f"`{rec.get('data', '?')}` ({rec.get('images', '?')} images), validated on "
-                  f"`{rec.get('val', '?')}` ({rec.get('val_images', '?')} images).", ""]
+        lines += [
+            f"`{rec.get('data', '?')}` ({rec.get('images', '?')} images), validated on "
+            f"`{rec.get('val', '?')}` ({rec.get('val_images', '?')} images).",
+            "",
+        ]
     if rec.get("pretrained"):
-        lines += ["No third-party data was used. The teacher's backbone starts from ImageNet "
-                  "weights (MobileNetV2, Apache-2.0; see Teacher); nothing else is pretrained.",
-                  ""]
+        lines += [
+            "No third-party data was used. The teacher's backbone starts from ImageNet "
+            "weights (MobileNetV2, Apache-2.0; see Teacher); nothing else is pretrained.",
+            "",
+        ]
     else:
         lines += ["No third-party data or pretrained weights were used.", ""]
     return lines
@@ -262,37 +321,53 @@ def teacher_section(manifest: Mapping) -> List[str]:
     lines = ["## Teacher", ""]
     if not rec:
         return lines + [f"Imported ({src or 'no training record'}).", ""]
-    where = f"{rec.get('processes', 1)} process(es) on {rec.get('device', '?')}" + \
-        (f", {rec['threads']} thread(s)" if rec.get("threads") else "")
+    where = f"{rec.get('processes', 1)} process(es) on {rec.get('device', '?')}" + (
+        f", {rec['threads']} thread(s)" if rec.get("threads") else ""
+    )
     pre = rec.get("pretrained")
-    start = (f"From the ImageNet weights of the backbone (`{pre.get('file')}`, Apache-2.0: "
-             f"`LICENSE.mobilenet_v2` beside this card; BatchNorm {pre.get('batchnorm')})"
-             if pre else "From scratch")
+    start = (
+        f"From the ImageNet weights of the backbone (`{pre.get('file')}`, Apache-2.0: "
+        f"`LICENSE.mobilenet_v2` beside this card; BatchNorm {pre.get('batchnorm')})"
+        if pre
+        else "From scratch"
+    )
     lines += [
         f"{start}, trained by `{src.get('trained_by', 'cosme train-teacher')}`: plain "
-        "cross-entropy (void ignored).", "",
-        table(["", ""], [
-            ["data", f"`{rec.get('data')}`, {rec.get('images')} images"],
-            ["epochs × steps", f"{plural(rec.get('epochs'), 'epoch')}, "
-                               f"{plural(rec.get('steps'), 'step')} of batch {rec.get('batch')}"],
-            ["optimizer", f"{rec.get('optimizer')}, peak lr {rec.get('lr')}, "
-                          f"{rec.get('schedule')}"],
-            ["augmentation", augment_text(rec.get("augment"))],
-            ["precision", "bf16 autocast" if rec.get("bf16") else "fp32"],
-            ["seed", rec.get("seed")],
-            ["final loss", f"{rec['final_loss']:.4f}" if rec.get("final_loss") is not None
-             else "—"],
-            ["time", f"{fmt_seconds(rec.get('seconds'))} ({where})"],
-        ]), "",
+        "cross-entropy (void ignored).",
+        "",
+        table(
+            ["", ""],
+            [
+                ["data", f"`{rec.get('data')}`, {rec.get('images')} images"],
+                [
+                    "epochs × steps",
+                    f"{plural(rec.get('epochs'), 'epoch')}, "
+                    f"{plural(rec.get('steps'), 'step')} of batch {rec.get('batch')}",
+                ],
+                [
+                    "optimizer",
+                    f"{rec.get('optimizer')}, peak lr {rec.get('lr')}, " f"{rec.get('schedule')}",
+                ],
+                ["augmentation", augment_text(rec.get("augment"))],
+                ["precision", "bf16 autocast" if rec.get("bf16") else "fp32"],
+                ["seed", rec.get("seed")],
+                [
+                    "final loss",
+                    f"{rec['final_loss']:.4f}" if rec.get("final_loss") is not None else "—",
+                ],
+                ["time", f"{fmt_seconds(rec.get('seconds'))} ({where})"],
+            ],
+        ),
+        "",
         f"**Validation** (`{rec.get('val')}`, {rec.get('val_images')} images): mIoU "
         f"**{pct(rec.get('miou'))}** (over classes with predictions or labels), "
         f"{pct(rec.get('miou_present'))} over the classes present in the labels, pixel accuracy "
-        f"{pct(rec.get('pixel_accuracy'))}.", "",
+        f"{pct(rec.get('pixel_accuracy'))}.",
+        "",
     ]
     curve = rec.get("epoch_val_miou") or []
     if curve:
-        lines += ["Validation mIoU after each epoch: "
-                  + ", ".join(pct(v) for v in curve) + ".", ""]
+        lines += ["Validation mIoU after each epoch: " + ", ".join(pct(v) for v in curve) + ".", ""]
     iou = rec.get("iou") or {}
     if iou:
         items = sorted(iou.items(), key=lambda kv: -kv[1])
@@ -300,8 +375,14 @@ def teacher_section(manifest: Mapping) -> List[str]:
         rows = []
         for i in range(half):
             right = items[i + half] if i + half < len(items) else ("", None)
-            rows.append([items[i][0], pct(items[i][1]), right[0],
-                         pct(right[1]) if right[1] is not None else ""])
+            rows.append(
+                [
+                    items[i][0],
+                    pct(items[i][1]),
+                    right[0],
+                    pct(right[1]) if right[1] is not None else "",
+                ]
+            )
         lines += [table(["class", "IoU", "class", "IoU"], rows, "lrlr"), ""]
     return lines
 
@@ -311,28 +392,45 @@ def student_section(manifest: Mapping) -> List[str]:
         return []
     s = manifest["student"]
     cfg, rec = s.get("config", {}), s.get("train", {})
-    where = f"{rec.get('processes', 1)} process(es) on {rec.get('device', '?')}" + \
-        (f", {rec['threads']} thread(s)" if rec.get("threads") else "")
+    where = f"{rec.get('processes', 1)} process(es) on {rec.get('device', '?')}" + (
+        f", {rec['threads']} thread(s)" if rec.get("threads") else ""
+    )
     return [
-        "## AuxCon student", "",
+        "## AuxCon student",
+        "",
         f"ResNet-{cfg.get('depth')} (width {cfg.get('width', 1):g}) on the teacher's "
         "down-sampling schedule, trained by `cosme train-student` to reproduce the frozen "
         f"teacher's taps {', '.join(rec.get('layers', cfg.get('taps', [])))} (Eq. 5); no "
-        "labels.", "",
-        table(["", ""], [
-            ["data", f"`{rec.get('data')}`, {rec.get('images')} images at "
-                     f"{'×'.join(str(v) for v in rec.get('size', []))}"],
-            ["epochs × steps", f"{plural(rec.get('epochs'), 'epoch')}, "
-                               f"{plural(rec.get('steps'), 'step')} of batch {rec.get('batch')}"],
-            ["optimizer", f"{rec.get('optimizer')}, peak lr {rec.get('lr')}, "
-                          f"{rec.get('schedule')}"],
-            ["loss", rec.get("loss", "—")],
-            ["augmentation", augment_text(rec.get("augment"))],
-            ["seed", rec.get("seed")],
-            ["final loss", f"{rec['final_loss']:.4g}" if rec.get("final_loss") is not None
-             else "—"],
-            ["time", f"{fmt_seconds(rec.get('seconds'))} ({where})"],
-        ]), "",
+        "labels.",
+        "",
+        table(
+            ["", ""],
+            [
+                [
+                    "data",
+                    f"`{rec.get('data')}`, {rec.get('images')} images at "
+                    f"{'×'.join(str(v) for v in rec.get('size', []))}",
+                ],
+                [
+                    "epochs × steps",
+                    f"{plural(rec.get('epochs'), 'epoch')}, "
+                    f"{plural(rec.get('steps'), 'step')} of batch {rec.get('batch')}",
+                ],
+                [
+                    "optimizer",
+                    f"{rec.get('optimizer')}, peak lr {rec.get('lr')}, " f"{rec.get('schedule')}",
+                ],
+                ["loss", rec.get("loss", "—")],
+                ["augmentation", augment_text(rec.get("augment"))],
+                ["seed", rec.get("seed")],
+                [
+                    "final loss",
+                    f"{rec['final_loss']:.4g}" if rec.get("final_loss") is not None else "—",
+                ],
+                ["time", f"{fmt_seconds(rec.get('seconds'))} ({where})"],
+            ],
+        ),
+        "",
     ]
 
 
@@ -343,24 +441,38 @@ def memory_section(manifest: Mapping) -> List[str]:
     b = a.get("build", {})
     protos = b.get("prototypes", {})
     return [
-        "## MulMem memory and statistics", "",
+        "## MulMem memory and statistics",
+        "",
         "Built by `cosme build-memory` with the teacher above: Algorithm 1 (initialisation), "
         "Algorithm 2 (momentum learning), then one pass for the per-class statistics of MulMem's "
-        "Γ and SML's max logit, and the PAnS class prototypes.", "",
-        table(["", ""], [
-            ["data", f"`{b.get('data')}`, {b.get('images')} images"],
-            ["layers", ", ".join(a.get("memory_layers", []))],
-            ["prototypes per layer", f"K = {b.get('k')}; built: "
-             + ", ".join(f"{k} {v}" for k, v in protos.items())],
-            ["Algorithm 1", f"τ = {b.get('tau')}, {b.get('candidates_per_image')} candidate "
-                            f"pixels per image and layer, "
-                            f"{plural(b.get('init_steps'), 'step')}"],
-            ["Algorithm 2", f"momentum {b.get('momentum')}, {b.get('epochs')} epoch(s), "
-                            f"{b.get('learn_steps')} steps of batch {b.get('batch')}"],
-            ["PAnS prototypes", f"from {b.get('pans_labels')}"],
-            ["consensus layers (AuxCon)", ", ".join(a.get("consensus_layers", []))],
-            ["seed", b.get("seed")],
-        ]), "",
+        "Γ and SML's max logit, and the PAnS class prototypes.",
+        "",
+        table(
+            ["", ""],
+            [
+                ["data", f"`{b.get('data')}`, {b.get('images')} images"],
+                ["layers", ", ".join(a.get("memory_layers", []))],
+                [
+                    "prototypes per layer",
+                    f"K = {b.get('k')}; built: " + ", ".join(f"{k} {v}" for k, v in protos.items()),
+                ],
+                [
+                    "Algorithm 1",
+                    f"τ = {b.get('tau')}, {b.get('candidates_per_image')} candidate "
+                    f"pixels per image and layer, "
+                    f"{plural(b.get('init_steps'), 'step')}",
+                ],
+                [
+                    "Algorithm 2",
+                    f"momentum {b.get('momentum')}, {b.get('epochs')} epoch(s), "
+                    f"{b.get('learn_steps')} steps of batch {b.get('batch')}",
+                ],
+                ["PAnS prototypes", f"from {b.get('pans_labels')}"],
+                ["consensus layers (AuxCon)", ", ".join(a.get("consensus_layers", []))],
+                ["seed", b.get("seed")],
+            ],
+        ),
+        "",
     ]
 
 
@@ -374,15 +486,15 @@ def evaluation_section(ev: Mapping, manifest: Mapping) -> List[str]:
     cols = (("auroc", "AUROC ↑", max), ("ap", "AP ↑", max), ("fpr95", "FPR95 ↓", min))
     best = {k: pick(m[k] for m in methods.values()) for k, _, pick in cols}
     rows = []
-    order = [m for m in METHOD_ORDER if m in methods] + \
-        sorted(m for m in methods if m not in METHOD_ORDER)
+    order = [m for m in METHOD_ORDER if m in methods] + sorted(
+        m for m in methods if m not in METHOD_ORDER
+    )
     for name in order:
         m = methods[name]
         cells = []
         for key, _, _ in cols:
             text = f"{m[key]:.2f}"
-            cells.append(f"**{text}**" if math.isclose(m[key], best[key], abs_tol=5e-3)
-                         else text)
+            cells.append(f"**{text}**" if math.isclose(m[key], best[key], abs_tol=5e-3) else text)
         rows.append([name, *cells])
     lines += [
         f"`cosme evaluate` on `{ds.get('spec', '?')}`: {ds.get('images', '?')} images, "
@@ -390,17 +502,24 @@ def evaluation_section(ev: Mapping, manifest: Mapping) -> List[str]:
         f"pixels, pooled over the split (Fishyscapes convention; {ev.get('metric_mode', 'exact')} "
         "metrics, in %). The anomaly families of this split never occur in the training data.",
         "",
-        table(["method", "AUROC ↑", "AP ↑", "FPR95 ↓"], rows, "lrrr"), "",
-        f"Best by AP: **{ev.get('best_method')}**.", "",
+        table(["method", "AUROC ↑", "AP ↑", "FPR95 ↓"], rows, "lrrr"),
+        "",
+        f"Best by AP: **{ev.get('best_method')}**.",
+        "",
     ]
     default = (manifest.get("anomaly") or {}).get("default_method")
     if default:
-        lines += [f"What `auto` runs for this bundle (`cosme_node`'s `method`, `cosme demo`, "
-                  f"`cosme replay`): **`{default}`**, named by `cosme bundle set-default`; "
-                  "plain `cosme` stays the paper's Eq. 8.", ""]
+        lines += [
+            f"What `auto` runs for this bundle (`cosme_node`'s `method`, `cosme demo`, "
+            f"`cosme replay`): **`{default}`**, named by `cosme bundle set-default`; "
+            "plain `cosme` stays the paper's Eq. 8.",
+            "",
+        ]
     if ev.get("skipped"):
-        lines += ["Not evaluated: " + "; ".join(f"{k} — {v}" for k, v in
-                                                ev["skipped"].items()) + ".", ""]
+        lines += [
+            "Not evaluated: " + "; ".join(f"{k} — {v}" for k, v in ev["skipped"].items()) + ".",
+            "",
+        ]
     return lines
 
 
@@ -409,16 +528,23 @@ def thresholds_section(manifest: Mapping) -> List[str]:
     if not entries:
         return []
     first = next(iter(entries.values()))
-    rows = [[f"`{k}`", f"{e['value']:.4g}", pct(e.get("measured_fpr"), 2) + " %"]
-            for k, e in entries.items()]
-    return ["## Anomaly thresholds", "",
-            f"`cosme calibrate` on `{first.get('data')}` ({first.get('images')} images, "
-            f"{first.get('precision')} networks as the node runs them): the score that "
-            f"{100 * float(first.get('fpr', 0)):g} % of the in-distribution pixels exceed, per "
-            "method. "
-            "`cosme_node` uses the one for its method when `anomaly_threshold` is `auto` (the "
-            "default).", "",
-            table(["method", "threshold", "in-distribution above"], rows, "lrr"), ""]
+    rows = [
+        [f"`{k}`", f"{e['value']:.4g}", pct(e.get("measured_fpr"), 2) + " %"]
+        for k, e in entries.items()
+    ]
+    return [
+        "## Anomaly thresholds",
+        "",
+        f"`cosme calibrate` on `{first.get('data')}` ({first.get('images')} images, "
+        f"{first.get('precision')} networks as the node runs them): the score that "
+        f"{100 * float(first.get('fpr', 0)):g} % of the in-distribution pixels exceed, per "
+        "method. "
+        "`cosme_node` uses the one for its method when `anomaly_threshold` is `auto` (the "
+        "default).",
+        "",
+        table(["method", "threshold", "in-distribution above"], rows, "lrr"),
+        "",
+    ]
 
 
 def build_section(timings: Dict[str, Any]) -> List[str]:
@@ -435,17 +561,24 @@ def build_section(timings: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def card(bundle: Path, evaluation: Mapping, timings: Optional[Path] = None,
-         world: Optional[Path] = None) -> str:
+def card(
+    bundle: Path, evaluation: Mapping, timings: Optional[Path] = None, world: Optional[Path] = None
+) -> str:
     manifest = yaml.safe_load((bundle / "manifest.yaml").read_text(encoding="utf-8"))
     if not isinstance(manifest, dict) or "teacher" not in manifest:
         raise SystemExit(f"error: {bundle / 'manifest.yaml'}: not a cosme bundle manifest")
     lines: List[str] = []
-    for part in (header_section(manifest, bundle), contents_section(manifest, bundle),
-                 data_section(manifest, read_world(world)), teacher_section(manifest),
-                 student_section(manifest), memory_section(manifest),
-                 evaluation_section(evaluation, manifest), thresholds_section(manifest),
-                 build_section(read_timings(timings))):
+    for part in (
+        header_section(manifest, bundle),
+        contents_section(manifest, bundle),
+        data_section(manifest, read_world(world)),
+        teacher_section(manifest),
+        student_section(manifest),
+        memory_section(manifest),
+        evaluation_section(evaluation, manifest),
+        thresholds_section(manifest),
+        build_section(read_timings(timings)),
+    ):
         lines += part
     return "\n".join(lines).rstrip() + "\n"
 
@@ -469,6 +602,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     out = Path(args.out) if args.out else args.bundle / "README.md"
     from cosme_ros import atomic
+
     atomic.write_text(out, text)
     print(f"model card written to {out}")
     return 0

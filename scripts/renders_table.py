@@ -10,6 +10,7 @@ bundle and render). Usage::
 Prints one markdown table per bundle: per method AP and FPR95 as mean ± standard deviation over
 the renders, min–max, and on how many renders the method is first (AP: highest, FPR95: lowest).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,34 +41,49 @@ def table(name: str, reports: List[Dict]) -> str:
         res = r["methods"]
         firsts[max(methods, key=lambda m: res[m]["ap"])][0] += 1
         firsts[min(methods, key=lambda m: res[m]["fpr95"])][1] += 1
-    rows = [f"**{name}**, {len(reports)} renders of the test split "
-            f"({reports[0]['pixels']['anomaly']} anomaly pixels in the first):", "",
-            "| method | AP mean ± sd | AP min–max | FPR95 mean ± sd | FPR95 min–max | AUROC mean "
-            "| first in AP / FPR95 |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        f"**{name}**, {len(reports)} renders of the test split "
+        f"({reports[0]['pixels']['anomaly']} anomaly pixels in the first):",
+        "",
+        "| method | AP mean ± sd | AP min–max | FPR95 mean ± sd | FPR95 min–max | AUROC mean "
+        "| first in AP / FPR95 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for m in methods:
         ap = [r["methods"][m]["ap"] for r in reports]
         fpr = [r["methods"][m]["fpr95"] for r in reports]
         auroc = [r["methods"][m]["auroc"] for r in reports]
-        sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-        rows.append(f"| {m} | {statistics.mean(ap):.2f} ± {sd(ap):.2f} | {min(ap):.2f}–{max(ap):.2f} "
-                    f"| {statistics.mean(fpr):.2f} ± {sd(fpr):.2f} | {min(fpr):.2f}–{max(fpr):.2f} "
-                    f"| {statistics.mean(auroc):.2f} | {firsts[m][0]} / {firsts[m][1]} |")
+
+        def sd(v):
+            return statistics.stdev(v) if len(v) > 1 else 0.0
+
+        rows.append(
+            f"| {m} | {statistics.mean(ap):.2f} ± {sd(ap):.2f} | {min(ap):.2f}–{max(ap):.2f} "
+            f"| {statistics.mean(fpr):.2f} ± {sd(fpr):.2f} | {min(fpr):.2f}–{max(fpr):.2f} "
+            f"| {statistics.mean(auroc):.2f} | {firsts[m][0]} / {firsts[m][1]} |"
+        )
     return "\n".join(rows)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", action="append", required=True, metavar="NAME=JSON,JSON,...",
-                   help="a bundle's name and its evaluate reports, comma-separated")
+    p.add_argument(
+        "--bundle",
+        action="append",
+        required=True,
+        metavar="NAME=JSON,JSON,...",
+        help="a bundle's name and its evaluate reports, comma-separated",
+    )
     args = p.parse_args()
     for spec in args.bundle:
         name, _, files = spec.partition("=")
         paths = [Path(f) for f in files.split(",") if f]
         missing = [str(f) for f in paths if not f.is_file()]
         if not name or not paths or missing:
-            sys.exit(f"renders_table.py: --bundle {spec!r}: need NAME=report.json,...; missing "
-                     f"{missing}")
+            sys.exit(
+                f"renders_table.py: --bundle {spec!r}: need NAME=report.json,...; missing "
+                f"{missing}"
+            )
         print(table(name, [json.loads(f.read_text()) for f in paths]))
         print()
     return 0

@@ -3,6 +3,7 @@
 The weights are random (seeded); tests that need a trained model use the ESPNetv2 checkpoint in
 ../shared/data or the demo bundle.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,24 +16,33 @@ from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
 def tiny_teacher(seed: int = 0):
     from cosme_ros.nets.deeplabv3plus import build_deeplabv3plus
+
     torch.manual_seed(seed)
     return build_deeplabv3plus(backbone="resnet18", num_classes=19, output_stride=16).eval()
 
 
 def make_tiny_bundle(out: Path, input_size=(64, 128), seed: int = 0, force: bool = False):
     return bundle_mod.create(
-        out, arch="deeplabv3plus", module=tiny_teacher(seed), input_size=input_size,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        class_names=list(CITYSCAPES_CLASSES), palette=[tuple(c) for c in CITYSCAPES_PALETTE],
-        force=force)
+        out,
+        arch="deeplabv3plus",
+        module=tiny_teacher(seed),
+        input_size=input_size,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        class_names=list(CITYSCAPES_CLASSES),
+        palette=[tuple(c) for c in CITYSCAPES_PALETTE],
+        force=force,
+    )
 
 
 # ---------------------------------------------------------------------------- tiny street scenes
 # (appended for the dataset / build-memory / evaluate tests)
 
+
 def street_scene(rng, size=(64, 128)):
     """A smooth, street-like RGB uint8 picture: sky gradient, grey blocks of buildings, road."""
     import numpy as np
+
     h, w = size
     img = np.zeros((h, w, 3), np.float32)
     horizon = int(h * rng.uniform(0.4, 0.55))
@@ -42,11 +52,11 @@ def street_scene(rng, size=(64, 128)):
     while x < w:
         bw = int(rng.integers(w // 8, w // 3))
         top = int(rng.integers(h // 10, horizon))
-        img[top:horizon, x:x + bw] = rng.uniform(60, 160) + rng.uniform(-15, 15, 3)
+        img[top:horizon, x : x + bw] = rng.uniform(60, 160) + rng.uniform(-15, 15, 3)
         x += bw
     img[horizon:] = np.array([80, 80, 85]) + rng.uniform(-8, 8, 3)
     lane = h - (h - horizon) // 2
-    img[lane:lane + max(1, h // 32), ::12] = 230
+    img[lane : lane + max(1, h // 32), ::12] = 230
     img += rng.normal(0, 2.0, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -58,6 +68,7 @@ def write_scenes(folder, n, size=(64, 128), seed=0, anomalies=False, block=(16, 
     import cv2
     import numpy as np
     from pathlib import Path
+
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     out = []
@@ -73,9 +84,9 @@ def write_scenes(folder, n, size=(64, 128), seed=0, anomalies=False, block=(16, 
             bh, bw = block
             y = int(rng.integers(h // 2, h - bh))
             x = int(rng.integers(0, w - bw))
-            img[y:y + bh, x:x + bw] = rng.integers(0, 256, (bh, bw, 3), dtype=np.uint8)
+            img[y : y + bh, x : x + bw] = rng.integers(0, 256, (bh, bw, 3), dtype=np.uint8)
             mask = np.zeros(size, np.uint8)
-            mask[y:y + bh, x:x + bw] = 1
+            mask[y : y + bh, x : x + bw] = 1
             mask[:2] = 255
             cv2.imwrite(str(folder / "labels_masks" / f"scene{i:03d}.png"), mask)
         cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))

@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +14,8 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data`` beside the repository; skips the test when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data directory {SHARED_DATA} is absent (real checkpoints and images "
-                    f"live in ../shared/data beside the repository)")
+        pytest.skip(
+            f"shared data directory {SHARED_DATA} is absent (real checkpoints and images "
+            f"live in ../shared/data beside the repository)"
+        )
     return SHARED_DATA

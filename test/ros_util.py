@@ -4,6 +4,7 @@ Every process started here, and the test process's own rclpy context, use
 ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` and one random ``ROS_DOMAIN_ID`` per test session, so
 that nothing leaves loopback and concurrent test runs do not see each other.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,18 +22,21 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 DOMAIN_ID = random.SystemRandom().randint(1, 100)
 
 
-def ros_env(domain_id: int = DOMAIN_ID,
-            extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def ros_env(
+    domain_id: int = DOMAIN_ID, extra: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
     """The current environment, confined to localhost discovery on ``domain_id``."""
     env = dict(os.environ)
-    env.update({
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": str(domain_id),
-        "ROS_STATIC_PEERS": "",
-        "PYTHONUNBUFFERED": "1",
-        "RCUTILS_COLORIZED_OUTPUT": "0",
-        "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-    })
+    env.update(
+        {
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+            "ROS_DOMAIN_ID": str(domain_id),
+            "ROS_STATIC_PEERS": "",
+            "PYTHONUNBUFFERED": "1",
+            "RCUTILS_COLORIZED_OUTPUT": "0",
+            "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
+        }
+    )
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the range when set
     env.update(extra or {})
     return env
@@ -41,8 +45,12 @@ def ros_env(domain_id: int = DOMAIN_ID,
 def confine_this_process(domain_id: int = DOMAIN_ID) -> Dict[str, Optional[str]]:
     """Apply :func:`ros_env`'s ROS settings to ``os.environ`` (before ``rclpy.init``); returns
     the previous values for :func:`restore_env`."""
-    keys = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_STATIC_PEERS",
-            "ROS_LOCALHOST_ONLY")
+    keys = (
+        "ROS_AUTOMATIC_DISCOVERY_RANGE",
+        "ROS_DOMAIN_ID",
+        "ROS_STATIC_PEERS",
+        "ROS_LOCALHOST_ONLY",
+    )
     old = {k: os.environ.get(k) for k in keys}
     env = ros_env(domain_id)
     for k in keys:
@@ -65,8 +73,11 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "cosme.yaml"
 
 
-def node_command(params: Mapping[str, object] = (), remaps: Mapping[str, str] = (),
-                 params_file: Optional[Path] = None) -> List[str]:
+def node_command(
+    params: Mapping[str, object] = (),
+    remaps: Mapping[str, str] = (),
+    params_file: Optional[Path] = None,
+) -> List[str]:
     """``cosme_node --ros-args [--params-file F] -p k:=v … -r from:=to …`` (the venv's console
     script when installed, else ``python -m cosme_ros.ros.node``); ``-p`` after the file wins."""
     script = Path(sys.executable).with_name("cosme_node")
@@ -84,12 +95,19 @@ def node_command(params: Mapping[str, object] = (), remaps: Mapping[str, str] = 
 class Process:
     """A child process whose combined stdout/stderr is collected by a reader thread."""
 
-    def __init__(self, cmd: Sequence[str], env: Optional[Mapping[str, str]] = None,
-                 cwd: Optional[str] = None):
+    def __init__(
+        self, cmd: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None
+    ):
         self.cmd = list(cmd)
-        self.proc = subprocess.Popen(self.cmd, env=dict(env or ros_env()), cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     bufsize=1)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=dict(env or ros_env()),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         self._lines: List[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -157,9 +175,14 @@ class Process:
         return code
 
 
-def spin_until(executor, predicate: Callable[[], bool], timeout: float,
-               step: float = 0.05, between: Optional[Callable[[], None]] = None,
-               every: float = 1.0) -> bool:
+def spin_until(
+    executor,
+    predicate: Callable[[], bool],
+    timeout: float,
+    step: float = 0.05,
+    between: Optional[Callable[[], None]] = None,
+    every: float = 1.0,
+) -> bool:
     """Spin ``executor`` until ``predicate()`` holds or ``timeout`` s pass; ``between()`` (e.g.
     re-publishing a best-effort frame) runs at the start and every ``every`` s."""
     deadline = time.monotonic() + timeout
@@ -176,6 +199,7 @@ def spin_until(executor, predicate: Callable[[], bool], timeout: float,
 
 # ----------------------------------------------------------------------------- talking to a node
 
+
 class RosSession:
     """The test's own rclpy context, node and executor on the session's domain (no signal
     handlers: pytest keeps Ctrl-C)."""
@@ -183,10 +207,14 @@ class RosSession:
     def __init__(self, name: str = "cosme_node_test"):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
+
         self.old_env = confine_this_process()
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN_ID,
-                   signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        rclpy.init(
+            context=self.context,
+            domain_id=DOMAIN_ID,
+            signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
+        )
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -198,8 +226,9 @@ class RosSession:
         """Call service ``name`` and return its response (fails the test on timeout)."""
         client = self.node.create_client(srv_type, name)
         try:
-            assert spin_until(self.executor, client.service_is_ready, timeout), \
-                f"service {name} did not appear"
+            assert spin_until(
+                self.executor, client.service_is_ready, timeout
+            ), f"service {name} did not appear"
             future = client.call_async(request)
             assert spin_until(self.executor, future.done, timeout), f"no answer from {name}"
             return future.result()
@@ -210,19 +239,26 @@ class RosSession:
         """``ros2 param set`` over the parameter service: one SetParametersResult per value."""
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
-        request = SetParameters.Request(parameters=[
-            Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        return list(self.call(SetParameters, f"{node}/set_parameters", request,
-                              timeout).results)
+
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
+        return list(self.call(SetParameters, f"{node}/set_parameters", request, timeout).results)
 
     def describe_parameters(self, node: str, names: Sequence[str], timeout: float = 30.0):
         from rcl_interfaces.srv import DescribeParameters
+
         request = DescribeParameters.Request(names=list(names))
-        return {d.name: d for d in self.call(DescribeParameters, f"{node}/describe_parameters",
-                                             request, timeout).descriptors}
+        return {
+            d.name: d
+            for d in self.call(
+                DescribeParameters, f"{node}/describe_parameters", request, timeout
+            ).descriptors
+        }
 
     def close(self) -> None:
         import rclpy
+
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
@@ -239,16 +275,23 @@ class DiagnosticsWatch:
 
     def __init__(self, session: RosSession, node_name: str):
         from diagnostic_msgs.msg import DiagnosticArray
+
         self.session, self.prefix = session, node_name + ":"
         self.statuses: List = []
-        self.sub = session.node.create_subscription(DiagnosticArray, "/diagnostics",
-                                                    self._on_msg, 50)
+        self.sub = session.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_msg, 50
+        )
 
     def _on_msg(self, msg) -> None:
         self.statuses += [s for s in msg.status if s.name.startswith(self.prefix)]
 
-    def wait_for(self, predicate: Callable[[object], bool], timeout: float,
-                 between: Optional[Callable[[], None]] = None, every: float = 0.2):
+    def wait_for(
+        self,
+        predicate: Callable[[object], bool],
+        timeout: float,
+        between: Optional[Callable[[], None]] = None,
+        every: float = 0.2,
+    ):
         """The first status received from now on for which ``predicate`` holds, or None."""
         start = len(self.statuses)
         found: List = []
@@ -267,18 +310,26 @@ class DiagnosticsWatch:
 _stamps = itertools.count(100)
 
 
-def camera_frame(h: int = 40, w: int = 56, encoding: str = "bgr8", frame_id: str = "cam_test",
-                 seed: int = 0, rgb=None):
+def camera_frame(
+    h: int = 40,
+    w: int = 56,
+    encoding: str = "bgr8",
+    frame_id: str = "cam_test",
+    seed: int = 0,
+    rgb=None,
+):
     """(sensor_msgs/Image, its RGB pixels): a smooth colourful test picture with some noise,
     stamped with a fresh ``sec`` (unique per frame in this session) and ``nanosec`` 123456."""
     import numpy as np
     from sensor_msgs.msg import Image
     from cosme_ros.ros import image_codec
+
     if rgb is None:
         rng = np.random.default_rng(seed)
         y, x = np.mgrid[0:h, 0:w]
-        rgb = np.clip(np.stack([x * 4, y * 5, 255 - x * 3], -1) + rng.integers(0, 30, (h, w, 3)),
-                      0, 255).astype(np.uint8)
+        rgb = np.clip(
+            np.stack([x * 4, y * 5, 255 - x * 3], -1) + rng.integers(0, 30, (h, w, 3)), 0, 255
+        ).astype(np.uint8)
     pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
     msg = image_codec.encode_image(Image, np.ascontiguousarray(pixels), encoding)
     msg.header.frame_id = frame_id
@@ -298,20 +349,32 @@ class Client:
     the node published it (``published``: the DDS source timestamp, independent of when this
     process got round to reading it)."""
 
-    def __init__(self, session: RosSession, outputs: Sequence[str], image_topic: str = "/image",
-                 image_type=None):
+    def __init__(
+        self,
+        session: RosSession,
+        outputs: Sequence[str],
+        image_topic: str = "/image",
+        image_type=None,
+    ):
         from rclpy.qos import QoSProfile
         from sensor_msgs.msg import Image
         from std_msgs.msg import Float64
+
         self.session, self.node = session, session.node
         self.received: Dict[str, List] = {t: [] for t in outputs}
         self.arrivals: Dict[str, List[float]] = {t: [] for t in outputs}
         self.published: Dict[str, List[int]] = {t: [] for t in outputs}
         qos = QoSProfile(depth=50)
         self.pub = self.node.create_publisher(image_type or Image, image_topic, qos)
-        self.subs = [self.node.create_subscription(
-            Float64 if t.endswith("processing_time_ms") else Image, t,
-            lambda m, info, t=t: self._on_msg(t, m, info), qos) for t in outputs]
+        self.subs = [
+            self.node.create_subscription(
+                Float64 if t.endswith("processing_time_ms") else Image,
+                t,
+                lambda m, info, t=t: self._on_msg(t, m, info),
+                qos,
+            )
+            for t in outputs
+        ]
 
     def _on_msg(self, topic: str, msg, info) -> None:
         self.received[topic].append(msg)
@@ -327,31 +390,43 @@ class Client:
         """Drop what was received: everything, or only the image messages stamped ``stamp_sec``
         (with their arrival and publication times)."""
         for topic in self.received:
-            keep = [stamp_sec is not None and (getattr(m, "header", None) is None
-                                               or m.header.stamp.sec != stamp_sec)
-                    for m in self.received[topic]]
+            keep = [
+                stamp_sec is not None
+                and (getattr(m, "header", None) is None or m.header.stamp.sec != stamp_sec)
+                for m in self.received[topic]
+            ]
             for store in (self.received, self.arrivals, self.published):
                 store[topic] = [x for x, k in zip(store[topic], keep) if k]
 
     def wait_connected(self, timeout: float = 30.0) -> None:
-        ok = spin_until(self.session.executor,
-                        lambda: self.pub.get_subscription_count() >= 1
-                        and all(s.get_publisher_count() >= 1 for s in self.subs), timeout)
+        ok = spin_until(
+            self.session.executor,
+            lambda: self.pub.get_subscription_count() >= 1
+            and all(s.get_publisher_count() >= 1 for s in self.subs),
+            timeout,
+        )
         assert ok, "node's topics did not match the test's publisher/subscribers"
 
     def image_topics(self) -> List[str]:
         return [t for t in self.received if not t.endswith("processing_time_ms")]
 
     def outputs_for(self, sec: int) -> Dict[str, List]:
-        return {t: [m for m in self.received[t] if m.header.stamp.sec == sec]
-                for t in self.image_topics()}
+        return {
+            t: [m for m in self.received[t] if m.header.stamp.sec == sec]
+            for t in self.image_topics()
+        }
 
     def send_until_processed(self, msg, timeout: float = 30.0, every: float = 2.0) -> Dict:
         """Publish ``msg`` (again every ``every`` s: the node's input is best effort) until
         every output carries its stamp; the first output message of each topic."""
         sec = msg.header.stamp.sec
-        done = spin_until(self.session.executor, lambda: all(self.outputs_for(sec).values()),
-                          timeout, between=lambda: self.pub.publish(msg), every=every)
+        done = spin_until(
+            self.session.executor,
+            lambda: all(self.outputs_for(sec).values()),
+            timeout,
+            between=lambda: self.pub.publish(msg),
+            every=every,
+        )
         got = self.outputs_for(sec)
         assert done, f"no output for frame {sec} on {[t for t, v in got.items() if not v]}"
         return {t: v[0] for t, v in got.items()}

@@ -1,5 +1,6 @@
 """Every resize of a teacher's outputs follows the teacher's own bilinear convention: the SML
 release (and ESPNetv2) upsample with align_corners=True, VainF and our teachers with False."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,12 +18,26 @@ from cosme_ros.pipeline import Pipeline
 
 def _bundle(tmp_path, align: bool) -> Bundle:
     torch.manual_seed(0)
-    net = DeepLabV3Plus("resnet18", 19, 16, width=0.25, aspp_channels=16, low_level_channels=8,
-                        decoder_channels=16, align_corners=align).eval()
-    return bundle_mod.create(tmp_path / f"b{int(align)}", arch="deeplabv3plus", module=net,
-                             input_size=(64, 96), mean=(0.5,) * 3, std=(0.25,) * 3,
-                             class_names=list(CITYSCAPES_CLASSES),
-                             palette=[tuple(c) for c in CITYSCAPES_PALETTE])
+    net = DeepLabV3Plus(
+        "resnet18",
+        19,
+        16,
+        width=0.25,
+        aspp_channels=16,
+        low_level_channels=8,
+        decoder_channels=16,
+        align_corners=align,
+    ).eval()
+    return bundle_mod.create(
+        tmp_path / f"b{int(align)}",
+        arch="deeplabv3plus",
+        module=net,
+        input_size=(64, 96),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        class_names=list(CITYSCAPES_CLASSES),
+        palette=[tuple(c) for c in CITYSCAPES_PALETTE],
+    )
 
 
 def test_the_teachers_convention():
@@ -46,8 +61,9 @@ def test_scores_and_classes_upsample_as_the_teacher_does(tmp_path, align):
             big = F.interpolate(logits, size=out, mode="bilinear", align_corners=align)
             if method == "maxlogit":
                 small = -logits.max(1).values
-                want = F.interpolate(small[:, None], size=out, mode="bilinear",
-                                     align_corners=align)[:, 0]
+                want = F.interpolate(
+                    small[:, None], size=out, mode="bilinear", align_corners=align
+                )[:, 0]
             else:
                 want = 1.0 - big.softmax(1).max(1).values
         result = p(rgb)
@@ -63,9 +79,12 @@ def test_separable_vainf_checkpoint_says_why(tmp_path):
     refusal now says so instead of listing unmatched keys."""
     from cosme_ros.errors import CheckpointError
     from cosme_ros.nets.deeplabv3plus import load_deeplabv3plus_checkpoint
-    state = {"backbone.conv1.weight": torch.zeros(64, 3, 7, 7),
-             "classifier.aspp.convs.1.0.body.0.weight": torch.zeros(2048, 1, 3, 3),
-             "classifier.aspp.convs.0.0.weight": torch.zeros(256, 2048, 1, 1)}
+
+    state = {
+        "backbone.conv1.weight": torch.zeros(64, 3, 7, 7),
+        "classifier.aspp.convs.1.0.body.0.weight": torch.zeros(2048, 1, 3, 3),
+        "classifier.aspp.convs.0.0.weight": torch.zeros(256, 2048, 1, 1),
+    }
     path = tmp_path / "sep.pth"
     torch.save({"model_state": state}, path)
     with pytest.raises(CheckpointError, match=r"sep\.pth: .*separable convolutions"):

@@ -1,4 +1,5 @@
 """Atomic writes leave complete files with ordinary permissions, or nothing."""
+
 import os
 import stat
 

@@ -1,9 +1,17 @@
 """Training augmentation: seeded, crops to the training size, geometry identical for image and label."""
+
 import numpy as np
 import pytest
 
-from cosme_ros.train.augment import (IGNORE_ID, PAD_RGB, AugmentConfig, augment, cover_scale,
-                                     resize_for_eval, shrink_for_training)
+from cosme_ros.train.augment import (
+    IGNORE_ID,
+    PAD_RGB,
+    AugmentConfig,
+    augment,
+    cover_scale,
+    resize_for_eval,
+    shrink_for_training,
+)
 from cosme_ros.train.loop import sample_rng
 
 PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]], np.uint8)
@@ -12,9 +20,9 @@ PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]]
 def scene(h=120, w=240):
     """Four big blocks whose colour is a function of their label: geometry can be checked."""
     label = np.zeros((h, w), np.uint8)
-    label[: h // 2, w // 2:] = 1
-    label[h // 2:, : w // 3] = 2
-    label[h // 2:, w // 3:] = 3
+    label[: h // 2, w // 2 :] = 1
+    label[h // 2 :, : w // 3] = 2
+    label[h // 2 :, w // 3 :] = 3
     return PALETTE[label], label
 
 
@@ -60,7 +68,7 @@ def test_flip_scale_and_padding_all_happen():
     for seed in range(40):
         img, lab = augment(image, label, sample_rng(seed, 0, 0), cfg)
         # class 1 is top-right in the source: a flip puts it on the left
-        top = lab[: 20]
+        top = lab[:20]
         cols = np.nonzero((top == 1).any(0))[0]
         if cols.size and cols.mean() < 60:
             flipped += 1
@@ -72,9 +80,14 @@ def test_flip_scale_and_padding_all_happen():
 def test_colour_jitter_is_mild_and_keeps_geometry():
     image, label = scene()
     cfg = AugmentConfig(size=(64, 128), scale=(1.0, 1.0), flip=False)
-    base = augment(image, label, sample_rng(0, 0, 0),
-                   AugmentConfig(size=(64, 128), scale=(1.0, 1.0), flip=False, brightness=0,
-                                 contrast=0, saturation=0))[0].astype(float)
+    base = augment(
+        image,
+        label,
+        sample_rng(0, 0, 0),
+        AugmentConfig(
+            size=(64, 128), scale=(1.0, 1.0), flip=False, brightness=0, contrast=0, saturation=0
+        ),
+    )[0].astype(float)
     for seed in range(10):
         img, lab = augment(image, label, sample_rng(0, 0, seed), cfg)
         ratio = img.mean() / base.mean()

@@ -1,4 +1,5 @@
 """Baselines: MSP, MaxLogit, Entropy, SML (+ boundary suppression, dilated smoothing), PAnS."""
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ def test_msp_maxlogit_entropy_by_hand():
     torch.testing.assert_close(maxlogit(LOGITS), torch.tensor([[[-3.0, 0.0]]]))
     h0 = -sum(p * math.log(p) for p in p0)
     torch.testing.assert_close(entropy(LOGITS), torch.tensor([[[h0, math.log(3)]]]))
-    torch.testing.assert_close(entropy(LOGITS, normalize=True),
-                               torch.tensor([[[h0 / math.log(3), 1.0]]]))
+    torch.testing.assert_close(
+        entropy(LOGITS, normalize=True), torch.tensor([[[h0 / math.log(3), 1.0]]])
+    )
 
 
 def test_baselines_cast_to_fp32():
@@ -48,8 +50,13 @@ def test_baselines_cast_to_fp32():
 
 
 def test_sml_defaults_follow_the_release():
-    assert SML_DEFAULTS == {"boundary_width": 4, "boundary_iteration": 4, "kernel_size": 7,
-                            "sigma": 1.0, "dilation": 6}
+    assert SML_DEFAULTS == {
+        "boundary_width": 4,
+        "boundary_iteration": 4,
+        "kernel_size": 7,
+        "sigma": 1.0,
+        "dilation": 6,
+    }
 
 
 # ----------------------------------------------------------------------------- boundaries
@@ -57,7 +64,7 @@ def test_sml_defaults_follow_the_release():
 
 def _two_regions(h=3, w=6):
     pred = torch.zeros(1, h, w, dtype=torch.long)
-    pred[..., w // 2:] = 1
+    pred[..., w // 2 :] = 1
     values = (10.0 * torch.arange(w, dtype=torch.float32)).expand(1, h, w).clone()
     return pred, values
 
@@ -91,10 +98,17 @@ def _naive_suppression(values: np.ndarray, pred: np.ndarray, width: int, iterati
     bnd = np.zeros((h, w), bool)
     for i in range(h):
         for j in range(w):
-            cross = [pred[i, j]] + [pred[a, b] for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
-                                    if 0 <= a < h and 0 <= b < w]
-            square = [pred[a, b] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2)
-                      if 0 <= a < h and 0 <= b < w]
+            cross = [pred[i, j]] + [
+                pred[a, b]
+                for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+                if 0 <= a < h and 0 <= b < w
+            ]
+            square = [
+                pred[a, b]
+                for a in range(i - 1, i + 2)
+                for b in range(j - 1, j + 2)
+                if 0 <= a < h and 0 <= b < w
+            ]
             bnd[i, j] = max(cross) != min(square)
     out = values.astype(np.float64).copy()
     step = width // iterations
@@ -103,8 +117,9 @@ def _naive_suppression(values: np.ndarray, pred: np.ndarray, width: int, iterati
         exp = np.zeros_like(bnd)
         for i in range(h):
             for j in range(w):
-                exp[i, j] = any(bnd[a, b] for a in range(h) for b in range(w)
-                                if abs(a - i) + abs(b - j) <= r)
+                exp[i, j] = any(
+                    bnd[a, b] for a in range(h) for b in range(w) if abs(a - i) + abs(b - j) <= r
+                )
         prev = out.copy()
         for i in range(h):
             for j in range(w):
@@ -143,8 +158,12 @@ def test_dilated_smoothing_is_a_dilated_gaussian_convolution():
     v = torch.randn(2, 9, 11, generator=g)
     k, sigma, d = 7, 1.0, 2
     c = (k - 1) / 2
-    kern = np.array([[math.exp(-((a - c) ** 2 + (b - c) ** 2) / (2 * sigma**2)) for b in range(k)]
-                     for a in range(k)])
+    kern = np.array(
+        [
+            [math.exp(-((a - c) ** 2 + (b - c) ** 2) / (2 * sigma**2)) for b in range(k)]
+            for a in range(k)
+        ]
+    )
     kern /= kern.sum()
     x = v.numpy().astype(np.float64)
     ref = np.zeros_like(x)
@@ -160,7 +179,9 @@ def test_dilated_smoothing_is_a_dilated_gaussian_convolution():
     assert out.shape == v.shape and out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
     # constants are preserved (normalised kernel, replication padding), default dilation 6 too
-    torch.testing.assert_close(dilated_smoothing(torch.full((1, 5, 5), 3.0)), torch.full((1, 5, 5), 3.0))
+    torch.testing.assert_close(
+        dilated_smoothing(torch.full((1, 5, 5), 3.0)), torch.full((1, 5, 5), 3.0)
+    )
 
 
 # ----------------------------------------------------------------------------- SML

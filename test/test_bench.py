@@ -3,6 +3,7 @@ equality check, precision resolution, and that the fast path computes what the n
 
 Timings are not asserted: the machine may be busy. Sizes are tiny and frames few.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from cosme_ros.cli.main import main
 from cosme_ros.errors import CosmeError
 from cosme_ros.naive import NaivePipeline
 from cosme_ros.nets.student import build_student
-from cosme_ros.pipeline import (Pipeline, fold_batchnorm, native_bf16, resolve_precision,
-                                upsampled_argmax)
+from cosme_ros.pipeline import (
+    Pipeline,
+    fold_batchnorm,
+    native_bf16,
+    resolve_precision,
+    upsampled_argmax,
+)
 
 SIZE = (64, 128)
 
@@ -35,16 +41,26 @@ def cosme_bundle(tmp_path_factory):
     bundle = make_tiny_bundle(out, input_size=SIZE)
     teacher = bundle.teacher()
     g = torch.Generator().manual_seed(0)
-    bank = {t: F.normalize(torch.randn(16, teacher.tap_channels[t], generator=g), dim=1)
-            for t in ("c4", "c5", "lh")}
+    bank = {
+        t: F.normalize(torch.randn(16, teacher.tap_channels[t], generator=g), dim=1)
+        for t in ("c4", "c5", "lh")
+    }
     n = bundle.num_classes
-    parts = AnomalyParts(memory=bank, mulmem_stats=ClassStats(torch.full((n,), 0.5),
-                                                              torch.full((n,), 0.1)))
-    bundle.write_part("anomaly", {"memory_layers": ["c4", "c5", "lh"],
-                                  "consensus_layers": ["c5"]}, parts.to_tensors())
+    parts = AnomalyParts(
+        memory=bank, mulmem_stats=ClassStats(torch.full((n,), 0.5), torch.full((n,), 0.1))
+    )
+    bundle.write_part(
+        "anomaly",
+        {"memory_layers": ["c4", "c5", "lh"], "consensus_layers": ["c5"]},
+        parts.to_tensors(),
+    )
     torch.manual_seed(0)
-    student = build_student(depth=18, teacher_channels=teacher.tap_channels,
-                            teacher_strides=teacher.tap_strides, taps=["c5"]).eval()
+    student = build_student(
+        depth=18,
+        teacher_channels=teacher.tap_channels,
+        teacher_strides=teacher.tap_strides,
+        taps=["c5"],
+    ).eval()
     bundle.write_part("student", {"config": student.config}, student.state_dict())
     return Bundle.load(out)
 
@@ -59,15 +75,38 @@ def _ms(d):
 def test_frame_json_contract(cosme_bundle, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out = tmp_path / "bench.json"
-    args = ["bench", "--bundle", str(cosme_bundle.path), "--method", "cosme", "--camera",
-            "64x128", "--frames", "3", "--warmup", "1", "--precision", "fp32", "--json", str(out)]
+    args = [
+        "bench",
+        "--bundle",
+        str(cosme_bundle.path),
+        "--method",
+        "cosme",
+        "--camera",
+        "64x128",
+        "--frames",
+        "3",
+        "--warmup",
+        "1",
+        "--precision",
+        "fp32",
+        "--json",
+        str(out),
+    ]
     assert main(args) == 0
     assert "ratio_fast_vs_naive" in capsys.readouterr().out
     r = json.loads(out.read_text())
 
     frame, pipeline = _ms(r["frame_ms"]), _ms(r["pipeline_ms"])
-    for stage in ("decode", "preprocess", "teacher", "student", "scoring", "postprocess",
-                  "encode", "publish"):
+    for stage in (
+        "decode",
+        "preprocess",
+        "teacher",
+        "student",
+        "scoring",
+        "postprocess",
+        "encode",
+        "publish",
+    ):
         _ms(r["stages_ms"][stage])
     teacher_only, naive = _ms(r["teacher_only_ms"]), _ms(r["naive_ms"])
     # ratios are the ratios of the reported medians
@@ -75,11 +114,15 @@ def test_frame_json_contract(cosme_bundle, tmp_path, monkeypatch, capsys):
     assert r["ratio_cosme_vs_teacher_only"] == pytest.approx(pipeline / teacher_only, rel=1e-3)
     assert r["ratio_fast_vs_naive"] == pytest.approx(naive / pipeline, rel=1e-3)
     assert r["fps"] == pytest.approx(1000 / frame, rel=1e-3)
-    assert set(r["ratio_definitions"]) == {"ratio_node_vs_pipeline", "ratio_cosme_vs_teacher_only",
-                                           "ratio_fast_vs_naive"}
+    assert set(r["ratio_definitions"]) == {
+        "ratio_node_vs_pipeline",
+        "ratio_cosme_vs_teacher_only",
+        "ratio_fast_vs_naive",
+    }
     assert r["scoring_postprocess_share"] == pytest.approx(
         (r["stages_ms"]["scoring"]["median"] + r["stages_ms"]["postprocess"]["median"]) / frame,
-        abs=1e-3)
+        abs=1e-3,
+    )
 
     assert r["peak_rss_mb"] > 0 and r["peak_rss_mb_with_naive"] >= r["peak_rss_mb"]
     assert r["device"] == "cpu" and r["precision"] == "fp32" and r["method"] == "cosme"
@@ -101,9 +144,30 @@ def test_bench_times_the_refined_method(cosme_bundle, tmp_path, monkeypatch, cap
     pipeline refines too, so the fast path still computes its numbers."""
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out = tmp_path / "bench.json"
-    assert main(["bench", "--bundle", str(cosme_bundle.path), "--method", "cosme", "--refine",
-                 "guided", "--camera", "64x128", "--frames", "2", "--warmup", "1", "--precision",
-                 "fp32", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--bundle",
+                str(cosme_bundle.path),
+                "--method",
+                "cosme",
+                "--refine",
+                "guided",
+                "--camera",
+                "64x128",
+                "--frames",
+                "2",
+                "--warmup",
+                "1",
+                "--precision",
+                "fp32",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "cosme[refine=guided]" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["refine"] == "guided" and r["stages_ms"]["scoring"]["median"] > 0
@@ -112,8 +176,23 @@ def test_bench_times_the_refined_method(cosme_bundle, tmp_path, monkeypatch, cap
 
 def test_scorer_only_reports_equality(tmp_path, capsys):
     out = tmp_path / "scorer.json"
-    assert main(["bench", "--scorer-only", "--k", "8,32", "--size", "64x128", "--repeats", "2",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--scorer-only",
+                "--k",
+                "8,32",
+                "--size",
+                "64x128",
+                "--repeats",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "max|dG|" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["taps"] == {"c4": [1024, 4, 8], "c5": [2048, 4, 8], "lh": [256, 16, 32]}
@@ -130,7 +209,10 @@ def test_scorer_only_reports_equality(tmp_path, capsys):
 
 def test_r101_tap_shapes_at_512x1024():
     assert bench.r101_tap_shapes((512, 1024)) == {
-        "c4": (1024, 32, 64), "c5": (2048, 32, 64), "lh": (256, 128, 256)}
+        "c4": (1024, 32, 64),
+        "c5": (2048, 32, 64),
+        "lh": (256, 128, 256),
+    }
 
 
 def test_precision_auto_resolves_by_capability():
@@ -163,6 +245,7 @@ def test_fast_path_matches_naive_and_bf16_is_close(cosme_bundle):
 
 def test_fold_batchnorm_keeps_outputs():
     from bundles import tiny_teacher
+
     net = tiny_teacher().eval()
     for m in net.modules():  # non-trivial statistics
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -181,23 +264,43 @@ def test_fold_batchnorm_keeps_outputs():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_upsampled_argmax_equals_full_upsampling(channels_last):
     g = torch.Generator().manual_seed(0)
-    for (h, w), size in [((16, 32), (64, 128)), ((37, 23), (100, 61)), ((20, 30), (7, 11)),
-                         ((8, 8), (8, 8))]:
-        smooth = F.interpolate(torch.randn(2, 7, 4, 4, generator=g), size=(h, w),
-                               mode="bilinear")
+    for (h, w), size in [
+        ((16, 32), (64, 128)),
+        ((37, 23), (100, 61)),
+        ((20, 30), (7, 11)),
+        ((8, 8), (8, 8)),
+    ]:
+        smooth = F.interpolate(torch.randn(2, 7, 4, 4, generator=g), size=(h, w), mode="bilinear")
         for logits in (smooth, torch.randn(2, 7, h, w, generator=g)):
             if channels_last:
                 logits = logits.contiguous(memory_format=torch.channels_last)
-            ref = F.interpolate(logits, size=size, mode="bilinear",
-                                align_corners=False).argmax(1)
+            ref = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
             torch.testing.assert_close(upsampled_argmax(logits, size), ref, rtol=0, atol=0)
 
 
 def test_sweep_writes_table_and_plot(cosme_bundle, tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["bench", "--bundle", str(cosme_bundle.path), "--sweep", "--sizes",
-                 "64x128,96x192", "--k", "8,16", "--frames", "1", "--warmup", "0",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--bundle",
+                str(cosme_bundle.path),
+                "--sweep",
+                "--sizes",
+                "64x128,96x192",
+                "--k",
+                "8,16",
+                "--frames",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads((out / "sweep.json").read_text())
     assert [row["input_size"] for row in r["by_size"]] == [[64, 128], [96, 192]]
     assert all(row["gflops"] > 0 for row in r["by_size"])

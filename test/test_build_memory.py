@@ -1,4 +1,5 @@
 """cosme build-memory: Algorithms 1–2 and the statistics on a tiny bundle and a handful of scenes."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,7 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
-from cosme_ros.memory_build import (BuildConfig, build_anomaly_parts, global_schedule,
-                                    local_slice)
+from cosme_ros.memory_build import BuildConfig, build_anomaly_parts, global_schedule, local_slice
 from cosme_ros.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,21 @@ def built(template):
     out = template / "built"
     shutil.copytree(template / "bundle", out)
     report = template / "built-report.json"
-    assert cosme_main(["build-memory", "--bundle", str(out), "--data", data(template), *ARGS,
-                       "--json", str(report)]) == 0
+    assert (
+        cosme_main(
+            [
+                "build-memory",
+                "--bundle",
+                str(out),
+                "--data",
+                data(template),
+                *ARGS,
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     return out, json.loads(report.read_text())
 
 
@@ -58,8 +71,9 @@ def data(template):
 
 
 def build(bundle_dir, template, *extra, rc=0):
-    code = cosme_main(["build-memory", "--bundle", str(bundle_dir), "--data", data(template),
-                       *ARGS, *extra])
+    code = cosme_main(
+        ["build-memory", "--bundle", str(bundle_dir), "--data", data(template), *ARGS, *extra]
+    )
     assert code == rc
     return Bundle.load(bundle_dir)
 
@@ -72,7 +86,7 @@ def test_schedule_slices_concatenate_to_the_global_batch():
     for world in (1, 2, 3, 5):
         for b in steps:
             parts = [local_slice(b, r, world) for r in range(world)]
-            assert np.concatenate(parts).tolist() == b.tolist()   # rank order = batch order
+            assert np.concatenate(parts).tolist() == b.tolist()  # rank order = batch order
 
 
 def test_build_writes_a_part_the_pipelines_use(built, template):
@@ -82,12 +96,20 @@ def test_build_writes_a_part_the_pipelines_use(built, template):
     assert section["memory_layers"] == ["c4", "c5", "lh"]
     assert section["consensus_layers"] == ["c5"]
     record = section["build"]
-    for key, value in (("k", 16), ("tau", 0.85), ("momentum", 0.99), ("epochs", 2), ("seed", 0),
-                       ("data", data(template)), ("images", 8), ("pans_labels", "pseudo")):
+    for key, value in (
+        ("k", 16),
+        ("tau", 0.85),
+        ("momentum", 0.99),
+        ("epochs", 2),
+        ("seed", 0),
+        ("data", data(template)),
+        ("images", 8),
+        ("pans_labels", "pseudo"),
+    ):
         assert record[key] == value, key
     assert set(record["shortfall"]) == {"c4", "c5", "lh"}
     assert all(record["prototypes"][k] + record["shortfall"][k] == 16 for k in record["shortfall"])
-    assert record["learn_steps"] == 2 * 3                   # 2 epochs × ceil(8 / 3) steps
+    assert record["learn_steps"] == 2 * 3  # 2 epochs × ceil(8 / 3) steps
     assert report["prototypes"] == record["prototypes"]
 
     parts = bundle.anomaly_parts()
@@ -104,6 +126,7 @@ def test_build_writes_a_part_the_pipelines_use(built, template):
 def test_mulmem_stats_match_the_scorer(built, template):
     """Standardised Γ over the training pixels has mean ≈ 0 and std ≈ 1 per predicted class."""
     from cosme_ros.anomaly.scorers import mulmem_gamma
+
     pipe = Pipeline(Bundle.load(built[0]), method="mulmem", device="cpu")
     ds = open_dataset(data(template))
     with torch.inference_mode():
@@ -120,17 +143,21 @@ def test_mulmem_stats_match_the_scorer(built, template):
 def _parts(template, seed):
     bundle = Bundle.load(template / "bundle")
     config = BuildConfig(k=16, epochs=2, batch=3, seed=seed)
-    return build_anomaly_parts(bundle, open_dataset(data(template)), config, workers=0,
-                               progress=False, log=lambda _m: None).parts.to_tensors()
+    return build_anomaly_parts(
+        bundle, open_dataset(data(template)), config, workers=0, progress=False, log=lambda _m: None
+    ).parts.to_tensors()
 
 
 def test_deterministic_for_a_seed(built, template):
-    a = load_file(str(built[0] / "anomaly.safetensors"))           # seed 0, through the CLI
+    a = load_file(str(built[0] / "anomaly.safetensors"))  # seed 0, through the CLI
     b, c = _parts(template, seed=0), _parts(template, seed=6)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(a[k].shape != c[k].shape or not torch.equal(a[k], c[k])
-               for k in a if k.startswith("memory."))
+    assert any(
+        a[k].shape != c[k].shape or not torch.equal(a[k], c[k])
+        for k in a
+        if k.startswith("memory.")
+    )
 
 
 def test_refuses_to_replace_without_force(built, template, tmp_path, capsys):
@@ -140,8 +167,10 @@ def test_refuses_to_replace_without_force(built, template, tmp_path, capsys):
     build(bundle_dir, template, "--seed", "1", rc=2)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already has an anomaly part" in err[0] and "--force" in err[0]
-    assert all(torch.equal(first[k], v) for k, v in
-               load_file(str(bundle_dir / "anomaly.safetensors")).items())
+    assert all(
+        torch.equal(first[k], v)
+        for k, v in load_file(str(bundle_dir / "anomaly.safetensors")).items()
+    )
     bundle = build(bundle_dir, template, "--seed", "1", "--force")
     assert bundle.manifest["anomaly"]["build"]["seed"] == 1
 
@@ -159,8 +188,9 @@ def test_input_size_changes_what_the_teacher_sees(built, bundle_dir, template):
 
 
 def test_layout_error_is_one_line(bundle_dir, tmp_path, capsys):
-    code = cosme_main(["build-memory", "--bundle", str(bundle_dir), "--data",
-                       f"camvid:{tmp_path}", *ARGS])
+    code = cosme_main(
+        ["build-memory", "--bundle", str(bundle_dir), "--data", f"camvid:{tmp_path}", *ARGS]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "train.txt: missing" in err[0]
     assert not Bundle.load(bundle_dir).has_anomaly
@@ -168,16 +198,21 @@ def test_layout_error_is_one_line(bundle_dir, tmp_path, capsys):
 
 def test_pans_uses_labels_when_the_dataset_has_them(bundle_dir, tmp_path):
     import cv2
+
     split = tmp_path / "synthetic" / "train"
     images = write_scenes(split / "images", 4, seed=3)
     (split / "semantic").mkdir(parents=True)
     for p in images:
         sem = np.full((64, 128), 255, np.uint8)
-        sem[:20] = 10          # sky
-        sem[40:] = 0           # road
+        sem[:20] = 10  # sky
+        sem[40:] = 0  # road
         cv2.imwrite(str(split / "semantic" / p.name), sem)
-    assert cosme_main(["build-memory", "--bundle", str(bundle_dir), "--data",
-                       f"synthetic:{split}", *ARGS]) == 0
+    assert (
+        cosme_main(
+            ["build-memory", "--bundle", str(bundle_dir), "--data", f"synthetic:{split}", *ARGS]
+        )
+        == 0
+    )
     bundle = Bundle.load(bundle_dir)
     assert bundle.manifest["anomaly"]["build"]["pans_labels"] == "labels"
     seen = bundle.anomaly_parts().pans_prototypes.norm(dim=1) > 0
@@ -192,22 +227,28 @@ def test_interrupted_build_writes_nothing_and_resumes(built, bundle_dir, templat
 
     def interrupted(self, taps):
         calls["n"] += 1
-        if calls["n"] == 4:                 # first step of the second epoch
+        if calls["n"] == 4:  # first step of the second epoch
             raise KeyboardInterrupt
         return original(self, taps)
 
     monkeypatch.setattr(MulMemBuilder, "learn_step", interrupted)
     build(bundle_dir, template, rc=130)
-    assert not Bundle.load(bundle_dir).has_anomaly            # nothing half-written
+    assert not Bundle.load(bundle_dir).has_anomaly  # nothing half-written
     assert (bundle_dir / ".anomaly.build-state.safetensors").is_file()
     monkeypatch.setattr(MulMemBuilder, "learn_step", original)
 
     with pytest.raises(CosmeError, match=r"another build \(differs in config.tau\)"):
-        build_anomaly_parts(Bundle.load(bundle_dir), open_dataset(data(template)),
-                            BuildConfig(k=16, epochs=2, batch=3, tau=0.8),
-                            data_spec=data(template),
-                            checkpoint=bundle_dir / ".anomaly.build-state.safetensors",
-                            resume=True, workers=0, progress=False, log=lambda _m: None)
+        build_anomaly_parts(
+            Bundle.load(bundle_dir),
+            open_dataset(data(template)),
+            BuildConfig(k=16, epochs=2, batch=3, tau=0.8),
+            data_spec=data(template),
+            checkpoint=bundle_dir / ".anomaly.build-state.safetensors",
+            resume=True,
+            workers=0,
+            progress=False,
+            log=lambda _m: None,
+        )
     bundle = build(bundle_dir, template, "--resume")
     assert bundle.manifest["anomaly"]["build"]["resumed"] is True
     assert not (bundle_dir / ".anomaly.build-state.safetensors").exists()
@@ -218,15 +259,37 @@ def test_interrupted_build_writes_nothing_and_resumes(built, bundle_dir, templat
 
 def test_two_processes_build_what_one_builds(built, bundle_dir, template):
     one = built[0]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "cosme_ros.cli.main", "build-memory", "--bundle", str(bundle_dir),
-         "--data", data(template), *ARGS],
-        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "cosme_ros.cli.main",
+            "build-memory",
+            "--bundle",
+            str(bundle_dir),
+            "--data",
+            data(template),
+            *ARGS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("anomaly part written") == 1      # rank 0 only
+    assert proc.stdout.count("anomaly part written") == 1  # rank 0 only
     two = Bundle.load(bundle_dir)
     assert two.manifest["anomaly"]["build"]["world_size"] == 2
     a = load_file(str(one / "anomaly.safetensors"))

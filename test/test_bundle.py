@@ -1,4 +1,5 @@
 """The bundle contract: round trip, atomic parts, and validation messages naming file and field."""
+
 from pathlib import Path
 
 import pytest
@@ -48,20 +49,25 @@ def test_missing_student_names_the_command(tiny):
         tiny.student()
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda m: m.pop("teacher"), "'teacher'"),
-    (lambda m: m.update(format="something-else"), "'format'"),
-    (lambda m: m.update(version=99), "'version'"),
-    (lambda m: m["preprocess"].update(input_size=[64]), "preprocess.input_size"),
-    (lambda m: m["preprocess"].update(std=[0.2, 0.2, 0.0]), "preprocess.std"),
-    (lambda m: m["preprocess"].update(mean="grey"), "preprocess.mean"),
-    (lambda m: m["classes"]["palette"].pop(), "classes.palette"),
-    (lambda m: m["classes"].update(void=[40]), "classes.void"),
-    (lambda m: m["teacher"].update(weights="../elsewhere.safetensors"), "teacher.weights"),
-    (lambda m: m["teacher"].update(weights="gone.safetensors"), "gone.safetensors"),
-    (lambda m: m.update(student={"config": {}, "weights": "student.safetensors"}),
-     "student.safetensors"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda m: m.pop("teacher"), "'teacher'"),
+        (lambda m: m.update(format="something-else"), "'format'"),
+        (lambda m: m.update(version=99), "'version'"),
+        (lambda m: m["preprocess"].update(input_size=[64]), "preprocess.input_size"),
+        (lambda m: m["preprocess"].update(std=[0.2, 0.2, 0.0]), "preprocess.std"),
+        (lambda m: m["preprocess"].update(mean="grey"), "preprocess.mean"),
+        (lambda m: m["classes"]["palette"].pop(), "classes.palette"),
+        (lambda m: m["classes"].update(void=[40]), "classes.void"),
+        (lambda m: m["teacher"].update(weights="../elsewhere.safetensors"), "teacher.weights"),
+        (lambda m: m["teacher"].update(weights="gone.safetensors"), "gone.safetensors"),
+        (
+            lambda m: m.update(student={"config": {}, "weights": "student.safetensors"}),
+            "student.safetensors",
+        ),
+    ],
+)
 def test_manifest_errors_name_the_field(tiny, edit, field):
     _edit_manifest(tiny, edit)
     with pytest.raises(BundleError) as err:
@@ -105,8 +111,11 @@ def test_bad_network_config_names_the_field(tiny):
 
 
 def test_num_classes_must_match_class_names(tiny):
-    _edit_manifest(tiny, lambda m: m["classes"]["names"].append("extra")
-                   or m["classes"]["palette"].append([1, 2, 3]))
+    _edit_manifest(
+        tiny,
+        lambda m: m["classes"]["names"].append("extra")
+        or m["classes"]["palette"].append([1, 2, 3]),
+    )
     with pytest.raises(BundleError, match="num_classes is 19"):
         Bundle.load(tiny.path)
 
@@ -114,9 +123,11 @@ def test_num_classes_must_match_class_names(tiny):
 def test_write_part_is_atomic_and_updates_the_manifest(tiny, monkeypatch):
     tensors = {"memory.c5": torch.nn.functional.normalize(torch.randn(4, 512), dim=1)}
     section = {"memory_layers": ["c5"], "consensus_layers": ["c5"]}
+
     # A crash while writing the tensors must leave the old, valid bundle in place.
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(bundle_mod, "write_manifest", boom)
     with pytest.raises(RuntimeError):
         tiny.write_part("anomaly", section, tensors)
@@ -131,6 +142,7 @@ def test_write_part_is_atomic_and_updates_the_manifest(tiny, monkeypatch):
 
 def test_default_method_is_cosme_only_with_memory_and_student():
     from cosme_ros.bundle import default_method
+
     assert default_method({"teacher": {}}) == "maxlogit"
     assert default_method({"teacher": {}, "anomaly": {}}) == "maxlogit"
     assert default_method({"teacher": {}, "student": {}}) == "maxlogit"

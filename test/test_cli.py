@@ -1,4 +1,5 @@
 """The cosme command end to end, as a user runs it: real checkpoints in, files out, clear errors."""
+
 import json
 import subprocess
 import sys
@@ -15,14 +16,19 @@ from cli_util import assert_one_line_error
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ESPNET = SHARED / "teachers" / "espnetv2" / "espnetv2_s_1.0_city_512x256.pth"
 SAMPLE = SHARED / "cityscapes_sample" / "frankfurt_000001_058914_leftImg8bit.png"
-needs_shared = pytest.mark.skipif(not ESPNET.is_file() or not SAMPLE.is_file(),
-                                  reason="../shared/data (ESPNetv2 checkpoint, Cityscapes sample) "
-                                         "is absent")
+needs_shared = pytest.mark.skipif(
+    not ESPNET.is_file() or not SAMPLE.is_file(),
+    reason="../shared/data (ESPNetv2 checkpoint, Cityscapes sample) " "is absent",
+)
 
 
 def cosme(*args, check_rc=0):
-    proc = subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stdout + proc.stderr
     return proc
@@ -31,11 +37,32 @@ def cosme(*args, check_rc=0):
 @needs_shared
 def test_espnetv2_bundle_and_infer_on_a_real_frame(tmp_path):
     bundle = tmp_path / "espnet"
-    cosme("bundle", "create", "--teacher", "espnetv2", "--weights", ESPNET, "--out", bundle,
-          "--input-size", "256x512")
+    cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "espnetv2",
+        "--weights",
+        ESPNET,
+        "--out",
+        bundle,
+        "--input-size",
+        "256x512",
+    )
     out = tmp_path / "out"
-    cosme("infer", "--bundle", bundle, "--input", SAMPLE, "--output", out, "--device", "cpu",
-          "--json", tmp_path / "summary.json")
+    cosme(
+        "infer",
+        "--bundle",
+        bundle,
+        "--input",
+        SAMPLE,
+        "--output",
+        out,
+        "--device",
+        "cpu",
+        "--json",
+        tmp_path / "summary.json",
+    )
     stem = SAMPLE.stem
     classes = cv2.imread(str(out / f"{stem}_classes.png"), cv2.IMREAD_UNCHANGED)
     score = np.load(out / f"{stem}_score.npy")
@@ -56,8 +83,17 @@ def test_espnetv2_bundle_and_infer_on_a_real_frame(tmp_path):
 def test_bundle_create_refuses_an_unsafe_pickle(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("/tmp")}, evil)
-    proc = cosme("bundle", "create", "--teacher", "espnetv2", "--weights", evil,
-                 "--out", tmp_path / "b", check_rc=None)
+    proc = cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "espnetv2",
+        "--weights",
+        evil,
+        "--out",
+        tmp_path / "b",
+        check_rc=None,
+    )
     assert_one_line_error(proc, str(evil), "refused to unpickle")
 
 
@@ -66,8 +102,19 @@ def test_bundle_create_reports_a_truncated_checkpoint(tmp_path):
     torch.save({"w": torch.zeros(1000)}, good)
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(good.read_bytes()[:300])
-    proc = cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet18",
-                 "--weights", bad, "--out", tmp_path / "b", check_rc=None)
+    proc = cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "deeplabv3plus",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        bad,
+        "--out",
+        tmp_path / "b",
+        check_rc=None,
+    )
     assert_one_line_error(proc, str(bad))
     assert not (tmp_path / "b").exists()
 
@@ -75,15 +122,35 @@ def test_bundle_create_reports_a_truncated_checkpoint(tmp_path):
 def test_bundle_create_reports_a_list_that_is_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
-    proc = cosme("bundle", "create", "--teacher", "espnetv2", "--weights", path,
-                 "--out", tmp_path / "b", check_rc=None)
+    proc = cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "espnetv2",
+        "--weights",
+        path,
+        "--out",
+        tmp_path / "b",
+        check_rc=None,
+    )
     assert_one_line_error(proc, str(path), "not a state dict")
 
 
 @needs_shared
 def test_bundle_create_reports_the_wrong_architecture(tmp_path):
-    proc = cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet101",
-                 "--weights", ESPNET, "--out", tmp_path / "b", check_rc=None)
+    proc = cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "deeplabv3plus",
+        "--backbone",
+        "resnet101",
+        "--weights",
+        ESPNET,
+        "--out",
+        tmp_path / "b",
+        check_rc=None,
+    )
     assert_one_line_error(proc, str(ESPNET))
 
 
@@ -94,8 +161,9 @@ def test_infer_reports_an_unreadable_image_and_goes_on(tmp_path):
     cv2.imwrite(str(images / "a.png"), np.full((40, 60, 3), 120, np.uint8))
     (images / "b.jpg").write_bytes(b"definitely not a jpeg")
     out = tmp_path / "out"
-    proc = cosme("infer", "--bundle", bundle.path, "--input", images, "--output", out,
-                 check_rc=None)
+    proc = cosme(
+        "infer", "--bundle", bundle.path, "--input", images, "--output", out, check_rc=None
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"error: {images / 'b.jpg'}: image refused: not a PNG, JPEG, BMP or WebP" in proc.stderr
@@ -106,14 +174,32 @@ def test_infer_reports_an_unreadable_image_and_goes_on(tmp_path):
 def test_infer_names_the_missing_part(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "tiny")
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 60, 3), np.uint8))
-    proc = cosme("infer", "--bundle", bundle.path, "--input", tmp_path / "a.png",
-                 "--output", tmp_path / "out", "--method", "cosme", check_rc=None)
+    proc = cosme(
+        "infer",
+        "--bundle",
+        bundle.path,
+        "--input",
+        tmp_path / "a.png",
+        "--output",
+        tmp_path / "out",
+        "--method",
+        "cosme",
+        check_rc=None,
+    )
     assert_one_line_error(proc, "build-memory")
 
 
 def test_missing_bundle_is_one_line(tmp_path):
-    proc = cosme("infer", "--bundle", tmp_path / "nope", "--input", tmp_path,
-                 "--output", tmp_path / "o", check_rc=None)
+    proc = cosme(
+        "infer",
+        "--bundle",
+        tmp_path / "nope",
+        "--input",
+        tmp_path,
+        "--output",
+        tmp_path / "o",
+        check_rc=None,
+    )
     assert_one_line_error(proc, str(tmp_path / "nope"))
 
 
@@ -121,6 +207,7 @@ def test_missing_bundle_is_one_line(tmp_path):
 def test_deeplabv3plus_release_layouts_become_bundles(tmp_path, layout):
     from cosme_ros.bundle import Bundle
     from test_deeplabv3plus import SMLRef, VainFRef, X, randomize
+
     torch.manual_seed(0)
     if layout == "vainf":
         ref = randomize(VainFRef(50, 19, 16, width=0.25))
@@ -129,11 +216,27 @@ def test_deeplabv3plus_release_layouts_become_bundles(tmp_path, layout):
     else:
         ref = randomize(SMLRef(50, 19, 8, True, width=0.25))
         path = tmp_path / "r50_os8_base_cty.pth"
-        torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()},
-                    "mean_iu": np.float64(0.8), "epoch": 3}, path)
+        torch.save(
+            {
+                "state_dict": {"module." + k: v for k, v in ref.state_dict().items()},
+                "mean_iu": np.float64(0.8),
+                "epoch": 3,
+            },
+            path,
+        )
     out = tmp_path / "bundle"
-    cosme("bundle", "create", "--teacher", "deeplabv3plus", "--backbone", "resnet50",
-          "--weights", path, "--out", out)
+    cosme(
+        "bundle",
+        "create",
+        "--teacher",
+        "deeplabv3plus",
+        "--backbone",
+        "resnet50",
+        "--weights",
+        path,
+        "--out",
+        out,
+    )
     teacher = Bundle.load(out).teacher()
     with torch.no_grad():
         got, want = teacher(X)["o"], ref(X)["o"]

@@ -1,4 +1,5 @@
 """AuxCon: Eq. 5 (distillation loss), Eq. 6–7 (ψ, Ψ) on hand-computed tensors."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,9 @@ def test_distillation_loss_by_hand():
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert loss.item() == pytest.approx(16.0)
     # per-layer MSE variant: 30/4 + 4/4
-    assert distillation_loss(teacher, student, ("c2", "o"), normalize="chw").item() == pytest.approx(8.5)
+    assert distillation_loss(
+        teacher, student, ("c2", "o"), normalize="chw"
+    ).item() == pytest.approx(8.5)
 
 
 def test_distillation_loss_averages_the_batch_and_ignores_other_layers():
@@ -42,8 +45,14 @@ def test_distillation_loss_detaches_the_teacher():
 
 
 def test_distillation_loss_default_layers_and_errors():
-    shapes = {"c2": (1, 2, 4, 4), "c3": (1, 3, 2, 2), "c4": (1, 4, 1, 1), "c5": (1, 5, 1, 1),
-              "lh": (1, 2, 4, 4), "o": (1, 3, 4, 4)}
+    shapes = {
+        "c2": (1, 2, 4, 4),
+        "c3": (1, 3, 2, 2),
+        "c4": (1, 4, 1, 1),
+        "c5": (1, 5, 1, 1),
+        "lh": (1, 2, 4, 4),
+        "o": (1, 3, 4, 4),
+    }
     teacher = {k: torch.ones(s) for k, s in shapes.items()}
     student = {k: torch.zeros(s) for k, s in shapes.items()}
     # each layer contributes C (per-pixel ‖1‖² = C, averaged over pixels)
@@ -75,8 +84,10 @@ def test_psi_layer_fp16_large_values_match_fp32():
     ref = ((f.float() - g.float()) ** 2).mean(1)
     torch.testing.assert_close(out, ref)
     # bf16 too
-    torch.testing.assert_close(psi_layer(f.bfloat16(), g.bfloat16()),
-                               ((f.bfloat16().float() - g.bfloat16().float()) ** 2).mean(1))
+    torch.testing.assert_close(
+        psi_layer(f.bfloat16(), g.bfloat16()),
+        ((f.bfloat16().float() - g.bfloat16().float()) ** 2).mean(1),
+    )
 
 
 def test_psi_layer_keeps_gradients_for_float_inputs():
@@ -106,6 +117,7 @@ def test_psi_default_layer_and_size():
     torch.testing.assert_close(psi(teacher, student), ref)  # Le = {C5}, native size
     up = psi(teacher, student, size=(4, 6))
     torch.testing.assert_close(
-        up, F.interpolate(ref[:, None], size=(4, 6), mode="bilinear", align_corners=False)[:, 0])
+        up, F.interpolate(ref[:, None], size=(4, 6), mode="bilinear", align_corners=False)[:, 0]
+    )
     with pytest.raises(ValueError):
         psi(teacher, student, layers=())

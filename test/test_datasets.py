@@ -1,4 +1,5 @@
 """Dataset readers: every kind on a tiny fake tree, layout errors, and the real data in ../shared."""
+
 import json
 import pickle
 import shutil
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 from cosme_ros.data.cityscapes import CITYSCAPES_PALETTE
-from cosme_ros.data.datasets import (CAMVID_TO_TRAINID, KINDS, DatasetError, Sample,
-                                     open_dataset)
+from cosme_ros.data.datasets import CAMVID_TO_TRAINID, KINDS, DatasetError, Sample, open_dataset
 from cosme_ros.errors import InputError
 
 H, W = 6, 8
@@ -36,13 +36,25 @@ def row_label(values, size=(H, W)):
 
 def test_error_is_an_input_error_and_kinds_are_listed():
     assert issubclass(DatasetError, InputError)
-    assert set(KINDS) == {"cityscapes", "camvid", "images", "road_anomaly", "folder",
-                          "streethazards", "synthetic"}
+    assert set(KINDS) == {
+        "cityscapes",
+        "camvid",
+        "images",
+        "road_anomaly",
+        "folder",
+        "streethazards",
+        "synthetic",
+    }
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("nocolon", "KIND:PATH"), ("kitti:/tmp", "unknown kind 'kitti'"), ("images:", "PATH is empty"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("nocolon", "KIND:PATH"),
+        ("kitti:/tmp", "unknown kind 'kitti'"),
+        ("images:", "PATH is empty"),
+    ],
+)
 def test_bad_specs(spec, needle):
     with pytest.raises(DatasetError, match=needle):
         open_dataset(spec)
@@ -55,14 +67,18 @@ def test_missing_path(tmp_path):
 
 # ----------------------------------------------------------------------------- cityscapes
 
+
 def test_cityscapes_official_layout(tmp_path):
     ids = [7, 26, 0, 33, 4, 24, 9, 23]
-    for split, city, stem in (("train", "aachen", "aachen_000000_000019"),
-                              ("train", "bochum", "bochum_000000_000313"),
-                              ("val", "lindau", "lindau_000000_000019")):
+    for split, city, stem in (
+        ("train", "aachen", "aachen_000000_000019"),
+        ("train", "bochum", "bochum_000000_000313"),
+        ("val", "lindau", "lindau_000000_000019"),
+    ):
         write_image(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", rgb())
-        write_image(tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
-                    row_label(ids))
+        write_image(
+            tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", row_label(ids)
+        )
     ds = open_dataset(f"cityscapes:{tmp_path}")
     assert ds.kind == "cityscapes" and ds.split == "train" and len(ds) == 2
     assert ds.names == ["aachen_000000_000019", "bochum_000000_000313"]
@@ -83,22 +99,24 @@ def test_cityscapes_official_layout(tmp_path):
 
 
 def test_cityscapes_without_gtfine_has_no_labels(tmp_path):
-    write_image(tmp_path / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png",
-                rgb())
+    write_image(
+        tmp_path / "leftImg8bit" / "test" / "berlin" / "berlin_000000_000019_leftImg8bit.png", rgb()
+    )
     ds = open_dataset(f"cityscapes:{tmp_path}", "test")
     assert not ds.has_semantic and ds[0].semantic is None and ds.notes
 
 
 def test_cityscapes_flat_folder_with_colour_labels(tmp_path):
     colour = np.zeros((H, W, 3), np.uint8)
-    colour[:, :4] = CITYSCAPES_PALETTE[0]     # road
-    colour[:, 4:6] = CITYSCAPES_PALETTE[13]   # car
-    colour[:, 6:] = (1, 2, 3)                 # not a class colour → 255
-    rgba = np.concatenate([cv2.cvtColor(colour, cv2.COLOR_RGB2BGR),
-                           np.full((H, W, 1), 255, np.uint8)], axis=2)
+    colour[:, :4] = CITYSCAPES_PALETTE[0]  # road
+    colour[:, 4:6] = CITYSCAPES_PALETTE[13]  # car
+    colour[:, 6:] = (1, 2, 3)  # not a class colour → 255
+    rgba = np.concatenate(
+        [cv2.cvtColor(colour, cv2.COLOR_RGB2BGR), np.full((H, W, 1), 255, np.uint8)], axis=2
+    )
     write_image(tmp_path / "x_leftImg8bit.png", rgb())
     (tmp_path / "x_gtFine_color.png").parent.mkdir(exist_ok=True)
-    cv2.imwrite(str(tmp_path / "x_gtFine_color.png"), rgba)   # 4 channels, like the release
+    cv2.imwrite(str(tmp_path / "x_gtFine_color.png"), rgba)  # 4 channels, like the release
     ds = open_dataset(f"cityscapes:{tmp_path}")
     assert ds.names == ["x"] and ds.has_semantic
     assert ds[0].semantic[0].tolist() == [0, 0, 0, 0, 13, 13, 255, 255]
@@ -112,21 +130,24 @@ def test_cityscapes_layout_error(tmp_path):
 
 # ----------------------------------------------------------------------------- camvid
 
+
 def test_camvid_lists_with_release_paths(tmp_path):
     for i in range(3):
-        write_image(tmp_path / "train" / f"f{i}.jpg", rgb(i))     # re-encoded: .jpg for .png
+        write_image(tmp_path / "train" / f"f{i}.jpg", rgb(i))  # re-encoded: .jpg for .png
         write_image(tmp_path / "trainannot" / f"f{i}.png", row_label(range(2 * i, 2 * i + 8)))
-    lines = ["/SegNet/CamVid/train/f0.png /SegNet/CamVid/trainannot/f0.png",  # absolute, release
-             "train/f1.jpg trainannot/f1.png",                               # relative
-             "",
-             "C:\\CamVid\\train\\f2.png C:\\CamVid\\trainannot\\f2.png"]      # windows-ish
+    lines = [
+        "/SegNet/CamVid/train/f0.png /SegNet/CamVid/trainannot/f0.png",  # absolute, release
+        "train/f1.jpg trainannot/f1.png",  # relative
+        "",
+        "C:\\CamVid\\train\\f2.png C:\\CamVid\\trainannot\\f2.png",
+    ]  # windows-ish
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
     ds = open_dataset(f"camvid:{tmp_path}")
     assert ds.split == "train" and ds.names == ["f0", "f1", "f2"] and ds.has_semantic
     sem = ds[0].semantic[0].tolist()
     assert sem == [CAMVID_TO_TRAINID[v] for v in range(8)]
     assert sem == [10, 2, 5, 0, 1, 8, 7, 4]
-    assert ds[2].semantic[0].tolist()[-4:] == [13, 11, 12, 255]   # car, pedestrian, bicyclist, void
+    assert ds[2].semantic[0].tolist()[-4:] == [13, 11, 12, 255]  # car, pedestrian, bicyclist, void
     with pytest.raises(DatasetError, match=r"val\.txt: missing"):
         open_dataset(f"camvid:{tmp_path}", "val")
     (tmp_path / "val.txt").write_text("val/nope.png valannot/nope.png\n")
@@ -138,6 +159,7 @@ def test_camvid_lists_with_release_paths(tmp_path):
 
 
 # ----------------------------------------------------------------------------- images
+
 
 def test_images_recursive_sorted(tmp_path):
     write_image(tmp_path / "b" / "2.png", rgb(1))
@@ -160,6 +182,7 @@ def test_images_recursive_sorted(tmp_path):
 
 # ----------------------------------------------------------------------------- road anomaly
 
+
 def test_road_anomaly(tmp_path):
     frames = tmp_path / "frames"
     for name in ("b_deer", "a_cone"):
@@ -167,7 +190,7 @@ def test_road_anomaly(tmp_path):
         write_image(frames / f"{name}.labels" / "labels_semantic.png", row_label([0, 2, 0, 1]))
     (tmp_path / "frame_list.json").write_text(json.dumps(["b_deer.jpg", "a_cone.jpg"]))
     ds = open_dataset(f"road_anomaly:{tmp_path}")
-    assert ds.names == ["b_deer", "a_cone"]            # frame_list.json order
+    assert ds.names == ["b_deer", "a_cone"]  # frame_list.json order
     assert ds.has_anomaly and not ds.has_semantic
     assert ds[0].anomaly[0].tolist() == [0, 1, 0, 255] * 2
     (frames / "a_cone.labels" / "labels_semantic.png").unlink()
@@ -179,13 +202,13 @@ def test_road_anomaly(tmp_path):
 
 # ----------------------------------------------------------------------------- folder
 
+
 def test_folder_masks_by_stem(tmp_path):
     write_image(tmp_path / "images" / "0.jpg", rgb())
     write_image(tmp_path / "images" / "validation0001.jpg", rgb())
-    write_image(tmp_path / "images" / "test0001.jpg", rgb())           # no mask: left out
+    write_image(tmp_path / "images" / "test0001.jpg", rgb())  # no mask: left out
     write_image(tmp_path / "labels_masks" / "0.png", row_label([0, 1, 255, 7]))
-    write_image(tmp_path / "labels_masks" / "validation0001_labels_semantic.png",
-                row_label([1, 0]))
+    write_image(tmp_path / "labels_masks" / "validation0001_labels_semantic.png", row_label([1, 0]))
     write_image(tmp_path / "labels_masks" / "validation0001_labels_semantic_color.png", rgb())
     ds = open_dataset(f"folder:{tmp_path}")
     assert ds.names == ["0", "validation0001"] and ds.has_anomaly
@@ -213,12 +236,15 @@ def test_label_size_mismatch_is_reported_on_access(tmp_path):
 
 # ----------------------------------------------------------------------------- streethazards
 
+
 def _streethazards(root: Path) -> None:
     sem = row_label([1, 2, 3, 4, 5, 6, 7, 8])
-    for top, sub, town, name in (("train", "training", "t1-3", "300.png"),
-                                 ("train", "training", "t1-3", "301.png"),
-                                 ("train", "validation", "t4", "400.png"),
-                                 ("test", "test", "t5", "500.png")):
+    for top, sub, town, name in (
+        ("train", "training", "t1-3", "300.png"),
+        ("train", "training", "t1-3", "301.png"),
+        ("train", "validation", "t4", "400.png"),
+        ("test", "test", "t5", "500.png"),
+    ):
         write_image(root / top / "images" / sub / town / name, rgb())
         label = sem if top == "train" else row_label([9, 10, 11, 12, 13, 14, 14, 0])
         write_image(root / top / "annotations" / sub / town / name, label)
@@ -246,6 +272,7 @@ def test_streethazards(tmp_path):
 
 # ----------------------------------------------------------------------------- synthetic
 
+
 def test_synthetic_splits(tmp_path):
     for split in ("train", "test"):
         for i in ("000001", "000002"):
@@ -262,7 +289,7 @@ def test_synthetic_splits(tmp_path):
     with pytest.raises(DatasetError, match=r"labels_masks/000002\.png: missing"):
         open_dataset(f"synthetic:{tmp_path / 'test'}")
     with pytest.raises(DatasetError, match="images: missing directory"):
-        open_dataset(f"synthetic:{tmp_path}")          # the parent, not a split directory
+        open_dataset(f"synthetic:{tmp_path}")  # the parent, not a split directory
     shutil.rmtree(tmp_path / "train" / "semantic")
     with pytest.raises(DatasetError, match="semantic: missing directory"):
         open_dataset(f"synthetic:{tmp_path / 'train'}")
@@ -277,6 +304,7 @@ def test_datasets_pickle(tmp_path):
 
 # ----------------------------------------------------------------------------- real data
 
+
 def test_real_camvid(shared_data):
     train = open_dataset(f"camvid:{shared_data / 'camvid'}")
     val = open_dataset(f"camvid:{shared_data / 'camvid'}", "val")
@@ -285,7 +313,7 @@ def test_real_camvid(shared_data):
     assert s.image.shape == (360, 480, 3) and s.semantic.shape == (360, 480)
     allowed = set(CAMVID_TO_TRAINID.values()) | {255}
     assert set(np.unique(s.semantic).tolist()) <= allowed
-    assert (s.semantic == 0).mean() > 0.1          # a street: plenty of road
+    assert (s.semantic == 0).mean() > 0.1  # a street: plenty of road
 
 
 def test_real_road_anomaly(shared_data):
@@ -293,7 +321,7 @@ def test_real_road_anomaly(shared_data):
     assert len(ds) == 60 and ds.has_anomaly
     s = ds[0]
     assert s.image.shape == (720, 1280, 3)
-    assert set(np.unique(s.anomaly).tolist()) == {0, 1}   # no void in Road Anomaly
+    assert set(np.unique(s.anomaly).tolist()) == {0, 1}  # no void in Road Anomaly
 
 
 def test_real_fs_static(shared_data):
@@ -315,6 +343,7 @@ def test_real_cityscapes_sample(shared_data):
 
 def test_subset_indices_spread_over_the_dataset():
     from cosme_ros.data.datasets import subset_indices
+
     assert subset_indices(5, None).tolist() == [0, 1, 2, 3, 4]
     assert subset_indices(5, 9).tolist() == [0, 1, 2, 3, 4]
     picked = subset_indices(100, 4).tolist()

@@ -5,6 +5,7 @@ SML ``network/deepv3.py`` + ``network/Resnet.py`` + ``mynn.Upsample``) with thei
 their own forward passes, so the checkpoints they write have exactly those layouts and the
 outputs they compute are what the original code would give.
 """
+
 import math
 
 import pytest
@@ -13,17 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.deeplabv3plus import (DeepLabV3Plus, SML_DROPPED, build_deeplabv3plus,
-                                          detect_layout, load_deeplabv3plus_checkpoint,
-                                          map_sml_keys, map_vainf_keys)
+from cosme_ros.nets.deeplabv3plus import (
+    DeepLabV3Plus,
+    SML_DROPPED,
+    build_deeplabv3plus,
+    detect_layout,
+    load_deeplabv3plus_checkpoint,
+    map_sml_keys,
+    map_vainf_keys,
+)
 from cosme_ros.nets.resnet import resnet
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def cbr(cin, cout, k=1, d=1, bias=False):
-    return [nn.Conv2d(cin, cout, k, padding=d * (k // 2), dilation=d, bias=bias),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, k, padding=d * (k // 2), dilation=d, bias=bias),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def randomize(module, seed=0):
@@ -49,13 +59,15 @@ def close(a, b):
 
 # ------------------------------------------------------------------ VainF reference
 
+
 class VainFASPP(nn.Module):
     def __init__(self, cin, rates):
         super().__init__()
         self.convs = nn.ModuleList(
             [nn.Sequential(*cbr(cin, 256))]
             + [nn.Sequential(*cbr(cin, 256, 3, r)) for r in rates]
-            + [nn.Sequential(nn.AdaptiveAvgPool2d(1), *cbr(cin, 256))])
+            + [nn.Sequential(nn.AdaptiveAvgPool2d(1), *cbr(cin, 256))]
+        )
         self.project = nn.Sequential(*cbr(5 * 256, 256), nn.Dropout(0.1))
 
     def forward(self, x):
@@ -84,8 +96,9 @@ class VainFRef(nn.Module):
         # torchvision names and dilation, no fc
         self.backbone = resnet(depth, output_stride, width=width)
         rates = [12, 24, 36] if output_stride == 8 else [6, 12, 18]
-        self.classifier = VainFHead(self.backbone.tap_channels["c5"],
-                                    self.backbone.tap_channels["c2"], num_classes, rates)
+        self.classifier = VainFHead(
+            self.backbone.tap_channels["c5"], self.backbone.tap_channels["c2"], num_classes, rates
+        )
 
     def forward(self, x):
         b = self.backbone
@@ -101,6 +114,7 @@ class VainFRef(nn.Module):
 
 # ------------------------------------------------------------------ NVIDIA / SML reference
 
+
 def upsample(x, size):  # mynn.Upsample
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
@@ -108,8 +122,9 @@ def upsample(x, size):  # mynn.Upsample
 class SMLASPP(nn.Module):
     def __init__(self, cin, rates):
         super().__init__()
-        self.features = nn.ModuleList([nn.Sequential(*cbr(cin, 256))]
-                                      + [nn.Sequential(*cbr(cin, 256, 3, r)) for r in rates])
+        self.features = nn.ModuleList(
+            [nn.Sequential(*cbr(cin, 256))] + [nn.Sequential(*cbr(cin, 256, 3, r)) for r in rates]
+        )
         self.img_pooling = nn.AdaptiveAvgPool2d(1)
         self.img_conv = nn.Sequential(*cbr(cin, 256))
 
@@ -128,8 +143,18 @@ class SMLRef(nn.Module):
         # undilated, as built there
         r = resnet(depth, 32, width=width, stem="deep" if deep_stem else "standard")
         if deep_stem:
-            self.layer0 = nn.Sequential(r.conv1, r.bn1, nn.ReLU(), r.conv2, r.bn2, nn.ReLU(),
-                                        r.conv3, r.bn3, nn.ReLU(), r.maxpool)
+            self.layer0 = nn.Sequential(
+                r.conv1,
+                r.bn1,
+                nn.ReLU(),
+                r.conv2,
+                r.bn2,
+                nn.ReLU(),
+                r.conv3,
+                r.bn3,
+                nn.ReLU(),
+                r.maxpool,
+            )
         else:
             self.layer0 = nn.Sequential(r.conv1, r.bn1, nn.ReLU(), r.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
@@ -148,9 +173,13 @@ class SMLRef(nn.Module):
         self.bot_aspp = nn.Sequential(*cbr(1280, 256))
         self.final1 = nn.Sequential(*cbr(304, 256, 3), *cbr(256, 256, 3))
         self.final2 = nn.Sequential(nn.Conv2d(256, num_classes, 1, bias=True))
-        self.dsn = nn.Sequential(nn.Conv2d(c["c4"], 512, 3, padding=1), nn.BatchNorm2d(512),
-                                 nn.ReLU(inplace=True), nn.Dropout2d(0.1),
-                                 nn.Conv2d(512, num_classes, 1))
+        self.dsn = nn.Sequential(
+            nn.Conv2d(c["c4"], 512, 3, padding=1),
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(512, num_classes, 1),
+        )
 
     def forward(self, x):
         low = self.layer1(self.layer0(x))
@@ -178,8 +207,15 @@ def test_vainf_checkpoint_loads_and_matches(tmp_path, output_stride):
     torch.manual_seed(0)
     ref = randomize(VainFRef(50, 19, output_stride, width=0.25))
     path = tmp_path / f"best_deeplabv3plus_resnet50_cityscapes_os{output_stride}.pth"
-    torch.save({"cur_itrs": 30000, "model_state": ref.state_dict(),
-                "optimizer_state": {}, "best_score": 0.75}, path)
+    torch.save(
+        {
+            "cur_itrs": 30000,
+            "model_state": ref.state_dict(),
+            "optimizer_state": {},
+            "best_score": 0.75,
+        },
+        path,
+    )
     model = load_deeplabv3plus_checkpoint(path, backbone="resnet50")
     assert not model.training
     assert model.config["output_stride"] == output_stride  # from the file name
@@ -194,8 +230,16 @@ def test_sml_checkpoint_loads_and_matches(tmp_path, output_stride, deep_stem):
     ref = randomize(SMLRef(50, 19, output_stride, deep_stem, width=0.25))
     state = {"module." + k: v for k, v in ref.state_dict().items()}
     path = tmp_path / "r50_base_cty.pth"  # no os token: stride passed explicitly
-    torch.save({"state_dict": state, "optimizer": {}, "epoch": 3, "mean_iu": 0.8,
-                "command": "train.py --arch network.deepv3.DeepR50V3PlusD"}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "optimizer": {},
+            "epoch": 3,
+            "mean_iu": 0.8,
+            "command": "train.py --arch network.deepv3.DeepR50V3PlusD",
+        },
+        path,
+    )
     model = load_deeplabv3plus_checkpoint(path, output_stride=output_stride)
     cfg = model.config
     assert cfg["stem"] == ("deep" if deep_stem else "standard")
@@ -204,13 +248,21 @@ def test_sml_checkpoint_loads_and_matches(tmp_path, output_stride, deep_stem):
 
 
 def test_config_round_trip_and_taps():
-    model = DeepLabV3Plus("resnet18", num_classes=5, output_stride=8, width=0.25,
-                          aspp_channels=32, low_level_channels=8, decoder_channels=32,
-                          decoder_convs=2).eval()
+    model = DeepLabV3Plus(
+        "resnet18",
+        num_classes=5,
+        output_stride=8,
+        width=0.25,
+        aspp_channels=32,
+        low_level_channels=8,
+        decoder_channels=32,
+        decoder_convs=2,
+    ).eval()
     twin = build_deeplabv3plus(**model.config)
     assert twin.config == model.config
-    assert {k: v.shape for k, v in twin.state_dict().items()} == \
-        {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
     assert model.tap_strides == {"c2": 4, "c3": 8, "c4": 8, "c5": 8, "lh": 4, "o": 4}
     assert model.tap_channels == {"c2": 16, "c3": 32, "c4": 64, "c5": 128, "lh": 32, "o": 5}
     with torch.no_grad():
@@ -229,8 +281,9 @@ def test_config_round_trip_and_taps():
 
 @pytest.mark.parametrize("output_stride, strides", [(16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))])
 def test_tap_strides_resnet50(output_stride, strides):
-    model = DeepLabV3Plus("resnet50", 7, output_stride, aspp_channels=16, low_level_channels=8,
-                          decoder_channels=16).eval()
+    model = DeepLabV3Plus(
+        "resnet50", 7, output_stride, aspp_channels=16, low_level_channels=8, decoder_channels=16
+    ).eval()
     with torch.no_grad():
         taps = model(torch.randn(1, 3, 50, 70))
     for name, s in zip(("c2", "c3", "c4", "c5", "lh", "o"), strides + (4, 4)):
@@ -285,14 +338,29 @@ def test_resnet101_key_set_matches_vainf(output_stride):
 
 def test_resnet101_key_set_matches_sml():
     with torch.device("meta"):
-        model = DeepLabV3Plus("resnet101", 19, 8, stem="deep", decoder_convs=2,
-                              dilate_first_block=True, align_corners=True)
+        model = DeepLabV3Plus(
+            "resnet101",
+            19,
+            8,
+            stem="deep",
+            decoder_convs=2,
+            dilate_first_block=True,
+            align_corners=True,
+        )
         ref = SMLRef(101, 19, 8, deep_stem=True)
     state = ref.state_dict()
     assert len(state) == 701
-    assert {"layer0.0.weight", "layer0.3.weight", "layer0.7.running_var", "aspp.img_conv.0.weight",
-            "aspp.features.3.1.bias", "bot_aspp.0.weight", "final1.4.weight",
-            "final2.0.bias", "dsn.4.weight"} <= set(state)
+    assert {
+        "layer0.0.weight",
+        "layer0.3.weight",
+        "layer0.7.running_var",
+        "aspp.img_conv.0.weight",
+        "aspp.features.3.1.bias",
+        "bot_aspp.0.weight",
+        "final1.4.weight",
+        "final2.0.bias",
+        "dsn.4.weight",
+    } <= set(state)
     assert tuple(state["layer1.0.conv1.weight"].shape) == (64, 128, 1, 1)  # deep stem: 128 out
     assert detect_layout(state) == "sml"
     mapped, dropped = map_sml_keys(state)
@@ -338,8 +406,9 @@ def test_unexpected_and_mismatched_keys(tmp_path):
     extra = _small_vainf_file(tmp_path, "extra.pth", **{"classifier.extra.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="classifier.extra.weight"):
         load_deeplabv3plus_checkpoint(extra)
-    bad = _small_vainf_file(tmp_path, "bad.pth",
-                            **{"classifier.project.0.weight": torch.zeros(48, 32, 1, 1)})
+    bad = _small_vainf_file(
+        tmp_path, "bad.pth", **{"classifier.project.0.weight": torch.zeros(48, 32, 1, 1)}
+    )
     with pytest.raises(CheckpointError, match="shape mismatch") as err:
         load_deeplabv3plus_checkpoint(bad)
     assert str(bad) in str(err.value)
@@ -383,8 +452,9 @@ def test_checkpoint_without_batchnorm_counters(tmp_path):
 
 
 def test_own_layout_points_to_the_bundle_config(tmp_path):
-    model = DeepLabV3Plus("resnet18", 3, 16, width=0.25, aspp_channels=16, low_level_channels=8,
-                          decoder_channels=16)
+    model = DeepLabV3Plus(
+        "resnet18", 3, 16, width=0.25, aspp_channels=16, low_level_channels=8, decoder_channels=16
+    )
     path = tmp_path / "ours.pth"
     torch.save(model.state_dict(), path)
     with pytest.raises(CheckpointError, match="build_deeplabv3plus"):

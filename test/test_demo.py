@@ -5,6 +5,7 @@ The demo runs on a tiny random-weight bundle (64x128 input) passed with --bundle
 is the plumbing — every frame goes through the node and comes back, the metrics, the video, the
 contact sheet and the JSON — not the quality of a model.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,13 @@ def demo_env(**extra) -> dict:
 
 
 def cosme(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=env or demo_env())
+    return subprocess.run(
+        [sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or demo_env(),
+    )
 
 
 def node_pid(stdout: str) -> int:
@@ -54,13 +59,30 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- over DDS
 
+
 @pytest.mark.ros
 def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
     pytest.importorskip("rclpy")
     out, report = tmp_path / "out", tmp_path / "demo.json"
-    proc = cosme("demo", "--bundle", tiny_bundle, "--frames", FRAMES, "--size", "96x192",
-                 "--method", "maxlogit", "--threshold", "-3.5", "--device", "cpu",
-                 "--out", out, "--json", report)
+    proc = cosme(
+        "demo",
+        "--bundle",
+        tiny_bundle,
+        "--frames",
+        FRAMES,
+        "--size",
+        "96x192",
+        "--method",
+        "maxlogit",
+        "--threshold",
+        "-3.5",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--json",
+        report,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"AUROC \d+\.\d\d +AP \d+\.\d\d +FPR95 \d+\.\d\d", proc.stdout), proc.stdout
     assert f"ROS_DOMAIN_ID={ros_util.DOMAIN_ID}" in proc.stdout  # the user's (here: the test's)
@@ -74,9 +96,12 @@ def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
     assert data["node"]["ros_domain_id"] == ros_util.DOMAIN_ID
     assert data["node"]["discovery_range"] == "LOCALHOST"
     from cosme_ros.ros.dds_profile import FASTDDS_PROFILE, FASTDDS_PROFILE_KEYS
-    if not any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS) and \
-            "fastrtps" in os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"):
+
+    if not any(os.environ.get(k) for k in FASTDDS_PROFILE_KEYS) and "fastrtps" in os.environ.get(
+        "RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"
+    ):
         from cosme_ros.paths import config_path
+
         assert data["node"]["fastdds_profile"] == str(config_path(FASTDDS_PROFILE))
         assert f"Fast DDS profile {config_path(FASTDDS_PROFILE)}" in proc.stdout
     assert set(data["threshold"]["mask"]) == {"iou", "precision", "recall"}
@@ -104,10 +129,22 @@ def test_demo_runs_the_drive_through_the_node(tiny_bundle, tmp_path):
 @pytest.mark.ros
 def test_node_start_failure_is_forwarded_as_one_line(tiny_bundle, tmp_path):
     pytest.importorskip("rclpy")
-    proc = cosme("demo", "--bundle", tiny_bundle, "--method", "cosme", "--frames", 2,
-                 "--device", "cpu", "--out", tmp_path / "out")
-    assert_one_line_error(proc, "cosme_node did not start", "parameter 'method'",
-                          "cosme build-memory", "node.log")
+    proc = cosme(
+        "demo",
+        "--bundle",
+        tiny_bundle,
+        "--method",
+        "cosme",
+        "--frames",
+        2,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "out",
+    )
+    assert_one_line_error(
+        proc, "cosme_node did not start", "parameter 'method'", "cosme build-memory", "node.log"
+    )
     assert not (tmp_path / "out" / "demo.mp4").exists()
 
 
@@ -116,10 +153,26 @@ def test_node_start_failure_is_forwarded_as_one_line(tiny_bundle, tmp_path):
 def test_ctrl_c_stops_the_node_cleanly(tiny_bundle, tmp_path):
     pytest.importorskip("rclpy")
     out = tmp_path / "out"
-    proc = ros_util.Process([sys.executable, "-m", "cosme_ros.cli.main", "demo", "--bundle",
-                             str(tiny_bundle), "--frames", "500", "--size", "96x192",
-                             "--device", "cpu", "--no-progress", "--out", str(out)],
-                            env=demo_env())
+    proc = ros_util.Process(
+        [
+            sys.executable,
+            "-m",
+            "cosme_ros.cli.main",
+            "demo",
+            "--bundle",
+            str(tiny_bundle),
+            "--frames",
+            "500",
+            "--size",
+            "96x192",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        env=demo_env(),
+    )
     try:
         m = proc.wait_for_output(r"cosme_node ready \(pid (\d+)", 180)
         assert m, proc.output
@@ -136,9 +189,11 @@ def test_ctrl_c_stops_the_node_cleanly(tiny_bundle, tmp_path):
 
 # ----------------------------------------------------------------------------- no DDS needed
 
+
 def test_missing_default_bundle_names_the_build_script(tmp_path, monkeypatch, capsys):
     from cosme_ros import demo
     from cosme_ros.cli.main import main
+
     monkeypatch.setattr(demo, "default_bundle", lambda: tmp_path / "models" / "demo")
     assert main(["demo", "--out", str(tmp_path / "out")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -148,6 +203,7 @@ def test_missing_default_bundle_names_the_build_script(tmp_path, monkeypatch, ca
 
 def test_refuses_to_overwrite_without_force(tiny_bundle, tmp_path, capsys):
     from cosme_ros.cli.main import main
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "demo.mp4").write_bytes(b"earlier")
@@ -158,8 +214,10 @@ def test_refuses_to_overwrite_without_force(tiny_bundle, tmp_path, capsys):
 
 def test_ros_environment_stays_on_this_host_unless_told():
     from cosme_ros.demo import ros_environment
-    env = ros_environment({"PATH": "/bin", "ROS_STATIC_PEERS": "10.0.0.7",
-                           "ROS_LOCALHOST_ONLY": "0"})
+
+    env = ros_environment(
+        {"PATH": "/bin", "ROS_STATIC_PEERS": "10.0.0.7", "ROS_LOCALHOST_ONLY": "0"}
+    )
     assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert "ROS_STATIC_PEERS" not in env and "ROS_LOCALHOST_ONLY" not in env
     assert 1 <= int(env["ROS_DOMAIN_ID"]) <= 100 and env["PATH"] == "/bin"
@@ -168,6 +226,7 @@ def test_ros_environment_stays_on_this_host_unless_told():
     mine = ros_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET", "ROS_DOMAIN_ID": "42"})
     assert mine["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET" and mine["ROS_DOMAIN_ID"] == "42"
     from cosme_ros.errors import CosmeError
+
     with pytest.raises(CosmeError, match="ROS_DOMAIN_ID"):
         ros_environment({"ROS_DOMAIN_ID": "seven"})
 
@@ -177,6 +236,7 @@ def test_store_half_halves_the_weights_and_loads_as_fp32(tiny_bundle, tmp_path):
     from cosme_ros.bundle import Bundle
     from cosme_ros.bundle import store_half
     from cosme_ros.pipeline import Pipeline
+
     torch.set_num_threads(1)
     half = tmp_path / "half"
     shutil.copytree(tiny_bundle, half)
@@ -185,6 +245,7 @@ def test_store_half_halves_the_weights_and_loads_as_fp32(tiny_bundle, tmp_path):
     assert after < 0.55 * before
     assert store_half(half)["teacher.safetensors"][1] == after  # idempotent
     from safetensors.torch import load_file
+
     stored = load_file(str(half / "teacher.safetensors"))
     assert stored["backbone.conv1.weight"].dtype == torch.float16
     assert stored["backbone.bn1.running_var"].dtype == torch.float32
@@ -200,18 +261,37 @@ def test_store_half_halves_the_weights_and_loads_as_fp32(tiny_bundle, tmp_path):
 def test_model_card_from_manifest_and_evaluation(tiny_bundle, tmp_path):
     evaluation = {
         "dataset": {"spec": "synthetic:world/test", "images": 3},
-        "methods": {"maxlogit": {"auroc": 80.0, "ap": 20.0, "fpr95": 50.0},
-                    "msp": {"auroc": 70.0, "ap": 25.5, "fpr95": 60.0}},
-        "best_method": "msp", "metric_mode": "exact", "skipped": {},
-        "pixels": {"anomaly": 100, "in_distribution": 1000, "void": 0}}
+        "methods": {
+            "maxlogit": {"auroc": 80.0, "ap": 20.0, "fpr95": 50.0},
+            "msp": {"auroc": 70.0, "ap": 25.5, "fpr95": 60.0},
+        },
+        "best_method": "msp",
+        "metric_mode": "exact",
+        "skipped": {},
+        "pixels": {"anomaly": 100, "in_distribution": 1000, "void": 0},
+    }
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
-    (tmp_path / "timings.tsv").write_text("# machine\ttest box\nsynth-train\t12.5\n"
-                                          "train-teacher\t3600\n")
+    (tmp_path / "timings.tsv").write_text(
+        "# machine\ttest box\nsynth-train\t12.5\n" "train-teacher\t3600\n"
+    )
     card = tmp_path / "README.md"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "model_card.py"), "--bundle",
-                           str(tiny_bundle), "--evaluate", str(tmp_path / "eval.json"),
-                           "--timings", str(tmp_path / "timings.tsv"), "--out", str(card)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "model_card.py"),
+            "--bundle",
+            str(tiny_bundle),
+            "--evaluate",
+            str(tmp_path / "eval.json"),
+            "--timings",
+            str(tmp_path / "timings.tsv"),
+            "--out",
+            str(card),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     text = card.read_text()
     assert "| msp | 70.00 | **25.50** | 60.00 |" in text
@@ -223,18 +303,36 @@ def test_model_card_from_manifest_and_evaluation(tiny_bundle, tmp_path):
 
 # ----------------------------------------------------------------------------- the build script
 
+
 def _build_tiny(out: Path, work: Path) -> subprocess.CompletedProcess:
     from conftest import SHARED_DATA
+
     weights = SHARED_DATA / "backbones" / "mobilenet_v2_1.0_imagenet"
     if not weights.is_dir():
         pytest.skip(f"{weights} is absent: the demo teacher starts from these ImageNet weights")
-    env = dict(os.environ, OMP_NUM_THREADS="1", DEMO_TRAIN_N="8", DEMO_VAL_N="4",
-               DEMO_TEST_N="4", DEMO_SIZE="64x128", DEMO_EPOCHS="1", DEMO_STUDENT_EPOCHS="1",
-               DEMO_K="16", DEMO_BATCH="4", DEMO_WORKERS="1", DEMO_WORK=str(work),
-               COSME_PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "build_demo_bundle.sh"), "--out",
-                           str(out)], capture_output=True, text=True, timeout=600, env=env,
-                          cwd=REPO)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        DEMO_TRAIN_N="8",
+        DEMO_VAL_N="4",
+        DEMO_TEST_N="4",
+        DEMO_SIZE="64x128",
+        DEMO_EPOCHS="1",
+        DEMO_STUDENT_EPOCHS="1",
+        DEMO_K="16",
+        DEMO_BATCH="4",
+        DEMO_WORKERS="1",
+        DEMO_WORK=str(work),
+        COSME_PYTHON=sys.executable,
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_demo_bundle.sh"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -245,10 +343,17 @@ def test_build_script_end_to_end_at_tiny_sizes(tmp_path):
     out = tmp_path / "demo"
     proc = _build_tiny(out, tmp_path / "work")
     assert re.search(r"total \(this run\): ", proc.stdout)
-    for step in ("synth-train", "train-teacher", "build-memory", "train-student", "evaluate",
-                 "calibrate"):
+    for step in (
+        "synth-train",
+        "train-teacher",
+        "build-memory",
+        "train-student",
+        "evaluate",
+        "calibrate",
+    ):
         assert re.search(rf"^  {step} +\d+\.\d s$", proc.stdout, re.M), step
     from cosme_ros.bundle import Bundle
+
     bundle = Bundle.load(out)
     assert bundle.has_student and bundle.has_anomaly and bundle.name == "demo"
     size = sum(p.stat().st_size for p in out.iterdir())

@@ -7,6 +7,7 @@ the ImageNet-pretrained MobileNetV2 teacher reaches 83.2 in the 60-minute build 
 ResNet-18 from scratch reached 85.8 with 33 epochs); the README's status and the issue say so.
 Skipped until the demo bundle is built.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,10 @@ from cosme_ros.paths import default_bundle_path
 DEMO = default_bundle_path()
 MIN_MIOU, MAX_BYTES = 0.83, 30e6
 
-pytestmark = pytest.mark.skipif(not (DEMO / "manifest.yaml").is_file(),
-                                reason=f"demo bundle not built yet ({DEMO / 'manifest.yaml'} "
-                                       f"is missing)")
+pytestmark = pytest.mark.skipif(
+    not (DEMO / "manifest.yaml").is_file(),
+    reason=f"demo bundle not built yet ({DEMO / 'manifest.yaml'} " f"is missing)",
+)
 
 
 def test_shipped_demo_bundle_fits_in_30_mb():
@@ -46,9 +48,12 @@ def test_shipped_teacher_miou_on_the_val_split_is_its_record():
 
     # The trainer's own evaluator, in fp32 (the record was taken under bf16), with the input
     # normalisation of the bundle (the pretrained teacher's is not ImageNet's mean/std).
-    miou = Evaluator(ValSplit(), size, Distributed(), batch=8, mean=bundle.mean,
-                     std=bundle.std)(bundle.teacher())["miou"]
-    print(f"\ndemo teacher on {n} val frames (seed {seed}, {size[0]}x{size[1]}): "
-          f"mIoU {100 * miou:.2f}")
+    miou = Evaluator(ValSplit(), size, Distributed(), batch=8, mean=bundle.mean, std=bundle.std)(
+        bundle.teacher()
+    )["miou"]
+    print(
+        f"\ndemo teacher on {n} val frames (seed {seed}, {size[0]}x{size[1]}): "
+        f"mIoU {100 * miou:.2f}"
+    )
     assert miou >= MIN_MIOU
     assert abs(miou - train["miou"]) < 0.005

@@ -1,4 +1,5 @@
 """ESPNetv2: structure, taps, strict loading of the EdgeNets checkpoints, Cityscapes accuracy."""
+
 from __future__ import annotations
 
 import pickle
@@ -10,11 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosme_ros.data.cityscapes import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_ID,
-                                       color_to_trainid, trainid_to_color)
+from cosme_ros.data.cityscapes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    IGNORE_ID,
+    color_to_trainid,
+    trainid_to_color,
+)
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.espnetv2 import (MEAN, STD, ESPNetv2Seg, build_espnetv2,
-                                     load_espnetv2_checkpoint)
+from cosme_ros.nets.espnetv2 import MEAN, STD, ESPNetv2Seg, build_espnetv2, load_espnetv2_checkpoint
 from cosme_ros.nets.taps import ALL_TAPS
 
 cv2 = pytest.importorskip("cv2")
@@ -62,13 +67,15 @@ def s1_path(shared_data):
 def _pixel_accuracy(model, image, label, size_wh, align_corners=False):
     with torch.inference_mode():
         o = model(_to_input(image, size_wh), taps=("o",))["o"]
-        pred = F.interpolate(o, size=label.shape, mode="bilinear",
-                             align_corners=align_corners)[0].argmax(0)
+        pred = F.interpolate(o, size=label.shape, mode="bilinear", align_corners=align_corners)[
+            0
+        ].argmax(0)
     valid = label != IGNORE_ID
     return (pred[valid] == label[valid]).double().mean().item()
 
 
 # --- structure, without data ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("s,widths", [(1.0, (64, 128, 256)), (2.0, (128, 256, 512))])
 def test_taps_have_declared_channels_and_strides(s, widths):
@@ -114,8 +121,9 @@ def test_tap_selection():
 def test_config_rebuilds_and_rejects_unknown_width():
     model = build_espnetv2(s=1.0, num_classes=20)
     twin = build_espnetv2(**model.config)
-    assert {k: v.shape for k, v in model.state_dict().items()} == \
-           {k: v.shape for k, v in twin.state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in twin.state_dict().items()
+    }
     with pytest.raises(ValueError, match="width"):
         build_espnetv2(s=3.0)
 
@@ -133,6 +141,7 @@ def test_cityscapes_colours_round_trip():
 
 
 # --- the real checkpoints ------------------------------------------------------------------------
+
 
 def test_s2_reaches_cityscapes_accuracy(shared_data, frame):
     """Acceptance: s = 2.0 at 1024×512, logits upsampled to 2048×1024, ≥ 0.94 pixel accuracy
@@ -178,8 +187,11 @@ def test_foreign_and_damaged_state_dicts(s1_path, tmp_path):
     del missing["bu_dec_l2.stages.3.weight"]
     extra = dict(state, **{"aux.weight": torch.zeros(1)})
     reshaped = dict(state, **{"base_net.level3.1.proj_1x1.conv.weight": torch.zeros(16, 32, 1, 1)})
-    for name, bad_state, what in [("missing", missing, "missing"), ("extra", extra, "unexpected"),
-                                  ("reshaped", reshaped, "shape")]:
+    for name, bad_state, what in [
+        ("missing", missing, "missing"),
+        ("extra", extra, "unexpected"),
+        ("reshaped", reshaped, "shape"),
+    ]:
         path = tmp_path / f"{name}.pth"
         torch.save(bad_state, path)
         with pytest.raises(CheckpointError, match=what) as exc:
@@ -196,7 +208,9 @@ def test_not_a_state_dict(tmp_path):
 
     code = tmp_path / "object.pth"
     with open(code, "wb") as f:
-        pickle.dump(Path("/etc/passwd"), f, protocol=2)  # an arbitrary class: weights_only must refuse it
+        pickle.dump(
+            Path("/etc/passwd"), f, protocol=2
+        )  # an arbitrary class: weights_only must refuse it
     with pytest.raises(CheckpointError) as exc:
         load_espnetv2_checkpoint(code)
     _one_line(exc, code)

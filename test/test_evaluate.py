@@ -1,4 +1,5 @@
 """cosme evaluate: every method on a tiny folder dataset with planted anomalies."""
+
 import json
 import shutil
 
@@ -28,15 +29,27 @@ def world(tmp_path_factory):
     write_scenes(root / "test", 4, seed=2, anomalies=True)
     shutil.copytree(root / "plain", root / "full")
     bundle = Bundle.load(root / "full")
-    result = build_anomaly_parts(bundle, open_dataset(f"images:{root / 'train'}"),
-                                 BuildConfig(k=32, epochs=1, batch=4), workers=0,
-                                 progress=False, log=lambda _m: None)
+    result = build_anomaly_parts(
+        bundle,
+        open_dataset(f"images:{root / 'train'}"),
+        BuildConfig(k=32, epochs=1, batch=4),
+        workers=0,
+        progress=False,
+        log=lambda _m: None,
+    )
     bundle.write_part("anomaly", result.section, result.parts.to_tensors())
     teacher = tiny_teacher()
     torch.manual_seed(1)
-    student = build_network("student", dict(depth=18, teacher_channels=teacher.tap_channels,
-                                            teacher_strides=teacher.tap_strides, taps=["c5"],
-                                            width=0.25))
+    student = build_network(
+        "student",
+        dict(
+            depth=18,
+            teacher_channels=teacher.tap_channels,
+            teacher_strides=teacher.tap_strides,
+            taps=["c5"],
+            width=0.25,
+        ),
+    )
     bundle.write_part("student", {"config": student.config}, student.state_dict())
     return root
 
@@ -56,8 +69,18 @@ def one_line_error(capsys, *needles):
 
 def test_all_methods_table_json_plots(world, tmp_path, capsys):
     out = tmp_path / "out"
-    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}",
-        "--json", out / "eval.json", "--markdown", out / "table.md", "--plots", out / "plots")
+    run(
+        "--bundle",
+        world / "full",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--json",
+        out / "eval.json",
+        "--markdown",
+        out / "table.md",
+        "--plots",
+        out / "plots",
+    )
     printed = capsys.readouterr().out
     assert "| Method |" in printed and "best method by AP" in printed
     report = json.loads((out / "eval.json").read_text())
@@ -69,14 +92,18 @@ def test_all_methods_table_json_plots(world, tmp_path, capsys):
     # Γ of a memory built on plain scenes ranks the pasted noise far above chance.
     assert report["methods"]["mulmem"]["auroc"] > 75.0
     assert report["methods"]["mulmem"]["ap"] > 3 * 100 * report["pixels"]["anomaly"] / (
-        report["pixels"]["anomaly"] + report["pixels"]["in_distribution"])
+        report["pixels"]["anomaly"] + report["pixels"]["in_distribution"]
+    )
     best = report["best_method"]
     assert report["methods"][best]["ap"] == max(v["ap"] for v in report["methods"].values())
     per_image = report["per_image_ap"]
     assert per_image["method"] == best and len(per_image["images"]) == 4
     assert all(0 <= r["ap"] <= 100 and r["anomaly_pixels"] == 16 * 24 for r in per_image["images"])
-    assert report["pixels"] == {"anomaly": 4 * 16 * 24, "in_distribution": 4 * (62 * 128 - 384),
-                                "void": 4 * 2 * 128}
+    assert report["pixels"] == {
+        "anomaly": 4 * 16 * 24,
+        "in_distribution": 4 * (62 * 128 - 384),
+        "void": 4 * 2 * 128,
+    }
     assert report["sizes"] == {"images": 4, "input_size": [64, 128], "label_sizes": [[64, 128]]}
     assert report["dataset"]["kind"] == "folder" and report["metric_mode"] == "exact"
     assert "| Method |" in (out / "table.md").read_text()
@@ -84,12 +111,19 @@ def test_all_methods_table_json_plots(world, tmp_path, capsys):
     assert plots[:2] == ["pr.png", "roc.png"] and len(plots) == 5
     assert all(p.startswith("worst_") for p in plots[2:])
     worst = cv2.imread(str(out / "plots" / plots[2]))
-    assert worst.shape == (64, 3 * 128, 3)        # ground truth | classes | heatmap
+    assert worst.shape == (64, 3 * 128, 3)  # ground truth | classes | heatmap
     assert cv2.imread(str(out / "plots" / "roc.png")) is not None
 
     # Outputs are not overwritten without --force.
-    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}",
-        "--json", out / "eval.json", rc=2)
+    run(
+        "--bundle",
+        world / "full",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--json",
+        out / "eval.json",
+        rc=2,
+    )
     one_line_error(capsys, "eval.json", "--force")
 
 
@@ -99,10 +133,12 @@ def test_networks_run_once_per_image_and_scores_match_the_pipeline(world):
     assert not skipped
     runner = MultiMethodRunner(bundle, scorers, device="cpu")
     calls = {"teacher": 0, "student": 0}
-    runner.pipeline.teacher.register_forward_hook(lambda *a: calls.__setitem__(
-        "teacher", calls["teacher"] + 1))
-    runner.pipeline.student.register_forward_hook(lambda *a: calls.__setitem__(
-        "student", calls["student"] + 1))
+    runner.pipeline.teacher.register_forward_hook(
+        lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1)
+    )
+    runner.pipeline.student.register_forward_hook(
+        lambda *a: calls.__setitem__("student", calls["student"] + 1)
+    )
     ds = open_dataset(f"folder:{world / 'test'}")
     report = evaluate(runner, ds, progress=False)
     assert calls == {"teacher": 4, "student": 4}
@@ -123,8 +159,14 @@ def test_networks_run_once_per_image_and_scores_match_the_pipeline(world):
 
 
 def test_default_methods_skip_what_is_missing(world, tmp_path, capsys):
-    run("--bundle", world / "plain", "--data", f"folder:{world / 'test'}",
-        "--json", tmp_path / "e.json")
+    run(
+        "--bundle",
+        world / "plain",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--json",
+        tmp_path / "e.json",
+    )
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "e.json").read_text())
     assert set(report["methods"]) == {"msp", "maxlogit", "entropy"}
@@ -135,11 +177,25 @@ def test_default_methods_skip_what_is_missing(world, tmp_path, capsys):
 
 
 def test_explicit_methods_demand_their_parts(world, capsys):
-    run("--bundle", world / "plain", "--data", f"folder:{world / 'test'}",
-        "--methods", "maxlogit,mulmem", rc=2)
+    run(
+        "--bundle",
+        world / "plain",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--methods",
+        "maxlogit,mulmem",
+        rc=2,
+    )
     one_line_error(capsys, "mulmem", "cosme build-memory")
-    run("--bundle", world / "plain", "--data", f"folder:{world / 'test'}",
-        "--methods", "maxlogit,nope", rc=2)
+    run(
+        "--bundle",
+        world / "plain",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--methods",
+        "maxlogit,nope",
+        rc=2,
+    )
     one_line_error(capsys, "unknown method 'nope'")
 
 
@@ -149,22 +205,41 @@ def test_dataset_errors(world, tmp_path, capsys):
     one_line_error(capsys, "labels_masks: missing directory")
     run("--bundle", world / "plain", "--data", f"images:{world / 'train'}", rc=2)
     one_line_error(capsys, "no anomaly labels")
-    run("--bundle", world / "plain", "--data", f"folder:{world / 'test'}",
-        "--memory-limit", "1e-9", rc=2)
+    run(
+        "--bundle",
+        world / "plain",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--memory-limit",
+        "1e-9",
+        rc=2,
+    )
     one_line_error(capsys, "--binned")
 
 
 def test_ablation_rows_and_precision(world, tmp_path, capsys):
     out = tmp_path / "ablation.json"
-    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods",
+    run(
+        "--bundle",
+        world / "full",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--methods",
         "mulmem, mulmem[standardize=false], cosme[layers=c5+c4,fusion=raw], MulMem",
-        "--precision", "bf16", "--json", out)
+        "--precision",
+        "bf16",
+        "--json",
+        out,
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     rows = ["mulmem", "mulmem[standardize=false]", "cosme[fusion=raw,layers=c4+c5]"]
     assert sorted(report["methods"]) == sorted(rows)  # canonical labels, duplicates once
-    table = [line.split("|")[1].strip() for line in printed.splitlines()
-             if line.startswith("| ") and "Method" not in line]
+    table = [
+        line.split("|")[1].strip()
+        for line in printed.splitlines()
+        if line.startswith("| ") and "Method" not in line
+    ]
     assert table == rows  # in the order given
     assert report["precision"] == "bf16" and "in bf16" in printed
     # unstandardised Γ is a different score from the standardised one: the rows are real
@@ -172,23 +247,35 @@ def test_ablation_rows_and_precision(world, tmp_path, capsys):
 
     # fp32 (the default) against bf16 networks: same metrics within a few points
     ref = tmp_path / "fp32.json"
-    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods",
-        "mulmem", "--json", ref)
+    run(
+        "--bundle",
+        world / "full",
+        "--data",
+        f"folder:{world / 'test'}",
+        "--methods",
+        "mulmem",
+        "--json",
+        ref,
+    )
     fp32 = json.loads(ref.read_text())
     assert fp32["precision"] == "fp32"
     assert abs(fp32["methods"]["mulmem"]["auroc"] - report["methods"]["mulmem"]["auroc"]) < 5
 
 
-@pytest.mark.parametrize("methods,needle", [
-    ("cosme[fusion=raw", "without"),
-    ("mulmem[layers=c5]", "standardize=false"),
-    ("cosme[fusion=sum]", "unknown CosMe fusion"),
-    ("msp[colour=red]", "does not take"),
-    ("auxcon[layers=c4]", "the student outputs c5, not c4"),  # the tiny student has c5 only
-])
+@pytest.mark.parametrize(
+    "methods,needle",
+    [
+        ("cosme[fusion=raw", "without"),
+        ("mulmem[layers=c5]", "standardize=false"),
+        ("cosme[fusion=sum]", "unknown CosMe fusion"),
+        ("msp[colour=red]", "does not take"),
+        ("auxcon[layers=c4]", "the student outputs c5, not c4"),  # the tiny student has c5 only
+    ],
+)
 def test_bad_method_spec_is_one_line_error(world, tmp_path, capsys, methods, needle):
-    run("--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods", methods,
-        rc=2)
+    run(
+        "--bundle", world / "full", "--data", f"folder:{world / 'test'}", "--methods", methods, rc=2
+    )
     one_line_error(capsys, needle)
 
 
@@ -202,21 +289,36 @@ def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
     now markdown, plots and JSON are staged and renamed together."""
     from cosme_ros import evaluation
     from cosme_ros.cli.main import main
+
     real = evaluation._png
     calls = []
 
     def interrupted(picture):
         calls.append(1)
-        if len(calls) == 2:   # the second overlay: the curves and one overlay are staged
+        if len(calls) == 2:  # the second overlay: the curves and one overlay are staged
             raise KeyboardInterrupt
         return real(picture)
 
     monkeypatch.setattr(evaluation, "_png", interrupted)
     out = tmp_path / "out"
     out.mkdir()
-    args = ["evaluate", "--bundle", str(world / "full"), "--data", f"folder:{world / 'test'}",
-            "--methods", "maxlogit", "--device", "cpu", "--json", str(out / "eval.json"),
-            "--markdown", str(out / "table.md"), "--plots", str(out / "plots")]
+    args = [
+        "evaluate",
+        "--bundle",
+        str(world / "full"),
+        "--data",
+        f"folder:{world / 'test'}",
+        "--methods",
+        "maxlogit",
+        "--device",
+        "cpu",
+        "--json",
+        str(out / "eval.json"),
+        "--markdown",
+        str(out / "table.md"),
+        "--plots",
+        str(out / "plots"),
+    ]
     assert main(args) == 130
     assert len(calls) == 2 and sorted(p.name for p in out.iterdir()) == []
     monkeypatch.setattr(evaluation, "_png", real)
@@ -226,6 +328,7 @@ def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
 
 def test_output_set_all_or_none(tmp_path):
     from cosme_ros.atomic import OutputSet
+
     with pytest.raises(RuntimeError):
         with OutputSet() as outputs:
             outputs.file(tmp_path / "a.txt").write_text("a")

@@ -3,10 +3,10 @@
 The defect it mends is Fast DDS's 512 kB shared-memory segment: a writer's image that does not
 fit misses shared memory, and a best-effort reader then loses it (measured: 0 of 296 VGA frames
 at 30 Hz arrived without the profile, 296 with it; see the file's comment)."""
+
 from __future__ import annotations
 
 import sys
-import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -50,8 +50,10 @@ def test_profile_enlarges_shared_memory_and_keeps_the_builtin_transports():
     participant = root.find("p:participant", NS)
     assert participant.get("is_default_profile") == "true"
     rtps = participant.find("p:rtps", NS)
-    assert rtps.find("p:userTransports/p:transport_id", NS).text == \
-        descriptor.find("p:transport_id", NS).text
+    assert (
+        rtps.find("p:userTransports/p:transport_id", NS).text
+        == descriptor.find("p:transport_id", NS).text
+    )
     # Builtin transports stay: ROS_AUTOMATIC_DISCOVERY_RANGE keeps deciding where traffic goes.
     assert rtps.find("p:useBuiltinTransports", NS).text == "true"
 
@@ -77,16 +79,21 @@ def test_best_effort_vga_frames_arrive_from_a_process_using_the_profile():
     frames = 90
     session = ros_util.RosSession("fastdds_profile_test")
     got = []
-    session.node.create_subscription(Image, "/fastdds_profile_test",
-                                     lambda msg: got.append(msg.header.stamp.nanosec),
-                                     qos_profile_sensor_data)
-    camera = ros_util.Process([sys.executable, "-c", PUBLISHER, str(frames)],
-                              env=ros_util.ros_env(extra={"FASTDDS_DEFAULT_PROFILES_FILE":
-                                                          str(PROFILE)}))
+    session.node.create_subscription(
+        Image,
+        "/fastdds_profile_test",
+        lambda msg: got.append(msg.header.stamp.nanosec),
+        qos_profile_sensor_data,
+    )
+    camera = ros_util.Process(
+        [sys.executable, "-c", PUBLISHER, str(frames)],
+        env=ros_util.ros_env(extra={"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}),
+    )
     try:
         # Spin while the camera publishes: the reader's queue holds only the newest 5.
-        assert ros_util.spin_until(session.executor, lambda: "sent" in camera.output, 60), \
-            camera.output
+        assert ros_util.spin_until(
+            session.executor, lambda: "sent" in camera.output, 60
+        ), camera.output
         session.spin_for(1.0)
     finally:
         camera.stop()

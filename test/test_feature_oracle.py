@@ -1,4 +1,5 @@
 """scripts/feature_oracle.py: the supervised probe over a teacher's features (a diagnostic)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,30 +19,46 @@ DEMO = default_bundle_path()
 
 
 def _oracle():
-    spec = importlib.util.spec_from_file_location("feature_oracle",
-                                                  REPO / "scripts" / "feature_oracle.py")
+    spec = importlib.util.spec_from_file_location(
+        "feature_oracle", REPO / "scripts" / "feature_oracle.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def _run_oracle(train: str, test: str, *extra: str, timeout: int = 120):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "feature_oracle.py"),
-                           "--bundle", str(DEMO), "--train", train, "--test", test, *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "feature_oracle.py"),
+            "--bundle",
+            str(DEMO),
+            "--train",
+            train,
+            "--test",
+            test,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
-needs_demo = pytest.mark.skipif(not (DEMO / "manifest.yaml").is_file(),
-                                reason=f"no demo bundle at {DEMO}")
+needs_demo = pytest.mark.skipif(
+    not (DEMO / "manifest.yaml").is_file(), reason=f"no demo bundle at {DEMO}"
+)
 
 
 def test_cell_targets_count_only_labelled_pixels():
     anomaly = np.zeros((8, 8), np.uint8)
-    anomaly[:4, :4] = 1            # top-left cell: all anomaly
-    anomaly[:4, 4:7] = 1           # top-right cell: three quarters anomaly ...
-    anomaly[:4, 7:] = 255          # ... and a quarter void: 100 % of its labelled pixels
-    anomaly[4:, 4:] = 255          # bottom-right: all void, unusable
-    anomaly[4:6, :4] = 1           # bottom-left: half anomaly
+    anomaly[:4, :4] = 1  # top-left cell: all anomaly
+    anomaly[:4, 4:7] = 1  # top-right cell: three quarters anomaly ...
+    anomaly[:4, 7:] = 255  # ... and a quarter void: 100 % of its labelled pixels
+    anomaly[4:, 4:] = 255  # bottom-right: all void, unusable
+    anomaly[4:6, :4] = 1  # bottom-left: half anomaly
     target, usable = _oracle().cell_targets(anomaly, (2, 2))
     assert torch.allclose(target[usable], torch.tensor([1.0, 1.0, 0.5]))
     assert usable.tolist() == [[True, True], [True, False]]

@@ -1,13 +1,13 @@
 """Hostile and broken inputs (issue "Hostile and broken inputs"): every case is generated here,
 no large file is committed, and each test fails without the check it covers."""
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from cosme_ros.data.image_header import (ImageHeaderError, check_compressed_data,
-                                         compressed_size)
+from cosme_ros.data.image_header import ImageHeaderError, check_compressed_data, compressed_size
 from cosme_ros.data.images import read_rgb
 from cosme_ros.errors import InputError
 
@@ -23,9 +23,9 @@ def small_jpeg() -> bytes:
 def declare(jpeg: bytes, side: int = BOMB_SIDE) -> bytes:
     """The JPEG with its frame header (SOF0) claiming side × side pixels."""
     at = jpeg.index(b"\xff\xc0")
-    sof = bytearray(jpeg[at:at + 9])
+    sof = bytearray(jpeg[at : at + 9])
     sof[5:9] = side.to_bytes(2, "big") * 2
-    return jpeg[:at] + bytes(sof) + jpeg[at + 9:]
+    return jpeg[:at] + bytes(sof) + jpeg[at + 9 :]
 
 
 def stray_byte_bomb() -> bytes:
@@ -85,9 +85,16 @@ def test_formats_that_are_not_sized_are_refused(ext, tmp_path):
         read_rgb(path)
 
 
-@pytest.mark.parametrize("ext,params", [(".png", []), (".jpg", []), (".bmp", []),
-                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
-                                        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])])
+@pytest.mark.parametrize(
+    "ext,params",
+    [
+        (".png", []),
+        (".jpg", []),
+        (".bmp", []),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+    ],
+)
 def test_allowed_formats_are_sized_as_decoded(ext, params):
     image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
     ok, data = cv2.imencode(ext, image, params)
@@ -98,17 +105,21 @@ def test_allowed_formats_are_sized_as_decoded(ext, params):
 
 def test_broken_jpeg_headers():
     jpeg = small_jpeg()
-    for data, why in ((jpeg[:jpeg.index(b"\xff\xc0")], "without a frame header"),
-                      (declare(jpeg, 0), "size 0x0"),
-                      (b"\xff\xd8\xff\xda\x00\x02", "before its image data")):
+    for data, why in (
+        (jpeg[: jpeg.index(b"\xff\xc0")], "without a frame header"),
+        (declare(jpeg, 0), "size 0x0"),
+        (b"\xff\xd8\xff\xda\x00\x02", "before its image data"),
+    ):
         with pytest.raises(ImageHeaderError, match=why):
             compressed_size(data)
 
 
 # ----------------------------------------------------------------------------- manifests
 
+
 def _tiny(tmp_path):
     from bundles import make_tiny_bundle
+
     return make_tiny_bundle(tmp_path / "b").path
 
 
@@ -116,10 +127,12 @@ def test_yaml_alias_bomb_in_a_manifest_is_refused(tmp_path):
     """A 'billion laughs' name: nine levels of ten aliases, 10^9 strings from ~1 kB."""
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     text = (path / "manifest.yaml").read_text()
-    levels = ['a0: &a0 "lol"'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]"
-                                  for i in range(1, 10)]
+    levels = ['a0: &a0 "lol"'] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)
+    ]
     bomb = "\n".join(levels) + "\n" + text.replace("name: b", "name: *a9", 1)
     assert "name: *a9" in bomb
     (path / "manifest.yaml").write_text(bomb)
@@ -132,6 +145,7 @@ def test_manifest_name_must_be_a_short_printable_string(tmp_path, name):
     import yaml
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     manifest = yaml.safe_load((path / "manifest.yaml").read_text())
     manifest["name"] = name
@@ -143,6 +157,7 @@ def test_manifest_name_must_be_a_short_printable_string(tmp_path, name):
 def test_huge_manifest_is_refused_unread(tmp_path):
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     with open(path / "manifest.yaml", "a") as f:
         f.write("#" * (1 << 20) + "\n")
@@ -154,11 +169,13 @@ def test_manifests_are_written_without_aliases(tmp_path):
     """The reader refuses aliases, so the writer must never emit one, even for an object that
     appears twice in the manifest."""
     from cosme_ros.bundle import Bundle
+
     path = _tiny(tmp_path)
     b = Bundle.load(path)
     shared = [1, 2]
-    b.write_thresholds({"maxlogit": {"value": 1.0, "extra": shared},
-                        "msp": {"value": 0.5, "extra": shared}})
+    b.write_thresholds(
+        {"maxlogit": {"value": 1.0, "extra": shared}, "msp": {"value": 0.5, "extra": shared}}
+    )
     assert "&" not in (path / "manifest.yaml").read_text()
     assert Bundle.load(path).manifest["thresholds"]["msp"]["extra"] == [1, 2]
 
@@ -184,14 +201,16 @@ def test_echoed_sender_strings_are_bounded():
 
 # ----------------------------------------------------------------------------- corrupt models
 
+
 def test_flipped_bytes_in_a_part_are_detected(tmp_path):
     """1,000 flipped bytes inside teacher.safetensors used to load silently: each part's sha256
     is in the manifest and is checked on load."""
     from cosme_ros.bundle import Bundle, store_half
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     assert len(Bundle.load(path).manifest["teacher"]["sha256"]) == 64
-    store_half(path)                          # rewriting a part records its new hash
+    store_half(path)  # rewriting a part records its new hash
     Bundle.load(path).teacher()
     weights = path / "teacher.safetensors"
     data = bytearray(weights.read_bytes())
@@ -208,14 +227,14 @@ def test_non_finite_weights_and_normalisation_are_refused(tmp_path):
     import yaml
     from cosme_ros.bundle import Bundle, write_tensors
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     b = Bundle.load(path)
     state = b.teacher().state_dict()
-    state["head.classifier.weight"] = torch.full_like(state["head.classifier.weight"],
-                                                      float("nan"))
+    state["head.classifier.weight"] = torch.full_like(state["head.classifier.weight"], float("nan"))
     manifest = yaml.safe_load((path / "manifest.yaml").read_text())
     manifest["teacher"]["sha256"] = write_tensors(path / "teacher.safetensors", state)
-    (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))   # poisoned, hash consistent
+    (path / "manifest.yaml").write_text(yaml.safe_dump(manifest))  # poisoned, hash consistent
     with pytest.raises(BundleError, match=r"tensor 'head\.classifier\.weight' has non-finite"):
         Bundle.load(path).teacher()
     for key, bad in (("std", [float("nan"), 0.2, 0.2]), ("mean", [float("inf"), 0.4, 0.4])):
@@ -228,20 +247,35 @@ def test_non_finite_weights_and_normalisation_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- unwritable outputs
 
+
 def test_unwritable_output_is_one_error_line_before_any_work(tmp_path):
     """/sys refuses new files even to root: evaluate, infer and calibrate stop at once with one
     `error:` line naming the output (a traceback before)."""
     import subprocess
     import sys
+
     path = _tiny(tmp_path)
     images = tmp_path / "imgs"
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), np.zeros((40, 60, 3), np.uint8))
-    for args in (["calibrate", "--bundle", path, "--data", f"images:{images}",
-                  "--json", "/sys/cosme_out.json"],
-                 ["infer", "--bundle", path, "--input", images, "--output", "/sys/cosme_out"]):
-        proc = subprocess.run([sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
-                              capture_output=True, text=True, timeout=120)
+    for args in (
+        [
+            "calibrate",
+            "--bundle",
+            path,
+            "--data",
+            f"images:{images}",
+            "--json",
+            "/sys/cosme_out.json",
+        ],
+        ["infer", "--bundle", path, "--input", images, "--output", "/sys/cosme_out"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cosme_ros.cli.main", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
@@ -255,6 +289,7 @@ def test_read_only_bundle_stops_train_student_before_training(tmp_path, monkeypa
     from cosme_ros import atomic
     from cosme_ros.cli.main import main
     import cosme_ros.train.student as student_mod
+
     path = _tiny(tmp_path)
     real = tempfile.mkstemp
 
@@ -264,13 +299,30 @@ def test_read_only_bundle_stops_train_student_before_training(tmp_path, monkeypa
         return real(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", read_only)
-    monkeypatch.setattr(student_mod, "train_student",
-                        lambda *a, **k: pytest.fail("training started on a read-only bundle"))
+    monkeypatch.setattr(
+        student_mod,
+        "train_student",
+        lambda *a, **k: pytest.fail("training started on a read-only bundle"),
+    )
     images = tmp_path / "imgs"
     images.mkdir()
     cv2.imwrite(str(images / "a.png"), np.zeros((40, 60, 3), np.uint8))
-    assert main(["train-student", "--bundle", str(path), "--data", f"images:{images}",
-                 "--depth", "18", "--epochs", "1"]) == 2
+    assert (
+        main(
+            [
+                "train-student",
+                "--bundle",
+                str(path),
+                "--data",
+                f"images:{images}",
+                "--depth",
+                "18",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"error: {path / 'manifest.yaml'}: cannot write here (Read-only file system)" in err
 
@@ -290,29 +342,45 @@ def test_disk_full_while_writing_leaves_nothing_and_says_so(tmp_path, monkeypatc
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(CosmeError, match=r"out\.safetensors: cannot write \(No space left"):
         write_tensors(tmp_path / "out.safetensors", {"w": torch.zeros(3)})
-    assert list(tmp_path.iterdir()) == []   # neither the output nor its temporary
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m["teacher"]["config"].update(aspp_channels=-1),
-     r"field 'teacher.config.aspp_channels' is -1; it must be within \[1, 4096\]"),
-    (lambda m: m["teacher"]["config"].update(aspp_channels=10_000_000),
-     r"field 'teacher.config.aspp_channels' is 10000000"),
-    (lambda m: m["preprocess"].update(input_size=[100000, 100000]),
-     r"field 'preprocess.input_size' should be \[height, width\], integers from 32 to 8192"),
-    (lambda m: m["teacher"]["config"].update(num_classes="19"),
-     r"field 'teacher.config.num_classes' should be an integer, got '19'"),
-    (lambda m: m["teacher"].update(weights=""),
-     r"manifest\.yaml: field 'teacher.weights' is empty"),
-    (lambda m: m.update(anomaly={"weights": "teacher.safetensors", "memory_layers": ["c9"]}),
-     r"manifest\.yaml: field 'anomaly.memory_layers' should be a list of tap names"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda m: m["teacher"]["config"].update(aspp_channels=-1),
+            r"field 'teacher.config.aspp_channels' is -1; it must be within \[1, 4096\]",
+        ),
+        (
+            lambda m: m["teacher"]["config"].update(aspp_channels=10_000_000),
+            r"field 'teacher.config.aspp_channels' is 10000000",
+        ),
+        (
+            lambda m: m["preprocess"].update(input_size=[100000, 100000]),
+            r"field 'preprocess.input_size' should be \[height, width\], integers from 32 to 8192",
+        ),
+        (
+            lambda m: m["teacher"]["config"].update(num_classes="19"),
+            r"field 'teacher.config.num_classes' should be an integer, got '19'",
+        ),
+        (
+            lambda m: m["teacher"].update(weights=""),
+            r"manifest\.yaml: field 'teacher.weights' is empty",
+        ),
+        (
+            lambda m: m.update(anomaly={"weights": "teacher.safetensors", "memory_layers": ["c9"]}),
+            r"manifest\.yaml: field 'anomaly.memory_layers' should be a list of tap names",
+        ),
+    ],
+)
 def test_bad_manifest_numbers_are_one_line_naming_the_field(tmp_path, edit, message):
     """Each of these used to end in a traceback or a huge allocation (aspp_channels 10^7: 10 GB)
     or blamed the wrong file; now the manifest is refused before anything is built."""
     import yaml
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
+
     path = _tiny(tmp_path)
     manifest = yaml.safe_load((path / "manifest.yaml").read_text())
     edit(manifest)
@@ -331,18 +399,22 @@ def test_prototypes_for_another_teacher_are_named_at_start_up(tmp_path):
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
     from cosme_ros.pipeline import Pipeline
+
     path = _tiny(tmp_path)
     bundle = Bundle.load(path)
     channels = bundle.teacher().tap_channels
     stats = ClassStats(mean=torch.zeros(19), std=torch.ones(19))
 
     def write(memory_channels, classes=19):
-        memory = {k: F.normalize(torch.randn(4, memory_channels.get(k, channels[k])), dim=1)
-                  for k in ("c4", "c5", "lh")}
+        memory = {
+            k: F.normalize(torch.randn(4, memory_channels.get(k, channels[k])), dim=1)
+            for k in ("c4", "c5", "lh")
+        }
         st = stats if classes == 19 else ClassStats(torch.zeros(classes), torch.ones(classes))
         parts = AnomalyParts(memory=memory, mulmem_stats=st)
-        Bundle.load(path).write_part("anomaly", {"memory_layers": ["c4", "c5", "lh"]},
-                                     parts.to_tensors())
+        Bundle.load(path).write_part(
+            "anomaly", {"memory_layers": ["c4", "c5", "lh"]}, parts.to_tensors()
+        )
 
     write({})
     Pipeline(Bundle.load(path), method="mulmem[standardize=false]", device="cpu")  # fits
@@ -361,13 +433,27 @@ def test_a_classifier_without_classes_is_refused_by_bundle_create(tmp_path, caps
     import torch
     from cosme_ros.cli.main import main
     from cosme_ros.nets.espnetv2 import ESPNetv2Seg
+
     state = ESPNetv2Seg(s=1.0).state_dict()
     state["bu_dec_l4.merge_layer.3.weight"] = torch.zeros(rows, 10, 1, 1)
     state["bu_dec_l4.merge_layer.3.bias"] = torch.zeros(rows)
     weights = tmp_path / "espnetv2_cut.pth"
     torch.save(state, weights)
-    assert main(["bundle", "create", "--teacher", "espnetv2", "--weights", str(weights),
-                 "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "bundle",
+                "create",
+                "--teacher",
+                "espnetv2",
+                "--weights",
+                str(weights),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{weights}: the classifier" in err and f"has {rows} output row(s)" in err, err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
@@ -379,11 +465,12 @@ def test_a_resumed_command_removes_what_a_killed_run_was_writing(tmp_path):
     from bundles import write_scenes
     from cosme_ros import atomic
     from cosme_ros.cli.main import main
+
     path = _tiny(tmp_path)
     # what a writer killed mid-way leaves (the real helpers' names), and what is not ours
-    fd, half = tempfile.mkstemp(prefix=".anomaly.safetensors.", suffix=".tmp.safetensors",
-                                dir=path)
+    fd, half = tempfile.mkstemp(prefix=".anomaly.safetensors.", suffix=".tmp.safetensors", dir=path)
     import os
+
     os.close(fd)
     step = tempfile.mkdtemp(prefix=".memory.", suffix=".tmp", dir=path)
     (path / ".manifest.yaml.old").write_text("x")
@@ -392,8 +479,27 @@ def test_a_resumed_command_removes_what_a_killed_run_was_writing(tmp_path):
         p.write_text("mine")
     scenes = tmp_path / "scenes"
     write_scenes(scenes, 4)
-    assert main(["build-memory", "--bundle", str(path), "--data", f"images:{scenes}", "--k", "4",
-                 "--batch", "2", "--device", "cpu", "--resume", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "build-memory",
+                "--bundle",
+                str(path),
+                "--data",
+                f"images:{scenes}",
+                "--k",
+                "4",
+                "--batch",
+                "2",
+                "--device",
+                "cpu",
+                "--resume",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     left = sorted(p.name for p in path.iterdir() if p.name.startswith("."))
     assert left == [".a.tmp", ".hidden_notes"], left
     assert not os.path.exists(half) and not os.path.exists(step)

@@ -1,4 +1,5 @@
 """image_codec against the real sensor_msgs message classes (no DDS needed)."""
+
 from __future__ import annotations
 
 import array
@@ -26,8 +27,9 @@ def noisy_rgb(h: int = 7, w: int = 10, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def raw_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False,
-            data_type=bytes) -> Image:
+def raw_msg(
+    pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False, data_type=bytes
+) -> Image:
     """An Image holding ``pixels`` (already in the encoding's layout) with ``pad`` junk bytes per
     row and the requested byte order."""
     h, w = pixels.shape[:2]
@@ -36,8 +38,9 @@ def raw_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = F
     rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(h, -1)
     junk = np.full((h, pad), 0xAB, np.uint8)
     data = np.concatenate([rows, junk], axis=1).tobytes()
-    m = Image(height=h, width=w, encoding=encoding, is_bigendian=int(bigendian),
-              step=rows.shape[1] + pad)
+    m = Image(
+        height=h, width=w, encoding=encoding, is_bigendian=int(bigendian), step=rows.shape[1] + pad
+    )
     m.data = data_type(data) if data_type is not bytes else data
     m.header.frame_id = "cam"
     m.header.stamp.sec, m.header.stamp.nanosec = 12, 345
@@ -46,13 +49,17 @@ def raw_msg(pixels: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = F
 
 # ----------------------------------------------------------------------------- plain encodings
 
+
 @pytest.mark.parametrize("pad", [0, 5])
-@pytest.mark.parametrize("encoding,convert", [
-    ("rgb8", lambda rgb: rgb),
-    ("bgr8", lambda rgb: rgb[..., ::-1]),
-    ("rgba8", lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])),
-    ("bgra8", lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)])),
-])
+@pytest.mark.parametrize(
+    "encoding,convert",
+    [
+        ("rgb8", lambda rgb: rgb),
+        ("bgr8", lambda rgb: rgb[..., ::-1]),
+        ("rgba8", lambda rgb: np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])),
+        ("bgra8", lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)])),
+    ],
+)
 def test_colour_encodings_decode_exactly(encoding, convert, pad):
     rgb = noisy_rgb()
     out = codec.decode_image(raw_msg(convert(rgb), encoding, pad=pad))
@@ -60,17 +67,28 @@ def test_colour_encodings_decode_exactly(encoding, convert, pad):
     np.testing.assert_array_equal(out, rgb)
 
 
-@pytest.mark.parametrize("data_type", [bytes, bytearray, list,
-                                       lambda b: array.array("B", b),
-                                       lambda b: np.frombuffer(b, np.uint8)])
+@pytest.mark.parametrize(
+    "data_type",
+    [bytes, bytearray, list, lambda b: array.array("B", b), lambda b: np.frombuffer(b, np.uint8)],
+)
 def test_data_container_types(data_type):
     rgb = noisy_rgb()
     m = raw_msg(rgb, "rgb8")
     m2 = Image(height=m.height, width=m.width, encoding="rgb8", step=m.step)
     m2.data = bytes(m.data)
     # duck-typed message with the data in any container the field or a tool may hold
-    duck = type("Duck", (), dict(height=m.height, width=m.width, encoding="rgb8", is_bigendian=0,
-                                 step=m.step, data=data_type(bytes(m.data))))()
+    duck = type(
+        "Duck",
+        (),
+        dict(
+            height=m.height,
+            width=m.width,
+            encoding="rgb8",
+            is_bigendian=0,
+            step=m.step,
+            data=data_type(bytes(m.data)),
+        ),
+    )()
     np.testing.assert_array_equal(codec.decode_image(duck), rgb)
     np.testing.assert_array_equal(codec.decode_image(m2), rgb)
 
@@ -103,6 +121,7 @@ def test_mono16_wrong_byte_order_flag_changes_result():
 
 
 # ----------------------------------------------------------------------------- Bayer
+
 
 def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
     """Sample an RGB image with a ROS Bayer pattern: ``pattern`` names the top-left 2×2 block
@@ -137,6 +156,7 @@ def test_bayer_wrong_pattern_would_be_detected(pattern):
 
 # ----------------------------------------------------------------------------- YUV 4:2:2
 
+
 def test_yuv422_is_uyvy_and_yuy2_is_yuyv_by_hand():
     # BT.601 studio range: pure red is Y=81, U(Cb)=90, V(Cr)=240.
     y, u, v = 81, 90, 240
@@ -151,8 +171,9 @@ def test_yuv422_is_uyvy_and_yuy2_is_yuyv_by_hand():
     assert not ((out[..., 0] > 235).all() and (out[..., 1:] < 20).all())
 
 
-@pytest.mark.parametrize("encoding,code", [("yuv422", cv2.COLOR_RGB2YUV_UYVY),
-                                           ("yuv422_yuy2", cv2.COLOR_RGB2YUV_YUY2)])
+@pytest.mark.parametrize(
+    "encoding,code", [("yuv422", cv2.COLOR_RGB2YUV_UYVY), ("yuv422_yuy2", cv2.COLOR_RGB2YUV_YUY2)]
+)
 def test_yuv422_round_trip_smooth(encoding, code):
     rgb = smooth_rgb()
     packed = cv2.cvtColor(rgb, code)  # (H, W, 2)
@@ -167,6 +188,7 @@ def test_yuv422_odd_width_is_rejected():
 
 
 # ----------------------------------------------------------------------------- compressed
+
 
 def compressed(rgb: np.ndarray, ext: str, fmt: str) -> CompressedImage:
     ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -193,6 +215,7 @@ def test_jpeg_decodes_close():
 
 def test_compressed_size_matches_header():
     from cosme_ros.data.image_header import compressed_size
+
     rgb = smooth_rgb(33, 57)
     for ext in (".png", ".jpg"):
         data = bytes(compressed(rgb, ext, "x").data)
@@ -205,7 +228,7 @@ def test_compressed_errors():
     with pytest.raises(ImageMessageError, match="refused: JPEG without a frame header"):
         codec.decode_compressed(bad)
     bad.data = bytes(compressed(smooth_rgb(), ".png", "png").data)[:40] + bytes(100)
-    with pytest.raises(ImageMessageError, match="undecodable"):   # header intact, data broken
+    with pytest.raises(ImageMessageError, match="undecodable"):  # header intact, data broken
         codec.decode_compressed(bad)
     with pytest.raises(ImageMessageError, match="no data"):
         codec.decode_compressed(CompressedImage(format="jpeg"))
@@ -218,20 +241,24 @@ def test_compressed_errors():
 
 # ----------------------------------------------------------------------------- malformed Image
 
+
 def good() -> Image:
     return raw_msg(noisy_rgb(4, 6), "rgb8", pad=2)
 
 
-@pytest.mark.parametrize("mutate,reason", [
-    (lambda m: setattr(m, "width", 0), "empty image"),
-    (lambda m: setattr(m, "height", 0), "empty image"),
-    (lambda m: setattr(m, "step", 6 * 3 - 1), "step 17 is less than"),
-    (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "data has 79 bytes"),
-    (lambda m: setattr(m, "data", b""), "data has 0 bytes"),
-    (lambda m: setattr(m, "encoding", "rgb16"), "unsupported encoding 'rgb16'"),
-    (lambda m: setattr(m, "encoding", ""), "unsupported encoding ''"),
-    (lambda m: setattr(m, "encoding", "32FC1"), "unsupported encoding '32FC1'"),
-])
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (lambda m: setattr(m, "width", 0), "empty image"),
+        (lambda m: setattr(m, "height", 0), "empty image"),
+        (lambda m: setattr(m, "step", 6 * 3 - 1), "step 17 is less than"),
+        (lambda m: setattr(m, "data", bytes(m.data)[:-1]), "data has 79 bytes"),
+        (lambda m: setattr(m, "data", b""), "data has 0 bytes"),
+        (lambda m: setattr(m, "encoding", "rgb16"), "unsupported encoding 'rgb16'"),
+        (lambda m: setattr(m, "encoding", ""), "unsupported encoding ''"),
+        (lambda m: setattr(m, "encoding", "32FC1"), "unsupported encoding '32FC1'"),
+    ],
+)
 def test_malformed_image_raises(mutate, reason):
     m = good()
     mutate(m)
@@ -256,11 +283,15 @@ def test_longer_data_than_needed_is_accepted():
 
 # ----------------------------------------------------------------------------- encoding
 
-@pytest.mark.parametrize("encoding,array", [
-    ("mono8", np.arange(12, dtype=np.uint8).reshape(3, 4)),
-    ("rgb8", noisy_rgb(3, 4)),
-    ("32FC1", np.linspace(-3, 5, 12, dtype=np.float32).reshape(3, 4)),
-])
+
+@pytest.mark.parametrize(
+    "encoding,array",
+    [
+        ("mono8", np.arange(12, dtype=np.uint8).reshape(3, 4)),
+        ("rgb8", noisy_rgb(3, 4)),
+        ("32FC1", np.linspace(-3, 5, 12, dtype=np.float32).reshape(3, 4)),
+    ],
+)
 def test_encode_round_trip(encoding, array):
     header = raw_msg(noisy_rgb(1, 1), "rgb8").header
     m = codec.encode_image(Image, array, encoding, header)
@@ -286,14 +317,17 @@ def test_image_array_reads_big_endian_floats():
     np.testing.assert_array_equal(codec.image_array(m), score)
 
 
-@pytest.mark.parametrize("encoding,array", [
-    ("mono8", np.zeros((3, 4), np.float32)),
-    ("mono8", np.zeros((3, 4, 3), np.uint8)),
-    ("rgb8", np.zeros((3, 4), np.uint8)),
-    ("32FC1", np.zeros((3, 4), np.uint8)),
-    ("rgb8", np.zeros((0, 4, 3), np.uint8)),
-    ("nonsense", np.zeros((3, 4), np.uint8)),
-])
+@pytest.mark.parametrize(
+    "encoding,array",
+    [
+        ("mono8", np.zeros((3, 4), np.float32)),
+        ("mono8", np.zeros((3, 4, 3), np.uint8)),
+        ("rgb8", np.zeros((3, 4), np.uint8)),
+        ("32FC1", np.zeros((3, 4), np.uint8)),
+        ("rgb8", np.zeros((0, 4, 3), np.uint8)),
+        ("nonsense", np.zeros((3, 4), np.uint8)),
+    ],
+)
 def test_encode_rejects_wrong_arrays(encoding, array):
     with pytest.raises(ImageMessageError):
         codec.encode_image(Image, array, encoding)
@@ -301,16 +335,34 @@ def test_encode_rejects_wrong_arrays(encoding, array):
 
 def test_codec_does_not_import_rclpy():
     import subprocess
-    code = ("import sys, cosme_ros.ros.image_codec; "
-            "sys.exit(1 if any(m.startswith('rclpy') for m in sys.modules) else 0)")
+
+    code = (
+        "import sys, cosme_ros.ros.image_codec; "
+        "sys.exit(1 if any(m.startswith('rclpy') for m in sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 # ----------------------------------------------------------------------------- cv_bridge parity
 
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16",
-                                      "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8",
-                                      "bayer_grbg8", "yuv422", "yuv422_yuy2"])
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        "rgb8",
+        "bgr8",
+        "rgba8",
+        "bgra8",
+        "mono8",
+        "mono16",
+        "bayer_rggb8",
+        "bayer_bggr8",
+        "bayer_gbrg8",
+        "bayer_grbg8",
+        "yuv422",
+        "yuv422_yuy2",
+    ],
+)
 def test_same_as_cv_bridge(encoding):
     cv_bridge = pytest.importorskip("cv_bridge")
     rng = np.random.default_rng(1)

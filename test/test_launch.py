@@ -6,6 +6,7 @@ Runs under launch_testing (`launch_test test/test_launch.py`, or pytest with lau
 plugin) on a ROS 2 machine; skipped where launch_testing is not installed (the .venv). Discovery
 stays on localhost with a random domain id (ros_util), like every ROS test here.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-launch_testing = pytest.importorskip("launch_testing")
+pytest.importorskip("launch_testing")
 pytest.importorskip("launch_ros")
 
 import launch  # noqa: E402
+import launch_testing  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
@@ -40,19 +42,23 @@ ros_util.confine_this_process()  # the launched node inherits this environment
 @pytest.mark.launch_test
 def generate_test_description():
     from bundles import make_tiny_bundle
+
     scratch = tempfile.mkdtemp(prefix="cosme_launch_")
-    atexit.register(shutil.rmtree, scratch, True)   # no /tmp/cosme_launch_* left behind
+    atexit.register(shutil.rmtree, scratch, True)  # no /tmp/cosme_launch_* left behind
     bundle = make_tiny_bundle(Path(scratch) / "bundle")
     include = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO / "launch" / "cosme.launch.py")),
-        launch_arguments={"bundle": str(bundle.path), "image_topic": CAMERA,
-                          "namespace": NAMESPACE,
-                          "params_file": str(REPO / "config" / "cosme.yaml")}.items())
+        launch_arguments={
+            "bundle": str(bundle.path),
+            "image_topic": CAMERA,
+            "namespace": NAMESPACE,
+            "params_file": str(REPO / "config" / "cosme.yaml"),
+        }.items(),
+    )
     return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
 
 
 class TestProofOfLife(unittest.TestCase):
-
     def test_frame_in_score_out(self, proc_output):
         proc_output.assertWaitFor("ready: bundle", timeout=120)
         session = ros_util.RosSession("cosme_launch_test")
@@ -72,7 +78,6 @@ class TestProofOfLife(unittest.TestCase):
 
 @launch_testing.post_shutdown_test()
 class TestShutdown(unittest.TestCase):
-
     def test_exit_code(self, proc_info):
         # SIGINT from launch at shutdown: cosme_node exits 0
         launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])

@@ -1,4 +1,5 @@
 """MulMem: Eq. 3, Eq. 4, chunked max-cosine, Algorithms 1 and 2, determinism, 2-process build."""
+
 import math
 import os
 
@@ -39,8 +40,9 @@ def test_eq3_hand_2d_and_zero_vector():
 def test_eq3_hand_3d():
     protos = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     f = _fmap([1.0, 2.0, 2.0], [0.0, 0.0, 5.0], h=2, w=1)  # |f| = 3, best dot 2; orthogonal
-    torch.testing.assert_close(gamma_layer(f, protos),
-                               torch.tensor([[[1 - 2 / 3], [1.0]]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        gamma_layer(f, protos), torch.tensor([[[1 - 2 / 3], [1.0]]]), atol=1e-6, rtol=0
+    )
 
 
 # ---- Eq. 4 -------------------------------------------------------------------------------------
@@ -52,8 +54,7 @@ def test_eq4_two_layers_with_upsampling():
     a = _fmap([1.0, 0.0], [0.0, 1.0], h=1, w=2)
     # layer b, 2×4: γ = 1 − cos
     r = 1 / math.sqrt(2)
-    b = _fmap([1, 1], [-1, 0], [0, 2], [1, 0],
-              [2, 0], [1, -1], [0, -1], [-3, 0], h=2, w=4)
+    b = _fmap([1, 1], [-1, 0], [0, 2], [1, 0], [2, 0], [1, -1], [0, -1], [-3, 0], h=2, w=4)
     gb = torch.tensor([[1 - r, 2, 1, 0], [0, 1 - r, 1, 2]])
     ga_up = torch.tensor([[0, 0.25, 0.75, 1.0]] * 2)
     out = gamma({"a": a, "b": b, "o": torch.zeros(1, 3, 9, 9)}, {"a": p, "b": p})
@@ -100,8 +101,10 @@ def test_shape_errors():
 def _batches(n_steps, sizes, shapes, seed):
     """Per step, per rank: taps dict. ``shapes``: {layer: (C, H, W)}."""
     g = torch.Generator().manual_seed(seed)
-    return [[{l: torch.randn(b, *s, generator=g) for l, s in shapes.items()} for b in sizes]
-            for _ in range(n_steps)]
+    return [
+        [{l: torch.randn(b, *s, generator=g) for l, s in shapes.items()} for b in sizes]
+        for _ in range(n_steps)
+    ]
 
 
 def _cat(taps_list):
@@ -217,8 +220,12 @@ def _run(builder, init_batches, learn_batches):
 
 def test_deterministic_for_seed_and_resumable():
     data = [s[0] for s in _batches(6, [2], SHAPES, seed=5)]
-    mk = lambda seed: MulMemBuilder(["c5", "lh"], k=12, tau=0.6, seed=seed,  # noqa: E731
-                                    candidates_per_image=4, chunk_bytes=256)
+
+    def mk(seed):
+        return MulMemBuilder(
+            ["c5", "lh"], k=12, tau=0.6, seed=seed, candidates_per_image=4, chunk_bytes=256
+        )
+
     a = _run(mk(0), data, data[:3])
     b = _run(mk(0), data, data[:3])
     c = _run(mk(1), data, data[:3])
@@ -234,8 +241,9 @@ def test_deterministic_for_seed_and_resumable():
     r = _run(resumed, data[2:], data[:3])
     assert all(torch.equal(a[l], r[l]) for l in a)
     with pytest.raises(ValueError, match="tau"):
-        MulMemBuilder(["c5", "lh"], k=12, tau=0.7, seed=0,
-                      candidates_per_image=4).load_state_dict(first.state_dict())
+        MulMemBuilder(["c5", "lh"], k=12, tau=0.7, seed=0, candidates_per_image=4).load_state_dict(
+            first.state_dict()
+        )
 
 
 def test_inference_mode_mixing():
@@ -253,16 +261,14 @@ def test_inference_mode_mixing():
 # ---- two processes ≡ one process on the concatenated batches -------------------------------------
 
 DIST_SIZES = [2, 3]  # unequal batch sizes per rank on purpose
-DIST_KW = dict(layers=["c5", "lh"], k=30, tau=0.7, seed=7, candidates_per_image=3,
-               chunk_bytes=512)
+DIST_KW = dict(layers=["c5", "lh"], k=30, tau=0.7, seed=7, candidates_per_image=3, chunk_bytes=512)
 
 
 def _dist_worker(rank, world, init_file, out_dir, init_data, learn_data):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         b = MulMemBuilder(**DIST_KW)
         for step in init_data:
@@ -270,9 +276,15 @@ def _dist_worker(rank, world, init_file, out_dir, init_data, learn_data):
         after_init = b.prototypes()
         for step in learn_data:
             b.learn_step(step[rank])
-        torch.save({"init": after_init, "learn": b.prototypes(), "steps": b.init_steps,
-                    "done": b.init_done},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "init": after_init,
+                "learn": b.prototypes(),
+                "steps": b.init_steps,
+                "done": b.init_done,
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -282,8 +294,12 @@ def test_two_process_build_equals_single_process(tmp_path):
 
     init_data = _batches(4, DIST_SIZES, SHAPES, seed=11)
     learn_data = _batches(2, DIST_SIZES, SHAPES, seed=12)
-    mp.spawn(_dist_worker, nprocs=2, join=True,
-             args=(2, str(tmp_path / "init"), str(tmp_path), init_data, learn_data))
+    mp.spawn(
+        _dist_worker,
+        nprocs=2,
+        join=True,
+        args=(2, str(tmp_path / "init"), str(tmp_path), init_data, learn_data),
+    )
 
     single = MulMemBuilder(**DIST_KW)
     for step in init_data:

@@ -127,7 +127,7 @@ def test_pixel_metrics_ignores_every_label_but_0_and_1():
     assert_metrics_close(pixel_metrics(s, y), want)
     assert_metrics_close(pixel_metrics(s, y, ignore_index=254), want)
     y_neg = y.copy()
-    y_neg[-junk.size:] = -1
+    y_neg[-junk.size :] = -1
     assert_metrics_close(pixel_metrics(s, y_neg), want)
 
 

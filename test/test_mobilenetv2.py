@@ -1,5 +1,6 @@
 """MobileNetV2: taps and strides, TF padding, the ImageNet import checked against the original int8
 TFLite file run by the ``ai-edge-litert`` interpreter, frozen BatchNorm, and DeepLabV3+ on it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,12 @@ from safetensors.torch import load_file, save_file
 
 from cosme_ros.errors import CheckpointError
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus, build_deeplabv3plus
-from cosme_ros.nets.mobilenetv2 import (IMAGENET_WEIGHTS, MobileNetV2, imagenet_state_dict,
-                                        mobilenetv2_imagenet)
+from cosme_ros.nets.mobilenetv2 import (
+    IMAGENET_WEIGHTS,
+    MobileNetV2,
+    imagenet_state_dict,
+    mobilenetv2_imagenet,
+)
 from cosme_ros.pipeline import fold_batchnorm
 
 BACKBONE = ("backbones", "mobilenet_v2_1.0_imagenet")
@@ -30,11 +35,14 @@ def imagenet_model(weights_dir):
     return mobilenetv2_imagenet(weights_dir)
 
 
-@pytest.mark.parametrize("output_stride, strides", [
-    (32, {"c2": 4, "c3": 8, "c4": 16, "c5": 32}),
-    (16, {"c2": 4, "c3": 8, "c4": 16, "c5": 16}),
-    (8, {"c2": 4, "c3": 8, "c4": 8, "c5": 8}),
-])
+@pytest.mark.parametrize(
+    "output_stride, strides",
+    [
+        (32, {"c2": 4, "c3": 8, "c4": 16, "c5": 32}),
+        (16, {"c2": 4, "c3": 8, "c4": 16, "c5": 16}),
+        (8, {"c2": 4, "c3": 8, "c4": 8, "c5": 8}),
+    ],
+)
 def test_taps_channels_and_strides(output_stride, strides):
     net = MobileNetV2(output_stride).eval()
     assert net.tap_strides == strides
@@ -53,11 +61,20 @@ def test_taps_channels_and_strides(output_stride, strides):
 
 def test_torchvision_parameter_names():
     keys = set(MobileNetV2(num_classes=1000).state_dict())
-    for key in ("features.0.0.weight", "features.0.1.running_var",
-                "features.1.conv.0.0.weight", "features.1.conv.1.weight", "features.1.conv.2.bias",
-                "features.2.conv.0.0.weight", "features.2.conv.1.0.weight",
-                "features.2.conv.2.weight", "features.2.conv.3.running_mean",
-                "features.17.conv.3.weight", "features.18.0.weight", "classifier.1.weight"):
+    for key in (
+        "features.0.0.weight",
+        "features.0.1.running_var",
+        "features.1.conv.0.0.weight",
+        "features.1.conv.1.weight",
+        "features.1.conv.2.bias",
+        "features.2.conv.0.0.weight",
+        "features.2.conv.1.0.weight",
+        "features.2.conv.2.weight",
+        "features.2.conv.3.running_mean",
+        "features.17.conv.3.weight",
+        "features.18.0.weight",
+        "classifier.1.weight",
+    ):
         assert key in keys, key
     seg = MobileNetV2(16).state_dict()
     assert not any(k.startswith(("features.18.", "classifier.")) for k in seg)
@@ -71,7 +88,7 @@ def test_tf_same_padding_pads_after_an_even_input():
         x = torch.randn(1, 3, size, size)
         padded = torch.nn.functional.pad(x, (before, after, before, after))
         with torch.no_grad():
-            ref = torch.clamp(stem[1](stem[0](padded)), 0, 6)   # conv (no padding), BN, ReLU6
+            ref = torch.clamp(stem[1](stem[0](padded)), 0, 6)  # conv (no padding), BN, ReLU6
             assert torch.allclose(stem(x), ref)
         assert ref.shape[-1] == (size + 1) // 2
 
@@ -80,9 +97,10 @@ def test_batchnorm_folding_keeps_tf_padding():
     """The fast path folds every conv → BN pair; the padding that lives in the parent's forward
     must survive (a stride-2 layer would otherwise shift by a pixel)."""
     torch.manual_seed(0)
-    net = DeepLabV3Plus("mobilenetv2", 19, 16, aspp_channels=32, low_level_channels=8,
-                        decoder_channels=32).eval()
-    for m in net.modules():   # non-trivial statistics, so that folding is not a no-op
+    net = DeepLabV3Plus(
+        "mobilenetv2", 19, 16, aspp_channels=32, low_level_channels=8, decoder_channels=32
+    ).eval()
+    for m in net.modules():  # non-trivial statistics, so that folding is not a no-op
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
@@ -97,8 +115,9 @@ def test_batchnorm_folding_keeps_tf_padding():
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_while_training():
-    net = DeepLabV3Plus("mobilenetv2", 19, 16, aspp_channels=16, low_level_channels=8,
-                        decoder_channels=16)
+    net = DeepLabV3Plus(
+        "mobilenetv2", 19, 16, aspp_channels=16, low_level_channels=8, decoder_channels=16
+    )
     net.backbone.freeze_batchnorm = True
     net.train()
     bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -111,8 +130,9 @@ def test_frozen_batchnorm_stays_in_eval_mode_while_training():
 
 
 def test_deeplabv3plus_on_mobilenetv2():
-    net = DeepLabV3Plus("mobilenet_v2", 19, 16, aspp_channels=32, low_level_channels=8,
-                        decoder_channels=32).eval()
+    net = DeepLabV3Plus(
+        "mobilenet_v2", 19, 16, aspp_channels=32, low_level_channels=8, decoder_channels=32
+    ).eval()
     assert net.config["backbone"] == "mobilenetv2"
     assert net.tap_channels == {"c2": 24, "c3": 32, "c4": 96, "c5": 320, "lh": 32, "o": 19}
     assert net.tap_strides == {"c2": 4, "c3": 8, "c4": 16, "c5": 16, "lh": 4, "o": 4}
@@ -122,20 +142,23 @@ def test_deeplabv3plus_on_mobilenetv2():
     twin = build_deeplabv3plus(**net.config)
     twin.load_state_dict(net.state_dict())
     with torch.no_grad():
-        assert torch.equal(twin.eval()(torch.ones(1, 3, 64, 128))["o"],
-                           net(torch.ones(1, 3, 64, 128))["o"])
+        assert torch.equal(
+            twin.eval()(torch.ones(1, 3, 64, 128))["o"], net(torch.ones(1, 3, 64, 128))["o"]
+        )
     with pytest.raises(ValueError, match="mobilenetv2 takes no width"):
         DeepLabV3Plus("mobilenetv2", 19, 16, width=0.5)
 
 
 # ----------------------------------------------------------------------------- ImageNet import
 
+
 def test_import_is_strict_and_names_the_file(weights_dir, tmp_path):
     tensors = load_file(str(weights_dir / IMAGENET_WEIGHTS))
     state = imagenet_state_dict(weights_dir)
     assert len(state) == len(MobileNetV2(num_classes=1001).state_dict())
-    assert not any(k.startswith("classifier.") for k in imagenet_state_dict(weights_dir,
-                                                                            classifier=False))
+    assert not any(
+        k.startswith("classifier.") for k in imagenet_state_dict(weights_dir, classifier=False)
+    )
     missing = dict(tensors)
     missing.pop("MobilenetV2/expanded_conv_9/project/Conv2D_Fold")
     save_file(missing, str(tmp_path / "missing.safetensors"))
@@ -154,8 +177,11 @@ def test_import_is_strict_and_names_the_file(weights_dir, tmp_path):
 
 def _real_images(shared_data, n_road=6, n_fs=3):
     import cv2
-    files = (sorted((shared_data / "road_anomaly" / "frames").glob("*.jpg"))[:n_road]
-             + sorted((shared_data / "fs_static" / "images").glob("*.jpg"))[:n_fs])
+
+    files = (
+        sorted((shared_data / "road_anomaly" / "frames").glob("*.jpg"))[:n_road]
+        + sorted((shared_data / "fs_static" / "images").glob("*.jpg"))[:n_fs]
+    )
     if len(files) < n_road + n_fs:
         pytest.skip("Road Anomaly / FS Static frames are absent from ../shared/data")
     for f in files:
@@ -168,13 +194,16 @@ def test_import_matches_the_tflite_interpreter(weights_dir, imagenet_model, shar
     logits are quantised in steps of 0.099; fp32 arithmetic on the dequantized weights differs
     from the int8 kernels by a few steps at most (measured: mean 0.08–0.14, max 0.31–0.65)."""
     interpreter_mod = pytest.importorskip(
-        "ai_edge_litert.interpreter", reason="the ai-edge-litert interpreter is not installed")
-    it = interpreter_mod.Interpreter(model_path=str(weights_dir / TFLITE),
-                                     experimental_preserve_all_tensors=True)
+        "ai_edge_litert.interpreter", reason="the ai-edge-litert interpreter is not installed"
+    )
+    it = interpreter_mod.Interpreter(
+        model_path=str(weights_dir / TFLITE), experimental_preserve_all_tensors=True
+    )
     it.allocate_tensors()
     inp = it.get_input_details()[0]
-    logits_t = next(t for t in it.get_tensor_details()
-                    if t["name"] == "MobilenetV2/Logits/Squeeze1")
+    logits_t = next(
+        t for t in it.get_tensor_details() if t["name"] == "MobilenetV2/Logits/Squeeze1"
+    )
     scale, zero = logits_t["quantization"]
     in_scale, in_zero = inp["quantization"]
     for name, image in _real_images(shared_data):

@@ -1,5 +1,6 @@
 """cosme_node as its own process over real DDS (localhost discovery, random domain id: see
 ros_util), and in-process tests of its policies with a stand-in pipeline."""
+
 from __future__ import annotations
 
 import math
@@ -35,22 +36,29 @@ TIME_TOPIC = "/cosme_node/debug/processing_time_ms"
 NODE = "/cosme_node"
 THRESHOLD = -1.5
 START_TIMEOUT = 90.0  # torch import + model load on a busy 2-core machine
-DIAG_TIMEOUT = 20.0   # diagnostics come at 1 Hz
+DIAG_TIMEOUT = 20.0  # diagnostics come at 1 Hz
 
 
 # ----------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory):
     deeplab = pytest.importorskip("cosme_ros.nets.deeplabv3plus")
     from cosme_ros import bundle
+
     out = tmp_path_factory.mktemp("node") / "tiny-deeplab"
-    bundle.create(out, arch="deeplabv3plus",
-                  module=deeplab.build_deeplabv3plus(backbone="resnet18", num_classes=19,
-                                                     output_stride=16),
-                  input_size=(64, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                  class_names=list(CITYSCAPES_CLASSES), palette=list(CITYSCAPES_PALETTE),
-                  void_classes=[])
+    bundle.create(
+        out,
+        arch="deeplabv3plus",
+        module=deeplab.build_deeplabv3plus(backbone="resnet18", num_classes=19, output_stride=16),
+        input_size=(64, 128),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        class_names=list(CITYSCAPES_CLASSES),
+        palette=list(CITYSCAPES_PALETTE),
+        void_classes=[],
+    )
     return out
 
 
@@ -104,6 +112,7 @@ def assert_alive(proc: ros_util.Process) -> None:
 
 # ----------------------------------------------------------------------------- over DDS
 
+
 def test_image_comes_back_on_all_topics(client, node_proc):
     msg, rgb = camera_frame(encoding="bgr8")
     out = client.send_until_processed(msg)
@@ -135,10 +144,13 @@ def test_every_input_encoding_over_dds(client):
     _, rgb = camera_frame(h=40, w=56, seed=7)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     packed = {
-        "rgb8": rgb, "bgr8": rgb[..., ::-1],
+        "rgb8": rgb,
+        "bgr8": rgb[..., ::-1],
         "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]),
         "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)]),
-        "mono8": grey, "bayer_rggb8": grey, "bayer_bggr8": grey,
+        "mono8": grey,
+        "bayer_rggb8": grey,
+        "bayer_bggr8": grey,
         "yuv422": cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_UYVY),
         "yuv422_yuy2": cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_YUY2),
     }
@@ -153,8 +165,10 @@ def test_every_input_encoding_over_dds(client):
             m = out[topic]
             assert (m.encoding, m.height, m.width) == (enc, 40, 56), (encoding, topic)
             assert m.header.frame_id == encoding
-        results[encoding] = (image_codec.image_array(out["/segmentation/class_mask"]),
-                             image_codec.image_array(out["/anomaly/score"]))
+        results[encoding] = (
+            image_codec.image_array(out["/segmentation/class_mask"]),
+            image_codec.image_array(out["/anomaly/score"]),
+        )
     for encoding in ("bgr8", "rgba8", "bgra8"):
         np.testing.assert_array_equal(results[encoding][0], results["rgb8"][0], err_msg=encoding)
         np.testing.assert_array_equal(results[encoding][1], results["rgb8"][1], err_msg=encoding)
@@ -162,6 +176,7 @@ def test_every_input_encoding_over_dds(client):
 
 def _malformed_messages():
     """(name, message, regex the node's rejection reason must match)."""
+
     def frame(**changes):
         msg, _ = camera_frame(seed=11)
         for k, v in changes.items():
@@ -183,11 +198,14 @@ def _malformed_messages():
 def _wait_rejected(client, diagnostics, msg, pattern: str, before: int):
     """Publish ``msg`` until /diagnostics counts one more rejected frame with a matching reason;
     the status that showed it."""
+
     def counted(s) -> bool:
         v = diagnostic_values(s)
         return int(v["frames rejected"]) > before and re.search(pattern, v["last rejection"])
-    return diagnostics.wait_for(counted, DIAG_TIMEOUT, between=lambda: client.pub.publish(msg),
-                                every=1.5)
+
+    return diagnostics.wait_for(
+        counted, DIAG_TIMEOUT, between=lambda: client.pub.publish(msg), every=1.5
+    )
 
 
 def test_malformed_messages_rejected_counted_and_survived(client, diagnostics, node_proc, ros):
@@ -206,8 +224,9 @@ def test_malformed_messages_rejected_counted_and_survived(client, diagnostics, n
     # A real image over a lowered size limit, then the limit back up.
     assert ros.set_parameters(NODE, {"max_image_pixels": 10000})[0].successful
     big, _ = camera_frame(h=120, w=160, seed=4)  # 19200 pixels (57 kB: one UDP datagram)
-    status = _wait_rejected(client, diagnostics, big, r"160x120 has more than max_pixels=10000",
-                            rejected)
+    status = _wait_rejected(
+        client, diagnostics, big, r"160x120 has more than max_pixels=10000", rejected
+    )
     assert status is not None, node_proc.output[-3000:]
     assert ros.set_parameters(NODE, {"max_image_pixels": 16777216})[0].successful
     client.send_until_processed(restamp(big))
@@ -227,21 +246,25 @@ def test_parameters_set_at_run_time(client, node_proc, ros):
     assert all(r.successful for r in results), results
     out = client.send_until_processed(restamp(msg))
     score = image_codec.image_array(out["/anomaly/score"])
-    np.testing.assert_array_equal(image_codec.image_array(out["/anomaly/mask"]),
-                                  np.where(score > threshold, 255, 0))
+    np.testing.assert_array_equal(
+        image_codec.image_array(out["/anomaly/mask"]), np.where(score > threshold, 255, 0)
+    )
     # alpha 0: the heatmap is the camera image itself
     np.testing.assert_array_equal(image_codec.image_array(out["/anomaly/heatmap"]), rgb)
 
-    for name, value, reason in [("overlay_alpha", 1.5, ""), ("anomaly_threshold", float("nan"),
-                                                              "finite"),
-                                ("heatmap_range", [2.0, 1.0], "lo < hi"),
-                                ("method", "msp", "read-only")]:
+    for name, value, reason in [
+        ("overlay_alpha", 1.5, ""),
+        ("anomaly_threshold", float("nan"), "finite"),
+        ("heatmap_range", [2.0, 1.0], "lo < hi"),
+        ("method", "msp", "read-only"),
+    ]:
         result = ros.set_parameters(NODE, {name: value})[0]
         assert not result.successful, name
         assert reason in result.reason, (name, result.reason)
     assert ros.set_parameters(NODE, {"heatmap_range": [-30.0, 0.0]})[0].successful
-    results = ros.set_parameters(NODE, {"anomaly_threshold": THRESHOLD, "overlay_alpha": 0.5,
-                                        "heatmap_range": "auto"})
+    results = ros.set_parameters(
+        NODE, {"anomaly_threshold": THRESHOLD, "overlay_alpha": 0.5, "heatmap_range": "auto"}
+    )
     assert all(r.successful for r in results), results
     out = client.send_until_processed(restamp(msg))
     heat = image_codec.image_array(out["/anomaly/heatmap"])
@@ -250,7 +273,7 @@ def test_parameters_set_at_run_time(client, node_proc, ros):
 
 
 def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ros):
-    frames = iter(range(10 ** 6))
+    frames = iter(range(10**6))
 
     def feed():
         client.pub.publish(camera_frame(seed=next(frames) % 5)[0])
@@ -261,6 +284,7 @@ def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ro
     assert ok.name == "/cosme_node: anomaly segmentation" and ok.hardware_id == "cpu"
     assert values["model"].startswith("tiny-deeplab") and values["method"] == "maxlogit"
     from cosme_ros.pipeline import resolve_precision
+
     assert values["device"] == "cpu" and values["precision"] == resolve_precision("auto", "cpu")
     assert values["input topic"] == "/image" and float(values["input rate (Hz)"]) > 0
     assert float(values["time since last frame (s)"]) < 5
@@ -269,8 +293,12 @@ def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ro
 
     assert ros.set_parameters(NODE, {"processing_budget_ms": 0.001})[0].successful
     try:
-        warn = diagnostics.wait_for(lambda s: s.level == b"\x01" and "over the budget" in
-                                    s.message, 30, between=feed, every=0.2)
+        warn = diagnostics.wait_for(
+            lambda s: s.level == b"\x01" and "over the budget" in s.message,
+            30,
+            between=feed,
+            every=0.2,
+        )
         assert warn is not None, [(s.level, s.message) for s in diagnostics.statuses[-5:]]
         assert diagnostic_values(warn)["processing budget (ms)"] == "0.001"
     finally:
@@ -302,14 +330,22 @@ def _compressed(rgb: np.ndarray, ext: str, fmt: str, sec: int) -> CompressedImag
 def test_compressed_input_network_resolution_in_a_namespace(bundle_dir, ros):
     """input_transport: compressed in namespace /cam2 with `image` remapped: the node reads
     <remapped image>/compressed, as image_transport names it, and answers at the network's size."""
-    proc = start_node(bundle_dir, remaps={"__ns": "/cam2", "image": "/cam2/camera/image_raw"},
-                      input_transport="compressed", output_resolution="network")
+    proc = start_node(
+        bundle_dir,
+        remaps={"__ns": "/cam2", "image": "/cam2/camera/image_raw"},
+        input_transport="compressed",
+        output_resolution="network",
+    )
     outputs = [f"/cam2{t}" for t in OUTPUTS]
     try:
         wait_ready(proc)
         assert "listening on /cam2/camera/image_raw/compressed (compressed" in proc.output
-        c = ros_util.Client(ros, outputs, image_topic="/cam2/camera/image_raw/compressed",
-                            image_type=CompressedImage)
+        c = ros_util.Client(
+            ros,
+            outputs,
+            image_topic="/cam2/camera/image_raw/compressed",
+            image_type=CompressedImage,
+        )
         diag = ros_util.DiagnosticsWatch(ros, "/cam2/cosme_node")
         try:
             c.wait_connected()
@@ -331,26 +367,34 @@ def test_compressed_input_network_resolution_in_a_namespace(bundle_dir, ros):
             data = bytearray(bytes(bomb.data))
             data[16:24] = (16384).to_bytes(4, "big") * 2  # IHDR says 16384x16384
             bomb.data = bytes(data)
-            for msg, pattern in ((corrupt, r"undecodable compressed data"),
-                                 (bomb, r"16384x16384 has more than max_pixels")):
+            for msg, pattern in (
+                (corrupt, r"undecodable compressed data"),
+                (bomb, r"16384x16384 has more than max_pixels"),
+            ):
+
                 def counted(s, pattern=pattern):
                     v = diagnostic_values(s)
-                    return int(v["frames rejected"]) > rejected and \
-                        re.search(pattern, v["last rejection"])
-                status = diag.wait_for(counted, DIAG_TIMEOUT, every=1.5,
-                                       between=lambda msg=msg: c.pub.publish(msg))
+                    return int(v["frames rejected"]) > rejected and re.search(
+                        pattern, v["last rejection"]
+                    )
+
+                status = diag.wait_for(
+                    counted, DIAG_TIMEOUT, every=1.5, between=lambda msg=msg: c.pub.publish(msg)
+                )
                 assert status is not None, (pattern, proc.output[-3000:])
                 rejected = int(diagnostic_values(status)["frames rejected"])
             good = _compressed(rgb, ".jpg", "jpeg", restamp(camera_frame()[0]).header.stamp.sec)
             c.send_until_processed(good)
             assert_alive(proc)
             # start-up says what it loads, and the final summary carries the node's full name
-            assert re.search(r"\[cam2\.cosme_node\]: loading bundle \S+ \(method auto",
-                             proc.output), proc.output[:2000]
+            assert re.search(
+                r"\[cam2\.cosme_node\]: loading bundle \S+ \(method auto", proc.output
+            ), proc.output[:2000]
             proc.interrupt()
             assert proc.wait(15) == 0, proc.output[-2000:]
-            assert proc.wait_for_output(r"\[cam2\.cosme_node\]: frames: received \d+", 1), \
-                proc.output[-2000:]
+            assert proc.wait_for_output(
+                r"\[cam2\.cosme_node\]: frames: received \d+", 1
+            ), proc.output[-2000:]
         finally:
             diag.close()
             c.close()
@@ -363,19 +407,24 @@ def test_refine_guided_publishes_the_pipelines_refined_map(bundle_dir, ros):
     for that frame (and not the plain one)."""
     from cosme_ros.bundle import Bundle
     from cosme_ros.pipeline import Pipeline
+
     # In a namespace of its own: the module's node answers on the global topics.
-    proc = start_node(bundle_dir, remaps={"__ns": "/refined"}, refine="guided", refine_radius=4,
-                      precision="fp32", method="maxlogit")
+    proc = start_node(
+        bundle_dir,
+        remaps={"__ns": "/refined"},
+        refine="guided",
+        refine_radius=4,
+        precision="fp32",
+        method="maxlogit",
+    )
     try:
         wait_ready(proc)
         assert "(refine guided, radius 4)" in proc.output
-        c = ros_util.Client(ros, [f"/refined{t}" for t in OUTPUTS],
-                            image_topic="/refined/image")
+        c = ros_util.Client(ros, [f"/refined{t}" for t in OUTPUTS], image_topic="/refined/image")
         try:
             c.wait_connected()
             msg, rgb = camera_frame(encoding="rgb8", seed=5)
-            score = image_codec.image_array(
-                c.send_until_processed(msg)["/refined/anomaly/score"])
+            score = image_codec.image_array(c.send_until_processed(msg)["/refined/anomaly/score"])
         finally:
             c.close()
         bundle = Bundle.load(bundle_dir)
@@ -396,8 +445,13 @@ def test_sigint_exits_cleanly(bundle_dir, ros):
         c.wait_connected()
         bad, _ = camera_frame()
         bad.encoding = "no_such_encoding"
-        ros_util.spin_until(c.session.executor, lambda: "unsupported encoding" in proc.output, 20,
-                            between=lambda: c.pub.publish(bad), every=2.0)
+        ros_util.spin_until(
+            c.session.executor,
+            lambda: "unsupported encoding" in proc.output,
+            20,
+            between=lambda: c.pub.publish(bad),
+            every=2.0,
+        )
         c.close()
         assert "unsupported encoding 'no_such_encoding'" in proc.output
         t0 = time.monotonic()
@@ -406,19 +460,23 @@ def test_sigint_exits_cleanly(bundle_dir, ros):
         assert code == 0, f"exit status {code} after SIGINT:\n{proc.output}"
         assert time.monotonic() - t0 < 10
         assert "Traceback" not in proc.output
-        assert proc.wait_for_output(r"frames: received \d+, processed 0, dropped \d+, "
-                                    r"rejected [1-9]", 1), proc.output
+        assert proc.wait_for_output(
+            r"frames: received \d+, processed 0, dropped \d+, " r"rejected [1-9]", 1
+        ), proc.output
     finally:
         proc.stop()
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
-    ({"method": "nonsense"}, "parameter 'method': unknown method 'nonsense'"),
-    ({"method": "cosme[refine=guided]"}, "refine is a parameter of its own here"),
-    ({"method": "cosme[fusion=nonsense]"}, "unknown CosMe fusion 'nonsense'"),
-    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"overlay_alpha": "2.0"}, "parameter 'overlay_alpha': 2.0 is out of range"),
+        ({"method": "nonsense"}, "parameter 'method': unknown method 'nonsense'"),
+        ({"method": "cosme[refine=guided]"}, "refine is a parameter of its own here"),
+        ({"method": "cosme[fusion=nonsense]"}, "unknown CosMe fusion 'nonsense'"),
+        ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
+    ],
+)
 def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
     proc = start_node(bundle_dir, **params)
     code = proc.wait(START_TIMEOUT)
@@ -432,6 +490,7 @@ def test_invalid_parameter_fails_start_up(bundle_dir, params, message):
 
 # ----------------------------------------------------------------------------- in process
 
+
 class FakePipeline:
     """Stands in for Pipeline: records the frames it gets, answers with constant maps."""
 
@@ -442,6 +501,7 @@ class FakePipeline:
 
     def __call__(self, rgb, out_size=None):
         from cosme_ros.pipeline import Result
+
         self.calls.append(rgb.copy())
         h, w = out_size or rgb.shape[:2]
         return Result(classes=np.zeros((h, w), np.uint8), score=np.ones((h, w), np.float32))
@@ -449,9 +509,14 @@ class FakePipeline:
 
 def make_node(ros, bundle_dir, context=None, namespace="/fake", **params):
     from cosme_ros.ros.node import CosmeNode
+
     overrides = [Parameter(k, value=v) for k, v in {"bundle": str(bundle_dir), **params}.items()]
-    return CosmeNode(context=context or ros.context, pipeline_factory=FakePipeline,
-                     parameter_overrides=overrides, namespace=namespace)
+    return CosmeNode(
+        context=context or ros.context,
+        pipeline_factory=FakePipeline,
+        parameter_overrides=overrides,
+        namespace=namespace,
+    )
 
 
 @pytest.fixture
@@ -464,6 +529,7 @@ def fake_node(ros, bundle_dir):
 
 def test_only_newest_frame_is_processed(fake_node, monkeypatch):
     from cosme_ros import viz
+
     monkeypatch.setattr(viz, "colorize", lambda *a: pytest.fail("colorize without subscriber"))
     monkeypatch.setattr(viz, "heatmap", lambda *a: pytest.fail("heatmap without subscriber"))
     frames = [camera_frame(h=8, w=10, seed=i) for i in range(3)]
@@ -502,13 +568,13 @@ def test_corrupt_compressed_rejected_by_the_worker(ros, bundle_dir):
         node.pipeline.calls.clear()
         assert node._sub.topic_name == "/fake/image/compressed"
         msg = _compressed(np.zeros((8, 8, 3), np.uint8), ".jpg", "jpeg", 1)
-        msg.data = bytes(msg.data)[:100] + bytes(50)   # cut before the frame header
+        msg.data = bytes(msg.data)[:100] + bytes(50)  # cut before the frame header
         node._on_compressed(msg)
         node._process_latest()
         assert node.stats.rejected == 1 and not node.pipeline.calls
         assert "refused: JPEG without a frame header" in node.monitor.last_rejection
         msg = _compressed(np.zeros((8, 8, 3), np.uint8), ".png", "png", 1)
-        msg.data = bytes(msg.data)[:40] + bytes(50)    # header intact, data broken
+        msg.data = bytes(msg.data)[:40] + bytes(50)  # header intact, data broken
         node._on_compressed(msg)
         node._process_latest()
         assert node.stats.rejected == 2 and not node.pipeline.calls
@@ -530,8 +596,9 @@ def test_integers_are_accepted_for_double_parameters(fake_node, ros, bundle_dir)
         got = fake_node.get_parameter(name)
         assert got.type_ == Parameter.Type.DOUBLE and got.value == float(value), name
     assert not fake_node.set_parameters([Parameter("overlay_alpha", value=2)])[0].successful
-    assert not fake_node.set_parameters([Parameter("max_image_pixels", value=1.5)])[0] \
-        .successful   # an integer parameter still takes integers only
+    assert not fake_node.set_parameters([Parameter("max_image_pixels", value=1.5)])[
+        0
+    ].successful  # an integer parameter still takes integers only
     node = make_node(ros, bundle_dir, overlay_alpha=1, processing_budget_ms=20)  # a file's
     try:
         assert node.get_parameter("overlay_alpha").value == 1.0
@@ -546,6 +613,7 @@ def test_anomaly_threshold_follows_the_bundle_and_method(ros, bundle_dir, tmp_pa
     infinite threshold) and the node says why, in its log and on /diagnostics."""
     from cosme_ros.bundle import Bundle
     from cosme_ros.ros.outputs import render_outputs
+
     calibrated = tmp_path / "calibrated"
     shutil.copytree(bundle_dir, calibrated)
     Bundle.load(calibrated).write_thresholds({"maxlogit": {"value": -3.5, "fpr": 0.01}})
@@ -563,9 +631,16 @@ def test_anomaly_threshold_follows_the_bundle_and_method(ros, bundle_dir, tmp_pa
         value, why = node._threshold()
         assert value == math.inf and "no calibrated threshold for maxlogit[refine=guided]" in why
         score = np.full((4, 6), 1e30, np.float32)
-        mask = render_outputs(np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6), np.uint8), score,
-                              {"mask"}, threshold=value, alpha=0.5, palette=node.palette,
-                              heat_range=(0.0, 1.0))["mask"][0]
+        mask = render_outputs(
+            np.zeros((4, 6, 3), np.uint8),
+            np.zeros((4, 6), np.uint8),
+            score,
+            {"mask"},
+            threshold=value,
+            alpha=0.5,
+            palette=node.palette,
+            heat_range=(0.0, 1.0),
+        )["mask"][0]
         assert not mask.any()
     finally:
         node.destroy_node()
@@ -578,7 +653,7 @@ def test_no_parameter_can_be_unset(fake_node):
         result = fake_node.set_parameters([Parameter(name)])[0]
         assert not result.successful, name
         assert fake_node.has_parameter(name), name
-    result = fake_node.set_parameters([Parameter("heatmap_range")])[0]   # dynamically typed
+    result = fake_node.set_parameters([Parameter("heatmap_range")])[0]  # dynamically typed
     assert "parameter 'heatmap_range': cannot be unset" in result.reason
     assert fake_node.get_parameter("heatmap_range").value == "auto"
     assert fake_node.set_parameters([Parameter("heatmap_range", value=[0.0, 1.0])])[0].successful
@@ -586,35 +661,46 @@ def test_no_parameter_can_be_unset(fake_node):
     assert not result.successful
     assert fake_node.set_parameters([Parameter("overlay_alpha", value=0.25)])[0].successful
     for value in ([1.0], [3.0, 3.0], "sometimes", [float("inf"), 1.0]):
-        assert not fake_node.set_parameters([Parameter("heatmap_range", value=value)])[0] \
-            .successful, value
+        assert not fake_node.set_parameters([Parameter("heatmap_range", value=value)])[
+            0
+        ].successful, value
     for value in ([0.0, 2.0], [-1, 4], "auto"):
-        assert fake_node.set_parameters([Parameter("heatmap_range", value=value)])[0] \
-            .successful, value
+        assert fake_node.set_parameters([Parameter("heatmap_range", value=value)])[
+            0
+        ].successful, value
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"input_size": "big"}, "parameter 'input_size': 'big' is not HxW"),
-    ({"input_size": [16, 64]}, "parameter 'input_size': [16, 64]: height and width must be"),
-    ({"input_size": [64, 128, 3]}, "parameter 'input_size'"),
-    ({"output_resolution": "half"}, "parameter 'output_resolution': unknown value 'half'"),
-    ({"input_transport": "theora"}, "parameter 'input_transport': unknown value 'theora'"),
-    ({"input_qos": "FAST"}, "parameter 'input_qos': unknown value 'FAST'"),
-    ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
-    ({"device": "tpu"}, "parameter 'device': unknown value 'tpu'"),
-    ({"refine": "blur"}, "parameter 'refine': unknown value 'blur'"),
-    ({"refine_radius": 0}, "parameter 'refine_radius': 0 is out of range"),
-    ({"heatmap_range": [1.0, -1.0]}, "parameter 'heatmap_range': [1.0, -1.0]: need finite lo"),
-    ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
-    ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),
-    ({"max_image_pixels": 0}, "parameter 'max_image_pixels': 0 is out of range"),
-    ({"anomaly_threshold": "high"}, "parameter 'anomaly_threshold': 'high' is neither 'auto' "
-                                    "nor a number"),
-    ({"overlay_alpha": "high"}, "parameter 'overlay_alpha': must be a number"),
-    ({"bundle": "/nonexistent/bundle"}, "parameter 'bundle': /nonexistent/bundle: not a bundle"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"input_size": "big"}, "parameter 'input_size': 'big' is not HxW"),
+        ({"input_size": [16, 64]}, "parameter 'input_size': [16, 64]: height and width must be"),
+        ({"input_size": [64, 128, 3]}, "parameter 'input_size'"),
+        ({"output_resolution": "half"}, "parameter 'output_resolution': unknown value 'half'"),
+        ({"input_transport": "theora"}, "parameter 'input_transport': unknown value 'theora'"),
+        ({"input_qos": "FAST"}, "parameter 'input_qos': unknown value 'FAST'"),
+        ({"precision": "fp16"}, "parameter 'precision': fp16 needs the TensorRT engines"),
+        ({"device": "tpu"}, "parameter 'device': unknown value 'tpu'"),
+        ({"refine": "blur"}, "parameter 'refine': unknown value 'blur'"),
+        ({"refine_radius": 0}, "parameter 'refine_radius': 0 is out of range"),
+        ({"heatmap_range": [1.0, -1.0]}, "parameter 'heatmap_range': [1.0, -1.0]: need finite lo"),
+        ({"anomaly_threshold": float("nan")}, "parameter 'anomaly_threshold': nan is not a finite"),
+        ({"processing_budget_ms": -1.0}, "parameter 'processing_budget_ms': -1.0 is out of range"),
+        ({"max_image_pixels": 0}, "parameter 'max_image_pixels': 0 is out of range"),
+        (
+            {"anomaly_threshold": "high"},
+            "parameter 'anomaly_threshold': 'high' is neither 'auto' " "nor a number",
+        ),
+        ({"overlay_alpha": "high"}, "parameter 'overlay_alpha': must be a number"),
+        (
+            {"bundle": "/nonexistent/bundle"},
+            "parameter 'bundle': /nonexistent/bundle: not a bundle",
+        ),
+    ],
+)
 def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, message):
     from cosme_ros.ros.node import StartupError
+
     with pytest.raises(StartupError) as err:
         make_node(ros, bundle_dir, **params).destroy_node()
     assert message in str(err.value)
@@ -622,6 +708,7 @@ def test_start_up_validation_names_the_parameter(ros, bundle_dir, params, messag
 
 def test_missing_default_bundle_says_how_to_get_one(ros, bundle_dir, tmp_path, monkeypatch):
     from cosme_ros.ros import node as node_mod
+
     monkeypatch.setattr(node_mod, "default_bundle_path", lambda: tmp_path / "models" / "demo")
     with pytest.raises(node_mod.StartupError) as err:
         make_node(ros, bundle_dir, bundle="").destroy_node()
@@ -649,6 +736,7 @@ def test_input_size_forms(ros, bundle_dir, value):
 
 def test_default_bundle_is_used_for_empty_bundle(ros, bundle_dir, monkeypatch):
     from cosme_ros.ros import node as node_mod
+
     monkeypatch.setattr(node_mod, "default_bundle_path", lambda: Path(bundle_dir))
     n = make_node(ros, bundle_dir, bundle="")
     try:
@@ -661,12 +749,16 @@ def test_params_file_configures_a_namespaced_node(ros, bundle_dir):
     """config/cosme.yaml (`/**`) applies to a node in any namespace, declares nothing unknown and
     passes the node's own validation."""
     from cosme_ros.ros.node import PARAMS
+
     listed = yaml.safe_load(ros_util.PARAMS_FILE.read_text())["/**"]["ros__parameters"]
     assert set(listed) == {p.name for p in PARAMS}
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=ros_util.DOMAIN_ID,
-               args=["--ros-args", "--params-file", str(ros_util.PARAMS_FILE)],
-               signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    rclpy.init(
+        context=context,
+        domain_id=ros_util.DOMAIN_ID,
+        args=["--ros-args", "--params-file", str(ros_util.PARAMS_FILE)],
+        signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
+    )
     try:
         node = make_node(ros, bundle_dir, context=context, namespace="/cam_left")
         try:
@@ -682,15 +774,23 @@ def test_params_file_configures_a_namespaced_node(ros, bundle_dir):
 
 def test_measure_node_overhead(bundle_dir):
     from cosme_ros.ros.overhead import measure_node_overhead
+
     result = measure_node_overhead(bundle_dir, size=(72, 128), frames=2)
     assert result["camera"] == [72, 128] and result["output_size"] == [72, 128]
     assert result["published"] and result["network_input"] == [64, 128]
-    for key in ("pipeline_only_ms", "node_decode_ms", "node_render_ms", "node_encode_ms",
-                "node_publish_ms", "node_total_ms"):
+    for key in (
+        "pipeline_only_ms",
+        "node_decode_ms",
+        "node_render_ms",
+        "node_encode_ms",
+        "node_publish_ms",
+        "node_total_ms",
+    ):
         assert result[key] >= 0, key
     assert result["node_total_ms"] >= result["node_pipeline_ms"]
-    small = measure_node_overhead(bundle_dir, size=(72, 128), frames=1,
-                                  output_resolution="network", publish=False)
+    small = measure_node_overhead(
+        bundle_dir, size=(72, 128), frames=1, output_resolution="network", publish=False
+    )
     assert small["output_size"] == [64, 128] and small["node_publish_ms"] < 1.0
 
 
@@ -698,6 +798,7 @@ def test_time_since_last_frame_is_on_the_node_clock(ros, bundle_dir):
     """Under use_sim_time (bag replay) "time since the last frame" is simulated time: a paused
     bag is not a silent camera."""
     from rclpy.time import Time
+
     node = make_node(ros, bundle_dir, use_sim_time=True)
     sent = []
     node._diag_pub.publish = sent.append

@@ -5,6 +5,7 @@ arguments, except ``LaunchConfiguration.perform``, which does what the real one 
 argument up in the context). They show *what* the launch file asks launch to start; that launch
 then starts it is the job of test_launch.py (launch_testing, where installed).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = config_path(FASTDDS_PROFILE)
 LAUNCH_FILE = REPO / "launch" / "cosme.launch.py"
 RVIZ_FILE = REPO / "config" / "cosme.rviz"
-ARGUMENTS = {"image_topic": "image", "bundle": "", "namespace": "", "use_sim_time": "false",
-             "rviz": "false", "shm_profile": "true"}
+ARGUMENTS = {
+    "image_topic": "image",
+    "bundle": "",
+    "namespace": "",
+    "use_sim_time": "false",
+    "rviz": "false",
+    "shm_profile": "true",
+}
 
 
 class Recorded:
@@ -41,9 +48,17 @@ class Recorded:
 
 
 def _stub_modules():
-    classes = {name: type(name, (Recorded,), {}) for name in (
-        "LaunchDescription", "DeclareLaunchArgument", "OpaqueFunction", "PathJoinSubstitution",
-        "Node", "FindPackageShare")}
+    classes = {
+        name: type(name, (Recorded,), {})
+        for name in (
+            "LaunchDescription",
+            "DeclareLaunchArgument",
+            "OpaqueFunction",
+            "PathJoinSubstitution",
+            "Node",
+            "FindPackageShare",
+        )
+    }
 
     class LaunchConfiguration(Recorded):
         def perform(self, context):
@@ -82,8 +97,11 @@ def launch_module(monkeypatch):
 
 
 def _arguments(description, classes):
-    return {e.args[0]: e.kwargs for e in description.args[0]
-            if isinstance(e, classes["DeclareLaunchArgument"])}
+    return {
+        e.args[0]: e.kwargs
+        for e in description.args[0]
+        if isinstance(e, classes["DeclareLaunchArgument"])
+    }
 
 
 def _launch(module, classes, **given):
@@ -104,13 +122,21 @@ def test_launch_file_compiles():
 def test_arguments_and_defaults(launch_module):
     module, classes = launch_module
     args = _arguments(module.generate_launch_description(), classes)
-    assert set(args) == {"image_topic", "bundle", "params_file", "namespace", "use_sim_time",
-                         "rviz", "shm_profile"}
+    assert set(args) == {
+        "image_topic",
+        "bundle",
+        "params_file",
+        "namespace",
+        "use_sim_time",
+        "rviz",
+        "shm_profile",
+    }
     for name, default in ARGUMENTS.items():
         assert args[name]["default_value"] == default, name
     share = classes["FindPackageShare"]("cosme_ros")
     assert args["params_file"]["default_value"] == classes["PathJoinSubstitution"](
-        [share, "config", "cosme.yaml"])
+        [share, "config", "cosme.yaml"]
+    )
     assert all(a.get("description") for a in args.values())
 
 
@@ -119,8 +145,11 @@ def test_default_launch_starts_only_the_node(launch_module):
     nodes = _launch(module, classes)
     assert len(nodes) == 1
     node = nodes[0].kwargs
-    assert (node["package"], node["executable"], node["name"]) == ("cosme_ros", "cosme_node",
-                                                                    "cosme_node")
+    assert (node["package"], node["executable"], node["name"]) == (
+        "cosme_ros",
+        "cosme_node",
+        "cosme_node",
+    )
     assert node["namespace"] == ""
     # the params file first, then the launch arguments; no bundle override when none is given
     assert node["parameters"] == ["/share/cosme_ros/config/cosme.yaml", {"use_sim_time": False}]
@@ -153,20 +182,31 @@ def test_rviz_without_rviz2_starts_nothing(launch_module, monkeypatch):
 
 def test_arguments_reach_the_node_and_rviz(launch_module):
     module, classes = launch_module
-    nodes = _launch(module, classes, image_topic="/camera/image_raw", bundle="/models/b",
-                    namespace="cam_left", use_sim_time="True", rviz="true",
-                    params_file="/my/params.yaml")
+    nodes = _launch(
+        module,
+        classes,
+        image_topic="/camera/image_raw",
+        bundle="/models/b",
+        namespace="cam_left",
+        use_sim_time="True",
+        rviz="true",
+        params_file="/my/params.yaml",
+    )
     assert len(nodes) == 2
     node, rviz = nodes[0].kwargs, nodes[1].kwargs
-    assert node["parameters"] == ["/my/params.yaml", {"use_sim_time": True,
-                                                      "bundle": "/models/b"}]
+    assert node["parameters"] == ["/my/params.yaml", {"use_sim_time": True, "bundle": "/models/b"}]
     assert node["remappings"] == [("image", "/camera/image_raw")]
     assert node["namespace"] == "cam_left"
-    assert (rviz["package"], rviz["executable"], rviz["namespace"]) == ("rviz2", "rviz2",
-                                                                         "cam_left")
+    assert (rviz["package"], rviz["executable"], rviz["namespace"]) == (
+        "rviz2",
+        "rviz2",
+        "cam_left",
+    )
     share = classes["FindPackageShare"]("cosme_ros")
-    assert rviz["arguments"] == ["-d", classes["PathJoinSubstitution"](
-        [share, "config", "cosme.rviz"])]
+    assert rviz["arguments"] == [
+        "-d",
+        classes["PathJoinSubstitution"]([share, "config", "cosme.rviz"]),
+    ]
     assert rviz["remappings"] == [("image", "/camera/image_raw")]
     assert rviz["parameters"] == [{"use_sim_time": True}]
 
@@ -180,12 +220,16 @@ def test_bad_flag_is_refused(launch_module):
 def test_rviz_config_shows_the_nodes_topics():
     config = yaml.safe_load(RVIZ_FILE.read_text())
     displays = config["Visualization Manager"]["Displays"]
-    images = {d["Name"]: d["Topic"]["Value"] for d in displays
-              if d["Class"] == "rviz_default_plugins/Image"}
+    images = {
+        d["Name"]: d["Topic"]["Value"]
+        for d in displays
+        if d["Class"] == "rviz_default_plugins/Image"
+    }
     assert images["Camera"] == "image"
     assert images["Segmentation"] == "segmentation/color"
     assert images["Anomaly heatmap"] == "anomaly/heatmap"
     from cosme_ros.ros.outputs import OUTPUTS
+
     topics = {t for t, _ in OUTPUTS.values()} | {"image"}
     for name, topic in images.items():
         # relative, so that the namespace given to rviz2 by the launch file applies
@@ -204,6 +248,7 @@ def test_with_real_launch_where_installed():
     pytest.importorskip("launch_ros")
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
     spec = importlib.util.spec_from_file_location("cosme_launch_real", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

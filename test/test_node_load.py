@@ -5,6 +5,7 @@ CPU, so most camera frames must be dropped. For 20 s the node must keep answerin
 recent frames only (no backlog: the age of each processed frame at output stays within about
 two processing times), and not grow in memory.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -22,13 +23,13 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 RATE_HZ = 30.0
 DURATION_S = float(__import__("os").environ.get("COSME_LOAD_S", "20"))
-WARM_UP_S = 4.0               # at least this long and 5 outputs …
-MAX_WARM_UP_S = 10.0          # … but no longer than this
-FRAME = (480, 640)             # camera frames: VGA rgb8, 0.9 MB each
-NETWORK = "256x512"            # slow on purpose: ~3-5 Hz on one core
+WARM_UP_S = 4.0  # at least this long and 5 outputs …
+MAX_WARM_UP_S = 10.0  # … but no longer than this
+FRAME = (480, 640)  # camera frames: VGA rgb8, 0.9 MB each
+NETWORK = "256x512"  # slow on purpose: ~3-5 Hz on one core
 MAX_RSS_GROWTH_MB = 50.0
-SLACK_S = 1.0                  # scheduling on a shared 2-core machine
-PROBE_SEC = 9_999              # the stamp of the frame that proves every topic matched
+SLACK_S = 1.0  # scheduling on a shared 2-core machine
+PROBE_SEC = 9_999  # the stamp of the frame that proves every topic matched
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ class Camera(threading.Thread):
 
 def test_30hz_camera_against_a_slow_model(tmp_path, ros):
     from bundles import make_tiny_bundle
+
     bundle = make_tiny_bundle(tmp_path / "bundle")
     # One torch thread: on a 2-core machine shared with other jobs, OpenMP spinning makes two
     # threads' timings erratic; the policy under test does not depend on the thread count.
@@ -73,11 +75,26 @@ def test_30hz_camera_against_a_slow_model(tmp_path, ros):
     # Reliable input: with discovery confined to localhost Fast DDS uses UDP only (no shared
     # memory), and best-effort 0.9 MB frames lose fragments on loopback under load — the node
     # would see a few frames per second instead of the camera's 30.
-    proc = ros_util.Process(ros_util.node_command(
-        {"bundle": bundle.path, "device": "cpu", "input_size": NETWORK, "input_qos": "DEFAULT",
-         "processing_budget_ms": 1e5}), env=env)
-    outputs = ["/segmentation/class_mask", "/segmentation/color", "/anomaly/score",
-               "/anomaly/mask", "/anomaly/heatmap", "/cosme_node/debug/processing_time_ms"]
+    proc = ros_util.Process(
+        ros_util.node_command(
+            {
+                "bundle": bundle.path,
+                "device": "cpu",
+                "input_size": NETWORK,
+                "input_qos": "DEFAULT",
+                "processing_budget_ms": 1e5,
+            }
+        ),
+        env=env,
+    )
+    outputs = [
+        "/segmentation/class_mask",
+        "/segmentation/color",
+        "/anomaly/score",
+        "/anomaly/mask",
+        "/anomaly/heatmap",
+        "/cosme_node/debug/processing_time_ms",
+    ]
     camera = None
     try:
         assert proc.wait_for_output(r"\bready: bundle", 90), proc.output
@@ -99,8 +116,12 @@ def test_30hz_camera_against_a_slow_model(tmp_path, ros):
 
         t0, wall_t0 = time.monotonic(), time.time_ns()
         # warm (allocator pools and thread arenas filled) after a few processed frames
-        ros_util.spin_until(ros.executor, lambda: len(client.received["/anomaly/score"]) >= 5
-                            and time.monotonic() - t0 >= WARM_UP_S, MAX_WARM_UP_S)
+        ros_util.spin_until(
+            ros.executor,
+            lambda: len(client.received["/anomaly/score"]) >= 5
+            and time.monotonic() - t0 >= WARM_UP_S,
+            MAX_WARM_UP_S,
+        )
         rss_start = proc.rss_mb()
         rss = [rss_start]
         while time.monotonic() - t0 < DURATION_S:
@@ -113,9 +134,14 @@ def test_30hz_camera_against_a_slow_model(tmp_path, ros):
         # Outputs still in flight when the camera stopped (reliable 1 MB images, repaired
         # fragment by fragment while this process was busy publishing 30 Hz frames) arrive now;
         # the node produces nothing new once its last frame is done.
-        ros_util.spin_until(ros.executor, lambda: all(
-            len(client.received[t]) >= len(client.received["/anomaly/score"]) - 2
-            for t in outputs[:5]), 5.0)
+        ros_util.spin_until(
+            ros.executor,
+            lambda: all(
+                len(client.received[t]) >= len(client.received["/anomaly/score"]) - 2
+                for t in outputs[:5]
+            ),
+            5.0,
+        )
         rss_end = proc.rss_mb()
         t_end = time.monotonic()
 
@@ -136,8 +162,11 @@ def test_30hz_camera_against_a_slow_model(tmp_path, ros):
         start_s, stop_s = wall_t0 * 1e-9, wall_stop * 1e-9
         gaps = np.diff([start_s, *out_s[out_s <= stop_s], stop_s])
         longest = max(5.0, bound)
-        assert gaps[1:].max() <= longest and gaps[0] <= longest + MAX_WARM_UP_S, \
-            (np.round(gaps, 2).tolist(), longest, np.round(times_ms).tolist())
+        assert gaps[1:].max() <= longest and gaps[0] <= longest + MAX_WARM_UP_S, (
+            np.round(gaps, 2).tolist(),
+            longest,
+            np.round(times_ms).tolist(),
+        )
         # every output is for a recent frame: no queue anywhere between camera and output
         ages = [t - camera.sent[m.header.stamp.sec] * 1e-9 for m, t in zip(score, out_s)]
         assert max(ages) <= bound, (max(ages), bound, sorted(ages)[-5:])
@@ -156,12 +185,14 @@ def test_30hz_camera_against_a_slow_model(tmp_path, ros):
         dropped = int(values["frames dropped"])
         assert dropped > 0 and processed < received / 2, values
         assert int(values["frames rejected"]) == 0 and int(values["frames failed"]) == 0
-        print(f"\nload: {len(camera.sent)} frames sent in {t_end - t0:.1f} s, node received "
-              f"{received}, processed {processed}, dropped {dropped}; processing median "
-              f"{proc_median_s * 1e3:.0f} ms, max {proc_max_s * 1e3:.0f} ms; output age median "
-              f"{statistics.median(ages) * 1e3:.0f} ms, max {max(ages) * 1e3:.0f} ms (bound "
-              f"{bound * 1e3:.0f} ms); RSS {rss_start:.0f} → {rss_end:.0f} MB (max "
-              f"{max(rss):.0f}; per second: {[round(r) for r in rss]})")
+        print(
+            f"\nload: {len(camera.sent)} frames sent in {t_end - t0:.1f} s, node received "
+            f"{received}, processed {processed}, dropped {dropped}; processing median "
+            f"{proc_median_s * 1e3:.0f} ms, max {proc_max_s * 1e3:.0f} ms; output age median "
+            f"{statistics.median(ages) * 1e3:.0f} ms, max {max(ages) * 1e3:.0f} ms (bound "
+            f"{bound * 1e3:.0f} ms); RSS {rss_start:.0f} → {rss_end:.0f} MB (max "
+            f"{max(rss):.0f}; per second: {[round(r) for r in rss]})"
+        )
         diagnostics.close()
         client.close()
         code = proc.stop(15)

@@ -1,5 +1,6 @@
 """The node's pure parts, without DDS: health verdicts, heatmap range, outputs, parameter values,
 cheap message checks."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -17,8 +18,10 @@ PALETTE = [(0, 0, 0), (255, 0, 0), (0, 255, 0)]
 
 # ----------------------------------------------------------------------------- monitor
 
-def steady_camera(monitor: FrameMonitor, t0: float, n: int, hz: float = 10.0,
-                  ms: float = 20.0) -> float:
+
+def steady_camera(
+    monitor: FrameMonitor, t0: float, n: int, hz: float = 10.0, ms: float = 20.0
+) -> float:
     t = t0
     for _ in range(n):
         monitor.received(t)
@@ -78,6 +81,7 @@ def test_monitor_over_budget_rejected_failed():
 
 # ----------------------------------------------------------------------------- heatmap range
 
+
 def test_running_range_does_not_jump_with_one_frame():
     rng = np.random.default_rng(0)
     r = RunningRange(rate=0.05)
@@ -102,23 +106,36 @@ def test_running_range_first_frame_and_degenerate_scores():
 
 # ----------------------------------------------------------------------------- outputs
 
+
 def test_render_outputs_only_what_is_wanted_and_at_network_size():
     rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     classes = np.array([[0, 1], [2, 1]], np.uint8).repeat(16, 0).repeat(32, 1)  # 32x64
     score = np.linspace(-1, 1, 32 * 64, dtype=np.float32).reshape(32, 64)
-    assert render_outputs(rgb, classes, score, set(), threshold=0, alpha=0.5,
-                          palette=PALETTE) == {}
-    out = render_outputs(rgb, classes, score, {"class_mask", "color", "score", "mask", "heatmap"},
-                         threshold=0.0, alpha=0.5, palette=PALETTE, heat_range=(-1.0, 1.0))
-    assert {k: v[1] for k, v in out.items()} == {"class_mask": "mono8", "color": "rgb8",
-                                                  "score": "32FC1", "mask": "mono8",
-                                                  "heatmap": "rgb8"}
+    assert render_outputs(rgb, classes, score, set(), threshold=0, alpha=0.5, palette=PALETTE) == {}
+    out = render_outputs(
+        rgb,
+        classes,
+        score,
+        {"class_mask", "color", "score", "mask", "heatmap"},
+        threshold=0.0,
+        alpha=0.5,
+        palette=PALETTE,
+        heat_range=(-1.0, 1.0),
+    )
+    assert {k: v[1] for k, v in out.items()} == {
+        "class_mask": "mono8",
+        "color": "rgb8",
+        "score": "32FC1",
+        "mask": "mono8",
+        "heatmap": "rgb8",
+    }
     for array, _ in out.values():
         assert array.shape[:2] == (32, 64)
     np.testing.assert_array_equal(out["mask"][0], np.where(score > 0, 255, 0))
     np.testing.assert_array_equal(out["color"][0], np.asarray(PALETTE, np.uint8)[classes])
-    zero = render_outputs(rgb, classes, score, {"heatmap"}, threshold=0, alpha=0.0,
-                          palette=PALETTE)["heatmap"][0]
+    zero = render_outputs(
+        rgb, classes, score, {"heatmap"}, threshold=0, alpha=0.0, palette=PALETTE
+    )["heatmap"][0]
     assert zero.shape == (32, 64, 3)  # the camera image, resized to the output size
 
 
@@ -126,24 +143,29 @@ def test_fast_colorize_and_mask_match_the_plain_numpy_ones():
     from cosme_ros import viz
     from cosme_ros.data.cityscapes import CITYSCAPES_PALETTE
     from cosme_ros.ros.outputs import colorize, threshold_mask
+
     rng = np.random.default_rng(3)
     classes = rng.integers(0, 256, (37, 53)).astype(np.uint8)  # beyond the palette: black
-    np.testing.assert_array_equal(colorize(classes, CITYSCAPES_PALETTE),
-                                  viz.colorize(classes, CITYSCAPES_PALETTE))
+    np.testing.assert_array_equal(
+        colorize(classes, CITYSCAPES_PALETTE), viz.colorize(classes, CITYSCAPES_PALETTE)
+    )
     score = rng.normal(0, 1, (37, 53)).astype(np.float32)
     score[0, :5] = [np.nan, np.inf, -np.inf, 0.25, 0.2500001]
     a = np.float32(0.25)
     b = np.nextafter(a, np.float32(1))
     score[1, :2] = [a, b]
     for t in (0.25, -1.0, 3.0, (float(a) + float(b)) / 2, float(b) - 1e-12, float(a) + 1e-12):
-        np.testing.assert_array_equal(threshold_mask(score, t),
-                                      np.where(score > t, 255, 0).astype(np.uint8))
+        np.testing.assert_array_equal(
+            threshold_mask(score, t), np.where(score > t, 255, 0).astype(np.uint8)
+        )
 
 
 # ----------------------------------------------------------------------------- parameter values
 
+
 def test_parse_input_size_and_heatmap_range():
     import array
+
     node = pytest.importorskip("cosme_ros.ros.node")
     assert node.parse_input_size("") is None and node.parse_input_size([]) is None
     assert node.parse_input_size(None) is None
@@ -163,6 +185,7 @@ def test_parse_input_size_and_heatmap_range():
 def test_default_bundle_path_is_the_repository_demo_without_an_ament_index(monkeypatch):
     node = pytest.importorskip("cosme_ros.ros.node")
     from pathlib import Path
+
     monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)
     repo = Path(node.__file__).resolve().parents[2]
     assert node.default_bundle_path() == repo / "models" / "demo"
@@ -180,9 +203,11 @@ def test_default_bundle_path_uses_the_installed_share(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- cheap checks
 
+
 def test_check_image_refuses_a_huge_claim_without_allocating():
-    msg = SimpleNamespace(height=16384, width=16384, encoding="rgb8", is_bigendian=0,
-                          step=16384 * 3, data=bytes(100))
+    msg = SimpleNamespace(
+        height=16384, width=16384, encoding="rgb8", is_bigendian=0, step=16384 * 3, data=bytes(100)
+    )
     tracemalloc.start()
     try:
         with pytest.raises(image_codec.ImageMessageError, match="more than max_pixels"):
@@ -195,10 +220,12 @@ def test_check_image_refuses_a_huge_claim_without_allocating():
     assert peak < 1_000_000
 
 
-@pytest.mark.parametrize("data", [bytes(24 * 3), bytearray(24 * 3), list(range(72)),
-                                  np.zeros(72, np.uint8)])
+@pytest.mark.parametrize(
+    "data", [bytes(24 * 3), bytearray(24 * 3), list(range(72)), np.zeros(72, np.uint8)]
+)
 def test_check_image_accepts_data_containers(data):
     import array
+
     msg = SimpleNamespace(height=4, width=6, encoding="rgb8", is_bigendian=0, step=18, data=data)
     image_codec.check_image(msg)
     msg.data = array.array("B", bytes(72))
@@ -210,6 +237,7 @@ def test_check_image_accepts_data_containers(data):
 
 def test_check_compressed_refuses_a_png_bomb_from_its_header():
     import cv2
+
     ok, buf = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
     data = bytearray(buf.tobytes())
     data[16:24] = (16384).to_bytes(4, "big") * 2
@@ -226,6 +254,7 @@ def test_ctrl_c_inside_the_executors_constructor_is_clean():
     executor is now built first, with the signals held; the Ctrl-C then ends start-up cleanly."""
     import subprocess
     import sys
+
     code = (
         "import os, signal, sys\n"
         "import rclpy.executors as ex\n"
@@ -239,11 +268,14 @@ def test_ctrl_c_inside_the_executors_constructor_is_clean():
         "    def __init__(self):\n"
         "        raise SystemExit('the node must not start after Ctrl-C')\n"
         "node_mod.CosmeNode = NeverStarts\n"
-        "sys.exit(node_mod.main([]))\n")
+        "sys.exit(node_mod.main([]))\n"
+    )
     pytest.importorskip("rclpy")
     import ros_util
-    env = ros_util.ros_env()   # localhost discovery, a random domain
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, env=env)
+
+    env = ros_util.ros_env()  # localhost discovery, a random domain
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Exception ignored" not in proc.stderr and "_sigint_gc" not in proc.stderr, proc.stderr

@@ -1,5 +1,6 @@
 """What a ROS user's tools read from the package: rosdep keys in package.xml, colcon's test
 dependency in setup.py, and a pytest that the distros' launch_testing plugin accepts."""
+
 from __future__ import annotations
 
 import ast
@@ -10,11 +11,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 # rosdep keys of rosdistro's base.yaml / python.yaml that package.xml may use (looked up by hand:
 # keys that do not exist make `rosdep install --from-paths src` fail on every distro).
-SYSTEM_KEYS = {"python3-numpy", "python3-opencv", "python3-yaml", "python3-tqdm",
-               "python3-matplotlib", "python3-torch", "python3-pytest", "python3-sklearn"}
-ROS_PACKAGES = {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "rcl_interfaces",
-                "ament_index_python", "launch", "launch_ros", "launch_testing",
-                "launch_testing_ros"}
+SYSTEM_KEYS = {
+    "python3-numpy",
+    "python3-opencv",
+    "python3-yaml",
+    "python3-tqdm",
+    "python3-matplotlib",
+    "python3-torch",
+    "python3-pytest",
+    "python3-sklearn",
+}
+ROS_PACKAGES = {
+    "rclpy",
+    "sensor_msgs",
+    "std_msgs",
+    "diagnostic_msgs",
+    "rcl_interfaces",
+    "ament_index_python",
+    "launch",
+    "launch_ros",
+    "launch_testing",
+    "launch_testing_ros",
+}
 
 
 def test_package_xml_uses_only_resolvable_keys():
@@ -31,8 +49,11 @@ def test_colcon_test_finds_pytest():
     """colcon runs pytest only when setup.py's "test" extra (or the tests_require that
     setuptools >= 79 dropped) names it; otherwise `colcon test` ran 0 tests and passed."""
     tree = ast.parse((REPO / "setup.py").read_text())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                and getattr(n.func, "id", "") == "setup")
+    call = next(
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup"
+    )
     kwargs = {k.arg: k.value for k in call.keywords}
     assert "tests_require" not in kwargs
     extras = ast.literal_eval(kwargs["extras_require"])
@@ -43,8 +64,12 @@ def test_pytest_is_one_that_launch_testing_accepts():
     """pytest 9 rejects the distros' launch_testing plugin (ros2/launch#979), so that on a ROS
     machine the suite died before collecting; 8.4 runs both worlds."""
     import pytest
+
     major, minor = (int(p) for p in pytest.__version__.split(".")[:2])
     assert (major, minor) < (9, 0), pytest.__version__
-    pin = next(line for line in (REPO / "requirements" / "base.txt").read_text().splitlines()
-               if line.startswith("pytest=="))
+    pin = next(
+        line
+        for line in (REPO / "requirements" / "base.txt").read_text().splitlines()
+        if line.startswith("pytest==")
+    )
     assert pin.split()[0] == f"pytest=={pytest.__version__}"

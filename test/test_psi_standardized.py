@@ -1,6 +1,7 @@
 """The scale-free, standardised Ψ (issue "Method fidelity", item 3), against straightforward
 references: the distances by numpy, the statistics pass by a per-image loop, the scorers by hand.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,14 @@ import torch.nn.functional as F
 
 from bundles import make_tiny_bundle, write_scenes
 from cosme_ros.anomaly import baselines, consensus
-from cosme_ros.anomaly.scorers import (FUSIONS, AnomalyParts, build_scorer, cosme_fusion,
-                                       mulmem_gamma, psi_key)
+from cosme_ros.anomaly.scorers import (
+    FUSIONS,
+    AnomalyParts,
+    build_scorer,
+    cosme_fusion,
+    mulmem_gamma,
+    psi_key,
+)
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import MissingPartError
@@ -36,10 +43,12 @@ def _stats(seed):
 def _parts(**over):
     g = torch.Generator().manual_seed(0)
     unit = lambda k, c: F.normalize(torch.randn(k, c, generator=g), dim=1)  # noqa: E731
-    kw = dict(memory={layer: unit(5, CH[layer]) for layer in ("c4", "c5", "lh")},
-              mulmem_stats=_stats(1), has_student=True,
-              psi_stats={psi_key(d, ("c5",)): _stats(10 + i)
-                         for i, d in enumerate(consensus.DISTANCES)})
+    kw = dict(
+        memory={layer: unit(5, CH[layer]) for layer in ("c4", "c5", "lh")},
+        mulmem_stats=_stats(1),
+        has_student=True,
+        psi_stats={psi_key(d, ("c5",)): _stats(10 + i) for i, d in enumerate(consensus.DISTANCES)},
+    )
     kw.update(over)
     return AnomalyParts(**kw)
 
@@ -62,7 +71,7 @@ def _reference_psi(f: np.ndarray, g: np.ndarray, distance: str) -> np.ndarray:
                 if distance == "l2":
                     out[i, y, x] = np.sum((u - v) ** 2) / c
                 elif distance == "relative":
-                    out[i, y, x] = np.sum((u - v) ** 2) / np.sum(u ** 2)
+                    out[i, y, x] = np.sum((u - v) ** 2) / np.sum(u**2)
                 else:
                     out[i, y, x] = 1 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
     return out
@@ -81,8 +90,10 @@ def test_scale_free_distances_ignore_the_feature_scale():
     t, s = _taps(3), _taps(4)
     f, g = t["c5"], s["c5"]
     for distance, power in (("l2", 2), ("relative", 0), ("cosine", 0)):
-        torch.testing.assert_close(consensus.psi_layer(10 * f, 10 * g, distance),
-                                   consensus.psi_layer(f, g, distance) * 10 ** power)
+        torch.testing.assert_close(
+            consensus.psi_layer(10 * f, 10 * g, distance),
+            consensus.psi_layer(f, g, distance) * 10**power,
+        )
     # a student that reproduces the teacher up to scale agrees perfectly in direction
     assert float(consensus.psi_layer(f, 3 * f, "cosine").abs().max()) < 1e-6
     # a zero feature vector (after a ReLU) is not a NaN
@@ -99,17 +110,17 @@ def test_scale_free_distances_ignore_the_feature_scale():
 @pytest.mark.parametrize("distance", consensus.DISTANCES)
 def test_standardised_auxcon_by_hand(distance):
     t, s, p = _taps(5), _taps(6), _parts()
-    psi = consensus.psi(t, s, ("c5",), distance=distance)                     # 2×2
-    classes = F.interpolate(t["o"], size=(2, 2), mode="bilinear",
-                            align_corners=False).argmax(1)
+    psi = consensus.psi(t, s, ("c5",), distance=distance)  # 2×2
+    classes = F.interpolate(t["o"], size=(2, 2), mode="bilinear", align_corners=False).argmax(1)
     st = p.psi_stats[psi_key(distance, ("c5",))]
     z = (psi - st.mean[classes]) / st.std[classes]
     got = build_scorer("auxcon", p, distance=distance, standardize=True)(t, s, OUT)
     torch.testing.assert_close(got, _up(z))
     # without standardize the distance alone; the default is Eq. 6
     torch.testing.assert_close(build_scorer("auxcon", p, distance=distance)(t, s, OUT), _up(psi))
-    torch.testing.assert_close(build_scorer("auxcon", p)(t, s, OUT),
-                               _up(consensus.psi(t, s, ("c5",))))
+    torch.testing.assert_close(
+        build_scorer("auxcon", p)(t, s, OUT), _up(consensus.psi(t, s, ("c5",)))
+    )
 
 
 def test_boundary_suppression_lowers_psi_on_class_borders_only():
@@ -120,31 +131,30 @@ def test_boundary_suppression_lowers_psi_on_class_borders_only():
     logits[:, 1, :, 8:] = 5
     f = torch.ones(b, 4, *hw)
     g = torch.ones(b, 4, *hw)
-    g[:, :, :, 7:9] += 2.0              # the border columns disagree
-    g[:, :, 2:5, 2:5] += 2.0            # and a blob inside class 0
+    g[:, :, :, 7:9] += 2.0  # the border columns disagree
+    g[:, :, 2:5, 2:5] += 2.0  # and a blob inside class 0
     taps_t, taps_s = {"c5": f, "o": logits}, {"c5": g}
     p = _parts(memory=None, mulmem_stats=None)
     plain = build_scorer("auxcon", p)(taps_t, taps_s, hw)
     sup = build_scorer("auxcon", p, boundary=True)(taps_t, taps_s, hw)
     assert float(plain[0, :, 7:9].mean()) > 3.0 and float(sup[0, :, 7:9].mean()) < 0.5
-    torch.testing.assert_close(sup[0, 3, 3], plain[0, 3, 3])       # the blob keeps its score
-    torch.testing.assert_close(
-        sup, baselines.suppress_boundaries(plain, logits.argmax(1)))
+    torch.testing.assert_close(sup[0, 3, 3], plain[0, 3, 3])  # the blob keeps its score
+    torch.testing.assert_close(sup, baselines.suppress_boundaries(plain, logits.argmax(1)))
 
 
 @pytest.mark.parametrize("fusion", ["softplus", "zsum"])
 def test_cosme_fuses_two_z_scores(fusion):
     t, s, p = _taps(7), _taps(8), _parts()
-    gamma, classes = mulmem_gamma(t, p.memory)                        # 8×8
+    gamma, classes = mulmem_gamma(t, p.memory)  # 8×8
     gamma = p.mulmem_stats.standardize(gamma, classes)
     z_psi = build_scorer("auxcon", p, distance="cosine", standardize=True).score(t, s, OUT)
     z_psi = _up(z_psi, (8, 8))
     expected = F.softplus(z_psi) * F.softplus(gamma) if fusion == "softplus" else z_psi + gamma
     got = build_scorer("cosme", p, fusion=fusion, distance="cosine", standardize_psi=True)(
-        t, s, OUT)
+        t, s, OUT
+    )
     torch.testing.assert_close(got, _up(expected))
-    torch.testing.assert_close(cosme_fusion(z_psi, gamma, fusion, psi_standardized=True),
-                               expected)
+    torch.testing.assert_close(cosme_fusion(z_psi, gamma, fusion, psi_standardized=True), expected)
 
 
 def test_fusions_that_do_not_fit_the_psi_are_refused():
@@ -167,7 +177,7 @@ def test_missing_psi_stats_name_the_command():
     # stats for c5 do not standardise Ψ over c4
     with pytest.raises(MissingPartError, match="psi.l2.c4.mean"):
         build_scorer("auxcon", _parts(), layers=("c4",), standardize=True)
-    build_scorer("auxcon", p, distance="cosine")   # unstandardised needs no statistics
+    build_scorer("auxcon", p, distance="cosine")  # unstandardised needs no statistics
 
 
 def test_psi_stats_round_trip_and_bad_keys():
@@ -202,16 +212,43 @@ def trained(tmp_path_factory):
     write_scenes(scenes, 6)
     bundle = make_tiny_bundle(root / "b", input_size=(64, 128)).path
     data = f"images:{scenes}"
-    cosme("build-memory", "--bundle", bundle, "--data", data, "--k", "8", "--batch", "3",
-          "--device", "cpu")
-    cosme("train-student", "--bundle", bundle, "--data", data, "--depth", "18", "--width",
-          "0.25", "--batch", "3", "--epochs", "1", "--device", "cpu")
+    cosme(
+        "build-memory",
+        "--bundle",
+        bundle,
+        "--data",
+        data,
+        "--k",
+        "8",
+        "--batch",
+        "3",
+        "--device",
+        "cpu",
+    )
+    cosme(
+        "train-student",
+        "--bundle",
+        bundle,
+        "--data",
+        data,
+        "--depth",
+        "18",
+        "--width",
+        "0.25",
+        "--batch",
+        "3",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    )
     return bundle, scenes
 
 
 def test_the_pass_equals_a_per_image_reference(trained):
     from cosme_ros.data.datasets import open_dataset
     from cosme_ros.pipeline import resize_frames
+
     path, scenes = trained
     bundle = Bundle.load(path)
     section = bundle.manifest["anomaly"]["psi_stats"]
@@ -241,22 +278,32 @@ def test_the_pass_equals_a_per_image_reference(trained):
         st = parts.psi_stats[psi_key(d, ("c5",))]
         for c in np.unique(labels):
             np.testing.assert_allclose(float(st.mean[c]), v[labels == c].mean(), rtol=2e-3)
-            floor = 1e-3 * v.std()    # ClassStats' floor for a class that barely varies
-            np.testing.assert_allclose(float(st.std[c]), max(v[labels == c].std(), floor),
-                                       rtol=2e-2, atol=1e-6)
+            floor = 1e-3 * v.std()  # ClassStats' floor for a class that barely varies
+            np.testing.assert_allclose(
+                float(st.std[c]), max(v[labels == c].std(), floor), rtol=2e-2, atol=1e-6
+            )
             assert int(st.count[c]) == int((labels == c).sum())
 
 
 def test_stats_follow_their_student(trained, tmp_path, capsys):
     import shutil
     from cosme_ros.bundle import store_half
+
     path = tmp_path / "copy"
     shutil.copytree(trained[0], path)
     bundle = Bundle.load(path)
     bundle.write_thresholds({"cosme": {"value": 1.5}})
     # --stats-only: one pass, the thresholds stay (no existing score changes)
-    cosme("train-student", "--stats-only", "--bundle", path, "--data", f"images:{trained[1]}",
-          "--device", "cpu")
+    cosme(
+        "train-student",
+        "--stats-only",
+        "--bundle",
+        path,
+        "--data",
+        f"images:{trained[1]}",
+        "--device",
+        "cpu",
+    )
     again = Bundle.load(path)
     assert again.threshold("cosme") == 1.5
     build_scorer("auxcon", again.anomaly_parts(), distance="cosine", standardize=True)
@@ -265,16 +312,22 @@ def test_stats_follow_their_student(trained, tmp_path, capsys):
     build_scorer("auxcon", Bundle.load(path).anomaly_parts(), standardize=True)
     # a replaced student makes them stale: refused with the command that repairs it
     b = Bundle.load(path)
-    weights = {k: v.float() + 0.01 if v.is_floating_point() else v
-               for k, v in b.student().state_dict().items()}
-    b.write_part("student", {k: v for k, v in b.manifest["student"].items()
-                             if k not in ("weights", "sha256")}, weights)
+    weights = {
+        k: v.float() + 0.01 if v.is_floating_point() else v
+        for k, v in b.student().state_dict().items()
+    }
+    b.write_part(
+        "student",
+        {k: v for k, v in b.manifest["student"].items() if k not in ("weights", "sha256")},
+        weights,
+    )
     with pytest.raises(MissingPartError, match="another student.*--stats-only"):
         build_scorer("auxcon", Bundle.load(path).anomaly_parts(), standardize=True)
     # a bundle without a student cannot have them
     bare = make_tiny_bundle(tmp_path / "bare").path
-    err = cosme_in_process(capsys, "train-student", "--stats-only", "--bundle", bare, "--data",
-                           f"images:{trained[1]}")
+    err = cosme_in_process(
+        capsys, "train-student", "--stats-only", "--bundle", bare, "--data", f"images:{trained[1]}"
+    )
     assert "needs a student" in err
 
 
@@ -286,23 +339,29 @@ def test_a_bundle_names_the_spec_auto_runs(trained, tmp_path, capsys):
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.calibration import method_key
     from cosme_ros.pipeline import Pipeline
+
     path = tmp_path / "copy"
     shutil.copytree(trained[0], path)
-    assert Bundle.load(path).default_method == "cosme"          # the rule without a name
+    assert Bundle.load(path).default_method == "cosme"  # the rule without a name
     spec = "cosme[consensus=c4,standardize_psi=true,boundary=true,fusion=softplus]"
     cosme("bundle", "set-default", "--bundle", path, "--method", spec)
     bundle = Bundle.load(path)
     assert bundle.default_method == spec
     pipeline = Pipeline(bundle, method="auto", device="cpu")
-    assert pipeline.method == ("cosme[boundary=true,consensus=c4,fusion=softplus,"
-                               "standardize_psi=true]")
+    assert pipeline.method == (
+        "cosme[boundary=true,consensus=c4,fusion=softplus," "standardize_psi=true]"
+    )
     assert pipeline.scorer.auxcon.layers == ("c4",) and pipeline.scorer.auxcon.standardized
     assert method_key(spec, {"refine": "guided", "refine_radius": 8}) == (
-        "cosme[boundary=true,consensus=c4,fusion=softplus,refine=guided,standardize_psi=true]")
+        "cosme[boundary=true,consensus=c4,fusion=softplus,refine=guided,standardize_psi=true]"
+    )
     # what the parts cannot run is refused before it is named
-    for bad, why in (("auxcon[layers=lh+c4,standardize=true]", "psi.l2.c4+lh"),
-                     ("cosme[fusion=zsum]", "zsum"), ("cosme[refine=guided]", "own"),
-                     ("auto", "unknown method 'auto'")):
+    for bad, why in (
+        ("auxcon[layers=lh+c4,standardize=true]", "psi.l2.c4+lh"),
+        ("cosme[fusion=zsum]", "zsum"),
+        ("cosme[refine=guided]", "own"),
+        ("auto", "unknown method 'auto'"),
+    ):
         err = cosme_in_process(capsys, "bundle", "set-default", "--bundle", path, "--method", bad)
         assert why in err, err
     assert Bundle.load(path).default_method == spec

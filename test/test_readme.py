@@ -1,4 +1,5 @@
 """The README's Python examples run as written (documentation that cannot silently rot)."""
+
 import re
 from pathlib import Path
 

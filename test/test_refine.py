@@ -1,4 +1,5 @@
 """The guided filter (He et al.) that re-fits anomaly maps to the image's edges, and its option."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from cosme_ros.anomaly.method_spec import canonical, parse_method
-from cosme_ros.anomaly.refine import (box_mean, fast_guided_filter, guide_from_images,
-                                      guided_filter, refine_map, scaled_radius)
+from cosme_ros.anomaly.refine import (
+    box_mean,
+    fast_guided_filter,
+    guide_from_images,
+    guided_filter,
+    refine_map,
+    scaled_radius,
+)
 from cosme_ros.anomaly.scorers import build_scorer
 from cosme_ros.paths import default_bundle_path
 
@@ -62,16 +69,17 @@ def test_the_filter_is_affine_in_the_score_so_thresholds_keep_their_meaning():
     rng = np.random.default_rng(0)
     I, p = _as_tensors(rng.random((24, 32, 3)), rng.normal(size=(24, 32)))
     q = guided_filter(I, p, 4, 1e-3)
-    torch.testing.assert_close(guided_filter(I, 3.0 * p - 7.0, 4, 1e-3), 3.0 * q - 7.0,
-                               atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(
+        guided_filter(I, 3.0 * p - 7.0, 4, 1e-3), 3.0 * q - 7.0, atol=1e-3, rtol=1e-4
+    )
 
 
 def crate_scene(h, w, stride):
     """A crate on a grey road, and its anomaly map as a stride-``stride`` grid upsampled."""
     obj = np.zeros((h, w), bool)
-    obj[h * 5 // 12:h * 2 // 3, w * 25 // 64:w * 5 // 8] = True
-    image = np.full((h, w, 3), 0.45, np.float32)             # grey road
-    image[obj] = (0.7, 0.5, 0.2)                             # a wooden crate
+    obj[h * 5 // 12 : h * 2 // 3, w * 25 // 64 : w * 5 // 8] = True
+    image = np.full((h, w, 3), 0.45, np.float32)  # grey road
+    image[obj] = (0.7, 0.5, 0.2)  # a wooden crate
     image += np.random.default_rng(1).normal(0, 0.02, image.shape).astype(np.float32)
     coarse = F.avg_pool2d(torch.from_numpy(obj.astype(np.float32))[None, None], stride)
     score = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
@@ -87,8 +95,10 @@ def test_a_blurred_score_follows_the_object_instead_of_the_feature_grid():
     before = score[0].numpy()
     ring = np.zeros_like(obj)
     ring[32:72, 42:88] = True
-    ring &= ~obj                                             # road within 8 px of the crate
-    keep90 = {name: np.quantile(s[obj], 0.1) for name, s in (("before", before), ("after", refined))}
+    ring &= ~obj  # road within 8 px of the crate
+    keep90 = {
+        name: np.quantile(s[obj], 0.1) for name, s in (("before", before), ("after", refined))
+    }
     assert keep90["after"] > keep90["before"] + 0.05
     assert refined[ring].mean() < 0.85 * before[ring].mean()
     assert (before[ring] > keep90["before"]).mean() > 0.03  # the bilinear halo is flagged
@@ -99,10 +109,11 @@ def test_camera_sized_maps_are_refined_at_the_network_resolution():
     """Above the network input the fast guided filter (coefficients at the input's size) is
     used: it is the plain filter when nothing is subsampled, and on a frame 4x the network
     input it stays close to the full-resolution filter and keeps the crate's edges."""
-    obj, I, p = crate_scene(384, 512, 64)          # network input 96x128, stride 16
-    torch.testing.assert_close(fast_guided_filter(I, p, 3, 1e-3, (384, 512)),
-                               guided_filter(I, p, 3, 1e-3))
-    full = guided_filter(I, p, 32, 1e-3)           # 8 input pixels at 4x
+    obj, I, p = crate_scene(384, 512, 64)  # network input 96x128, stride 16
+    torch.testing.assert_close(
+        fast_guided_filter(I, p, 3, 1e-3, (384, 512)), guided_filter(I, p, 3, 1e-3)
+    )
+    full = guided_filter(I, p, 32, 1e-3)  # 8 input pixels at 4x
     fast = refine_map(p, I, 8, 1e-3, input_height=96)
     torch.testing.assert_close(fast, fast_guided_filter(I, p, 8, 1e-3, (96, 128)))
     assert float((fast - full).abs().mean()) < 0.25 * float((p - full).abs().mean())
@@ -112,10 +123,12 @@ def test_camera_sized_maps_are_refined_at_the_network_resolution():
     ring &= ~obj
     assert (fast[ring] > np.quantile(fast[obj], 0.1)).mean() < 0.01
     # at or below the input's size: the plain filter, radius scaled to the output
-    torch.testing.assert_close(refine_map(p, I, 4, 1e-3, input_height=384),
-                               guided_filter(I, p, 4, 1e-3))
-    torch.testing.assert_close(refine_map(p, I, 4, 1e-3, input_height=768),
-                               guided_filter(I, p, 2, 1e-3))
+    torch.testing.assert_close(
+        refine_map(p, I, 4, 1e-3, input_height=384), guided_filter(I, p, 4, 1e-3)
+    )
+    torch.testing.assert_close(
+        refine_map(p, I, 4, 1e-3, input_height=768), guided_filter(I, p, 2, 1e-3)
+    )
 
 
 def test_guide_from_images_resizes_to_the_map():
@@ -133,6 +146,7 @@ def test_refine_is_an_option_of_every_method():
     assert options == {"refine": "guided", "refine_radius": 4}
     assert canonical(name, options) == "cosme[refine=guided,refine_radius=4]"
     from cosme_ros.anomaly.scorers import AnomalyParts
+
     scorer = build_scorer("maxlogit", AnomalyParts(), refine="guided", refine_eps=0.01)
     assert scorer.refinement == (8, 0.01)
     assert build_scorer("maxlogit", AnomalyParts()).refinement is None
@@ -182,7 +196,9 @@ def test_refined_map_finds_the_synthetic_anomalies_with_fewer_false_alarms():
     def tpr_at_1_percent_fpr(s):
         return (s[labels == 1] > np.quantile(s[labels == 0], 0.99)).mean()
 
-    print(f"\nMulMem on 24 seed-1 test frames: AP {a['ap']:.2f} -> {b['ap']:.2f} refined, "
-          f"TPR at 1 % FPR {tpr_at_1_percent_fpr(plain):.3f} -> {tpr_at_1_percent_fpr(refined):.3f}")
+    print(
+        f"\nMulMem on 24 seed-1 test frames: AP {a['ap']:.2f} -> {b['ap']:.2f} refined, "
+        f"TPR at 1 % FPR {tpr_at_1_percent_fpr(plain):.3f} -> {tpr_at_1_percent_fpr(refined):.3f}"
+    )
     assert b["ap"] > a["ap"] + 2.0
     assert tpr_at_1_percent_fpr(refined) > tpr_at_1_percent_fpr(plain) + 0.03

@@ -1,4 +1,5 @@
 """ResNet backbone: torchvision-compatible shapes and names, dilation schedules, taps."""
+
 import math
 
 import pytest
@@ -7,8 +8,12 @@ import torch
 from cosme_ros.nets.resnet import ResNet, parse_backbone, resnet
 
 # Parameter counts and state-dict sizes of torchvision.models.resnetXX() (1000-class fc included).
-TORCHVISION = {18: (11_689_512, 122), 34: (21_797_672, 218), 50: (25_557_032, 320),
-               101: (44_549_160, 626)}
+TORCHVISION = {
+    18: (11_689_512, 122),
+    34: (21_797_672, 218),
+    50: (25_557_032, 320),
+    101: (44_549_160, 626),
+}
 
 
 @pytest.mark.parametrize("depth", sorted(TORCHVISION))
@@ -24,9 +29,17 @@ def test_torchvision_key_names():
     with torch.device("meta"):
         r50 = resnet(50, num_classes=1000).state_dict()
         r18 = resnet(18, num_classes=1000).state_dict()
-    for key in ("conv1.weight", "bn1.running_var", "bn1.num_batches_tracked",
-                "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_mean",
-                "layer3.5.conv3.weight", "layer4.2.bn3.bias", "fc.weight", "fc.bias"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.running_mean",
+        "layer3.5.conv3.weight",
+        "layer4.2.bn3.bias",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert key in r50, key
     assert "layer1.0.downsample.0.weight" not in r18  # 64 → 64 needs no projection
     assert "layer2.0.downsample.0.weight" in r18
@@ -44,8 +57,9 @@ def _expected(h, w, stride):
 
 
 @pytest.mark.parametrize("depth", [18, 50])
-@pytest.mark.parametrize("output_stride, strides", [
-    (32, (4, 8, 16, 32)), (16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))])
+@pytest.mark.parametrize(
+    "output_stride, strides", [(32, (4, 8, 16, 32)), (16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))]
+)
 def test_tap_shapes_and_strides(depth, output_stride, strides):
     model = resnet(depth, output_stride, width=0.25).eval()
     assert model.tap_strides == dict(zip(("c2", "c3", "c4", "c5"), strides))

@@ -1,4 +1,5 @@
 """Scorer registry, AnomalyParts round trip, MulMem standardisation and the CosMe fusion (Eq. 8)."""
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,9 @@ def test_every_method_builds_and_scores(name):
     assert out.shape == (2, *OUT) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     # fp16 taps give the same map (all distance maths in fp32)
-    half = scorer({k: v.half() for k, v in t.items()},
-                  {k: v.half() for k, v in s.items()} if s else None, OUT)
+    half = scorer(
+        {k: v.half() for k, v in t.items()}, {k: v.half() for k, v in s.items()} if s else None, OUT
+    )
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
 
 
@@ -104,16 +106,19 @@ def test_unknown_method_and_option():
     assert build_scorer("MaxLogit", _parts()).name == "maxlogit"
 
 
-@pytest.mark.parametrize("name, missing, command", [
-    ("mulmem", {"memory": None}, "cosme build-memory"),
-    ("cosme", {"memory": None}, "cosme build-memory"),
-    ("mulmem", {"mulmem_stats": None}, "cosme build-memory"),
-    ("cosme", {"mulmem_stats": None}, "cosme build-memory"),
-    ("cosme", {"has_student": False}, "cosme train-student"),
-    ("auxcon", {"has_student": False}, "cosme train-student"),
-    ("sml", {"sml_stats": None}, "cosme build-memory"),
-    ("pans", {"pans_prototypes": None}, "cosme build-memory"),
-])
+@pytest.mark.parametrize(
+    "name, missing, command",
+    [
+        ("mulmem", {"memory": None}, "cosme build-memory"),
+        ("cosme", {"memory": None}, "cosme build-memory"),
+        ("mulmem", {"mulmem_stats": None}, "cosme build-memory"),
+        ("cosme", {"mulmem_stats": None}, "cosme build-memory"),
+        ("cosme", {"has_student": False}, "cosme train-student"),
+        ("auxcon", {"has_student": False}, "cosme train-student"),
+        ("sml", {"sml_stats": None}, "cosme build-memory"),
+        ("pans", {"pans_prototypes": None}, "cosme build-memory"),
+    ],
+)
 def test_missing_part_names_the_command(name, missing, command):
     with pytest.raises(MissingPartError) as err:
         build_scorer(name, _parts(**missing))
@@ -141,8 +146,16 @@ def test_methods_without_parts_build_from_empty_parts():
 def test_parts_round_trip():
     p = _parts()
     d = p.to_tensors()
-    assert {"memory.c4", "memory.c5", "memory.lh", "mulmem.mean", "mulmem.std", "sml.mean",
-            "sml.std", "pans.prototypes"} <= set(d)
+    assert {
+        "memory.c4",
+        "memory.c5",
+        "memory.lh",
+        "mulmem.mean",
+        "mulmem.std",
+        "sml.mean",
+        "sml.std",
+        "pans.prototypes",
+    } <= set(d)
     q = AnomalyParts.from_tensors(d, has_student=True)
     assert q.has_student and q.memory_layers == ("c4", "c5", "lh") and q.consensus_layers == ("c5",)
     for layer in p.memory:
@@ -156,26 +169,35 @@ def test_parts_round_trip():
 
 def test_parts_round_trip_other_layers():
     g = torch.Generator().manual_seed(3)
-    p = AnomalyParts(memory={"c5": _unit(4, 8, g), "lh": _unit(4, 7, g)}, memory_layers=("c5", "lh"),
-                     consensus_layers=("c4", "c5"))
+    p = AnomalyParts(
+        memory={"c5": _unit(4, 8, g), "lh": _unit(4, 7, g)},
+        memory_layers=("c5", "lh"),
+        consensus_layers=("c4", "c5"),
+    )
     q = AnomalyParts.from_tensors(p.to_tensors(), False, ("c5", "lh"), ("c4", "c5"))
     assert set(q.memory) == {"c5", "lh"} and q.consensus_layers == ("c4", "c5")
 
 
-@pytest.mark.parametrize("mutate, key", [
-    (lambda d: d.update({"memory.c9": d["memory.c4"]}), "memory.c9"),
-    (lambda d: d.update({"mulmem.median": d["mulmem.mean"]}), "mulmem.median"),
-    (lambda d: d.update({"extra": torch.zeros(1)}), "extra"),
-    (lambda d: d.update({"memory.c2": d["memory.c4"]}), "memory.c2"),  # not a memory layer
-    (lambda d: d.pop("memory.c5"), "memory.c5"),
-    (lambda d: d.update({"memory.c4": torch.ones(6)}), "memory.c4"),
-    (lambda d: d.update({"memory.c4": 2 * d["memory.c4"]}), "memory.c4"),
-    (lambda d: d.update({"pans.prototypes": torch.ones(3, 7)}), "pans.prototypes"),
-    (lambda d: d.update({"sml.std": torch.ones(2)}), "sml.std"),
-    (lambda d: d.update({"sml.std": torch.ones(3, 1)}), "sml.std"),
-    (lambda d: d.pop("mulmem.std"), "mulmem.std"),
-    (lambda d: d.update({"mulmem.mean": torch.tensor([0.0, float("nan"), 1.0])}), "mulmem.mean"),
-])
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda d: d.update({"memory.c9": d["memory.c4"]}), "memory.c9"),
+        (lambda d: d.update({"mulmem.median": d["mulmem.mean"]}), "mulmem.median"),
+        (lambda d: d.update({"extra": torch.zeros(1)}), "extra"),
+        (lambda d: d.update({"memory.c2": d["memory.c4"]}), "memory.c2"),  # not a memory layer
+        (lambda d: d.pop("memory.c5"), "memory.c5"),
+        (lambda d: d.update({"memory.c4": torch.ones(6)}), "memory.c4"),
+        (lambda d: d.update({"memory.c4": 2 * d["memory.c4"]}), "memory.c4"),
+        (lambda d: d.update({"pans.prototypes": torch.ones(3, 7)}), "pans.prototypes"),
+        (lambda d: d.update({"sml.std": torch.ones(2)}), "sml.std"),
+        (lambda d: d.update({"sml.std": torch.ones(3, 1)}), "sml.std"),
+        (lambda d: d.pop("mulmem.std"), "mulmem.std"),
+        (
+            lambda d: d.update({"mulmem.mean": torch.tensor([0.0, float("nan"), 1.0])}),
+            "mulmem.mean",
+        ),
+    ],
+)
 def test_parts_bad_key_or_shape(mutate, key):
     d = _parts().to_tensors()
     mutate(d)
@@ -201,22 +223,30 @@ def test_parts_validate_layer_names():
 
 def test_logit_scorers_equal_baselines_upsampled():
     teacher = _taps(20)
-    for name, fn in (("msp", baselines.msp), ("maxlogit", baselines.maxlogit),
-                     ("entropy", baselines.entropy)):
-        torch.testing.assert_close(build_scorer(name, _parts())(teacher, None, OUT), _up(fn(teacher["o"])))
+    for name, fn in (
+        ("msp", baselines.msp),
+        ("maxlogit", baselines.maxlogit),
+        ("entropy", baselines.entropy),
+    ):
+        torch.testing.assert_close(
+            build_scorer(name, _parts())(teacher, None, OUT), _up(fn(teacher["o"]))
+        )
         logit_up = F.interpolate(teacher["o"], size=OUT, mode="bilinear", align_corners=False)
         torch.testing.assert_close(
-            build_scorer(name, _parts(), upsample_logits=True)(teacher, None, OUT), fn(logit_up))
+            build_scorer(name, _parts(), upsample_logits=True)(teacher, None, OUT), fn(logit_up)
+        )
 
 
 def test_sml_scorer_runs_at_output_resolution():
     teacher, p = _taps(21), _parts()
     logit_up = F.interpolate(teacher["o"], size=OUT, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(build_scorer("sml", p)(teacher, None, OUT),
-                               baselines.sml(logit_up, p.sml_stats))
+    torch.testing.assert_close(
+        build_scorer("sml", p)(teacher, None, OUT), baselines.sml(logit_up, p.sml_stats)
+    )
     torch.testing.assert_close(
         build_scorer("sml", p, upsample_logits=False, smoothing=False)(teacher, None, OUT),
-        _up(baselines.sml(teacher["o"], p.sml_stats, smoothing=False)))
+        _up(baselines.sml(teacher["o"], p.sml_stats, smoothing=False)),
+    )
 
 
 def test_pans_scorer():
@@ -230,14 +260,17 @@ def test_mulmem_standardises_by_class_at_gamma_resolution():
     hw = dict(HW, o=(4, 4))
     teacher, p = _taps(23, hw=hw), _parts()
     gamma = memory.gamma({k: teacher[k] for k in ("c4", "c5", "lh")}, p.memory)
-    classes = F.interpolate(teacher["o"], size=(8, 8), mode="bilinear", align_corners=False).argmax(1)
+    classes = F.interpolate(teacher["o"], size=(8, 8), mode="bilinear", align_corners=False).argmax(
+        1
+    )
     raw, cls = mulmem_gamma(teacher, p.memory)
     torch.testing.assert_close(raw, gamma)
     assert torch.equal(cls, classes)
     std = (gamma - p.mulmem_stats.mean[classes]) / p.mulmem_stats.std[classes]
     torch.testing.assert_close(build_scorer("mulmem", p)(teacher, None, OUT), _up(std))
-    torch.testing.assert_close(build_scorer("mulmem", p, standardize=False)(teacher, None, OUT),
-                               _up(gamma))
+    torch.testing.assert_close(
+        build_scorer("mulmem", p, standardize=False)(teacher, None, OUT), _up(gamma)
+    )
 
 
 def test_auxcon_scorer_is_psi():
@@ -249,13 +282,17 @@ def test_auxcon_scorer_is_psi():
 def test_cosme_fusion_by_hand():
     psi = torch.tensor([[[2.0, 3.0, 0.5]]])
     g = torch.tensor([[[0.0, -1.0, 2.0]]])
-    torch.testing.assert_close(cosme_fusion(psi, g, "softplus"),
-                               torch.tensor([[[2 * math.log(2), 3 * math.log1p(math.exp(-1)),
-                                               0.5 * math.log1p(math.exp(2))]]]))
+    torch.testing.assert_close(
+        cosme_fusion(psi, g, "softplus"),
+        torch.tensor(
+            [[[2 * math.log(2), 3 * math.log1p(math.exp(-1)), 0.5 * math.log1p(math.exp(2))]]]
+        ),
+    )
     # default: the paper's literal Eq. 8
     torch.testing.assert_close(cosme_fusion(psi, g), cosme_fusion(psi, g, "signed"))
-    torch.testing.assert_close(cosme_fusion(psi, g, "exp"),
-                               torch.tensor([[[2.0, 3 / math.e, 0.5 * math.e**2]]]))
+    torch.testing.assert_close(
+        cosme_fusion(psi, g, "exp"), torch.tensor([[[2.0, 3 / math.e, 0.5 * math.e**2]]])
+    )
     torch.testing.assert_close(cosme_fusion(psi, g, "signed"), torch.tensor([[[0.0, -3.0, 1.0]]]))
     torch.testing.assert_close(cosme_fusion(psi, g.abs(), "raw"), torch.tensor([[[0.0, 3.0, 1.0]]]))
     with pytest.raises(ValueError):
@@ -299,21 +336,26 @@ def test_layer_subset_is_eq4_over_those_layers_only():
     psi = consensus.psi(teacher, student)  # 2×2 → Γ's 4×4
     expected = _up(cosme_fusion(_up(psi, (4, 4)), gamma, "raw"))
     torch.testing.assert_close(
-        build_scorer("cosme", p, fusion="raw", layers=("c4", "c5"))(teacher, student, OUT),
-        expected)
+        build_scorer("cosme", p, fusion="raw", layers=("c4", "c5"))(teacher, student, OUT), expected
+    )
     # the full set is the default, standardised or not
-    torch.testing.assert_close(build_scorer("mulmem", p, layers=("lh", "c5", "c4"))(
-        teacher, None, OUT), build_scorer("mulmem", p)(teacher, None, OUT))
+    torch.testing.assert_close(
+        build_scorer("mulmem", p, layers=("lh", "c5", "c4"))(teacher, None, OUT),
+        build_scorer("mulmem", p)(teacher, None, OUT),
+    )
 
 
-@pytest.mark.parametrize("name,options,needle", [
-    ("mulmem", dict(layers=("c5",)), "standardize=false"),  # statistics are for c4,c5,lh
-    ("cosme", dict(layers=("c5",)), "fusion=raw"),
-    ("mulmem", dict(layers=("c2",), standardize=False), "not in the memory"),
-    ("mulmem", dict(layers=(), standardize=False), "empty"),
-    ("auxcon", dict(consensus=("c5",)), "does not take"),
-    ("auxcon", dict(layers=()), "empty"),
-])
+@pytest.mark.parametrize(
+    "name,options,needle",
+    [
+        ("mulmem", dict(layers=("c5",)), "standardize=false"),  # statistics are for c4,c5,lh
+        ("cosme", dict(layers=("c5",)), "fusion=raw"),
+        ("mulmem", dict(layers=("c2",), standardize=False), "not in the memory"),
+        ("mulmem", dict(layers=(), standardize=False), "empty"),
+        ("auxcon", dict(consensus=("c5",)), "does not take"),
+        ("auxcon", dict(layers=()), "empty"),
+    ],
+)
 def test_layer_subset_errors(name, options, needle):
     with pytest.raises(ValueError, match=needle):
         build_scorer(name, _parts(), **options)
@@ -328,4 +370,5 @@ def test_consensus_layers_are_eq7_over_those_layers():
     gamma, classes = mulmem_gamma(teacher, p.memory)
     expected = _up(cosme_fusion(psi, p.mulmem_stats.standardize(gamma, classes)))
     torch.testing.assert_close(
-        build_scorer("cosme", p, consensus=("c4", "lh"))(teacher, student, OUT), expected)
+        build_scorer("cosme", p, consensus=("c4", "lh"))(teacher, student, OUT), expected
+    )

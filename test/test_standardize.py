@@ -1,4 +1,5 @@
 """Per-class (SML-style) standardisation: hand example, fallback, floor, round trip, all_reduce."""
+
 import math
 import os
 
@@ -104,8 +105,7 @@ def _dist_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         acc = ClassStatsAccumulator(3)
         # rank 0 holds the first row of the hand example, rank 1 the second (with the ignored 1000)

@@ -1,4 +1,5 @@
 """AuxCon student: its taps have the teacher's channels and resolutions, whatever the input size."""
+
 import math
 
 import pytest
@@ -19,8 +20,10 @@ ESP_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32, "lh": 4, "o": 4}
 
 
 def _expected(channels, strides, h, w, batch=1):
-    return {t: (batch, channels[t], math.ceil(h / strides[t]), math.ceil(w / strides[t]))
-            for t in channels}
+    return {
+        t: (batch, channels[t], math.ceil(h / strides[t]), math.ceil(w / strides[t]))
+        for t in channels
+    }
 
 
 def test_matches_real_deeplabv3plus_r101_teacher():
@@ -95,8 +98,9 @@ def test_config_round_trip():
     student = Student(18, ESP_CHANNELS, ESP_STRIDES, taps="c3,c5,lh,o", width=0.25)
     twin = build_student(**student.config)
     assert twin.config == student.config
-    assert {k: v.shape for k, v in twin.state_dict().items()} == \
-        {k: v.shape for k, v in student.state_dict().items()}
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in student.state_dict().items()
+    }
 
 
 def test_trains_end_to_end():

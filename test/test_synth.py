@@ -1,4 +1,5 @@
 """The synthetic world: exact labels, anomalies only in test, determinism, files, the drive bag."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def read_png(path: Path) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- frames
 
+
 def test_same_seed_same_bytes_other_seed_other_frame():
     a = render_frame(5, "test", 3, SMALL)
     b = render_frame(5, "test", 3, SMALL)
@@ -48,8 +50,8 @@ def test_labels_and_anomaly_masks_are_consistent():
         assert set(np.unique(f.anomaly).tolist()) <= {0, 1, 255}
         hit = f.anomaly == 1
         assert hit.sum() > 0, f"test frame {i} shows no anomaly"
-        assert (f.semantic[hit] == 255).all()                  # anomalies have no trainId
-        assert (f.anomaly[f.semantic != 255] == 0).all()       # labelled pixels are in-distribution
+        assert (f.semantic[hit] == 255).all()  # anomalies have no trainId
+        assert (f.anomaly[f.semantic != 255] == 0).all()  # labelled pixels are in-distribution
         assert f.anomaly_families and set(f.anomaly_families) <= set(ANOMALY_FAMILIES)
         visible = {o["family"] for o in f.objects if o["anomaly"] and o["pixels"] > 0}
         assert visible == set(f.anomaly_families)
@@ -60,12 +62,14 @@ def test_labels_and_anomaly_masks_are_consistent():
 
 def test_only_poles_below_the_labelled_width_are_void():
     """A pole 1 pixel wide is drawn but void; the same street at a higher resolution labels it."""
+
     def void_share(size):
         shares = []
         for i in range(6):
             f = render_frame(5, "train", i, size)
             shares.append((f.semantic == 255).mean())
         return float(np.mean(shares))
+
     small, large = void_share((96, 192)), void_share((384, 768))
     assert 0 < small < 0.01
     assert large < small / 3
@@ -89,16 +93,29 @@ def test_every_test_family_appears_and_sizes_vary():
         heights += [o["bbox"][3] - o["bbox"][1] for o in f.objects if o["anomaly"] and o["pixels"]]
     assert seen == set(ANOMALY_FAMILIES)
     heights = np.asarray(heights)
-    assert heights.min() < 10 and heights.max() > 30           # some small and far, some near
+    assert heights.min() < 10 and heights.max() > 30  # some small and far, some near
 
 
 def test_main_classes_appear_over_twenty_train_images():
     present = set()
     for i in range(20):
         present |= set(np.unique(render_frame(0, "train", i, (128, 256)).semantic).tolist())
-    main = {"road", "sidewalk", "building", "pole", "traffic sign", "vegetation", "terrain",
-            "sky", "person", "car", "truck", "bus"}
+    main = {
+        "road",
+        "sidewalk",
+        "building",
+        "pole",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "car",
+        "truck",
+        "bus",
+    }
     from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
+
     missing = {c for c in main if CITYSCAPES_CLASSES.index(c) not in present}
     assert not missing, f"classes never drawn: {missing}"
 
@@ -117,8 +134,11 @@ def test_hard_in_distribution_cases_in_train():
 def test_nearer_objects_are_lower_and_larger():
     objs = []
     for i in range(10):
-        objs += [o for o in render_frame(7, "train", i, SMALL).objects
-                 if o["family"] in ("car", "person", "tree", "sign", "lamp") and o["depth"] > 2]
+        objs += [
+            o
+            for o in render_frame(7, "train", i, SMALL).objects
+            if o["family"] in ("car", "person", "tree", "sign", "lamp") and o["depth"] > 2
+        ]
     bottom = np.array([o["bbox"][3] for o in objs])
     height = np.array([o["bbox"][3] - o["bbox"][1] for o in objs])
     depth = np.array([o["depth"] for o in objs])
@@ -136,6 +156,7 @@ def test_one_street_at_every_size():
 
 # ----------------------------------------------------------------------------- files
 
+
 def test_split_files_do_not_depend_on_workers(tmp_path):
     write_split(tmp_path / "w1", "test", 5, 11, (64, 128), workers=1)
     write_split(tmp_path / "w2", "test", 5, 11, (64, 128), workers=2)
@@ -149,8 +170,21 @@ def test_split_files_do_not_depend_on_workers(tmp_path):
 
 def test_cli_writes_a_split_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "test"
-    args = ["synth", "--out", str(out), "--split", "test", "--n", "3", "--seed", "4", "--size",
-            "64x128", "--json", str(tmp_path / "s.json")]
+    args = [
+        "synth",
+        "--out",
+        str(out),
+        "--split",
+        "test",
+        "--n",
+        "3",
+        "--seed",
+        "4",
+        "--size",
+        "64x128",
+        "--json",
+        str(tmp_path / "s.json"),
+    ]
     assert cosme(args) == 0
     names = sorted(p.name for p in (out / "images").iterdir())
     assert names == ["000000.png", "000001.png", "000002.png"]
@@ -177,14 +211,16 @@ def test_cli_writes_a_split_and_refuses_to_overwrite(tmp_path, capsys):
     assert (out / "images" / "000000.png").read_bytes() == before
     assert cosme(args[:-2] + ["--seed", "5", "--force"]) == 0
     assert (out / "images" / "000000.png").read_bytes() != before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporaries left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_cli_argument_errors(tmp_path, capsys):
-    for bad in (["--n", "2"],                                   # neither --split nor --drive
-                ["--n", "0", "--split", "train"],
-                ["--n", "2", "--split", "train", "--drive"],
-                ["--n", "2", "--split", "train", "--workers", "0"]):
+    for bad in (
+        ["--n", "2"],  # neither --split nor --drive
+        ["--n", "0", "--split", "train"],
+        ["--n", "2", "--split", "train", "--drive"],
+        ["--n", "2", "--split", "train", "--workers", "0"],
+    ):
         assert cosme(["synth", "--out", str(tmp_path / "x")] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
@@ -202,6 +238,7 @@ def test_test_split_is_a_folder_benchmark(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the drive
+
 
 def test_drive_anomalies_approach_and_grow():
     """Anomalies appear ahead, small, and grow as the camera drives towards them. One drive can
@@ -227,8 +264,25 @@ def test_drive_bag_round_trip(tmp_path, capsys):
 
     bag = tmp_path / "drive.bag"
     n, size = 12, (64, 128)
-    assert cosme(["synth", "--drive", "--out", str(bag), "--n", str(n), "--seed", "8",
-                  "--size", "64x128", "--fps", "10"]) == 0
+    assert (
+        cosme(
+            [
+                "synth",
+                "--drive",
+                "--out",
+                str(bag),
+                "--n",
+                str(n),
+                "--seed",
+                "8",
+                "--size",
+                "64x128",
+                "--fps",
+                "10",
+            ]
+        )
+        == 0
+    )
     assert (bag / "metadata.yaml").is_file() and list(bag.glob("*.mcap"))
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["version"] == 8 and meta["storage_identifier"] == "mcap"
@@ -238,14 +292,18 @@ def test_drive_bag_round_trip(tmp_path, capsys):
     with Reader(bag) as reader:
         image = "sensor_msgs/msg/Image"
         assert {c.topic: c.msgtype for c in reader.connections} == {
-            "/camera/image_raw": image, "/camera/anomaly_gt": image}
+            "/camera/image_raw": image,
+            "/camera/anomaly_gt": image,
+        }
         for conn, stamp, raw in reader.messages():
             msg = ts.deserialize_cdr(raw, conn.msgtype)
             assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
             assert msg.header.frame_id == "camera"
             got[conn.topic].append((stamp, msg))
-    for topic, encoding, channels in (("/camera/image_raw", "rgb8", 3),
-                                      ("/camera/anomaly_gt", "mono8", 1)):
+    for topic, encoding, channels in (
+        ("/camera/image_raw", "rgb8", 3),
+        ("/camera/anomaly_gt", "mono8", 1),
+    ):
         msgs = got[topic]
         assert len(msgs) == n
         stamps = np.array([s for s, _ in msgs])

@@ -1,5 +1,6 @@
 """``cosme train-teacher``: a DeepLabV3+ from scratch learns a toy road world, resumes exactly after
 SIGKILL, trains the same under data parallelism, and is written as a valid teacher-only bundle."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,13 @@ import torch
 
 from cosme_ros.bundle import Bundle
 from cosme_ros.train.teacher import iou_from_confusion
-from test_train_student import (assert_ddp_matches_single, assert_same_tensors, cosme,
-                                kill_after_first_checkpoint, write_scenes)
+from test_train_student import (
+    assert_ddp_matches_single,
+    assert_same_tensors,
+    cosme,
+    kill_after_first_checkpoint,
+    write_scenes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +28,24 @@ def world(tmp_path_factory):
 
 def teacher_args(out, world, *extra):
     train, val = world
-    return ["train-teacher", "--out", out, "--data", f"synthetic:{train}",
-            "--val", f"synthetic:{val}", "--width", "0.25", "--size", "64x128", "--batch", "4",
-            "--seed", "3", *extra]
+    return [
+        "train-teacher",
+        "--out",
+        out,
+        "--data",
+        f"synthetic:{train}",
+        "--val",
+        f"synthetic:{val}",
+        "--width",
+        "0.25",
+        "--size",
+        "64x128",
+        "--batch",
+        "4",
+        "--seed",
+        "3",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -32,8 +53,9 @@ def test_tiny_teacher_learns_the_toy_world(tmp_path, world):
     """Sky above, road below, sometimes a car, with noise: 40 steps reach a mIoU far above chance
     (a random 19-way guess scores ~0.05 IoU per class present)."""
     out, report = tmp_path / "teacher", tmp_path / "t.json"
-    proc = cosme(*teacher_args(out, world, "--epochs", "10", "--eval-every-epoch",
-                               "--json", report))
+    proc = cosme(
+        *teacher_args(out, world, "--epochs", "10", "--eval-every-epoch", "--json", report)
+    )
     record = json.loads(report.read_text())
     assert record["steps"] == 40 and len(record["epoch_val_miou"]) == 10
     assert record["miou_present"] > 0.6, record
@@ -64,11 +86,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, world):
     ckpt = tmp_path / "ckpt"
     killed = tmp_path / "killed"
     step = kill_after_first_checkpoint(
-        teacher_args(killed, world, *common, "--checkpoint-dir", ckpt), ckpt)
+        teacher_args(killed, world, *common, "--checkpoint-dir", ckpt), ckpt
+    )
     assert 0 < step < 16 and not killed.exists()
     cosme(*teacher_args(killed, world, *common, "--checkpoint-dir", ckpt, "--resume"))
-    assert_same_tensors(tmp_path / "straight" / "teacher.safetensors",
-                        killed / "teacher.safetensors")
+    assert_same_tensors(
+        tmp_path / "straight" / "teacher.safetensors", killed / "teacher.safetensors"
+    )
     a = Bundle.load(tmp_path / "straight").manifest["teacher"]["source"]["train"]
     b = Bundle.load(killed).manifest["teacher"]["source"]["train"]
     assert a["miou"] == b["miou"] and a["epoch_loss"] == b["epoch_loss"]
@@ -83,21 +107,29 @@ def test_ddp_gradients_equal_single_process(tmp_path, world):
 
 def test_unlabelled_data_is_refused(tmp_path, world):
     images = write_scenes(tmp_path / "plain", 4, labels=False)
-    proc = cosme("train-teacher", "--out", tmp_path / "t", "--data", f"images:{images}",
-                 "--val", f"synthetic:{world[1]}", check_rc=2)
+    proc = cosme(
+        "train-teacher",
+        "--out",
+        tmp_path / "t",
+        "--data",
+        f"images:{images}",
+        "--val",
+        f"synthetic:{world[1]}",
+        check_rc=2,
+    )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no semantic labels" in lines[0]
 
 
 def test_iou_from_confusion():
     conf = np.zeros((19, 19), np.int64)
-    conf[0, 0], conf[0, 1], conf[10, 10] = 8, 2, 10   # road: 8 right, 2 called sidewalk
+    conf[0, 0], conf[0, 1], conf[10, 10] = 8, 2, 10  # road: 8 right, 2 called sidewalk
     conf[13, 13] = 0
     r = iou_from_confusion(conf)
     assert r["iou"]["road"] == pytest.approx(0.8)
-    assert r["iou"]["sidewalk"] == 0.0           # predicted, never in the labels: counts as 0
+    assert r["iou"]["sidewalk"] == 0.0  # predicted, never in the labels: counts as 0
     assert r["iou"]["sky"] == 1.0
-    assert r["iou"]["car"] is None               # neither labelled nor predicted: left out
+    assert r["iou"]["car"] is None  # neither labelled nor predicted: left out
     assert r["miou"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
     assert r["miou_present"] == pytest.approx(0.9)
     assert r["pixel_accuracy"] == pytest.approx(18 / 20)
@@ -109,15 +141,39 @@ def test_pretrained_mobilenetv2_teacher(tmp_path, world, shared_data):
     weights, adapts at a tenth of the head's rate with frozen BatchNorm, and the bundle normalises
     the input as those weights expect."""
     from cosme_ros.nets.mobilenetv2 import imagenet_state_dict
+
     weights = shared_data / "backbones" / "mobilenet_v2_1.0_imagenet"
     if not weights.is_dir():
         pytest.skip(f"{weights} is absent")
     out, report = tmp_path / "teacher", tmp_path / "t.json"
     train, val = world
-    cosme("train-teacher", "--out", out, "--data", f"synthetic:{train}",
-          "--val", f"synthetic:{val}", "--backbone", "mobilenetv2", "--pretrained", "imagenet",
-          "--pretrained-weights", weights, "--head-channels", "32", "--size", "64x128",
-          "--batch", "4", "--epochs", "2", "--seed", "3", "--json", report)
+    cosme(
+        "train-teacher",
+        "--out",
+        out,
+        "--data",
+        f"synthetic:{train}",
+        "--val",
+        f"synthetic:{val}",
+        "--backbone",
+        "mobilenetv2",
+        "--pretrained",
+        "imagenet",
+        "--pretrained-weights",
+        weights,
+        "--head-channels",
+        "32",
+        "--size",
+        "64x128",
+        "--batch",
+        "4",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--json",
+        report,
+    )
     record = json.loads(report.read_text())
     assert record["pretrained"]["weights"] == "imagenet"
     assert record["pretrained"]["file"].endswith(".safetensors")
@@ -129,20 +185,47 @@ def test_pretrained_mobilenetv2_teacher(tmp_path, world, shared_data):
     start = imagenet_state_dict(weights, classifier=False)
     assert set(trained) == set(start)
     for key, value in start.items():
-        if key.endswith(("running_mean", "running_var")):   # frozen BatchNorm: untouched
+        if key.endswith(("running_mean", "running_var")):  # frozen BatchNorm: untouched
             assert torch.equal(trained[key].float(), value), key
-    moved = [float((trained[k].float() - v).norm() / v.norm()) for k, v in start.items()
-             if k.endswith(".weight") and v.dim() == 4]
-    assert 0 < max(moved) < 0.2, max(moved)   # adapted, not overwritten
+    moved = [
+        float((trained[k].float() - v).norm() / v.norm())
+        for k, v in start.items()
+        if k.endswith(".weight") and v.dim() == 4
+    ]
+    assert 0 < max(moved) < 0.2, max(moved)  # adapted, not overwritten
 
 
 def test_pretrained_needs_a_backbone_that_has_weights(tmp_path, world):
     train, val = world
-    proc = cosme("train-teacher", "--out", tmp_path / "t", "--data", f"synthetic:{train}",
-                 "--val", f"synthetic:{val}", "--backbone", "resnet18", "--pretrained",
-                 "imagenet", check_rc=2)
+    proc = cosme(
+        "train-teacher",
+        "--out",
+        tmp_path / "t",
+        "--data",
+        f"synthetic:{train}",
+        "--val",
+        f"synthetic:{val}",
+        "--backbone",
+        "resnet18",
+        "--pretrained",
+        "imagenet",
+        check_rc=2,
+    )
     assert "only the mobilenetv2 backbone" in proc.stderr and "Traceback" not in proc.stderr
-    proc = cosme("train-teacher", "--out", tmp_path / "t", "--data", f"synthetic:{train}",
-                 "--val", f"synthetic:{val}", "--backbone", "mobilenetv2", "--pretrained",
-                 "imagenet", "--pretrained-weights", tmp_path / "absent", check_rc=2)
+    proc = cosme(
+        "train-teacher",
+        "--out",
+        tmp_path / "t",
+        "--data",
+        f"synthetic:{train}",
+        "--val",
+        f"synthetic:{val}",
+        "--backbone",
+        "mobilenetv2",
+        "--pretrained",
+        "imagenet",
+        "--pretrained-weights",
+        tmp_path / "absent",
+        check_rc=2,
+    )
     assert "absent: no such file or folder" in proc.stderr and "Traceback" not in proc.stderr

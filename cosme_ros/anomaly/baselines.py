@@ -17,6 +17,7 @@ SML defaults (:data:`SML_DEFAULTS`) follow the official release, shjung13/Standa
 (Gaussian σ = 1.0, normalised to sum 1, replication padding). The release computes all of this on the
 logits upsampled to the input image, so the widths and the dilation are in image pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -150,10 +151,14 @@ def suppress_boundaries(
     if iterations <= 0:
         return values.float()
     if width < 0 or width % iterations:
-        raise ValueError(f"boundary width {width} must be a non-negative multiple of iterations {iterations}")
+        raise ValueError(
+            f"boundary width {width} must be a non-negative multiple of iterations {iterations}"
+        )
     step = width // iterations
-    radii = [0 if (width == 0 or it == iterations - 1) else width - step * it - 1
-             for it in range(iterations)]
+    radii = [
+        0 if (width == 0 or it == iterations - 1) else width - step * it - 1
+        for it in range(iterations)
+    ]
     # the expanded boundaries for every radius, from one chain of cross dilations
     grown = [find_boundaries(pred)]
     for _ in range(max(radii)):
@@ -168,7 +173,9 @@ def suppress_boundaries(
     return out
 
 
-def gaussian_kernel(size: int = SML_DEFAULTS["kernel_size"], sigma: float = SML_DEFAULTS["sigma"]) -> Tensor:
+def gaussian_kernel(
+    size: int = SML_DEFAULTS["kernel_size"], sigma: float = SML_DEFAULTS["sigma"]
+) -> Tensor:
     """Normalised 2-D Gaussian ``(size, size)`` fp32 centred on the middle tap."""
     if size < 1 or size % 2 == 0:
         raise ValueError(f"smoothing kernel size must be odd and positive, got {size}")
@@ -293,7 +300,11 @@ class ClassPrototypeAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
         for name in ("sums", "counts"):
             t = getattr(self, name).to(device)
             dist.all_reduce(t)
@@ -301,7 +312,9 @@ class ClassPrototypeAccumulator:
 
     def finalize(self) -> Tensor:
         norms = self.sums.norm(dim=1, keepdim=True)
-        protos = torch.where(norms > 0, self.sums / norms.clamp_min(1e-300), torch.zeros_like(self.sums))
+        protos = torch.where(
+            norms > 0, self.sums / norms.clamp_min(1e-300), torch.zeros_like(self.sums)
+        )
         return protos.float()
 
 

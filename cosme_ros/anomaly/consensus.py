@@ -6,6 +6,7 @@ the two disagree at test time the input is probably unlike the training data (Eq
 All distances are computed in fp32 whatever the input dtype: a 2048-channel sum of squared
 differences overflows fp16 (max 65504) as soon as the mean squared difference exceeds ~32.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence, Tuple
@@ -97,8 +98,9 @@ def psi_layer(f: Tensor, g: Tensor, distance: str = "l2") -> Tensor:
         norms = f.square().sum(dim=1).mul_(g.square().sum(dim=1)).sqrt_()
         return 1.0 - dot / norms.clamp_min(_EPS)
     if distance not in ("l2", "relative"):
-        raise ValueError(f"unknown consensus distance {distance!r}; choose one of "
-                         f"{', '.join(DISTANCES)}")
+        raise ValueError(
+            f"unknown consensus distance {distance!r}; choose one of " f"{', '.join(DISTANCES)}"
+        )
     diff = f.float() - g.float()
     sq = diff.square() if diff.requires_grad else diff.square_()  # in place saves a copy
     if distance == "l2":

@@ -15,6 +15,7 @@ Scoring follows DESIGN.md §4: prototypes are pre-normalised and ``max_k ⟨f, p
 matmul per chunk of prototypes followed by a single division by the feature norm, so a normalised
 copy of the features is never made and the (pixels × K) similarity is never whole in memory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -439,7 +440,9 @@ class MulMemBuilder:
         flat = feats.flatten(2)  # (B, C, H·W) view
         out = []
         for i in range(b):
-            g = torch.Generator().manual_seed(_seed_for(self.seed, step, first_image + i, layer_idx))
+            g = torch.Generator().manual_seed(
+                _seed_for(self.seed, step, first_image + i, layer_idx)
+            )
             pix = torch.randperm(hw, generator=g)[:m].to(flat.device)
             out.append(flat[i].index_select(1, pix).T)
         cand = torch.cat(out).float() if out else feats.new_zeros((0, c), dtype=torch.float32)
@@ -617,11 +620,14 @@ class MulMemBuilder:
             if not math.isclose(float(theirs), float(mine), rel_tol=0, abs_tol=1e-12):
                 raise ValueError(f"builder state has {key}={theirs}, this builder {mine}")
         extra = sorted(
-            k.split(".", 1)[1] for k in sd if k.startswith("prototypes.")
-            and k.split(".", 1)[1] not in self.layers
+            k.split(".", 1)[1]
+            for k in sd
+            if k.startswith("prototypes.") and k.split(".", 1)[1] not in self.layers
         )
         if extra:
-            raise ValueError(f"builder state has prototypes for layer(s) {extra} not in {self.layers}")
+            raise ValueError(
+                f"builder state has prototypes for layer(s) {extra} not in {self.layers}"
+            )
         protos: Dict[str, Optional[Tensor]] = {}
         count: Dict[str, int] = {}
         usage: Dict[str, Optional[Tensor]] = {}
@@ -639,7 +645,9 @@ class MulMemBuilder:
             protos[l], count[l] = buf, int(p.shape[0])
             u = sd.get(f"usage.{l}")
             if u is not None and tuple(u.shape) != (p.shape[0],):
-                raise ValueError(f"'usage.{l}' must have shape ({p.shape[0]},), got {tuple(u.shape)}")
+                raise ValueError(
+                    f"'usage.{l}' must have shape ({p.shape[0]},), got {tuple(u.shape)}"
+                )
             usage[l] = u.to(torch.int64).clone() if u is not None else None
         self._protos, self._count, self._usage = protos, count, usage
         self._init_steps = int(sd["init_steps"].item()) if "init_steps" in sd else 0

@@ -8,17 +8,18 @@ Ablations are rows of the same table as the methods themselves (the paper's Tabl
 A spec is the method name (one of :data:`~cosme_ros.anomaly.scorers.METHODS`) and
 ``key=value`` options of :func:`~cosme_ros.anomaly.scorers.build_scorer`. Values are typed by
 the option's name (:data:`OPTION_TYPES`): ``true``/``false`` for switches, numbers, names, and
-``+``-separated tap lists for ``layers`` and ``consensus`` (a comma would end the option). Options that no method
-takes are passed through as text so that ``build_scorer`` rejects them with the list of those the
-method does take.
+``+``-separated tap lists for ``layers`` and ``consensus`` (a comma would end the option).
+Options that no method takes are passed through as text so that ``build_scorer`` rejects them
+with the list of those the method does take.
 
 :func:`canonical` writes a spec back with its options sorted: the row label of the table and the
 key in the JSON, so that ``cosme[layers=c4+c5,fusion=raw]`` and ``cosme[fusion=raw,layers=c4+c5]``
 are one row.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 from ..nets.taps import ordered, parse_taps
 from . import baselines
@@ -47,18 +48,30 @@ def _number(kind: type) -> Callable[[str], object]:
         try:
             return kind(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") \
-                from None
+            raise ValueError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+
     return convert
 
 
 #: How the text of each known option becomes its value.
 OPTION_TYPES: Dict[str, Callable[[str], object]] = {
-    "upsample_logits": _bool, "normalize": _bool, "standardize": _bool,
-    "boundary_suppression": _bool, "smoothing": _bool,
-    "standardize_psi": _bool, "boundary": _bool, "distance": str,
-    "chunk_bytes": _number(int), "layers": _taps, "consensus": _taps, "fusion": str,
-    "refine": str, "refine_radius": _number(int), "refine_eps": _number(float),
+    "upsample_logits": _bool,
+    "normalize": _bool,
+    "standardize": _bool,
+    "boundary_suppression": _bool,
+    "smoothing": _bool,
+    "standardize_psi": _bool,
+    "boundary": _bool,
+    "distance": str,
+    "chunk_bytes": _number(int),
+    "layers": _taps,
+    "consensus": _taps,
+    "fusion": str,
+    "refine": str,
+    "refine_radius": _number(int),
+    "refine_eps": _number(float),
     **{k: _number(type(v)) for k, v in baselines.SML_DEFAULTS.items()},
 }
 
@@ -73,12 +86,16 @@ def check_run_spec(spec: str, names: Sequence[str]) -> MethodSpec:
     and no options on ``auto``. Raises ValueError with the reason."""
     name, options = parse_method(spec)
     if name not in names:
-        raise ValueError(f"unknown method {name!r} (use one of: {', '.join(names)}, with "
-                         f"options in brackets, e.g. cosme[consensus=c4])")
+        raise ValueError(
+            f"unknown method {name!r} (use one of: {', '.join(names)}, with "
+            f"options in brackets, e.g. cosme[consensus=c4])"
+        )
     inside = [k for k in options if k in REFINE_OPTIONS]
     if inside:
-        raise ValueError(f"method {spec!r}: {', '.join(inside)} is a parameter of its own here, "
-                         f"not a method option")
+        raise ValueError(
+            f"method {spec!r}: {', '.join(inside)} is a parameter of its own here, "
+            f"not a method option"
+        )
     if options and name == "auto":
         raise ValueError(f"method {spec!r}: 'auto' takes no options")
     return name, options
@@ -120,8 +137,10 @@ def parse_method(spec: str) -> MethodSpec:
             raise ValueError(f"method {spec!r}: ']' without '['")
         return name, {}
     if not rest.endswith("]") or "[" in rest or "]" in rest[:-1]:
-        raise ValueError(f"method {spec!r}: options go in one pair of brackets at the end, "
-                         "e.g. cosme[fusion=raw]")
+        raise ValueError(
+            f"method {spec!r}: options go in one pair of brackets at the end, "
+            "e.g. cosme[fusion=raw]"
+        )
     options: Dict[str, object] = {}
     for item in rest[:-1].split(","):
         if not item.strip():

@@ -19,6 +19,7 @@ It is affine-equivariant in the scores (filtering α·s + β gives α·q + β), 
 method's map (negative MaxLogit scores included) and keeps the method's units; the distribution of
 the scores does change, so a threshold calibrated on plain maps must be calibrated again.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -65,8 +66,9 @@ def box_mean(x: Tensor, r: int) -> Tensor:
     return window_sums(window_sums(x - centre, -2, h), -1, w) / count + centre
 
 
-def guided_filter(guide: Tensor, score: Tensor, radius: int = DEFAULT_RADIUS,
-                  eps: float = DEFAULT_EPS) -> Tensor:
+def guided_filter(
+    guide: Tensor, score: Tensor, radius: int = DEFAULT_RADIUS, eps: float = DEFAULT_EPS
+) -> Tensor:
     """The colour guided filter (He et al., Eq. 14–16): ``score`` (B,H,W) filtered with the
     guidance image ``guide`` (B,3,H,W) in [0, 1] of the same size; returns (B,H,W) fp32.
 
@@ -83,8 +85,10 @@ def _check(guide: Tensor, score: Tensor, radius: int, eps: float) -> None:
     if guide.dim() != 4 or guide.shape[1] != 3:
         raise ValueError(f"guide must be (B,3,H,W), got {tuple(guide.shape)}")
     if score.dim() != 3 or score.shape[0] != guide.shape[0] or score.shape[-2:] != guide.shape[-2:]:
-        raise ValueError(f"score must be (B,H,W) of the guide's size {tuple(guide.shape[-2:])}, "
-                         f"got {tuple(score.shape)}")
+        raise ValueError(
+            f"score must be (B,H,W) of the guide's size {tuple(guide.shape[-2:])}, "
+            f"got {tuple(score.shape)}"
+        )
     if radius < 1:
         raise ValueError(f"the guided filter's radius must be at least 1, got {radius}")
     if eps <= 0:
@@ -94,19 +98,20 @@ def _check(guide: Tensor, score: Tensor, radius: int, eps: float) -> None:
 def _coefficients(I: Tensor, score: Tensor, r: int, eps: float) -> Tuple[Tensor, Tensor]:
     """a (B,3,H,W) and b (B,1,H,W) of each window's linear model, Eq. 14–15."""
     p = score.unsqueeze(1)
-    mean_I = box_mean(I, r)                                                  # (B,3,H,W)
-    mean_p = box_mean(p, r)                                                  # (B,1,H,W)
-    cov_Ip = box_mean(I * p, r) - mean_I * mean_p                            # (B,3,H,W)
+    mean_I = box_mean(I, r)  # (B,3,H,W)
+    mean_p = box_mean(p, r)  # (B,1,H,W)
+    cov_Ip = box_mean(I * p, r) - mean_I * mean_p  # (B,3,H,W)
     # Σ_k: the guide's 3×3 covariance in each window (Eq. 14), regularised by ε·U.
     pairs = torch.stack([I[:, i] * I[:, j] for i, j in _UPPER], 1)
     var = box_mean(pairs, r) - torch.stack([mean_I[:, i] * mean_I[:, j] for i, j in _UPPER], 1)
-    a = _solve_sym3(var, cov_Ip, eps)                                        # Eq. 14
-    b = mean_p - (a * mean_I).sum(1, keepdim=True)                           # Eq. 15
+    a = _solve_sym3(var, cov_Ip, eps)  # Eq. 14
+    b = mean_p - (a * mean_I).sum(1, keepdim=True)  # Eq. 15
     return a, b
 
 
-def fast_guided_filter(guide: Tensor, score: Tensor, radius: int, eps: float,
-                       low_size: Tuple[int, int]) -> Tensor:
+def fast_guided_filter(
+    guide: Tensor, score: Tensor, radius: int, eps: float, low_size: Tuple[int, int]
+) -> Tensor:
     """The fast guided filter (He and Sun, arXiv:1505.00996): the linear coefficients fitted at
     ``low_size`` (guide and score area-averaged down; ``radius`` in *those* pixels), then
     upsampled bilinearly and applied to the full-resolution guide, so edges stay at the guide's
@@ -132,14 +137,15 @@ def _solve_sym3(var: Tensor, rhs: Tensor, eps: float) -> Tensor:
     in :data:`_UPPER` order, ``rhs`` (B,3,H,W): the adjugate over the determinant, elementwise
     (a batched ``torch.linalg.solve`` over millions of 3×3 systems is ~50× slower on the CPU).
     Σ + εU is positive definite (ε > 0), so the determinant is ≥ ε³."""
-    a, b, c, d, e, f = (var[:, k] for k in range(6))   # [[a b c] [b d e] [c e f]]
+    a, b, c, d, e, f = (var[:, k] for k in range(6))  # [[a b c] [b d e] [c e f]]
     a, d, f = a + eps, d + eps, f + eps
     A, B, C = d * f - e * e, c * e - b * f, b * e - c * d
     D, E, F_ = a * f - c * c, b * c - a * e, a * d - b * b
     det = a * A + b * B + c * C
     x, y, z = rhs[:, 0], rhs[:, 1], rhs[:, 2]
-    return torch.stack([A * x + B * y + C * z, B * x + D * y + E * z, C * x + E * y + F_ * z],
-                       1) / det.unsqueeze(1)
+    return torch.stack(
+        [A * x + B * y + C * z, B * x + D * y + E * z, C * x + E * y + F_ * z], 1
+    ) / det.unsqueeze(1)
 
 
 def scaled_radius(radius: int, input_height: int, output_height: int) -> int:
@@ -147,8 +153,9 @@ def scaled_radius(radius: int, input_height: int, output_height: int) -> int:
     return max(1, int(round(radius * output_height / max(1, input_height))))
 
 
-def refine_map(score: Tensor, guide: Tensor, radius: int, eps: float,
-               input_height: Optional[int] = None) -> Tensor:
+def refine_map(
+    score: Tensor, guide: Tensor, radius: int, eps: float, input_height: Optional[int] = None
+) -> Tensor:
     """The refined map: ``score`` (B,H,W) and ``guide`` (B,3,H,W) at the output size, ``radius``
     in network-input pixels (``input_height`` rows; None: the output's). An output larger than
     the network input is refined with :func:`fast_guided_filter` at the input's resolution —
@@ -161,8 +168,9 @@ def refine_map(score: Tensor, guide: Tensor, radius: int, eps: float,
     return guided_filter(guide, score, scaled_radius(radius, input_height or h, h), eps)
 
 
-def guide_from_images(images_rgb: Sequence[np.ndarray], size: Tuple[int, int],
-                      device: torch.device | str = "cpu") -> Tensor:
+def guide_from_images(
+    images_rgb: Sequence[np.ndarray], size: Tuple[int, int], device: torch.device | str = "cpu"
+) -> Tensor:
     """uint8 RGB frames (H, W, 3) → the guide (B, 3, *size) in [0, 1] on ``device``: each frame
     resized to the anomaly map's size (area-averaged when shrinking, bilinear when enlarging)."""
     h, w = int(size[0]), int(size[1])
@@ -170,7 +178,9 @@ def guide_from_images(images_rgb: Sequence[np.ndarray], size: Tuple[int, int],
     for im in images_rgb:
         if im.shape[:2] != (h, w):
             shrink = im.shape[0] * im.shape[1] > h * w
-            im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            im = cv2.resize(
+                im, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            )
         frames.append(im)
     batch = torch.from_numpy(np.stack(frames)).to(device)
     return batch.permute(0, 3, 1, 2).float().div_(255.0)

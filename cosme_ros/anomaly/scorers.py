@@ -30,6 +30,7 @@ the image as ``guide``. Off by default: the paper's maps are plain bilinear upsa
 The bundle stores :class:`AnomalyParts` in ``anomaly.safetensors`` via
 :meth:`AnomalyParts.to_tensors` / :meth:`AnomalyParts.from_tensors`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -45,7 +46,16 @@ from ..nets.taps import ALL_TAPS, LH, O, Taps, ordered, parse_taps
 from . import baselines, consensus, memory, refine
 from .standardize import ClassStats
 
-METHODS: Tuple[str, ...] = ("msp", "maxlogit", "entropy", "sml", "pans", "mulmem", "auxcon", "cosme")
+METHODS: Tuple[str, ...] = (
+    "msp",
+    "maxlogit",
+    "entropy",
+    "sml",
+    "pans",
+    "mulmem",
+    "auxcon",
+    "cosme",
+)
 MEMORY_LAYERS: Tuple[str, ...] = ("c4", "c5", "lh")
 CONSENSUS_LAYERS: Tuple[str, ...] = consensus.CONSENSUS_LAYERS
 FUSIONS: Tuple[str, ...] = ("signed", "softplus", "exp", "raw", "zsum")
@@ -141,9 +151,11 @@ class AnomalyParts:
         for key in d:
             head, _, tail = key.partition(".")
             if head not in groups or not tail:
-                raise ValueError(f"anomaly part {key!r}: unknown key (expected memory.<tap>, "
-                                 "mulmem.mean/std, sml.mean/std, pans.prototypes, "
-                                 "psi.<distance>.<taps>.mean/std)")
+                raise ValueError(
+                    f"anomaly part {key!r}: unknown key (expected memory.<tap>, "
+                    "mulmem.mean/std, sml.mean/std, pans.prototypes, "
+                    "psi.<distance>.<taps>.mean/std)"
+                )
             if not isinstance(d[key], Tensor):
                 raise ValueError(f"anomaly part {key!r}: not a tensor")
 
@@ -154,13 +166,17 @@ class AnomalyParts:
             for key in mem_keys:
                 layer = key.split(".", 1)[1]
                 if layer not in memory_layers:
-                    raise ValueError(f"anomaly part {key!r}: layer {layer!r} is not in the memory "
-                                     f"layers {','.join(memory_layers)}")
+                    raise ValueError(
+                        f"anomaly part {key!r}: layer {layer!r} is not in the memory "
+                        f"layers {','.join(memory_layers)}"
+                    )
             for layer in memory_layers:
                 key = f"memory.{layer}"
                 if key not in d:
-                    raise ValueError(f"anomaly part {key!r}: missing (memory layers are "
-                                     f"{','.join(memory_layers)})")
+                    raise ValueError(
+                        f"anomaly part {key!r}: missing (memory layers are "
+                        f"{','.join(memory_layers)})"
+                    )
                 bank[layer] = _check_unit_rows(key, d[key], allow_zero_rows=False)
 
         stats = {name: _stats_from(d, name) for name in ("mulmem", "sml")}
@@ -180,15 +196,24 @@ class AnomalyParts:
             detail = ", ".join(f"{k} has {v}" for k, v in counts.items())
             raise ValueError(f"anomaly parts disagree on the number of classes: {detail}")
 
-        return cls(memory=bank, memory_layers=memory_layers, mulmem_stats=stats["mulmem"],
-                   sml_stats=stats["sml"], pans_prototypes=pans_p, has_student=bool(has_student),
-                   consensus_layers=consensus_layers, align_corners=bool(align_corners),
-                   psi_stats=psi_stats)
+        return cls(
+            memory=bank,
+            memory_layers=memory_layers,
+            mulmem_stats=stats["mulmem"],
+            sml_stats=stats["sml"],
+            pans_prototypes=pans_p,
+            has_student=bool(has_student),
+            consensus_layers=consensus_layers,
+            align_corners=bool(align_corners),
+            psi_stats=psi_stats,
+        )
 
 
 def _check_unit_rows(key: str, t: Tensor, *, allow_zero_rows: bool) -> Tensor:
     if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"anomaly part {key!r}: expected a (K, C) matrix, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"anomaly part {key!r}: expected a (K, C) matrix, got shape {tuple(t.shape)}"
+        )
     if not t.is_floating_point():
         raise ValueError(f"anomaly part {key!r}: expected floating point, got {t.dtype}")
     t = t.float()
@@ -199,8 +224,10 @@ def _check_unit_rows(key: str, t: Tensor, *, allow_zero_rows: bool) -> Tensor:
     ok = unit | (norms == 0) if allow_zero_rows else unit
     if not bool(ok.all()):
         row = int((~ok).nonzero()[0])
-        raise ValueError(f"anomaly part {key!r}: row {row} has norm {float(norms[row]):.4g}, "
-                         "expected unit-length prototypes")
+        raise ValueError(
+            f"anomaly part {key!r}: row {row} has norm {float(norms[row]):.4g}, "
+            "expected unit-length prototypes"
+        )
     return t
 
 
@@ -211,7 +238,9 @@ def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
         return None
     allowed = {f"{prefix}.{n}" for n in ("mean", "std", "count", "fallback")}
     for key in sorted(keys - allowed):
-        raise ValueError(f"anomaly part {key!r}: unknown key (expected {prefix}.mean, {prefix}.std)")
+        raise ValueError(
+            f"anomaly part {key!r}: unknown key (expected {prefix}.mean, {prefix}.std)"
+        )
     try:
         # ClassStats validates shapes, finiteness and std > 0, naming the key
         return ClassStats.from_tensors(d, prefix + ".")
@@ -222,6 +251,7 @@ def _stats_from(d: Mapping[str, Tensor], prefix: str) -> Optional[ClassStats]:
 def _psi_stats_from(d: Mapping[str, Tensor]) -> Optional[Dict[str, ClassStats]]:
     """``psi.<distance>.<taps>.<stat>`` → {:func:`psi_key`: ClassStats}, or None when absent."""
     from .consensus import DISTANCES
+
     keys = sorted({k.rsplit(".", 1)[0] for k in d if k.startswith("psi.")})
     if not keys:
         return None
@@ -231,9 +261,11 @@ def _psi_stats_from(d: Mapping[str, Tensor]) -> Optional[Dict[str, ClassStats]]:
         distance, layers = (fields[1], fields[2]) if len(fields) == 3 else (None, "")
         taps = tuple(layers.split("+")) if layers else ()
         if distance not in DISTANCES or not taps or any(t not in ALL_TAPS for t in taps):
-            raise ValueError(f"anomaly part {prefix + '.*'!r}: unknown key (expected "
-                             f"psi.<distance>.<taps>.mean with a distance of "
-                             f"{', '.join(DISTANCES)} and taps such as c5 or c4+c5)")
+            raise ValueError(
+                f"anomaly part {prefix + '.*'!r}: unknown key (expected "
+                f"psi.<distance>.<taps>.mean with a distance of "
+                f"{', '.join(DISTANCES)} and taps such as c5 or c4+c5)"
+            )
         out[psi_key(distance, taps)] = _stats_from(d, prefix)
     return out
 
@@ -249,18 +281,19 @@ def resize(x: Tensor, size: Tuple[int, int], align_corners: bool = False) -> Ten
     if tuple(x.shape[-2:]) == size:
         return x
     if x.dim() == 3:
-        return F.interpolate(x.unsqueeze(1), size=size, mode="bilinear",
-                             align_corners=align_corners).squeeze(1)
+        return F.interpolate(
+            x.unsqueeze(1), size=size, mode="bilinear", align_corners=align_corners
+        ).squeeze(1)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-
 
 
 def _larger(a: Tuple[int, int], b: Tuple[int, int]) -> Tuple[int, int]:
     return a if a[0] * a[1] >= b[0] * b[1] else b
 
 
-def predicted_classes(logits: Tensor, size: Optional[Tuple[int, int]] = None,
-                      align_corners: bool = False) -> Tensor:
+def predicted_classes(
+    logits: Tensor, size: Optional[Tuple[int, int]] = None, align_corners: bool = False
+) -> Tensor:
     """Class map ``(B,H,W)`` long: argmax of the logits resized bilinearly to ``size``.
 
     Resizing the logits (not the argmax) gives the same class map that the segmentation output
@@ -271,8 +304,11 @@ def predicted_classes(logits: Tensor, size: Optional[Tuple[int, int]] = None,
 
 
 def mulmem_gamma(
-    teacher: Taps, bank: Mapping[str, Tensor], layers: Iterable[str] = MEMORY_LAYERS,
-    align_corners: bool = False, **kw
+    teacher: Taps,
+    bank: Mapping[str, Tensor],
+    layers: Iterable[str] = MEMORY_LAYERS,
+    align_corners: bool = False,
+    **kw,
 ) -> Tuple[Tensor, Tensor]:
     """Raw Γ (Eq. 3–4) at the largest memory-layer resolution, and the class map there.
 
@@ -285,8 +321,9 @@ def mulmem_gamma(
     return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]), align_corners)
 
 
-def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION,
-                 psi_standardized: bool = False) -> Tensor:
+def cosme_fusion(
+    psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION, psi_standardized: bool = False
+) -> Tensor:
     """Eq. 8, Υ = Ψ · Γ′, with Γ′ a function of Γ chosen by ``fusion``.
 
     The paper standardises Γ per predicted class (as SML does) and multiplies. A standardised
@@ -323,8 +360,10 @@ def cosme_fusion(psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION,
             return F.softplus(psi) * F.softplus(gamma)
         if fusion == "zsum":
             return psi + gamma
-        raise ValueError(f"CosMe fusion {fusion!r} does not take a standardised Ψ; choose one "
-                         f"of {', '.join(Z_FUSIONS)}")
+        raise ValueError(
+            f"CosMe fusion {fusion!r} does not take a standardised Ψ; choose one "
+            f"of {', '.join(Z_FUSIONS)}"
+        )
     if fusion == "zsum":
         raise ValueError("CosMe fusion 'zsum' adds two z-scores: it needs standardize_psi=true")
     if fusion == "softplus":
@@ -357,19 +396,30 @@ class Scorer(abc.ABC):
     def score(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int]) -> Tensor:
         """The anomaly map ``(B,h,w)`` at the method's own resolution (may already be out_size)."""
 
-    def __call__(self, teacher: Taps, student: Optional[Taps], out_size: Tuple[int, int],
-                 guide: Optional[Tensor] = None) -> Tensor:
+    def __call__(
+        self,
+        teacher: Taps,
+        student: Optional[Taps],
+        out_size: Tuple[int, int],
+        guide: Optional[Tensor] = None,
+    ) -> Tensor:
         """The map at ``out_size``; ``guide`` (B,3,H_out,W_out) RGB in [0, 1] is the camera image
         that a ``refine=guided`` scorer needs (and any other ignores)."""
         missing = [t for t in self.teacher_taps if t not in teacher]
         if missing:
-            raise KeyError(f"method {self.name!r} needs teacher taps {missing} (got {sorted(teacher)})")
+            raise KeyError(
+                f"method {self.name!r} needs teacher taps {missing} (got {sorted(teacher)})"
+            )
         if self.student_taps:
             if student is None:
-                raise KeyError(f"method {self.name!r} needs the student's taps {list(self.student_taps)}")
+                raise KeyError(
+                    f"method {self.name!r} needs the student's taps {list(self.student_taps)}"
+                )
             missing = [t for t in self.student_taps if t not in student]
             if missing:
-                raise KeyError(f"method {self.name!r} needs student taps {missing} (got {sorted(student)})")
+                raise KeyError(
+                    f"method {self.name!r} needs student taps {missing} (got {sorted(student)})"
+                )
         out_size = (int(out_size[0]), int(out_size[1]))
         out = resize(self.score(teacher, student, out_size), out_size, self.align_corners)
         return self.refined(out, guide).contiguous()
@@ -380,8 +430,9 @@ class Scorer(abc.ABC):
         if self.refinement is None:
             return out
         if guide is None:
-            raise ValueError(f"method {self.name!r} with refine=guided needs the camera image "
-                             f"as guide")
+            raise ValueError(
+                f"method {self.name!r} with refine=guided needs the camera image " f"as guide"
+            )
         # The radius is in network-input pixels (about the feature stride), so that one setting
         # means the same at every camera resolution.
         radius, eps = self.refinement
@@ -396,8 +447,10 @@ class Scorer(abc.ABC):
     input_height: Optional[int] = None
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, teacher_taps={self.teacher_taps}, "
-                f"student_taps={self.student_taps})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, teacher_taps={self.teacher_taps}, "
+            f"student_taps={self.student_taps})"
+        )
 
 
 class LogitScorer(Scorer):
@@ -408,7 +461,9 @@ class LogitScorer(Scorer):
     """
 
     FUNCS: Dict[str, Callable[..., Tensor]] = {
-        "msp": baselines.msp, "maxlogit": baselines.maxlogit, "entropy": baselines.entropy,
+        "msp": baselines.msp,
+        "maxlogit": baselines.maxlogit,
+        "entropy": baselines.entropy,
     }
 
     def __init__(self, name: str, *, upsample_logits: bool = False, normalize: bool = False):
@@ -421,8 +476,9 @@ class LogitScorer(Scorer):
         self._kw = {"normalize": bool(normalize)} if name == "entropy" else {}
 
     def score(self, teacher, student, out_size):
-        logits = resize(teacher[O], out_size, self.align_corners) if self.upsample_logits \
-            else teacher[O]
+        logits = (
+            resize(teacher[O], out_size, self.align_corners) if self.upsample_logits else teacher[O]
+        )
         return self.FUNCS[self.name](logits, **self._kw)
 
 
@@ -441,8 +497,9 @@ class SMLScorer(Scorer):
         self.options = sml_options
 
     def score(self, teacher, student, out_size):
-        logits = resize(teacher[O], out_size, self.align_corners) if self.upsample_logits \
-            else teacher[O]
+        logits = (
+            resize(teacher[O], out_size, self.align_corners) if self.upsample_logits else teacher[O]
+        )
         return baselines.sml(logits, self.stats, **self.options)
 
 
@@ -472,8 +529,15 @@ class MulMemScorer(Scorer):
     mean/std of Γ over training pixels. ``standardize=False`` returns the raw Γ (ablation).
     """
 
-    def __init__(self, bank: Mapping[str, Tensor], layers: Tuple[str, ...], stats: Optional[ClassStats],
-                 *, standardize: bool = True, chunk_bytes: Optional[int] = None):
+    def __init__(
+        self,
+        bank: Mapping[str, Tensor],
+        layers: Tuple[str, ...],
+        stats: Optional[ClassStats],
+        *,
+        standardize: bool = True,
+        chunk_bytes: Optional[int] = None,
+    ):
         self.name = "mulmem"
         self.layers = tuple(layers)
         self.bank = dict(bank)
@@ -508,11 +572,19 @@ class AuxConScorer(Scorer):
     defined — Ψ, like the max logit, is high on class boundaries whatever the image.
     """
 
-    def __init__(self, layers: Tuple[str, ...], *, distance: str = "l2",
-                 stats: Optional[ClassStats] = None, boundary: bool = False):
+    def __init__(
+        self,
+        layers: Tuple[str, ...],
+        *,
+        distance: str = "l2",
+        stats: Optional[ClassStats] = None,
+        boundary: bool = False,
+    ):
         if distance not in consensus.DISTANCES:
-            raise ValueError(f"unknown consensus distance {distance!r}; choose one of "
-                             f"{', '.join(consensus.DISTANCES)}")
+            raise ValueError(
+                f"unknown consensus distance {distance!r}; choose one of "
+                f"{', '.join(consensus.DISTANCES)}"
+            )
         self.name = "auxcon"
         self.layers = tuple(layers)
         self.distance = distance
@@ -543,15 +615,17 @@ class CosMeScorer(Scorer):
     standardised Γ itself, as the paper writes Eq. 8).
     """
 
-    def __init__(self, mulmem: MulMemScorer, auxcon: AuxConScorer, *,
-                 fusion: str = DEFAULT_FUSION):
+    def __init__(self, mulmem: MulMemScorer, auxcon: AuxConScorer, *, fusion: str = DEFAULT_FUSION):
         if fusion not in FUSIONS:
             raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
         if (auxcon.standardized and fusion not in Z_FUSIONS) or (
-                fusion == "zsum" and not auxcon.standardized):
-            raise ValueError(f"CosMe fusion {fusion!r} with a {'standardised' if auxcon.standardized else 'raw'} "
-                             f"Ψ: a standardised Ψ takes fusion {' or '.join(Z_FUSIONS)}, "
-                             f"and zsum needs one")
+            fusion == "zsum" and not auxcon.standardized
+        ):
+            raise ValueError(
+                f"CosMe fusion {fusion!r} with a {'standardised' if auxcon.standardized else 'raw'} "
+                f"Ψ: a standardised Ψ takes fusion {' or '.join(Z_FUSIONS)}, "
+                f"and zsum needs one"
+            )
         self.name = "cosme"
         self.mulmem = mulmem
         self.auxcon = auxcon
@@ -563,9 +637,12 @@ class CosMeScorer(Scorer):
         gamma = self.mulmem.gamma(teacher)
         psi = self.auxcon.score(teacher, student, out_size)
         size = _larger(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]))
-        return cosme_fusion(resize(psi, size, self.align_corners),
-                            resize(gamma, size, self.align_corners), self.fusion,
-                            self.auxcon.standardized)
+        return cosme_fusion(
+            resize(psi, size, self.align_corners),
+            resize(gamma, size, self.align_corners),
+            self.fusion,
+            self.auxcon.standardized,
+        )
 
 
 # --------------------------------------------------------------------------- registry
@@ -573,13 +650,16 @@ class CosMeScorer(Scorer):
 
 def _need_memory(name: str, parts: AnomalyParts) -> Dict[str, Tensor]:
     if not parts.memory:
-        raise MissingPartError(f"method {name!r} needs the memory bank (memory.*): run `{_BUILD_MEMORY}`")
+        raise MissingPartError(
+            f"method {name!r} needs the memory bank (memory.*): run `{_BUILD_MEMORY}`"
+        )
     missing = [layer for layer in parts.memory_layers if layer not in parts.memory]
     if missing:
         raise MissingPartError(
             f"method {name!r} needs memory layer(s) {', '.join('memory.' + m for m in missing)}, "
             f"which the bank lacks: rebuild it for layers {','.join(parts.memory_layers)} with "
-            f"`{_BUILD_MEMORY}`")
+            f"`{_BUILD_MEMORY}`"
+        )
     return {layer: parts.memory[layer] for layer in parts.memory_layers}
 
 
@@ -587,7 +667,8 @@ def _need_mulmem_stats(name: str, parts: AnomalyParts) -> ClassStats:
     if parts.mulmem_stats is None:
         raise MissingPartError(
             f"method {name!r} needs the MulMem class statistics (mulmem.mean, mulmem.std): "
-            f"run `{_BUILD_MEMORY}`")
+            f"run `{_BUILD_MEMORY}`"
+        )
     return parts.mulmem_stats
 
 
@@ -596,8 +677,9 @@ def _need_student(name: str, parts: AnomalyParts) -> None:
         raise MissingPartError(f"method {name!r} needs the student: run `{_TRAIN_STUDENT}`")
 
 
-def _memory_subset(name: str, parts: AnomalyParts, layers: Optional[Iterable[str]],
-                   standardize: bool) -> Tuple[str, ...]:
+def _memory_subset(
+    name: str, parts: AnomalyParts, layers: Optional[Iterable[str]], standardize: bool
+) -> Tuple[str, ...]:
     """The memory layers a MulMem/CosMe scorer uses: all of the bank's, or the subset ``layers``
     (an ablation of Eq. 4's product). The class statistics describe Γ over *all* the bank's
     layers, so a subset is only meaningful unstandardised."""
@@ -608,13 +690,16 @@ def _memory_subset(name: str, parts: AnomalyParts, layers: Optional[Iterable[str
         raise ValueError(f"method {name!r}: option layers is empty")
     outside = [t for t in layers if t not in parts.memory_layers]
     if outside:
-        raise ValueError(f"method {name!r}: layers {','.join(outside)} are not in the memory "
-                         f"(it has {','.join(parts.memory_layers)})")
+        raise ValueError(
+            f"method {name!r}: layers {','.join(outside)} are not in the memory "
+            f"(it has {','.join(parts.memory_layers)})"
+        )
     if standardize and set(layers) != set(parts.memory_layers):
         how = "fusion=raw" if name == "cosme" else "standardize=false"
         raise ValueError(
             f"method {name!r}: the class statistics were gathered for Γ over "
-            f"{','.join(parts.memory_layers)}; a subset of layers needs {how}")
+            f"{','.join(parts.memory_layers)}; a subset of layers needs {how}"
+        )
     return tuple(t for t in parts.memory_layers if t in layers)
 
 
@@ -629,26 +714,39 @@ def _consensus(name: str, parts: AnomalyParts, layers: Optional[Iterable[str]]) 
     return layers
 
 
-def _need_psi_stats(name: str, parts: AnomalyParts, distance: str,
-                    layers: Tuple[str, ...]) -> ClassStats:
+def _need_psi_stats(
+    name: str, parts: AnomalyParts, distance: str, layers: Tuple[str, ...]
+) -> ClassStats:
     key = psi_key(distance, layers)
     if parts.psi_stats and key in parts.psi_stats:
         return parts.psi_stats[key]
     if parts.psi_stats_note:
-        raise MissingPartError(f"method {name!r} needs the Ψ statistics, but "
-                               f"{parts.psi_stats_note}: run `{_PSI_STATS}`")
+        raise MissingPartError(
+            f"method {name!r} needs the Ψ statistics, but "
+            f"{parts.psi_stats_note}: run `{_PSI_STATS}`"
+        )
     have = ", ".join(sorted(parts.psi_stats or {})) or "none"
     raise MissingPartError(
         f"method {name!r} needs the Ψ statistics psi.{key}.mean/std (the bundle has {have}): "
-        f"run `{_PSI_STATS}`")
+        f"run `{_PSI_STATS}`"
+    )
 
 
-def _auxcon(name: str, parts: AnomalyParts, layers: Tuple[str, ...], distance: str,
-            standardize: bool, boundary: bool) -> AuxConScorer:
+def _auxcon(
+    name: str,
+    parts: AnomalyParts,
+    layers: Tuple[str, ...],
+    distance: str,
+    standardize: bool,
+    boundary: bool,
+) -> AuxConScorer:
     from .consensus import DISTANCES
+
     if distance not in DISTANCES:
-        raise ValueError(f"method {name!r}: unknown distance {distance!r}; choose one of "
-                         f"{', '.join(DISTANCES)}")
+        raise ValueError(
+            f"method {name!r}: unknown distance {distance!r}; choose one of "
+            f"{', '.join(DISTANCES)}"
+        )
     _need_student(name, parts)
     stats = _need_psi_stats(name, parts, distance, layers) if standardize else None
     return AuxConScorer(layers, distance=distance, stats=stats, boundary=boundary)
@@ -658,8 +756,10 @@ def _split(name: str, options: dict, allowed: Iterable[str]) -> dict:
     allowed = set(allowed)
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"method {name!r} does not take option(s) {unknown}; "
-                         f"it takes {sorted(allowed) or 'none'}")
+        raise ValueError(
+            f"method {name!r} does not take option(s) {unknown}; "
+            f"it takes {sorted(allowed) or 'none'}"
+        )
     return dict(options)
 
 
@@ -685,20 +785,25 @@ def build_scorer(name: str, parts: AnomalyParts, **options) -> Scorer:
     if key not in METHODS:
         raise ValueError(f"unknown anomaly method {name!r}; choose one of {', '.join(METHODS)}")
     options = dict(options)
-    refinement = _refinement(key, options.pop("refine", "none"), options.pop("refine_radius", None),
-                             options.pop("refine_eps", None))
+    refinement = _refinement(
+        key,
+        options.pop("refine", "none"),
+        options.pop("refine_radius", None),
+        options.pop("refine_eps", None),
+    )
     scorer = _build(key, parts, options)
     scorer.refinement = refinement
     scorer.align_corners = bool(parts.align_corners)
-    if isinstance(scorer, CosMeScorer):   # its parts resize too
+    if isinstance(scorer, CosMeScorer):  # its parts resize too
         scorer.mulmem.align_corners = scorer.auxcon.align_corners = scorer.align_corners
     return scorer
 
 
 def _refinement(name: str, how: str, radius, eps) -> Optional[Tuple[int, float]]:
     if how not in REFINEMENTS:
-        raise ValueError(f"method {name!r}: unknown refine {how!r}; choose one of "
-                         f"{', '.join(REFINEMENTS)}")
+        raise ValueError(
+            f"method {name!r}: unknown refine {how!r}; choose one of " f"{', '.join(REFINEMENTS)}"
+        )
     if how == "none":
         if radius is not None or eps is not None:
             raise ValueError(f"method {name!r}: refine_radius and refine_eps need refine=guided")
@@ -706,24 +811,29 @@ def _refinement(name: str, how: str, radius, eps) -> Optional[Tuple[int, float]]
     radius = refine.DEFAULT_RADIUS if radius is None else int(radius)
     eps = refine.DEFAULT_EPS if eps is None else float(eps)
     if radius < 1 or not eps > 0:
-        raise ValueError(f"method {name!r}: refine_radius must be >= 1 and refine_eps > 0, got "
-                         f"{radius} and {eps}")
+        raise ValueError(
+            f"method {name!r}: refine_radius must be >= 1 and refine_eps > 0, got "
+            f"{radius} and {eps}"
+        )
     return radius, eps
 
 
 def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
-
     if key in ("msp", "maxlogit", "entropy"):
         allowed = ("upsample_logits", "normalize") if key == "entropy" else ("upsample_logits",)
         return LogitScorer(key, **_split(key, options, allowed))
 
     if key == "sml":
-        opts = _split(key, options, ("upsample_logits", "boundary_suppression", "smoothing",
-                                     *baselines.SML_DEFAULTS))
+        opts = _split(
+            key,
+            options,
+            ("upsample_logits", "boundary_suppression", "smoothing", *baselines.SML_DEFAULTS),
+        )
         if parts.sml_stats is None:
             raise MissingPartError(
                 f"method 'sml' needs SML statistics (sml.mean, sml.std): run `{_BUILD_MEMORY}` "
-                "(it also gathers the SML and PAnS statistics)")
+                "(it also gathers the SML and PAnS statistics)"
+            )
         return SMLScorer(parts.sml_stats, **opts)
 
     if key == "pans":
@@ -731,14 +841,20 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
         if parts.pans_prototypes is None:
             raise MissingPartError(
                 f"method 'pans' needs the PAnS class prototypes (pans.prototypes): run "
-                f"`{_BUILD_MEMORY}` (it also gathers the SML and PAnS statistics)")
+                f"`{_BUILD_MEMORY}` (it also gathers the SML and PAnS statistics)"
+            )
         return PAnSScorer(parts.pans_prototypes, **opts)
 
     if key == "auxcon":
         opts = _split(key, options, ("layers", "distance", "standardize", "boundary"))
-        return _auxcon(key, parts, _consensus(key, parts, opts.get("layers")),
-                       opts.get("distance", "l2"), bool(opts.get("standardize", False)),
-                       bool(opts.get("boundary", False)))
+        return _auxcon(
+            key,
+            parts,
+            _consensus(key, parts, opts.get("layers")),
+            opts.get("distance", "l2"),
+            bool(opts.get("standardize", False)),
+            bool(opts.get("boundary", False)),
+        )
 
     if key == "mulmem":
         opts = _split(key, options, ("standardize", "chunk_bytes", "layers"))
@@ -749,8 +865,11 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
         return MulMemScorer(bank, layers, stats, **opts)
 
     # cosme
-    opts = _split(key, options, ("fusion", "chunk_bytes", "layers", "consensus", "distance",
-                                 "standardize_psi", "boundary"))
+    opts = _split(
+        key,
+        options,
+        ("fusion", "chunk_bytes", "layers", "consensus", "distance", "standardize_psi", "boundary"),
+    )
     fusion = opts.pop("fusion", DEFAULT_FUSION)
     consensus_layers = _consensus(key, parts, opts.pop("consensus", None))
     distance = opts.pop("distance", "l2")
@@ -759,11 +878,14 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
     if fusion not in FUSIONS:
         raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     if standardize_psi and fusion not in Z_FUSIONS:
-        raise ValueError(f"method 'cosme': standardize_psi=true makes Ψ a z-score, whose product "
-                         f"with Γ's is not monotone; choose fusion {' or '.join(Z_FUSIONS)}")
+        raise ValueError(
+            f"method 'cosme': standardize_psi=true makes Ψ a z-score, whose product "
+            f"with Γ's is not monotone; choose fusion {' or '.join(Z_FUSIONS)}"
+        )
     if fusion == "zsum" and not standardize_psi:
-        raise ValueError("method 'cosme': fusion=zsum adds two z-scores: it needs "
-                         "standardize_psi=true")
+        raise ValueError(
+            "method 'cosme': fusion=zsum adds two z-scores: it needs " "standardize_psi=true"
+        )
     bank = _need_memory(key, parts)
     standardize = fusion != "raw"
     layers = _memory_subset(key, parts, opts.pop("layers", None), standardize)

@@ -9,6 +9,7 @@ pixel's predicted class.
 per class via ``bincount``; all-reducible under ``torch.distributed``); :meth:`finalize` gives a
 :class:`ClassStats` that standardises and round-trips through a flat tensor dict (safetensors).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,27 +82,35 @@ class ClassStats:
                 raise ValueError(f"missing tensor {key!r}")
             t = d[key]
             if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] == 0:
-                raise ValueError(f"{key!r} must be a non-empty 1-D tensor, got "
-                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+                raise ValueError(
+                    f"{key!r} must be a non-empty 1-D tensor, got "
+                    f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+                )
             if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{key!r} must hold finite floating-point values")
             tensors[name] = t.float()
         n = tensors["mean"].shape[0]
         if tensors["std"].shape[0] != n:
-            raise ValueError(f"{prefix + 'std'!r} has {tensors['std'].shape[0]} classes, "
-                             f"{prefix + 'mean'!r} has {n}")
+            raise ValueError(
+                f"{prefix + 'std'!r} has {tensors['std'].shape[0]} classes, "
+                f"{prefix + 'mean'!r} has {n}"
+            )
         if not bool((tensors["std"] > 0).all()):
             raise ValueError(f"{prefix + 'std'!r} must be > 0 for every class")
         extra = {}
-        for name, dtype_ok in (("count", lambda t: not t.is_complex() and t.dtype != torch.bool),
-                               ("fallback", lambda t: t.dtype == torch.bool)):
+        for name, dtype_ok in (
+            ("count", lambda t: not t.is_complex() and t.dtype != torch.bool),
+            ("fallback", lambda t: t.dtype == torch.bool),
+        ):
             key = f"{prefix}{name}"
             if key in d:
                 t = d[key]
                 if t.dim() != 1 or t.shape[0] != n or not dtype_ok(t):
-                    raise ValueError(f"{key!r} must be a 1-D tensor of {n} entries "
-                                     f"({'bool' if name == 'fallback' else 'numeric'}), "
-                                     f"got {tuple(t.shape)} {t.dtype}")
+                    raise ValueError(
+                        f"{key!r} must be a 1-D tensor of {n} entries "
+                        f"({'bool' if name == 'fallback' else 'numeric'}), "
+                        f"got {tuple(t.shape)} {t.dtype}"
+                    )
                 extra[name] = t.double() if name == "count" else t
         return cls(tensors["mean"], tensors["std"], extra.get("count"), extra.get("fallback"))
 
@@ -147,8 +156,10 @@ class ClassStatsAccumulator:
             return
         # one pass each; bad inputs would silently poison every later standardised score
         if int(p.min()) < 0 or int(p.max()) >= self.num_classes:
-            raise ValueError(f"predicted class ids must lie in [0, {self.num_classes}); got "
-                             f"[{int(p.min())}, {int(p.max())}]")
+            raise ValueError(
+                f"predicted class ids must lie in [0, {self.num_classes}); got "
+                f"[{int(p.min())}, {int(p.max())}]"
+            )
         if not bool(torch.isfinite(v).all()):
             raise ValueError("score values contain NaN or inf")
         n = self.num_classes
@@ -161,8 +172,11 @@ class ClassStatsAccumulator:
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return
-        dev = (torch.device("cuda", torch.cuda.current_device())
-               if dist.get_backend() == "nccl" else torch.device("cpu"))
+        dev = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
         packed = torch.stack([self.count, self.sum, self.sumsq]).to(dev)
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
         packed = packed.to(self.count.device)
@@ -186,10 +200,13 @@ class ClassStatsAccumulator:
         if total <= 0:
             raise ValueError("no training pixels were accumulated; cannot compute class statistics")
         pooled_mean = float(s.sum()) / total
-        pooled_var = max(float(ss.sum()) / total - pooled_mean ** 2, 0.0)
-        pooled_std = pooled_var ** 0.5
-        floor = std_floor if std_floor is not None else max(DEFAULT_REL_STD_FLOOR * pooled_std,
-                                                            _ABS_STD_FLOOR)
+        pooled_var = max(float(ss.sum()) / total - pooled_mean**2, 0.0)
+        pooled_std = pooled_var**0.5
+        floor = (
+            std_floor
+            if std_floor is not None
+            else max(DEFAULT_REL_STD_FLOOR * pooled_std, _ABS_STD_FLOOR)
+        )
         if floor <= 0:
             raise ValueError(f"std_floor must be > 0, got {floor}")
 
@@ -201,4 +218,6 @@ class ClassStatsAccumulator:
         mean = torch.where(fallback, torch.full_like(mean, pooled_mean), mean)
         std = torch.where(fallback, torch.full_like(var, pooled_std), var.sqrt())
         std = std.clamp_min(floor)
-        return ClassStats(mean=mean.float(), std=std.float(), count=count.clone(), fallback=fallback)
+        return ClassStats(
+            mean=mean.float(), std=std.float(), count=count.clone(), fallback=fallback
+        )

@@ -10,6 +10,7 @@ Multi-process: ``torchrun --nproc_per_node N -m cosme_ros.cli.main build-memory 
 CPU, nccl on GPUs) builds the same memory as one process; ``--batch`` counts the images of a step
 over all processes. ``--resume`` continues an interrupted build from its last completed epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,38 +22,71 @@ from cosme_ros.errors import CosmeError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("build-memory", help="build the MulMem memory and anomaly statistics",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "build-memory",
+        help="build the MulMem memory and anomaly statistics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", required=True, help="bundle directory (gets the anomaly part)")
-    p.add_argument("--data", required=True, metavar="KIND:PATH",
-                   help="training images, e.g. cityscapes:/data/cityscapes, camvid:DIR, "
-                        "images:DIR, synthetic:DIR/train")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="KIND:PATH",
+        help="training images, e.g. cityscapes:/data/cityscapes, camvid:DIR, "
+        "images:DIR, synthetic:DIR/train",
+    )
     p.add_argument("--split", help="dataset split where the kind has splits (default: train)")
     p.add_argument("--layers", default="c4,c5,lh", help="memory layers (default c4,c5,lh)")
-    p.add_argument("--input-size", type=size_arg, metavar="HxW",
-                   help="network input for these images (default: the bundle's), e.g. 480x640 "
-                        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher")
+    p.add_argument(
+        "--input-size",
+        type=size_arg,
+        metavar="HxW",
+        help="network input for these images (default: the bundle's), e.g. 480x640 "
+        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher",
+    )
     p.add_argument("--k", type=int, default=2048, help="prototypes per layer (default 2048)")
-    p.add_argument("--tau", type=float, default=0.85,
-                   help="Algorithm 1 cosine threshold (default 0.85)")
-    p.add_argument("--momentum", type=float, default=0.99,
-                   help="Algorithm 2 momentum m (default 0.99)")
+    p.add_argument(
+        "--tau", type=float, default=0.85, help="Algorithm 1 cosine threshold (default 0.85)"
+    )
+    p.add_argument(
+        "--momentum", type=float, default=0.99, help="Algorithm 2 momentum m (default 0.99)"
+    )
     p.add_argument("--epochs", type=int, default=1, help="Algorithm 2 epochs (default 1)")
-    p.add_argument("--batch", type=int, default=8,
-                   help="images per step, over all processes (default 8)")
+    p.add_argument(
+        "--batch", type=int, default=8, help="images per step, over all processes (default 8)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffles and samples")
-    p.add_argument("--max-images", type=int, metavar="N", help="use N images spread evenly over the dataset")
-    p.add_argument("--candidates", type=int, default=64, metavar="C",
-                   help="Algorithm 1 random pixels per image and layer (default 64)")
-    p.add_argument("--init-passes", type=int, default=1,
-                   help="passes over the data Algorithm 1 may take to reach K (default 1)")
-    p.add_argument("--pans-labels", default="auto", choices=("auto", "labels", "pseudo"),
-                   help="PAnS prototypes from ground-truth labels or teacher pseudo-labels "
-                        "(auto: labels when the dataset has them)")
+    p.add_argument(
+        "--max-images", type=int, metavar="N", help="use N images spread evenly over the dataset"
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=64,
+        metavar="C",
+        help="Algorithm 1 random pixels per image and layer (default 64)",
+    )
+    p.add_argument(
+        "--init-passes",
+        type=int,
+        default=1,
+        help="passes over the data Algorithm 1 may take to reach K (default 1)",
+    )
+    p.add_argument(
+        "--pans-labels",
+        default="auto",
+        choices=("auto", "labels", "pseudo"),
+        help="PAnS prototypes from ground-truth labels or teacher pseudo-labels "
+        "(auto: labels when the dataset has them)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint an interrupted run left in the bundle")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint an interrupted run left in the bundle",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing anomaly part")
     p.add_argument("--json", metavar="F", help="write a JSON report to F")
     p.set_defaults(run=run)
@@ -61,23 +95,39 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.memory_build import (BuildConfig, build_anomaly_parts, checkpoint_path,
-                                        init_distributed, shutdown_distributed)
+    from cosme_ros.memory_build import (
+        BuildConfig,
+        build_anomaly_parts,
+        checkpoint_path,
+        init_distributed,
+        shutdown_distributed,
+    )
 
     bundle = Bundle.load(args.bundle)
     if bundle.has_anomaly and not args.force:
-        raise CosmeError(f"{bundle.path}: already has an anomaly part "
-                         f"({bundle.manifest['anomaly'].get('weights')}); use --force to replace it")
-    atomic.check_writable(bundle.path / "manifest.yaml", True)   # before hours of work
+        raise CosmeError(
+            f"{bundle.path}: already has an anomaly part "
+            f"({bundle.manifest['anomaly'].get('weights')}); use --force to replace it"
+        )
+    atomic.check_writable(bundle.path / "manifest.yaml", True)  # before hours of work
     if args.json:
         atomic.check_writable(args.json, args.force)
     if args.workers < 0:
         raise CosmeError("--workers must be >= 0")
-    config = BuildConfig(layers=args.layers, k=args.k, tau=args.tau, momentum=args.momentum,
-                         epochs=args.epochs, batch=args.batch, seed=args.seed,
-                         max_images=args.max_images, candidates_per_image=args.candidates,
-                         init_passes=args.init_passes, pans_labels=args.pans_labels,
-                         input_size=args.input_size)
+    config = BuildConfig(
+        layers=args.layers,
+        k=args.k,
+        tau=args.tau,
+        momentum=args.momentum,
+        epochs=args.epochs,
+        batch=args.batch,
+        seed=args.seed,
+        max_images=args.max_images,
+        candidates_per_image=args.candidates,
+        init_passes=args.init_passes,
+        pans_labels=args.pans_labels,
+        input_size=args.input_size,
+    )
     dataset = open_dataset(args.data, args.split)
 
     ctx = init_distributed(args.device)
@@ -87,34 +137,55 @@ def run(args) -> int:
         for note in dataset.notes:
             say(f"note: {note}")
         ckpt = checkpoint_path(bundle)
-        if args.resume and ctx.is_main:   # what a killed run was writing into the bundle
+        if args.resume and ctx.is_main:  # what a killed run was writing into the bundle
             atomic.remove_temporaries(bundle.path)
-        result = build_anomaly_parts(bundle, dataset, config, data_spec=args.data,
-                                     device=args.device, checkpoint=ckpt, resume=args.resume,
-                                     workers=args.workers, log=say)
+        result = build_anomaly_parts(
+            bundle,
+            dataset,
+            config,
+            data_spec=args.data,
+            device=args.device,
+            checkpoint=ckpt,
+            resume=args.resume,
+            workers=args.workers,
+            log=say,
+        )
         if ctx.is_main:
             bundle.write_part("anomaly", result.section, result.parts.to_tensors())
             if ckpt.exists():
                 ckpt.unlink()
             r = result.report
-            say(f"anomaly part written to {bundle.path}: memory "
+            say(
+                f"anomaly part written to {bundle.path}: memory "
                 + ", ".join(f"{layer} {c}/{r['k']}" for layer, c in r["prototypes"].items())
-                + f" from {r['images']} image(s); PAnS from {r['pans_labels']}")
+                + f" from {r['images']} image(s); PAnS from {r['pans_labels']}"
+            )
             if r["pans_unseen_classes"]:
-                say(f"note: no PAnS prototype for {', '.join(r['pans_unseen_classes'])} "
-                    f"(never seen in the data)")
-            if bundle.has_student:   # the student is already there: its Ψ statistics too
+                say(
+                    f"note: no PAnS prototype for {', '.join(r['pans_unseen_classes'])} "
+                    f"(never seen in the data)"
+                )
+            if bundle.has_student:  # the student is already there: its Ψ statistics too
                 from cosme_ros.psi_stats import add_psi_stats, gather_psi_stats, summary
-                stats, record = gather_psi_stats(bundle, dataset, device=args.device,
-                                                 max_images=args.max_images, batch=args.batch,
-                                                 workers=args.workers)
+
+                stats, record = gather_psi_stats(
+                    bundle,
+                    dataset,
+                    device=args.device,
+                    max_images=args.max_images,
+                    batch=args.batch,
+                    workers=args.workers,
+                )
                 add_psi_stats(bundle, stats, {**record, "data": args.data})
-                say(f"added the Ψ statistics ({record['images']} image(s)): "
-                    f"{summary(stats, bundle)}")
+                say(
+                    f"added the Ψ statistics ({record['images']} image(s)): "
+                    f"{summary(stats, bundle)}"
+                )
             if args.json:
                 write_json(args.json, {"bundle": str(bundle.path), **r})
         if ctx.world > 1:
             import torch.distributed as dist
+
             dist.barrier()
     finally:
         shutdown_distributed(ctx)

@@ -7,6 +7,7 @@ strictly into our network, and stored as safetensors under our own parameter nam
 replay, the demo), e.g. ``cosme[consensus=c4]`` — chosen from measurements on the bundle's own
 development data; the paper's ``cosme`` stays what plain ``cosme`` means.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,29 +26,54 @@ BACKGROUND = ("background", (0, 0, 0))
 def add_parser(sub) -> None:
     p = sub.add_parser("bundle", help="create and inspect model bundles")
     bsub = p.add_subparsers(dest="bundle_command", required=True, metavar="ACTION")
-    c = bsub.add_parser("create", help="make a teacher-only bundle from a third-party checkpoint",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = bsub.add_parser(
+        "create",
+        help="make a teacher-only bundle from a third-party checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("--teacher", required=True, choices=("espnetv2", "deeplabv3plus"))
     c.add_argument("--weights", required=True, help="the checkpoint (.pth) to import")
     c.add_argument("--out", required=True, help="bundle directory to write")
-    c.add_argument("--backbone", help="deeplabv3plus backbone resnet18/34/50/101 (default: read "
-                   "from the checkpoint; when given, the checkpoint must agree)")
-    c.add_argument("--output-stride", type=int, choices=(8, 16),
-                   help="deeplabv3plus output stride; weights do not record it (default: an "
-                   "os8/os16 token in the file name, else the release's: VainF 16, SML 8)")
-    c.add_argument("--input-size", type=size_arg, default=(512, 1024),
-                   help="HEIGHTxWIDTH the network runs at (default 512x1024)")
+    c.add_argument(
+        "--backbone",
+        help="deeplabv3plus backbone resnet18/34/50/101 (default: read "
+        "from the checkpoint; when given, the checkpoint must agree)",
+    )
+    c.add_argument(
+        "--output-stride",
+        type=int,
+        choices=(8, 16),
+        help="deeplabv3plus output stride; weights do not record it (default: an "
+        "os8/os16 token in the file name, else the release's: VainF 16, SML 8)",
+    )
+    c.add_argument(
+        "--input-size",
+        type=size_arg,
+        default=(512, 1024),
+        help="HEIGHTxWIDTH the network runs at (default 512x1024)",
+    )
     c.add_argument("--name", help="bundle name (default: the directory name)")
     c.add_argument("--force", action="store_true", help="replace an existing bundle")
     c.set_defaults(run=run_create)
-    d = bsub.add_parser("set-default", help="name the method spec that `auto` runs",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = bsub.add_parser(
+        "set-default",
+        help="name the method spec that `auto` runs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--bundle", required=True, help="bundle directory (with memory and student)")
     group = d.add_mutually_exclusive_group(required=True)
-    group.add_argument("--method", help="method spec, e.g. 'cosme[consensus=c4,"
-                       "standardize_psi=true,boundary=true,fusion=softplus]'")
-    group.add_argument("--clear", action="store_true",
-                       help="back to the rule: cosme with memory and student, else maxlogit")
+    group.add_argument(
+        "--method",
+        help="method spec, e.g. 'cosme[consensus=c4,"
+        "standardize_psi=true,boundary=true,fusion=softplus]'",
+    )
+    group.add_argument(
+        "--clear",
+        action="store_true",
+        help="back to the rule: cosme with memory and student, else maxlogit",
+    )
     d.set_defaults(run=run_set_default)
 
 
@@ -68,6 +94,7 @@ def class_table(num_classes: int):
         return names + [BACKGROUND[0]], palette + [BACKGROUND[1]], [len(names)]
     # Not Cityscapes: name the outputs by index with a fixed, well-spread palette.
     import numpy as np
+
     rng = np.random.default_rng(0)
     colours = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(num_classes)]
     return [f"class_{i}" for i in range(num_classes)], colours, []
@@ -78,6 +105,7 @@ def run_set_default(args) -> int:
     from cosme_ros.anomaly.scorers import METHODS, build_scorer
     from cosme_ros.calibration import threshold_key
     from cosme_ros.errors import CosmeError
+
     bundle = bundle_mod.Bundle.load(args.bundle)
     if args.clear:
         bundle.set_default_method(None)
@@ -85,14 +113,19 @@ def run_set_default(args) -> int:
         return 0
     try:
         name, options = check_run_spec(args.method, METHODS)
-        build_scorer(name, bundle.anomaly_parts(), **options)   # the parts can run it
+        build_scorer(name, bundle.anomaly_parts(), **options)  # the parts can run it
     except ValueError as exc:
         raise CosmeError(f"--method: {exc}") from None
     bundle.set_default_method(args.method)
     key = threshold_key(args.method)
-    note = "" if bundle.threshold(key) is not None else (
-        f"; no calibrated threshold for it yet: `cosme calibrate --bundle {bundle.path} "
-        f"--methods '{key}' --data KIND:PATH`")
+    note = (
+        ""
+        if bundle.threshold(key) is not None
+        else (
+            f"; no calibrated threshold for it yet: `cosme calibrate --bundle {bundle.path} "
+            f"--methods '{key}' --data KIND:PATH`"
+        )
+    )
     print(f"{bundle.path}: auto runs {args.method}{note}")
     return 0
 
@@ -101,17 +134,31 @@ def run_create(args) -> int:
     weights = Path(args.weights)
     if args.teacher == "espnetv2":
         from cosme_ros.nets.espnetv2 import load_espnetv2_checkpoint
+
         module = load_espnetv2_checkpoint(weights)
     else:
         from cosme_ros.nets.deeplabv3plus import load_deeplabv3plus_checkpoint
-        module = load_deeplabv3plus_checkpoint(weights, backbone=args.backbone,
-                                               output_stride=args.output_stride)
+
+        module = load_deeplabv3plus_checkpoint(
+            weights, backbone=args.backbone, output_stride=args.output_stride
+        )
     names, palette, void = class_table(module.num_classes)
     out = bundle_mod.create(
-        args.out, arch=args.teacher, module=module, input_size=args.input_size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=names, palette=palette,
-        void_classes=void, name=args.name,
-        source={"file": weights.name, "sha256": _sha256(weights)}, force=args.force)
-    print(f"wrote bundle {out.path} ({args.teacher}, {module.num_classes} classes, "
-          f"input {args.input_size[0]}x{args.input_size[1]})")
+        args.out,
+        arch=args.teacher,
+        module=module,
+        input_size=args.input_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=names,
+        palette=palette,
+        void_classes=void,
+        name=args.name,
+        source={"file": weights.name, "sha256": _sha256(weights)},
+        force=args.force,
+    )
+    print(
+        f"wrote bundle {out.path} ({args.teacher}, {module.num_classes} classes, "
+        f"input {args.input_size[0]}x{args.input_size[1]})"
+    )
     return 0

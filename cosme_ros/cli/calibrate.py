@@ -10,6 +10,7 @@ pixels above the threshold is reported too). Scores are computed as the node com
 
 Methods with a refinement are their own entries: ``--methods 'cosme,cosme[refine=guided]'``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,20 +30,39 @@ def _fraction(text: str) -> float:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("calibrate", help="store per-method anomaly thresholds in a bundle",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "calibrate",
+        help="store per-method anomaly thresholds in a bundle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", required=True, help="bundle directory (written unless --dry-run)")
-    p.add_argument("--data", required=True, metavar="KIND:PATH",
-                   help="images of normal driving, e.g. images:DIR, synthetic:DIR/val, camvid:DIR")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="KIND:PATH",
+        help="images of normal driving, e.g. images:DIR, synthetic:DIR/val, camvid:DIR",
+    )
     p.add_argument("--split", help="dataset split where the kind has splits")
-    p.add_argument("--methods", help="comma-separated methods (default: every method the bundle "
-                                     "supports); options in brackets, e.g. cosme[refine=guided]")
-    p.add_argument("--fpr", type=_fraction, default=0.01,
-                   help="share of in-distribution pixels above the threshold (default 0.01)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (default: every method the bundle "
+        "supports); options in brackets, e.g. cosme[refine=guided]",
+    )
+    p.add_argument(
+        "--fpr",
+        type=_fraction,
+        default=0.01,
+        help="share of in-distribution pixels above the threshold (default 0.01)",
+    )
     p.add_argument("--max-images", type=int, metavar="N", help="use N images spread evenly")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
-                   help="network precision (default auto, as the node)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("fp32", "bf16", "auto"),
+        help="network precision (default auto, as the node)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the thresholds, write nothing")
     p.add_argument("--json", metavar="F", help="write the thresholds to F")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -76,16 +96,27 @@ def run(args) -> int:
     runner = MultiMethodRunner(bundle, scorers, device=args.device, precision=args.precision)
     print(f"networks on {runner.device} in {runner.precision}")
     measured = calibrate(runner, dataset, args.fpr, max_images=args.max_images)
-    entries = {threshold_key(m): {**e, "method": m, "data": args.data,
-                                  "precision": runner.precision}
-               for m, e in measured.items()}
+    entries = {
+        threshold_key(m): {**e, "method": m, "data": args.data, "precision": runner.precision}
+        for m, e in measured.items()
+    }
     for (m, line), key in zip(describe(measured), entries):
         print(f"{key}: {line}")
     if not args.dry_run:
         bundle.write_thresholds(entries)
-        print(f"wrote {len(entries)} threshold(s) at {100 * args.fpr:g} % false positives to "
-              f"{bundle.path / 'manifest.yaml'}")
+        print(
+            f"wrote {len(entries)} threshold(s) at {100 * args.fpr:g} % false positives to "
+            f"{bundle.path / 'manifest.yaml'}"
+        )
     if args.json:
-        write_json(args.json, {"bundle": str(bundle.path), "data": args.data, "fpr": args.fpr,
-                               "precision": runner.precision, "thresholds": entries})
+        write_json(
+            args.json,
+            {
+                "bundle": str(bundle.path),
+                "data": args.data,
+                "fpr": args.fpr,
+                "precision": runner.precision,
+                "thresholds": entries,
+            },
+        )
     return 0

@@ -1,4 +1,5 @@
 """Argument helpers shared by the subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,20 +27,38 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
 
 def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> None:
     """--method, --device, --precision and --input-size, as every command running a Pipeline has."""
-    p.add_argument("--method", default="auto", help="anomaly method: auto (default: cosme when "
-                   "the bundle has a memory and a student, else maxlogit), msp, maxlogit, "
-                   "entropy, sml, pans, mulmem, auxcon, cosme")
+    p.add_argument(
+        "--method",
+        default="auto",
+        help="anomaly method: auto (default: cosme when "
+        "the bundle has a memory and a student, else maxlogit), msp, maxlogit, "
+        "entropy, sml, pans, mulmem, auxcon, cosme",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="network precision" + precision_help + " (default auto: bf16 on CPUs "
-                   "with native bf16, else fp32; scores are always fp32)")
-    p.add_argument("--input-size", type=size_arg, help="network input HEIGHTxWIDTH "
-                   "(default: the bundle's)")
-    p.add_argument("--refine", default="none", choices=("none", "guided"),
-                   help="anomaly map refinement: none (default, the paper's bilinear maps) or "
-                   "guided (guided filter on the frame's edges; see the README)")
-    p.add_argument("--refine-radius", type=int, default=None, metavar="PX",
-                   help="guided filter radius in network-input pixels (default 8)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="network precision" + precision_help + " (default auto: bf16 on CPUs "
+        "with native bf16, else fp32; scores are always fp32)",
+    )
+    p.add_argument(
+        "--input-size", type=size_arg, help="network input HEIGHTxWIDTH " "(default: the bundle's)"
+    )
+    p.add_argument(
+        "--refine",
+        default="none",
+        choices=("none", "guided"),
+        help="anomaly map refinement: none (default, the paper's bilinear maps) or "
+        "guided (guided filter on the frame's edges; see the README)",
+    )
+    p.add_argument(
+        "--refine-radius",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="guided filter radius in network-input pixels (default 8)",
+    )
 
 
 def refine_options(args: argparse.Namespace) -> dict:

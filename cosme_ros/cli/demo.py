@@ -24,6 +24,7 @@ Examples::
     cosme demo --method maxlogit --frames 40 --out out/demo-maxlogit --json out/demo.json
     cosme demo --bundle build/bundles/my-bundle --size 256x512 --threshold 2.5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,26 +37,49 @@ from cosme_ros.cli.common import size_arg, write_json
 
 def add_parser(sub) -> None:
     from cosme_ros.demo import DEFAULT_FRAMES, DEFAULT_OUT, DEFAULT_SEED
-    p = sub.add_parser("demo", help="run a synthetic drive through cosme_node (the embedded "
-                       "demo bundle by default)", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path,
-                   help="bundle directory (default: the demo bundle, models/demo)")
-    p.add_argument("--method", help="anomaly method (default: cosme when the bundle has a "
-                   "student and a memory, else maxlogit)")
-    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                   help=f"frames of the drive, 10 per second (default {DEFAULT_FRAMES})")
-    p.add_argument("--size", type=size_arg, help="camera HEIGHTxWIDTH (default: the bundle's "
-                   "input size)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"seed of the drive (default {DEFAULT_SEED})")
-    p.add_argument("--threshold", type=float, metavar="T",
-                   help="the node's anomaly_threshold (method's units): its anomaly/mask is "
-                        "outlined in the video and scored against the ground truth")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="the node's device (default auto)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {DEFAULT_OUT})")
+
+    p = sub.add_parser(
+        "demo",
+        help="run a synthetic drive through cosme_node (the embedded " "demo bundle by default)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bundle", type=Path, help="bundle directory (default: the demo bundle, models/demo)"
+    )
+    p.add_argument(
+        "--method",
+        help="anomaly method (default: cosme when the bundle has a "
+        "student and a memory, else maxlogit)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=DEFAULT_FRAMES,
+        help=f"frames of the drive, 10 per second (default {DEFAULT_FRAMES})",
+    )
+    p.add_argument(
+        "--size", type=size_arg, help="camera HEIGHTxWIDTH (default: the bundle's " "input size)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"seed of the drive (default {DEFAULT_SEED})"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="the node's anomaly_threshold (method's units): its anomaly/mask is "
+        "outlined in the video and scored against the ground truth",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="the node's device (default auto)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})"
+    )
     p.add_argument("--json", metavar="F", help="write the metrics and output paths to F")
     p.add_argument("--force", action="store_true", help="overwrite earlier outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,9 +96,18 @@ def run(args) -> int:
 
     if args.json:
         atomic.check_writable(args.json, args.force)
-    opts = DemoOptions(bundle=args.bundle, method=args.method, frames=args.frames,
-                       size=args.size, out=args.out, seed=args.seed, threshold=args.threshold,
-                       device=args.device, force=args.force, progress=not args.no_progress)
+    opts = DemoOptions(
+        bundle=args.bundle,
+        method=args.method,
+        frames=args.frames,
+        size=args.size,
+        out=args.out,
+        seed=args.seed,
+        threshold=args.threshold,
+        device=args.device,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

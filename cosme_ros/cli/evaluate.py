@@ -13,6 +13,7 @@ Without ``--methods`` every method whose bundle parts exist is evaluated and the
 listed with the command that builds what they lack; an explicit ``--methods`` list fails
 instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,33 +25,67 @@ from cosme_ros.errors import CosmeError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="AUROC / AP / FPR95 of anomaly methods on a dataset",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "evaluate",
+        help="AUROC / AP / FPR95 of anomaly methods on a dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", required=True, help="bundle directory")
-    p.add_argument("--data", required=True, metavar="KIND:PATH",
-                   help="labelled dataset, e.g. road_anomaly:DIR, folder:DIR (Fishyscapes, "
-                        "SegmentMeIfYouCan), streethazards:DIR --split test, synthetic:DIR/test")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="KIND:PATH",
+        help="labelled dataset, e.g. road_anomaly:DIR, folder:DIR (Fishyscapes, "
+        "SegmentMeIfYouCan), streethazards:DIR --split test, synthetic:DIR/test",
+    )
     p.add_argument("--split", help="dataset split where the kind has splits")
-    p.add_argument("--methods", help="comma-separated methods (default: every method the bundle "
-                                     "supports, of msp,maxlogit,entropy,sml,pans,mulmem,auxcon,"
-                                     "cosme); options in brackets make an ablation row, e.g. "
-                                     "'cosme[fusion=raw],mulmem[standardize=false,layers=c4+c5]'")
-    p.add_argument("--max-images", type=int, metavar="N", help="evaluate N images spread evenly over the dataset")
+    p.add_argument(
+        "--methods",
+        help="comma-separated methods (default: every method the bundle "
+        "supports, of msp,maxlogit,entropy,sml,pans,mulmem,auxcon,"
+        "cosme); options in brackets make an ablation row, e.g. "
+        "'cosme[fusion=raw],mulmem[standardize=false,layers=c4+c5]'",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        metavar="N",
+        help="evaluate N images spread evenly over the dataset",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                   help="network precision (default fp32, the reference numbers; scores are "
-                        "always fp32): compare with the node's `auto`")
-    p.add_argument("--binned", action="store_true",
-                   help="histogram metrics in constant memory (error bounds reported) instead of "
-                        "exact ones")
-    p.add_argument("--memory-limit", type=float, default=4.0, metavar="GIB",
-                   help="refuse exact metrics estimated to need more (default 4 GiB)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "auto"),
+        help="network precision (default fp32, the reference numbers; scores are "
+        "always fp32): compare with the node's `auto`",
+    )
+    p.add_argument(
+        "--binned",
+        action="store_true",
+        help="histogram metrics in constant memory (error bounds reported) instead of "
+        "exact ones",
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=float,
+        default=4.0,
+        metavar="GIB",
+        help="refuse exact metrics estimated to need more (default 4 GiB)",
+    )
     p.add_argument("--json", metavar="F", help="write the metrics and per-image AP to F")
     p.add_argument("--markdown", metavar="F", help="write the table to F")
-    p.add_argument("--plots", metavar="DIR", help="write ROC / PR curves and worst-image "
-                                                  "overlays to DIR")
-    p.add_argument("--worst", type=int, default=3, metavar="N",
-                   help="overlays for the N worst images of the best method (default 3)")
+    p.add_argument(
+        "--plots", metavar="DIR", help="write ROC / PR curves and worst-image " "overlays to DIR"
+    )
+    p.add_argument(
+        "--worst",
+        type=int,
+        default=3,
+        metavar="N",
+        help="overlays for the N worst images of the best method (default 3)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(run=run)
 
@@ -59,8 +94,13 @@ def run(args) -> int:
     from cosme_ros.anomaly.method_spec import split_methods
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.evaluation import (MultiMethodRunner, evaluate, markdown_table,
-                                      select_methods, write_plots)
+    from cosme_ros.evaluation import (
+        MultiMethodRunner,
+        evaluate,
+        markdown_table,
+        select_methods,
+        write_plots,
+    )
 
     if args.max_images is not None and args.max_images < 1:
         raise CosmeError("--max-images must be >= 1")
@@ -87,8 +127,14 @@ def run(args) -> int:
 
     runner = MultiMethodRunner(bundle, scorers, device=args.device, precision=args.precision)
     print(f"networks on {runner.device} in {runner.precision}")
-    report = evaluate(runner, dataset, skipped, max_images=args.max_images, binned=args.binned,
-                      memory_limit_gib=args.memory_limit)
+    report = evaluate(
+        runner,
+        dataset,
+        skipped,
+        max_images=args.max_images,
+        binned=args.binned,
+        memory_limit_gib=args.memory_limit,
+    )
     title = f"{dataset.kind}" + (f" {dataset.split}" if dataset.split else "")
     table = markdown_table(report, title)
     print()
@@ -101,19 +147,44 @@ def run(args) -> int:
         if args.markdown:
             outputs.file(args.markdown).write_text(f"# {title}: {dataset.root}\n\n{table}")
         if args.plots:
-            plots = write_plots(report, runner, dataset, args.plots, title, worst=args.worst,
-                                force=args.force, outputs=outputs)
+            plots = write_plots(
+                report,
+                runner,
+                dataset,
+                args.plots,
+                title,
+                worst=args.worst,
+                force=args.force,
+                outputs=outputs,
+            )
         if args.json:
-            outputs.file(args.json).write_text(json.dumps({
-                "dataset": {"spec": args.data, "kind": dataset.kind, "root": str(dataset.root),
-                            "split": dataset.split, "images": report.images},
-                "bundle": {"path": str(bundle.path), "name": bundle.name,
-                           "input_size": list(bundle.input_size),
-                           "has_student": bundle.has_student, "has_anomaly": bundle.has_anomaly},
-                "device": str(runner.device), "precision": runner.precision,
-                **report.to_json(),
-                "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
-            }, indent=2, sort_keys=True) + "\n")
+            outputs.file(args.json).write_text(
+                json.dumps(
+                    {
+                        "dataset": {
+                            "spec": args.data,
+                            "kind": dataset.kind,
+                            "root": str(dataset.root),
+                            "split": dataset.split,
+                            "images": report.images,
+                        },
+                        "bundle": {
+                            "path": str(bundle.path),
+                            "name": bundle.name,
+                            "input_size": list(bundle.input_size),
+                            "has_student": bundle.has_student,
+                            "has_anomaly": bundle.has_anomaly,
+                        },
+                        "device": str(runner.device),
+                        "precision": runner.precision,
+                        **report.to_json(),
+                        "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
+                    },
+                    indent=2,
+                    sort_keys=True,
+                )
+                + "\n"
+            )
     if plots:
         print(f"{len(plots)} plot(s) written to {args.plots}")
     return 0

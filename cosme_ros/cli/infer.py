@@ -4,6 +4,7 @@ For each input image ``<stem>``: ``<stem>_classes.png`` (uint8 class indices at 
 resolution), ``<stem>_score.npy`` (float32 anomaly score, same resolution, higher = more
 anomalous) and ``<stem>_overlay.jpg`` (class colours | anomaly heatmap over the image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ from cosme_ros.errors import CosmeError, InputError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("infer", help="segment images and score anomalies", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "infer",
+        help="segment images and score anomalies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bundle", required=True, help="bundle directory")
     p.add_argument("--input", required=True, help="an image or a directory of images")
     p.add_argument("--output", required=True, help="directory for the results")
@@ -43,18 +48,26 @@ def _encode(ext: str, image: np.ndarray) -> bytes:
 
 def run(args) -> int:
     from cosme_ros.pipeline import Pipeline
+
     bundle = Bundle.load(args.bundle)
     images = list_images(args.input)
     out = Path(args.output)
-    targets = {p: [out / f"{p.stem}_{s}" for s in ("classes.png", "score.npy", "overlay.jpg")]
-               for p in images}
+    targets = {
+        p: [out / f"{p.stem}_{s}" for s in ("classes.png", "score.npy", "overlay.jpg")]
+        for p in images
+    }
     if not args.force:
         for paths in targets.values():
             for path in paths:
                 atomic.check_writable(path, force=False)
-    pipeline = Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size, precision=args.precision,
-                        **refine_options(args))
+    pipeline = Pipeline(
+        bundle,
+        method=args.method,
+        device=args.device,
+        input_size=args.input_size,
+        precision=args.precision,
+        **refine_options(args),
+    )
     out.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):
@@ -72,10 +85,24 @@ def run(args) -> int:
         atomic.write_bytes(score_npy, buf.getvalue())
         picture = viz.overlay(rgb, result.classes, result.score, bundle.palette)
         atomic.write_bytes(overlay_jpg, _encode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)))
-        done.append({"image": str(path), "classes": str(classes_png), "score": str(score_npy),
-                     "overlay": str(overlay_jpg), "score_max": float(result.score.max())})
+        done.append(
+            {
+                "image": str(path),
+                "classes": str(classes_png),
+                "score": str(score_npy),
+                "overlay": str(overlay_jpg),
+                "score_max": float(result.score.max()),
+            }
+        )
     print(f"{len(done)} image(s) written to {out}" + (f", {len(failed)} failed" if failed else ""))
     if args.json:
-        write_json(args.json, {"bundle": str(bundle.path), "method": pipeline.method,
-                               "images": done, "failed": failed})
+        write_json(
+            args.json,
+            {
+                "bundle": str(bundle.path),
+                "method": pipeline.method,
+                "images": done,
+                "failed": failed,
+            },
+        )
     return 1 if failed else 0

@@ -3,6 +3,7 @@
 Expected failures (:class:`~cosme_ros.errors.CosmeError`) print one ``error: …`` line and exit 2;
 anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,19 +15,25 @@ from typing import List, Optional
 from cosme_ros import __version__
 from cosme_ros.errors import CosmeError
 
+
 def subcommand_modules() -> List[str]:
     """Every module of this package that defines ``add_parser(subparsers)`` is a subcommand.
 
     Each registers its parser with ``set_defaults(run=…)``; ``run(args) -> int``.
     """
     import cosme_ros.cli as package
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
-                  if m.name not in ("main", "common") and not m.name.startswith("_"))
+
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if m.name not in ("main", "common") and not m.name.startswith("_")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cosme", description="CosMe anomaly segmentation: offline tools and inference.")
+        prog="cosme", description="CosMe anomaly segmentation: offline tools and inference."
+    )
     parser.add_argument("--version", action="version", version=f"cosme_ros {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in subcommand_modules():
@@ -47,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except OSError as exc:
         if exc.filename is None:
-            raise   # not about a file: a bug, keep the traceback
+            raise  # not about a file: a bug, keep the traceback
         # a file the command reads or writes (disk full, read-only, missing): one line
         print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2

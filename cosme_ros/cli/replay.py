@@ -25,6 +25,7 @@ Examples::
         --bundle build/bundles/espnetv2-city --out drive_out.bag --video drive.mp4
     cosme replay --bag recording --image-topic /cam/image_raw/compressed --out out.bag
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,50 +57,111 @@ def _heatmap_range(text: str):
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("replay", help="run a rosbag2 through the pipeline: output bag, video, "
-                       "metrics", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "replay",
+        help="run a rosbag2 through the pipeline: output bag, video, " "metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--bag", required=True, help="rosbag2 directory (or .mcap / .db3 file)")
-    p.add_argument("--image-topic", required=True, metavar="T",
-                   help="sensor_msgs/msg/Image or CompressedImage topic")
+    p.add_argument(
+        "--image-topic",
+        required=True,
+        metavar="T",
+        help="sensor_msgs/msg/Image or CompressedImage topic",
+    )
     p.add_argument("--gt-topic", metavar="T", help="ground-truth topic (mono8)")
-    p.add_argument("--gt-masks", metavar="DIR",
-                   help="folder of ground-truth masks named <header stamp in ns>.png")
-    p.add_argument("--gt-anomaly-value", type=int, default=1, choices=(1, 255),
-                   help="mask value of anomaly pixels (default 1; 0 is in-distribution, other "
-                        "values are ignored)")
-    p.add_argument("--bundle", help="bundle directory (default: the installed demo bundle, "
-                                    "models/demo, as the node)")
+    p.add_argument(
+        "--gt-masks",
+        metavar="DIR",
+        help="folder of ground-truth masks named <header stamp in ns>.png",
+    )
+    p.add_argument(
+        "--gt-anomaly-value",
+        type=int,
+        default=1,
+        choices=(1, 255),
+        help="mask value of anomaly pixels (default 1; 0 is in-distribution, other "
+        "values are ignored)",
+    )
+    p.add_argument(
+        "--bundle",
+        help="bundle directory (default: the installed demo bundle, " "models/demo, as the node)",
+    )
     add_pipeline_args(p, ", as the node's parameter")
-    p.add_argument("--output-resolution", default="input", choices=("input", "network"),
-                   help="size of the output images, as the node's parameter (default input)")
-    p.add_argument("--anomaly-threshold", type=_threshold, default=None, metavar="auto|T",
-                   help="anomaly/mask threshold, as the node's parameter (default auto: the "
-                        "bundle's calibrated threshold for the method, `cosme calibrate`)")
-    p.add_argument("--overlay-alpha", type=float, default=0.5,
-                   help="heatmap blend weight, as the node's parameter (default 0.5)")
-    p.add_argument("--heatmap-range", type=_heatmap_range, default=None, metavar="auto|LO,HI",
-                   help="heatmap colour range, as the node's parameter (default auto; write "
-                        "--heatmap-range=-3,1 when LO is negative)")
+    p.add_argument(
+        "--output-resolution",
+        default="input",
+        choices=("input", "network"),
+        help="size of the output images, as the node's parameter (default input)",
+    )
+    p.add_argument(
+        "--anomaly-threshold",
+        type=_threshold,
+        default=None,
+        metavar="auto|T",
+        help="anomaly/mask threshold, as the node's parameter (default auto: the "
+        "bundle's calibrated threshold for the method, `cosme calibrate`)",
+    )
+    p.add_argument(
+        "--overlay-alpha",
+        type=float,
+        default=0.5,
+        help="heatmap blend weight, as the node's parameter (default 0.5)",
+    )
+    p.add_argument(
+        "--heatmap-range",
+        type=_heatmap_range,
+        default=None,
+        metavar="auto|LO,HI",
+        help="heatmap colour range, as the node's parameter (default auto; write "
+        "--heatmap-range=-3,1 when LO is negative)",
+    )
     p.add_argument("--out", metavar="OUT_BAG", help="write an output bag directory")
-    p.add_argument("--out-storage", choices=("mcap", "sqlite3"),
-                   help="storage of the output bag (default: the input's)")
-    p.add_argument("--out-namespace", metavar="NS",
-                   help="namespace of the output topics (default: the image topic's)")
+    p.add_argument(
+        "--out-storage",
+        choices=("mcap", "sqlite3"),
+        help="storage of the output bag (default: the input's)",
+    )
+    p.add_argument(
+        "--out-namespace",
+        metavar="NS",
+        help="namespace of the output topics (default: the image topic's)",
+    )
     p.add_argument("--video", metavar="F.mp4", help="write camera | segmentation | heatmap video")
     p.add_argument("--video-fps", type=float, help="video frame rate (default: the topic's)")
-    p.add_argument("--binned", action="store_true",
-                   help="histogram metrics in constant memory (error bounds reported)")
-    p.add_argument("--memory-limit", type=float, default=4.0, metavar="GIB",
-                   help="refuse exact metrics estimated to need more (default 4 GiB)")
-    p.add_argument("--worst", type=int, default=5, metavar="N",
-                   help="list the N frames with the lowest AP (default 5)")
-    p.add_argument("--no-per-frame", action="store_true",
-                   help="do not print one line per frame (the JSON keeps them)")
-    p.add_argument("--json", metavar="F", help="write the summary, metrics and per-frame "
-                                               "metrics to F")
-    p.add_argument("--progress-file", metavar="F",
-                   help="keep {\"frames_done\": n, \"frames_total\": N} in F (for supervisors)")
+    p.add_argument(
+        "--binned",
+        action="store_true",
+        help="histogram metrics in constant memory (error bounds reported)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        type=float,
+        default=4.0,
+        metavar="GIB",
+        help="refuse exact metrics estimated to need more (default 4 GiB)",
+    )
+    p.add_argument(
+        "--worst",
+        type=int,
+        default=5,
+        metavar="N",
+        help="list the N frames with the lowest AP (default 5)",
+    )
+    p.add_argument(
+        "--no-per-frame",
+        action="store_true",
+        help="do not print one line per frame (the JSON keeps them)",
+    )
+    p.add_argument(
+        "--json", metavar="F", help="write the summary, metrics and per-frame " "metrics to F"
+    )
+    p.add_argument(
+        "--progress-file",
+        metavar="F",
+        help='keep {"frames_done": n, "frames_total": N} in F (for supervisors)',
+    )
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.set_defaults(run=run)
 
@@ -125,14 +187,21 @@ def _load_pipeline(args):
 
     path = Path(args.bundle) if args.bundle else default_bundle_path()
     if not args.bundle and not path.is_dir():
-        raise CosmeError(f"no --bundle given and the default demo bundle {path} does not exist "
-                         f"(it is not built yet); pass --bundle DIR (make one with `cosme bundle "
-                         f"create`)")
+        raise CosmeError(
+            f"no --bundle given and the default demo bundle {path} does not exist "
+            f"(it is not built yet); pass --bundle DIR (make one with `cosme bundle "
+            f"create`)"
+        )
     bundle = Bundle.load(path)
     try:
-        return Pipeline(bundle, method=args.method, device=args.device,
-                        input_size=args.input_size, precision=args.precision,
-                        **refine_options(args))
+        return Pipeline(
+            bundle,
+            method=args.method,
+            device=args.device,
+            input_size=args.input_size,
+            precision=args.precision,
+            **refine_options(args),
+        )
     except MissingPartError as exc:
         raise MissingPartError(f"{bundle.path}: {exc}") from None
 
@@ -147,8 +216,7 @@ def run(args) -> int:
     from cosme_ros.anomaly.scorers import METHODS
     from cosme_ros.bundle import AUTO_METHOD
     from cosme_ros.calibration import resolve_threshold
-    from cosme_ros.replay import (Bag, ReplayOptions, check_bag, check_options, format_report,
-                                  replay)
+    from cosme_ros.replay import Bag, ReplayOptions, check_bag, check_options, format_report, replay
 
     try:
         check_run_spec(args.method, (AUTO_METHOD, *METHODS))
@@ -158,16 +226,24 @@ def run(args) -> int:
         raise CosmeError("--worst must be >= 0")
     refine = refine_options(args)
     options = ReplayOptions(
-        image_topic=args.image_topic, gt_topic=args.gt_topic,
+        image_topic=args.image_topic,
+        gt_topic=args.gt_topic,
         gt_masks=Path(args.gt_masks) if args.gt_masks else None,
-        gt_anomaly_value=args.gt_anomaly_value, out=Path(args.out) if args.out else None,
-        out_storage=args.out_storage, out_namespace=args.out_namespace,
-        video=Path(args.video) if args.video else None, video_fps=args.video_fps,
+        gt_anomaly_value=args.gt_anomaly_value,
+        out=Path(args.out) if args.out else None,
+        out_storage=args.out_storage,
+        out_namespace=args.out_namespace,
+        video=Path(args.video) if args.video else None,
+        video_fps=args.video_fps,
         anomaly_threshold=0.0 if args.anomaly_threshold is None else args.anomaly_threshold,
         overlay_alpha=args.overlay_alpha,
-        heatmap_range=args.heatmap_range, output_resolution=args.output_resolution,
-        binned=args.binned, memory_limit_gib=args.memory_limit, force=args.force,
-        progress_file=Path(args.progress_file) if args.progress_file else None)
+        heatmap_range=args.heatmap_range,
+        output_resolution=args.output_resolution,
+        binned=args.binned,
+        memory_limit_gib=args.memory_limit,
+        force=args.force,
+        progress_file=Path(args.progress_file) if args.progress_file else None,
+    )
     # Everything that can be checked without the model fails before it loads.
     check_options(options)
     if args.json:
@@ -176,26 +252,39 @@ def run(args) -> int:
         check_bag(bag, options)
 
     import threading
+
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         pipeline = _load_pipeline(args)
-        if args.anomaly_threshold is None:   # auto, as the node: the bundle's, else no mask
+        if args.anomaly_threshold is None:  # auto, as the node: the bundle's, else no mask
             key, value = resolve_threshold(pipeline.bundle, pipeline.method, refine)
             if value is None:
-                print(f"note: bundle {pipeline.bundle.path} has no calibrated threshold for "
-                      f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
-                      f"run cosme calibrate)")
+                print(
+                    f"note: bundle {pipeline.bundle.path} has no calibrated threshold for "
+                    f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
+                    f"run cosme calibrate)"
+                )
             options = replace(options, anomaly_threshold=math.inf if value is None else value)
         summary = None
         if args.json:
             b = pipeline.bundle
-            summary = (Path(args.json), lambda report: json.dumps({
-                **report.to_json(worst=args.worst),
-                "bundle": {"path": str(b.path), "name": b.name},
-                "method": pipeline.method, "refine": refine or {"refine": "none"},
-                "device": str(pipeline.device), "input_size": list(pipeline.input_size)},
-                indent=2, sort_keys=True) + "\n")
+            summary = (
+                Path(args.json),
+                lambda report: json.dumps(
+                    {
+                        **report.to_json(worst=args.worst),
+                        "bundle": {"path": str(b.path), "name": b.name},
+                        "method": pipeline.method,
+                        "refine": refine or {"refine": "none"},
+                        "device": str(pipeline.device),
+                        "input_size": list(pipeline.input_size),
+                    },
+                    indent=2,
+                    sort_keys=True,
+                )
+                + "\n",
+            )
         # the JSON is written with the bag and the video: an interruption leaves all or none
         report = replay(args.bag, pipeline, options, summary=summary)
     except Terminated:

@@ -18,6 +18,7 @@ Examples::
     cosme synth --out data/synth/test --split test --n 500 --seed 2 --size 192x384
     cosme synth --drive --out drive.bag --n 200 --seed 7 --size 256x512
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,16 +33,22 @@ from cosme_ros.errors import CosmeError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("synth", help="render the synthetic driving world (split or drive bag)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True,
-                   help="output directory (split) or bag directory (--drive)")
+    p = sub.add_parser(
+        "synth",
+        help="render the synthetic driving world (split or drive bag)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--out", required=True, help="output directory (split) or bag directory (--drive)"
+    )
     p.add_argument("--split", choices=("train", "val", "test"), help="dataset split to render")
     p.add_argument("--drive", action="store_true", help="render one continuous drive as a rosbag2")
     p.add_argument("--n", type=int, required=True, help="number of images (frames of the drive)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=size_arg, default=(192, 384),
-                   help="HEIGHTxWIDTH (default 192x384)")
+    p.add_argument(
+        "--size", type=size_arg, default=(192, 384), help="HEIGHTxWIDTH (default 192x384)"
+    )
     p.add_argument("--workers", type=int, default=1, help="processes rendering a split (default 1)")
     p.add_argument("--fps", type=float, default=10.0, help="drive frame rate (default 10)")
     p.add_argument("--speed", type=float, help="drive speed in m/s (default: 7-11, from the seed)")
@@ -76,6 +83,7 @@ def _check(args) -> None:
 def _write_sheet(path: str, frames) -> None:
     from cosme_ros.data.synth.dataset import encode_png
     from cosme_ros.data.synth.preview import contact_sheet
+
     atomic.write_bytes(path, encode_png(contact_sheet(frames)))
 
 
@@ -86,6 +94,7 @@ def run(args) -> int:
     if args.drive:
         from cosme_ros.data.drive_bag import write_drive_bag
         from cosme_ros.data.synth.drive import drive_frames
+
         kept = []
 
         def frames():
@@ -96,27 +105,43 @@ def run(args) -> int:
                 yield frame
 
         summary = write_drive_bag(
-            args.out, frames(), fps=args.fps, force=args.force,
-            progress=lambda it: tqdm(it, total=args.n, desc="drive", unit="frame"))
+            args.out,
+            frames(),
+            fps=args.fps,
+            force=args.force,
+            progress=lambda it: tqdm(it, total=args.n, desc="drive", unit="frame"),
+        )
         if args.sheet:
             _write_sheet(args.sheet, kept)
     else:
         from cosme_ros.data.synth.dataset import write_split
         from cosme_ros.data.synth.frame import render_frame
+
         cv2.setNumThreads(1)
-        meta = write_split(args.out, args.split, args.n, args.seed, args.size, force=args.force,
-                           workers=args.workers,
-                           progress=lambda it: tqdm(it, total=args.n, desc=args.split, unit="img"))
+        meta = write_split(
+            args.out,
+            args.split,
+            args.n,
+            args.seed,
+            args.size,
+            force=args.force,
+            workers=args.workers,
+            progress=lambda it: tqdm(it, total=args.n, desc=args.split, unit="img"),
+        )
         summary = dict(meta, path=str(args.out))
         if args.sheet:
-            _write_sheet(args.sheet, [render_frame(args.seed, args.split, i, args.size)
-                                      for i in range(min(6, args.n))])
+            _write_sheet(
+                args.sheet,
+                [render_frame(args.seed, args.split, i, args.size) for i in range(min(6, args.n))],
+            )
     elapsed = time.perf_counter() - start
     summary["seconds"] = round(elapsed, 3)
     summary["frames_per_second"] = round(args.n / max(elapsed, 1e-9), 2)
     what = "drive frames" if args.drive else f"{args.split} images"
-    print(f"{args.n} {what} ({h}x{w}) written to {args.out} in {elapsed:.1f} s "
-          f"({summary['frames_per_second']:.1f} frames/s)")
+    print(
+        f"{args.n} {what} ({h}x{w}) written to {args.out} in {elapsed:.1f} s "
+        f"({summary['frames_per_second']:.1f} frames/s)"
+    )
     if args.json:
         write_json(args.json, summary)
     return 0

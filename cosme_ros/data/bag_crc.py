@@ -11,6 +11,7 @@ of rosbags, rather than a second MCAP library for the same files:
   replay stops before any work with one line naming the file and the damaged range (bytes and
   message times) instead of failing or, worse, reading on.
 """
+
 from __future__ import annotations
 
 import struct
@@ -73,7 +74,8 @@ def verify_mcap(storage: Any, path: Path) -> int:
                 raise CosmeError(
                     f"{path}: damaged data in bytes {start}–{start + chunk.chunk_length} "
                     f"(messages stamped {chunk.message_start_time}–{chunk.message_end_time} ns): "
-                    f"{str(exc).rstrip('.') or type(exc).__name__}") from None
+                    f"{str(exc).rstrip('.') or type(exc).__name__}"
+                ) from None
     return unchecked
 
 

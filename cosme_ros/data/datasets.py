@@ -45,6 +45,7 @@ synthetic        Our synthetic world (``cosme_ros.data.synth``), PATH = one spli
                  the test split, ``labels_masks/<id>.png`` (0/1/255).
 ===============  ==========================================================================
 """
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,19 @@ from cosme_ros.data.images import IMAGE_SUFFIXES, decode_file, read_rgb
 from cosme_ros.errors import InputError
 
 __all__ = [
-    "DatasetError", "Sample", "Dataset", "KINDS", "open_dataset", "parse_spec", "subset_indices",
-    "CITYSCAPES_LABELID_TO_TRAINID", "CAMVID_CLASSES", "CAMVID_TO_TRAINID",
-    "STREETHAZARDS_CLASSES", "STREETHAZARDS_TO_TRAINID", "STREETHAZARDS_ANOMALY",
+    "DatasetError",
+    "Sample",
+    "Dataset",
+    "KINDS",
+    "open_dataset",
+    "parse_spec",
+    "subset_indices",
+    "CITYSCAPES_LABELID_TO_TRAINID",
+    "CAMVID_CLASSES",
+    "CAMVID_TO_TRAINID",
+    "STREETHAZARDS_CLASSES",
+    "STREETHAZARDS_TO_TRAINID",
+    "STREETHAZARDS_ANOMALY",
 ]
 
 
@@ -72,6 +83,7 @@ class DatasetError(InputError):
 
 
 # ----------------------------------------------------------------------------- label tables
+
 
 def _lut(pairs: Dict[int, int]) -> np.ndarray:
     lut = np.full(256, IGNORE_ID, dtype=np.uint8)
@@ -83,13 +95,40 @@ def _lut(pairs: Dict[int, int]) -> np.ndarray:
 # Official cityscapesscripts labels.py: labelId → trainId (every other id, e.g. parking, guard
 # rail, caravan, trailer, license plate, is ignored).
 CITYSCAPES_LABELID_TO_TRAINID: Dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
 }
 
 CAMVID_CLASSES: Tuple[str, ...] = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-    "Pedestrian", "Bicyclist", "Unlabelled",
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+    "Unlabelled",
 )
 # The SegNet 11-class grouping merges several CamVid classes (Building includes walls, SignSymbol
 # traffic lights, Car trucks and buses, Pedestrian children), so each maps to its closest
@@ -97,38 +136,50 @@ CAMVID_CLASSES: Tuple[str, ...] = (
 # is the riding person together with the bicycle, and most of its pixels are the person (wheels
 # are mostly see-through), which Cityscapes labels "rider".
 CAMVID_TO_TRAINID: Dict[int, int] = {
-    0: 10,   # Sky → sky
-    1: 2,    # Building → building
-    2: 5,    # Pole → pole
-    3: 0,    # Road → road
-    4: 1,    # Pavement → sidewalk
-    5: 8,    # Tree → vegetation
-    6: 7,    # SignSymbol → traffic sign
-    7: 4,    # Fence → fence
-    8: 13,   # Car → car
-    9: 11,   # Pedestrian → person
+    0: 10,  # Sky → sky
+    1: 2,  # Building → building
+    2: 5,  # Pole → pole
+    3: 0,  # Road → road
+    4: 1,  # Pavement → sidewalk
+    5: 8,  # Tree → vegetation
+    6: 7,  # SignSymbol → traffic sign
+    7: 4,  # Fence → fence
+    8: 13,  # Car → car
+    9: 11,  # Pedestrian → person
     10: 12,  # Bicyclist → rider
     # 11 Unlabelled → 255
 }
 
 # StreetHazards annotation files hold 1-based class ids (the release's loader subtracts 1):
 STREETHAZARDS_CLASSES: Tuple[str, ...] = (
-    "unlabeled", "building", "fence", "other", "pedestrian", "pole", "road line", "road",
-    "sidewalk", "vegetation", "car", "wall", "traffic sign", "anomaly",
+    "unlabeled",
+    "building",
+    "fence",
+    "other",
+    "pedestrian",
+    "pole",
+    "road line",
+    "road",
+    "sidewalk",
+    "vegetation",
+    "car",
+    "wall",
+    "traffic sign",
+    "anomaly",
 )  # file value = index + 1
 STREETHAZARDS_ANOMALY = 14
 STREETHAZARDS_TO_TRAINID: Dict[int, int] = {
-    2: 2,    # building
-    3: 4,    # fence
-    5: 11,   # pedestrian → person
-    6: 5,    # pole
-    7: 0,    # road line → road
-    8: 0,    # road
-    9: 1,    # sidewalk
-    10: 8,   # vegetation
+    2: 2,  # building
+    3: 4,  # fence
+    5: 11,  # pedestrian → person
+    6: 5,  # pole
+    7: 0,  # road line → road
+    8: 0,  # road
+    9: 1,  # sidewalk
+    10: 8,  # vegetation
     11: 13,  # car
-    12: 3,   # wall
-    13: 7,   # traffic sign
+    12: 3,  # wall
+    13: 7,  # traffic sign
     # 1 unlabeled, 4 other, 14 anomaly → 255
 }
 
@@ -140,20 +191,21 @@ _STREETHAZARDS_LUT = _lut(STREETHAZARDS_TO_TRAINID)
 # a class id) → void.
 _STREETHAZARDS_ANOMALY_LUT = _lut({**{v: 0 for v in range(1, 14)}, STREETHAZARDS_ANOMALY: 1})
 _ROAD_ANOMALY_LUT = _lut({0: 0, 2: 1})
-_MASK_LUT = _lut({0: 0, 1: 1})                       # 0/1 kept, everything else → 255
+_MASK_LUT = _lut({0: 0, 1: 1})  # 0/1 kept, everything else → 255
 _IDENTITY_LUT = np.arange(256, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- samples
+
 
 @dataclass
 class Sample:
     """One image and whatever labels its dataset has (see the module docstring)."""
 
     name: str
-    image: np.ndarray                      # (H, W, 3) uint8 RGB
+    image: np.ndarray  # (H, W, 3) uint8 RGB
     semantic: Optional[np.ndarray] = None  # (H, W) uint8 Cityscapes trainIds, 255 void
-    anomaly: Optional[np.ndarray] = None   # (H, W) uint8 0 in-distribution, 1 anomaly, 255 void
+    anomaly: Optional[np.ndarray] = None  # (H, W) uint8 0 in-distribution, 1 anomaly, 255 void
 
 
 @dataclass(frozen=True)
@@ -173,12 +225,15 @@ def _read_label(path: Path) -> np.ndarray:
     """A single-channel 8-bit label image; a grey image stored as RGB is accepted."""
     label = decode_file(path, cv2.IMREAD_UNCHANGED, error=DatasetError, what="label image")
     if label.ndim == 3:
-        if label.shape[2] >= 3 and (np.array_equal(label[..., 0], label[..., 1])
-                                    and np.array_equal(label[..., 0], label[..., 2])):
+        if label.shape[2] >= 3 and (
+            np.array_equal(label[..., 0], label[..., 1])
+            and np.array_equal(label[..., 0], label[..., 2])
+        ):
             label = label[..., 0]
         else:
-            raise DatasetError(f"{path}: expected a single-channel label image, got "
-                               f"{label.shape[2]} channels")
+            raise DatasetError(
+                f"{path}: expected a single-channel label image, got " f"{label.shape[2]} channels"
+            )
     if label.dtype != np.uint8:
         if label.dtype == np.uint16 and int(label.max(initial=0)) <= 255:
             label = label.astype(np.uint8)
@@ -214,13 +269,22 @@ class Dataset:
     Picklable (paths only), so it can be handed to worker processes.
     """
 
-    def __init__(self, kind: str, root: Path, entries: Sequence[_Entry], *,
-                 split: Optional[str] = None,
-                 semantic: Optional[_Decoder] = None, anomaly: Optional[_Decoder] = None,
-                 notes: Sequence[str] = ()):
+    def __init__(
+        self,
+        kind: str,
+        root: Path,
+        entries: Sequence[_Entry],
+        *,
+        split: Optional[str] = None,
+        semantic: Optional[_Decoder] = None,
+        anomaly: Optional[_Decoder] = None,
+        notes: Sequence[str] = (),
+    ):
         if not entries:
-            raise DatasetError(f"{root}: no samples found for a {kind} dataset"
-                               + (f" (split {split!r})" if split else ""))
+            raise DatasetError(
+                f"{root}: no samples found for a {kind} dataset"
+                + (f" (split {split!r})" if split else "")
+            )
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})[0]
@@ -270,22 +334,28 @@ class Dataset:
     @staticmethod
     def _check_size(label: np.ndarray, image: np.ndarray, path: Path) -> np.ndarray:
         if label.shape != image.shape[:2]:
-            raise DatasetError(f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image "
-                               f"is {image.shape[1]}x{image.shape[0]}")
+            raise DatasetError(
+                f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image "
+                f"is {image.shape[1]}x{image.shape[0]}"
+            )
         return np.ascontiguousarray(label, dtype=np.uint8)
 
     def describe(self) -> str:
-        labels = [n for n, ok in (("semantic", self.has_semantic), ("anomaly", self.has_anomaly))
-                  if ok]
+        labels = [
+            n for n, ok in (("semantic", self.has_semantic), ("anomaly", self.has_anomaly)) if ok
+        ]
         split = f" {self.split}" if self.split else ""
-        return (f"{self.kind}{split} at {self.root}: {len(self)} image(s), labels: "
-                f"{', '.join(labels) or 'none'}")
+        return (
+            f"{self.kind}{split} at {self.root}: {len(self)} image(s), labels: "
+            f"{', '.join(labels) or 'none'}"
+        )
 
     def __repr__(self) -> str:
         return f"Dataset({self.describe()})"
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
@@ -297,12 +367,14 @@ def _need_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _split(split: Optional[str], allowed: Sequence[str], default: str, root: Path,
-           kind: str) -> str:
+def _split(
+    split: Optional[str], allowed: Sequence[str], default: str, root: Path, kind: str
+) -> str:
     split = default if split is None else split
     if split not in allowed:
-        raise DatasetError(f"{root}: a {kind} dataset has splits {', '.join(allowed)}, "
-                           f"not {split!r}")
+        raise DatasetError(
+            f"{root}: a {kind} dataset has splits {', '.join(allowed)}, " f"not {split!r}"
+        )
     return split
 
 
@@ -312,12 +384,14 @@ def _images_under(folder: Path) -> List[Path]:
 
 # ----------------------------------------------------------------------------- kinds
 
+
 def _open_cityscapes(root: Path, split: Optional[str]) -> Dataset:
     if (root / "leftImg8bit").is_dir():
-        split = _split(split, ("train", "val", "test", "train_extra"), "train", root,
-                       "cityscapes")
-        images_dir = _need_dir(root / "leftImg8bit" / split,
-                               f"Cityscapes images leftImg8bit/{split}/<city>/*_leftImg8bit.png")
+        split = _split(split, ("train", "val", "test", "train_extra"), "train", root, "cityscapes")
+        images_dir = _need_dir(
+            root / "leftImg8bit" / split,
+            f"Cityscapes images leftImg8bit/{split}/<city>/*_leftImg8bit.png",
+        )
         label_dir = root / "gtFine" / split
         has_labels = label_dir.is_dir()
         entries = []
@@ -325,15 +399,22 @@ def _open_cityscapes(root: Path, split: Optional[str]) -> Dataset:
             stem = image.name[: -len("_leftImg8bit.png")]
             label = label_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
             if has_labels and not label.is_file():
-                raise DatasetError(f"{label}: missing (the labelIds of {image.name}; gtFine/{split}"
-                                   f" exists, so every image needs one)")
+                raise DatasetError(
+                    f"{label}: missing (the labelIds of {image.name}; gtFine/{split}"
+                    f" exists, so every image needs one)"
+                )
             entries.append(_Entry(stem, image, label if has_labels else None))
         if not entries:
             raise DatasetError(f"{images_dir}: no <city>/*_leftImg8bit.png images")
         notes = [] if has_labels else [f"{label_dir} is absent: images without labels"]
-        return Dataset("cityscapes", root, entries, split=split,
-                       semantic=_lut_decoder(_CITYSCAPES_LUT) if has_labels else None,
-                       notes=notes)
+        return Dataset(
+            "cityscapes",
+            root,
+            entries,
+            split=split,
+            semantic=_lut_decoder(_CITYSCAPES_LUT) if has_labels else None,
+            notes=notes,
+        )
 
     # Flat folder (e.g. ../shared/data/cityscapes_sample): labelIds preferred, else colour.
     if not root.is_dir():
@@ -341,8 +422,10 @@ def _open_cityscapes(root: Path, split: Optional[str]) -> Dataset:
     images = sorted(root.glob("*_leftImg8bit.*"))
     images = [p for p in images if _is_image(p)]
     if not images:
-        raise DatasetError(f"{root}: expected leftImg8bit/<split>/<city>/*_leftImg8bit.png, or a "
-                           f"flat folder of *_leftImg8bit.png images")
+        raise DatasetError(
+            f"{root}: expected leftImg8bit/<split>/<city>/*_leftImg8bit.png, or a "
+            f"flat folder of *_leftImg8bit.png images"
+        )
     ids = [root / (p.name.split("_leftImg8bit")[0] + "_gtFine_labelIds.png") for p in images]
     colors = [root / (p.name.split("_leftImg8bit")[0] + "_gtFine_color.png") for p in images]
     if all(p.is_file() for p in ids):
@@ -353,8 +436,10 @@ def _open_cityscapes(root: Path, split: Optional[str]) -> Dataset:
         labels, decoder = [None] * len(images), None
     else:
         missing = next(c for i, c in zip(ids, colors) if not i.is_file() and not c.is_file())
-        raise DatasetError(f"{missing}: missing (some images have *_gtFine_labelIds.png or "
-                           f"*_gtFine_color.png labels, so every image needs one)")
+        raise DatasetError(
+            f"{missing}: missing (some images have *_gtFine_labelIds.png or "
+            f"*_gtFine_color.png labels, so every image needs one)"
+        )
     entries = [_Entry(p.name.split("_leftImg8bit")[0], p, lab) for p, lab in zip(images, labels)]
     return Dataset("cityscapes", root, entries, split=None, semantic=decoder)
 
@@ -388,8 +473,9 @@ def _open_camvid(root: Path, split: Optional[str]) -> Dataset:
     split = _split(split, ("train", "val", "test"), "train", root, "camvid")
     listing = root / f"{split}.txt"
     if not listing.is_file():
-        raise DatasetError(f"{listing}: missing (CamVid list of 'image label' lines for split "
-                           f"{split!r})")
+        raise DatasetError(
+            f"{listing}: missing (CamVid list of 'image label' lines for split " f"{split!r})"
+        )
     entries = []
     for lineno, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -401,8 +487,9 @@ def _open_camvid(root: Path, split: Optional[str]) -> Dataset:
         label = _resolve_in(root, parts[1], image=False)
         for written, found, what in ((parts[0], image, "image"), (parts[1], label, "label")):
             if found is None:
-                raise DatasetError(f"{listing}:{lineno}: {what} {written!r} not found under "
-                                   f"{root}")
+                raise DatasetError(
+                    f"{listing}:{lineno}: {what} {written!r} not found under " f"{root}"
+                )
         entries.append(_Entry(image.stem, image, label))
     return Dataset("camvid", root, entries, split=split, semantic=_lut_decoder(_CAMVID_LUT))
 
@@ -413,15 +500,18 @@ def _open_images(root: Path, split: Optional[str]) -> Dataset:
     _need_dir(root, "a folder of images")
     files = _images_under(root)
     if not files:
-        raise DatasetError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or "
-                           f"below")
+        raise DatasetError(
+            f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or " f"below"
+        )
     entries = [_Entry(p.relative_to(root).with_suffix("").as_posix(), p) for p in files]
     return Dataset("images", root, entries)
 
 
 def _open_road_anomaly(root: Path, split: Optional[str]) -> Dataset:
-    frames = _need_dir(root / "frames", "Road Anomaly frames/<name>.jpg with "
-                       "frames/<name>.labels/labels_semantic.png")
+    frames = _need_dir(
+        root / "frames",
+        "Road Anomaly frames/<name>.jpg with " "frames/<name>.labels/labels_semantic.png",
+    )
     listing = root / "frame_list.json"
     if listing.is_file():
         try:
@@ -455,8 +545,10 @@ _MASK_SUFFIXES = ("", "_labels_semantic")
 
 def _open_folder(root: Path, split: Optional[str]) -> Dataset:
     images_dir = _need_dir(root / "images", "images/ with labels_masks/ beside it")
-    masks_dir = _need_dir(root / "labels_masks", "labels_masks/ with 0/1/255 masks named like "
-                          "the images in images/")
+    masks_dir = _need_dir(
+        root / "labels_masks",
+        "labels_masks/ with 0/1/255 masks named like " "the images in images/",
+    )
     images = sorted(p for p in images_dir.iterdir() if _is_image(p))
     if not images:
         raise DatasetError(f"{images_dir}: no images")
@@ -478,11 +570,15 @@ def _open_folder(root: Path, split: Optional[str]) -> Dataset:
         raise DatasetError(f"{masks_dir}: no mask matches an image in {images_dir} by stem")
     notes = []
     if unlabeled:
-        notes.append(f"{len(unlabeled)} image(s) in {images_dir} have no mask and are left out "
-                     f"(first: {unlabeled[0]})")
+        notes.append(
+            f"{len(unlabeled)} image(s) in {images_dir} have no mask and are left out "
+            f"(first: {unlabeled[0]})"
+        )
     if masks:  # e.g. SegmentMeIfYouCan's *_labels_semantic_color.png visualisations
-        notes.append(f"{len(masks)} file(s) in {masks_dir} match no image and are ignored "
-                     f"(first: {sorted(masks.values())[0].name})")
+        notes.append(
+            f"{len(masks)} file(s) in {masks_dir} match no image and are ignored "
+            f"(first: {sorted(masks.values())[0].name})"
+        )
     return Dataset("folder", root, entries, anomaly=_lut_decoder(_MASK_LUT), notes=notes)
 
 
@@ -496,10 +592,14 @@ _STREETHAZARDS_SPLITS = {
 def _open_streethazards(root: Path, split: Optional[str]) -> Dataset:
     split = _split(split, tuple(_STREETHAZARDS_SPLITS), "train", root, "streethazards")
     top, sub, town = _STREETHAZARDS_SPLITS[split]
-    images_dir = _need_dir(root / top / "images" / sub / town,
-                           f"StreetHazards {split} images {top}/images/{sub}/{town}/*.png")
-    ann_dir = _need_dir(root / top / "annotations" / sub / town,
-                        f"StreetHazards {split} annotations {top}/annotations/{sub}/{town}/*.png")
+    images_dir = _need_dir(
+        root / top / "images" / sub / town,
+        f"StreetHazards {split} images {top}/images/{sub}/{town}/*.png",
+    )
+    ann_dir = _need_dir(
+        root / top / "annotations" / sub / town,
+        f"StreetHazards {split} annotations {top}/annotations/{sub}/{town}/*.png",
+    )
     entries = []
     for image in _images_under(images_dir):
         rel = image.relative_to(images_dir)
@@ -507,16 +607,25 @@ def _open_streethazards(root: Path, split: Optional[str]) -> Dataset:
         if not label.is_file():
             raise DatasetError(f"{label}: missing (the annotation of {image.name})")
         name = rel.with_suffix("").as_posix()
-        entries.append(_Entry(name, image, semantic=label,
-                              anomaly=label if split == "test" else None))
-    return Dataset("streethazards", root, entries, split=split,
-                   semantic=_lut_decoder(_STREETHAZARDS_LUT),
-                   anomaly=_lut_decoder(_STREETHAZARDS_ANOMALY_LUT) if split == "test" else None)
+        entries.append(
+            _Entry(name, image, semantic=label, anomaly=label if split == "test" else None)
+        )
+    return Dataset(
+        "streethazards",
+        root,
+        entries,
+        split=split,
+        semantic=_lut_decoder(_STREETHAZARDS_LUT),
+        anomaly=_lut_decoder(_STREETHAZARDS_ANOMALY_LUT) if split == "test" else None,
+    )
 
 
 def _open_synthetic(root: Path, split: Optional[str]) -> Dataset:
-    images_dir = _need_dir(root / "images", "synthetic images/<id>.png (PATH is one split "
-                           "directory written by the synthetic world renderer)")
+    images_dir = _need_dir(
+        root / "images",
+        "synthetic images/<id>.png (PATH is one split "
+        "directory written by the synthetic world renderer)",
+    )
     sem_dir = _need_dir(root / "semantic", "synthetic semantic/<id>.png trainId maps")
     masks_dir = root / "labels_masks"
     has_masks = masks_dir.is_dir()
@@ -530,12 +639,19 @@ def _open_synthetic(root: Path, split: Optional[str]) -> Dataset:
             raise DatasetError(f"{sem}: missing (the semantic map of {image.name})")
         mask = masks_dir / f"{image.stem}.png"
         if has_masks and not mask.is_file():
-            raise DatasetError(f"{mask}: missing (the anomaly mask of {image.name}; labels_masks/"
-                               f" exists, so every image needs one)")
+            raise DatasetError(
+                f"{mask}: missing (the anomaly mask of {image.name}; labels_masks/"
+                f" exists, so every image needs one)"
+            )
         entries.append(_Entry(image.stem, image, sem, mask if has_masks else None))
-    return Dataset("synthetic", root, entries, split=split,
-                   semantic=_lut_decoder(_IDENTITY_LUT),
-                   anomaly=_lut_decoder(_MASK_LUT) if has_masks else None)
+    return Dataset(
+        "synthetic",
+        root,
+        entries,
+        split=split,
+        semantic=_lut_decoder(_IDENTITY_LUT),
+        anomaly=_lut_decoder(_MASK_LUT) if has_masks else None,
+    )
 
 
 KINDS: Dict[str, Callable[[Path, Optional[str]], Dataset]] = {
@@ -552,13 +668,15 @@ KINDS: Dict[str, Callable[[Path, Optional[str]], Dataset]] = {
 def parse_spec(spec: str) -> Tuple[str, Path]:
     """``"KIND:PATH"`` → (kind, path). The kind is case-insensitive; PATH may contain ':'."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise DatasetError(f"dataset {spec!r}: expected KIND:PATH with KIND one of "
-                           f"{', '.join(KINDS)}")
+        raise DatasetError(
+            f"dataset {spec!r}: expected KIND:PATH with KIND one of " f"{', '.join(KINDS)}"
+        )
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower().replace("-", "_")
     if kind not in KINDS:
-        raise DatasetError(f"dataset {spec!r}: unknown kind {kind!r}; choose one of "
-                           f"{', '.join(KINDS)}")
+        raise DatasetError(
+            f"dataset {spec!r}: unknown kind {kind!r}; choose one of " f"{', '.join(KINDS)}"
+        )
     if not path:
         raise DatasetError(f"dataset {spec!r}: PATH is empty")
     return kind, Path(os.path.expanduser(path))

@@ -14,6 +14,7 @@ imagesize) either decode more than the header or read JPEG headers only up to a 
 which is exactly the hole: libjpeg skips stray bytes before a marker and reads any number of APP
 segments before the frame header, so this walker does the same, to the end of the data.
 """
+
 from __future__ import annotations
 
 import struct
@@ -34,10 +35,10 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
     marker are skipped, 0xFF fill bytes too) up to the first frame header (SOFn)."""
     i, n = 2, len(data)
     while True:
-        i = data.find(b"\xff", i)              # libjpeg: "extraneous bytes before marker"
+        i = data.find(b"\xff", i)  # libjpeg: "extraneous bytes before marker"
         if i < 0:
             raise ImageHeaderError("JPEG without a frame header")
-        while i < n and data[i] == 0xFF:      # fill bytes
+        while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:
             raise ImageHeaderError("JPEG without a frame header")
@@ -45,19 +46,19 @@ def _jpeg_size(data: bytes) -> Tuple[int, int]:
         i += 1
         if marker == 0xD9 or marker == 0xDA:  # EOI, or a scan before any frame header
             raise ImageHeaderError("JPEG without a frame header before its image data")
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # TEM, RSTn, SOI: no length
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
             continue
         if i + 2 > n:
             raise ImageHeaderError("JPEG truncated in a marker segment")
-        length = int.from_bytes(data[i:i + 2], "big")
+        length = int.from_bytes(data[i : i + 2], "big")
         if length < 2:
             raise ImageHeaderError(f"JPEG marker segment of length {length}")
         # SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC)
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if i + 7 > n:
                 raise ImageHeaderError("JPEG truncated in its frame header")
-            height, width = struct.unpack(">HH", data[i + 3:i + 7])
-            if height == 0 or width == 0:    # a DNL marker would give the height later
+            height, width = struct.unpack(">HH", data[i + 3 : i + 7])
+            if height == 0 or width == 0:  # a DNL marker would give the height later
                 raise ImageHeaderError(f"JPEG frame header with size {width}x{height}")
             return height, width
         i += length

@@ -3,6 +3,7 @@
 Every file is sized from its header before it is decoded, and refused above the pixel limit or
 in a format that is not sized (:mod:`cosme_ros.data.image_header`: decompression bombs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,17 +12,20 @@ from typing import List, Optional, Type
 import cv2
 import numpy as np
 
-from cosme_ros.data.image_header import (MAX_IMAGE_PIXELS, ImageHeaderError,
-                                         check_compressed_data)
+from cosme_ros.data.image_header import MAX_IMAGE_PIXELS, ImageHeaderError, check_compressed_data
 from cosme_ros.errors import CosmeError, InputError
 
 # The formats image_header sizes; others (TIFF, PNM, …) are refused, so they are not listed.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def decode_file(path: str | Path, flags: int = cv2.IMREAD_COLOR,
-                max_pixels: int = MAX_IMAGE_PIXELS, error: Type[CosmeError] = InputError,
-                what: str = "image") -> np.ndarray:
+def decode_file(
+    path: str | Path,
+    flags: int = cv2.IMREAD_COLOR,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    error: Type[CosmeError] = InputError,
+    what: str = "image",
+) -> np.ndarray:
     """``cv2.imdecode`` of a file, after its header was checked; ``error`` names the file."""
     path = Path(path)
     if not path.is_file():

@@ -3,6 +3,7 @@
 ``build_network(arch, config)`` rebuilds any of them from the ``config`` dict a network carries,
 which is what a bundle manifest stores.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping
@@ -30,8 +31,12 @@ def _builders() -> Dict[str, Callable[..., nn.Module]]:
     from cosme_ros.nets.deeplabv3plus import build_deeplabv3plus
     from cosme_ros.nets.espnetv2 import build_espnetv2
     from cosme_ros.nets.student import build_student
-    return {"espnetv2": build_espnetv2, "deeplabv3plus": build_deeplabv3plus,
-            "student": build_student}
+
+    return {
+        "espnetv2": build_espnetv2,
+        "deeplabv3plus": build_deeplabv3plus,
+        "student": build_student,
+    }
 
 
 def build_network(arch: str, config: Mapping[str, Any]) -> nn.Module:

@@ -4,6 +4,7 @@ Third-party ``.pth`` files are read with ``torch.load(..., weights_only=True)`` 
 would run code is refused, never executed. Loading into a module is always strict; every problem
 is reported as one :class:`~cosme_ros.errors.CheckpointError` line that names the file.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,17 @@ _NUMPY_SCALAR_GLOBALS = [
     np._core.multiarray.scalar,
     (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
     np.dtype,
-    *(getattr(np.dtypes, name) for name in (
-        "Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")),
+    *(
+        getattr(np.dtypes, name)
+        for name in (
+            "Float64DType",
+            "Float32DType",
+            "Float16DType",
+            "Int64DType",
+            "Int32DType",
+            "BoolDType",
+        )
+    ),
 ]
 
 
@@ -43,17 +53,23 @@ def read_checkpoint(path: str | Path) -> object:
         if "Weights only load failed" in text:
             raise CheckpointError(
                 f"{path}: refused to unpickle: it holds Python objects other than tensors and "
-                f"plain containers (only state dicts are loaded, for safety)") from None
+                f"plain containers (only state dicts are loaded, for safety)"
+            ) from None
         if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
-            raise CheckpointError(f"{path}: cannot read checkpoint: truncated or corrupt "
-                                  f"(not a complete torch zip archive)") from None
+            raise CheckpointError(
+                f"{path}: cannot read checkpoint: truncated or corrupt "
+                f"(not a complete torch zip archive)"
+            ) from None
         reason = text.strip().splitlines()[0][:160] if text.strip() else ""
-        raise CheckpointError(f"{path}: cannot read checkpoint: not a torch file "
-                              f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint: not a torch file "
+            f"({type(exc).__name__}{': ' + reason if reason else ''})"
+        ) from None
 
 
-def extract_state_dict(obj: object, path: str | Path,
-                       wrappers: Iterable[str] = ("model_state", "state_dict", "model")) -> StateDict:
+def extract_state_dict(
+    obj: object, path: str | Path, wrappers: Iterable[str] = ("model_state", "state_dict", "model")
+) -> StateDict:
     """Find the tensor dict inside a loaded checkpoint (bare, or under one of ``wrappers``)."""
     if isinstance(obj, Mapping):
         for key in wrappers:
@@ -70,7 +86,7 @@ def extract_state_dict(obj: object, path: str | Path,
 
 def strip_prefix(state: StateDict, prefix: str) -> StateDict:
     """Drop ``prefix`` (e.g. DataParallel's ``module.``) from every key that has it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def load_strict(module: nn.Module, state: StateDict, path: str | Path) -> None:
@@ -78,8 +94,11 @@ def load_strict(module: nn.Module, state: StateDict, path: str | Path) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -22,6 +22,7 @@ The structural differences are constructor options (``stem``, ``dilate_first_blo
 ``decoder_convs``, ``align_corners``) recorded in ``config``. The ASPP concat order is not an
 option: the SML 1×1 projection weight is permuted on import instead, which is exact.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.checkpoints import (StateDict, extract_state_dict, load_strict,
-                                        read_checkpoint, strip_prefix)
+from cosme_ros.nets.checkpoints import (
+    StateDict,
+    extract_state_dict,
+    load_strict,
+    read_checkpoint,
+    strip_prefix,
+)
 from cosme_ros.nets.mobilenetv2 import MobileNetV2, parse_mobilenet
 from cosme_ros.nets.resnet import ARCHS, BACKBONE_TAPS, Bottleneck, parse_backbone, resnet
 from cosme_ros.nets.taps import ALL_TAPS, C2, C5, LH, O, Taps, select
@@ -54,12 +60,14 @@ def aspp_rates_for(output_stride: int) -> List[int]:
 class ConvBNReLU(nn.Module):
     """Conv (no bias) → BatchNorm → ReLU, the unit every DeepLab head is made of."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1
+    ) -> None:
         super().__init__()
         padding = dilation * (kernel_size // 2)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding,
-                              dilation=dilation, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -79,7 +87,8 @@ class ASPP(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             [ConvBNReLU(in_channels, channels, 1)]
-            + [ConvBNReLU(in_channels, channels, 3, dilation=r) for r in rates])
+            + [ConvBNReLU(in_channels, channels, 3, dilation=r) for r in rates]
+        )
         self.pooling = ConvBNReLU(in_channels, channels, 1)
         self.project = ConvBNReLU(channels * (len(rates) + 2), channels, 1)
 
@@ -97,10 +106,18 @@ class DeepLabV3PlusHead(nn.Module):
     ``num_classes=None`` builds no classifier (a student that only needs ``lh``).
     """
 
-    def __init__(self, c2_channels: int, c5_channels: int, num_classes: Optional[int],
-                 rates: Sequence[int], aspp_channels: int = 256, low_level_channels: int = 48,
-                 decoder_channels: int = 256, decoder_convs: int = 1,
-                 align_corners: bool = False) -> None:
+    def __init__(
+        self,
+        c2_channels: int,
+        c5_channels: int,
+        num_classes: Optional[int],
+        rates: Sequence[int],
+        aspp_channels: int = 256,
+        low_level_channels: int = 48,
+        decoder_channels: int = 256,
+        decoder_convs: int = 1,
+        align_corners: bool = False,
+    ) -> None:
         super().__init__()
         if decoder_convs < 1:
             raise ValueError(f"decoder_convs must be ≥ 1, got {decoder_convs}")
@@ -109,9 +126,11 @@ class DeepLabV3PlusHead(nn.Module):
         self.low_level = ConvBNReLU(c2_channels, low_level_channels, 1)
         self.decoder = nn.Sequential(
             ConvBNReLU(low_level_channels + aspp_channels, decoder_channels, 3),
-            *[ConvBNReLU(decoder_channels, decoder_channels, 3) for _ in range(decoder_convs - 1)])
-        self.classifier = (nn.Conv2d(decoder_channels, num_classes, 1)
-                           if num_classes is not None else None)
+            *[ConvBNReLU(decoder_channels, decoder_channels, 3) for _ in range(decoder_convs - 1)],
+        )
+        self.classifier = (
+            nn.Conv2d(decoder_channels, num_classes, 1) if num_classes is not None else None
+        )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -119,11 +138,13 @@ class DeepLabV3PlusHead(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
 
-    def forward(self, c2: Tensor, c5: Tensor,
-                logits: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self, c2: Tensor, c5: Tensor, logits: bool = True
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         low = self.low_level(c2)
-        high = F.interpolate(self.aspp(c5), size=low.shape[-2:], mode="bilinear",
-                             align_corners=self.align_corners)
+        high = F.interpolate(
+            self.aspp(c5), size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
         lh = self.decoder(torch.cat([low, high], dim=1))
         o = self.classifier(lh) if logits and self.classifier is not None else None
         return lh, o
@@ -137,30 +158,56 @@ class DeepLabV3Plus(nn.Module):
     ``build_deeplabv3plus(**model.config)`` rebuilds the same network for a bundle manifest.
     """
 
-    def __init__(self, backbone: str = "resnet101", num_classes: int = 19,
-                 output_stride: int = 16, *, width: float = 1.0, stem: str = "standard",
-                 dilate_first_block: bool = False, aspp_rates: Optional[Sequence[int]] = None,
-                 aspp_channels: int = 256, low_level_channels: int = 48,
-                 decoder_channels: int = 256, decoder_convs: int = 1,
-                 align_corners: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet101",
+        num_classes: int = 19,
+        output_stride: int = 16,
+        *,
+        width: float = 1.0,
+        stem: str = "standard",
+        dilate_first_block: bool = False,
+        aspp_rates: Optional[Sequence[int]] = None,
+        aspp_channels: int = 256,
+        low_level_channels: int = 48,
+        decoder_channels: int = 256,
+        decoder_convs: int = 1,
+        align_corners: bool = False,
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16):
             raise ValueError(f"DeepLabV3+ output_stride must be 8 or 16, got {output_stride}")
         rates = list(aspp_rates) if aspp_rates is not None else aspp_rates_for(output_stride)
-        self.backbone, name = make_backbone(backbone, output_stride, width=width, stem=stem,
-                                            dilate_first_block=dilate_first_block)
-        self.config = dict(backbone=name, num_classes=int(num_classes),
-                           output_stride=int(output_stride), width=float(width), stem=stem,
-                           dilate_first_block=bool(dilate_first_block),
-                           aspp_rates=[int(r) for r in rates], aspp_channels=int(aspp_channels),
-                           low_level_channels=int(low_level_channels),
-                           decoder_channels=int(decoder_channels),
-                           decoder_convs=int(decoder_convs), align_corners=bool(align_corners))
+        self.backbone, name = make_backbone(
+            backbone, output_stride, width=width, stem=stem, dilate_first_block=dilate_first_block
+        )
+        self.config = dict(
+            backbone=name,
+            num_classes=int(num_classes),
+            output_stride=int(output_stride),
+            width=float(width),
+            stem=stem,
+            dilate_first_block=bool(dilate_first_block),
+            aspp_rates=[int(r) for r in rates],
+            aspp_channels=int(aspp_channels),
+            low_level_channels=int(low_level_channels),
+            decoder_channels=int(decoder_channels),
+            decoder_convs=int(decoder_convs),
+            align_corners=bool(align_corners),
+        )
         self.num_classes = int(num_classes)
         bc = self.backbone.tap_channels
-        self.head = DeepLabV3PlusHead(bc[C2], bc[C5], num_classes, rates, aspp_channels,
-                                      low_level_channels, decoder_channels, decoder_convs,
-                                      align_corners)
+        self.head = DeepLabV3PlusHead(
+            bc[C2],
+            bc[C5],
+            num_classes,
+            rates,
+            aspp_channels,
+            low_level_channels,
+            decoder_channels,
+            decoder_convs,
+            align_corners,
+        )
         self.tap_channels: Dict[str, int] = {**bc, LH: decoder_channels, O: num_classes}
         s2 = self.backbone.tap_strides[C2]
         self.tap_strides: Dict[str, int] = {**self.backbone.tap_strides, LH: s2, O: s2}
@@ -173,8 +220,14 @@ class DeepLabV3Plus(nn.Module):
         return select(backbone_and_head(self.backbone, self.head, x, wanted), wanted)
 
 
-def make_backbone(name: str, output_stride: int, *, width: float = 1.0, stem: str = "standard",
-                  dilate_first_block: bool = False) -> Tuple[nn.Module, str]:
+def make_backbone(
+    name: str,
+    output_stride: int,
+    *,
+    width: float = 1.0,
+    stem: str = "standard",
+    dilate_first_block: bool = False,
+) -> Tuple[nn.Module, str]:
     """The backbone called ``name`` (a ResNet, or ``mobilenetv2``) and its canonical name.
 
     MobileNetV2 is built at width 1.0 with TF padding, as its ImageNet weights need; the
@@ -182,16 +235,20 @@ def make_backbone(name: str, output_stride: int, *, width: float = 1.0, stem: st
     """
     if parse_mobilenet(name):
         if width != 1.0 or stem != "standard" or dilate_first_block:
-            raise ValueError(f"mobilenetv2 takes no width, stem or dilate_first_block (got width "
-                             f"{width}, stem {stem!r}, dilate_first_block {dilate_first_block})")
+            raise ValueError(
+                f"mobilenetv2 takes no width, stem or dilate_first_block (got width "
+                f"{width}, stem {stem!r}, dilate_first_block {dilate_first_block})"
+            )
         return MobileNetV2(output_stride, tf_padding=True), "mobilenetv2"
     depth = parse_backbone(name)
-    return resnet(depth, output_stride, width=width, stem=stem,
-                  dilate_first_block=dilate_first_block), f"resnet{depth}"
+    return resnet(
+        depth, output_stride, width=width, stem=stem, dilate_first_block=dilate_first_block
+    ), f"resnet{depth}"
 
 
-def backbone_and_head(backbone: nn.Module, head: Optional["DeepLabV3PlusHead"], x: Tensor,
-                      wanted: Sequence[str]) -> Taps:
+def backbone_and_head(
+    backbone: nn.Module, head: Optional["DeepLabV3PlusHead"], x: Tensor, wanted: Sequence[str]
+) -> Taps:
     """Run only what ``wanted`` needs: the backbone up to its deepest asked-for stage, and the
     DeepLabV3+ head (which reads c2 and c5) only when lh or o is asked for."""
     need_head = LH in wanted or O in wanted
@@ -227,26 +284,33 @@ DEFAULT_OUTPUT_STRIDE = {VAINF: 16, SML: 8}
 # the auxiliary "dsn" head on layer3 (training loss only) and SML's fixed smoothing filters.
 SML_DROPPED = frozenset(
     ["dsn.0.weight", "dsn.0.bias", "dsn.4.weight", "dsn.4.bias"]
-    + [f"dsn.1.{p}" for p in ("weight", "bias", "running_mean", "running_var",
-                               "num_batches_tracked")]
-    + ["multi_scale.first_conv.weight", "multi_scale.second_conv.weight"])
+    + [
+        f"dsn.1.{p}"
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
+    + ["multi_scale.first_conv.weight", "multi_scale.second_conv.weight"]
+)
 
 
 def _prefix_rules_vainf() -> List[Tuple[str, str]]:
     rules = [("backbone.", "backbone.")]
     for i in range(4):
-        rules += [(f"classifier.aspp.convs.{i}.0.", f"head.aspp.branches.{i}.conv."),
-                  (f"classifier.aspp.convs.{i}.1.", f"head.aspp.branches.{i}.bn.")]
+        rules += [
+            (f"classifier.aspp.convs.{i}.0.", f"head.aspp.branches.{i}.conv."),
+            (f"classifier.aspp.convs.{i}.1.", f"head.aspp.branches.{i}.bn."),
+        ]
     # ASPPPooling is Sequential(AdaptiveAvgPool2d, Conv2d, BatchNorm2d, ReLU)
-    rules += [("classifier.aspp.convs.4.1.", "head.aspp.pooling.conv."),
-              ("classifier.aspp.convs.4.2.", "head.aspp.pooling.bn."),
-              ("classifier.aspp.project.0.", "head.aspp.project.conv."),
-              ("classifier.aspp.project.1.", "head.aspp.project.bn."),
-              ("classifier.project.0.", "head.low_level.conv."),
-              ("classifier.project.1.", "head.low_level.bn."),
-              ("classifier.classifier.0.", "head.decoder.0.conv."),
-              ("classifier.classifier.1.", "head.decoder.0.bn."),
-              ("classifier.classifier.3.", "head.classifier.")]
+    rules += [
+        ("classifier.aspp.convs.4.1.", "head.aspp.pooling.conv."),
+        ("classifier.aspp.convs.4.2.", "head.aspp.pooling.bn."),
+        ("classifier.aspp.project.0.", "head.aspp.project.conv."),
+        ("classifier.aspp.project.1.", "head.aspp.project.bn."),
+        ("classifier.project.0.", "head.low_level.conv."),
+        ("classifier.project.1.", "head.low_level.bn."),
+        ("classifier.classifier.0.", "head.decoder.0.conv."),
+        ("classifier.classifier.1.", "head.decoder.0.bn."),
+        ("classifier.classifier.3.", "head.classifier."),
+    ]
     return rules
 
 
@@ -257,38 +321,47 @@ def _prefix_rules_sml(deep_stem: bool) -> List[Tuple[str, str]]:
         stem.update({3: "conv2", 4: "bn2", 6: "conv3", 7: "bn3"})
     rules = [(f"layer0.{i}.", f"backbone.{name}.") for i, name in stem.items()]
     rules += [(f"layer{i}.", f"backbone.layer{i}.") for i in range(1, 5)]
-    rules += [("aspp.img_conv.0.", "head.aspp.pooling.conv."),
-              ("aspp.img_conv.1.", "head.aspp.pooling.bn.")]
+    rules += [
+        ("aspp.img_conv.0.", "head.aspp.pooling.conv."),
+        ("aspp.img_conv.1.", "head.aspp.pooling.bn."),
+    ]
     for i in range(4):
-        rules += [(f"aspp.features.{i}.0.", f"head.aspp.branches.{i}.conv."),
-                  (f"aspp.features.{i}.1.", f"head.aspp.branches.{i}.bn.")]
+        rules += [
+            (f"aspp.features.{i}.0.", f"head.aspp.branches.{i}.conv."),
+            (f"aspp.features.{i}.1.", f"head.aspp.branches.{i}.bn."),
+        ]
     # final1 is Sequential(conv, bn, relu, conv, bn, relu)
-    rules += [("bot_aspp.0.", "head.aspp.project.conv."),
-              ("bot_aspp.1.", "head.aspp.project.bn."),
-              ("bot_fine.0.", "head.low_level.conv."),
-              ("bot_fine.1.", "head.low_level.bn."),
-              ("final1.0.", "head.decoder.0.conv."),
-              ("final1.1.", "head.decoder.0.bn."),
-              ("final1.3.", "head.decoder.1.conv."),
-              ("final1.4.", "head.decoder.1.bn."),
-              ("final2.0.", "head.classifier.")]
+    rules += [
+        ("bot_aspp.0.", "head.aspp.project.conv."),
+        ("bot_aspp.1.", "head.aspp.project.bn."),
+        ("bot_fine.0.", "head.low_level.conv."),
+        ("bot_fine.1.", "head.low_level.bn."),
+        ("final1.0.", "head.decoder.0.conv."),
+        ("final1.1.", "head.decoder.0.bn."),
+        ("final1.3.", "head.decoder.1.conv."),
+        ("final1.4.", "head.decoder.1.bn."),
+        ("final2.0.", "head.classifier."),
+    ]
     return rules
 
 
-def _apply_rules(state: StateDict, rules: List[Tuple[str, str]], layout: str,
-                 path: str | Path) -> StateDict:
+def _apply_rules(
+    state: StateDict, rules: List[Tuple[str, str]], layout: str, path: str | Path
+) -> StateDict:
     out: StateDict = {}
     unmatched = []
     for key, value in state.items():
         for src, dst in rules:
             if key.startswith(src):
-                out[dst + key[len(src):]] = value
+                out[dst + key[len(src) :]] = value
                 break
         else:
             unmatched.append(key)
     if unmatched:
-        raise CheckpointError(f"{path}: {len(unmatched)} key(s) of the {layout} DeepLabV3+ layout "
-                              f"that no part of the network takes, e.g. {unmatched[:3]}")
+        raise CheckpointError(
+            f"{path}: {len(unmatched)} key(s) of the {layout} DeepLabV3+ layout "
+            f"that no part of the network takes, e.g. {unmatched[:3]}"
+        )
     return out
 
 
@@ -297,8 +370,9 @@ def map_vainf_keys(state: StateDict, path: str | Path = "<state dict>") -> State
     return _apply_rules(state, _prefix_rules_vainf(), "VainF", path)
 
 
-def map_sml_keys(state: StateDict,
-                 path: str | Path = "<state dict>") -> Tuple[StateDict, List[str]]:
+def map_sml_keys(
+    state: StateDict, path: str | Path = "<state dict>"
+) -> Tuple[StateDict, List[str]]:
     """NVIDIA/SML ``DeepV3Plus`` keys (``module.`` already stripped) → ours, plus the dropped keys.
 
     The ASPP projection (``bot_aspp``) consumes [pooling, 1×1, 3×3 ×3] there and
@@ -311,8 +385,10 @@ def map_sml_keys(state: StateDict,
     if key in out:
         w = out[key]
         if w.dim() != 4 or w.shape[1] % 5:
-            raise CheckpointError(f"{path}: bot_aspp.0.weight has shape {tuple(w.shape)}; expected "
-                                  f"(C, 5·C', 1, 1) for five ASPP branches")
+            raise CheckpointError(
+                f"{path}: bot_aspp.0.weight has shape {tuple(w.shape)}; expected "
+                f"(C, 5·C', 1, 1) for five ASPP branches"
+            )
         c = w.shape[1] // 5
         out[key] = torch.cat([w[:, c:], w[:, :c]], dim=1).contiguous()
     return out, dropped
@@ -320,8 +396,10 @@ def map_sml_keys(state: StateDict,
 
 def detect_layout(state: StateDict) -> Optional[str]:
     """'vainf', 'sml' or None, from characteristic key prefixes (``module.`` stripped)."""
+
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in state)
+
     if has("classifier.aspp.convs."):
         return VAINF
     if has("aspp.features.") or has("bot_aspp."):
@@ -332,6 +410,7 @@ def detect_layout(state: StateDict) -> Optional[str]:
 def infer_config(state: StateDict, path: str | Path = "<state dict>") -> Dict[str, object]:
     """Architecture arguments readable from our-layout weights: backbone depth, width, stem,
     number of classes and head widths. (Output stride and dilation are not in the weights.)"""
+
     def shape(key: str) -> Tuple[int, ...]:
         if key not in state:
             raise CheckpointError(f"{path}: no '{key}' after key mapping; not a ResNet DeepLabV3+")
@@ -340,28 +419,50 @@ def infer_config(state: StateDict, path: str | Path = "<state dict>") -> Dict[st
     shape("backbone.conv1.weight")
     blocks = []
     for i in range(1, 5):
-        idx = {int(m.group(1)) for k in state
-               for m in [re.match(rf"backbone\.layer{i}\.(\d+)\.", k)] if m}
+        idx = {
+            int(m.group(1))
+            for k in state
+            for m in [re.match(rf"backbone\.layer{i}\.(\d+)\.", k)]
+            if m
+        }
         if not idx:
             raise CheckpointError(f"{path}: no backbone.layer{i} blocks; not a ResNet DeepLabV3+")
         blocks.append(max(idx) + 1)
     bottleneck = "backbone.layer1.0.conv3.weight" in state
-    depth = next((d for d, (block, layers) in ARCHS.items()
-                  if tuple(layers) == tuple(blocks) and (block is Bottleneck) == bottleneck), None)
+    depth = next(
+        (
+            d
+            for d, (block, layers) in ARCHS.items()
+            if tuple(layers) == tuple(blocks) and (block is Bottleneck) == bottleneck
+        ),
+        None,
+    )
     if depth is None:
         kind = "bottleneck" if bottleneck else "basic"
-        raise CheckpointError(f"{path}: backbone with {blocks} {kind} blocks per stage is no "
-                              f"ResNet-18/34/50/101/152")
+        raise CheckpointError(
+            f"{path}: backbone with {blocks} {kind} blocks per stage is no "
+            f"ResNet-18/34/50/101/152"
+        )
     stem = "deep" if "backbone.conv2.weight" in state else "standard"
     base = shape("backbone.layer1.0.conv1.weight")[0]
-    decoder_convs = len({int(m.group(1)) for k in state
-                         for m in [re.match(r"head\.decoder\.(\d+)\.conv\.weight$", k)] if m})
-    return dict(backbone=f"resnet{depth}", num_classes=shape("head.classifier.weight")[0],
-                width=base / 64, stem=stem,
-                aspp_channels=shape("head.aspp.project.conv.weight")[0],
-                low_level_channels=shape("head.low_level.conv.weight")[0],
-                decoder_channels=shape("head.decoder.0.conv.weight")[0],
-                decoder_convs=decoder_convs)
+    decoder_convs = len(
+        {
+            int(m.group(1))
+            for k in state
+            for m in [re.match(r"head\.decoder\.(\d+)\.conv\.weight$", k)]
+            if m
+        }
+    )
+    return dict(
+        backbone=f"resnet{depth}",
+        num_classes=shape("head.classifier.weight")[0],
+        width=base / 64,
+        stem=stem,
+        aspp_channels=shape("head.aspp.project.conv.weight")[0],
+        low_level_channels=shape("head.low_level.conv.weight")[0],
+        decoder_channels=shape("head.decoder.0.conv.weight")[0],
+        decoder_convs=decoder_convs,
+    )
 
 
 def _stride_from_name(path: Path) -> Optional[int]:
@@ -369,8 +470,9 @@ def _stride_from_name(path: Path) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = None,
-                                  output_stride: Optional[int] = None) -> DeepLabV3Plus:
+def load_deeplabv3plus_checkpoint(
+    path: str | Path, backbone: Optional[str] = None, output_stride: Optional[int] = None
+) -> DeepLabV3Plus:
     """Read a VainF or NVIDIA/SML DeepLabV3+ ``.pth`` and return our network with its weights,
     in eval mode.
 
@@ -391,16 +493,19 @@ def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = No
         elif any(k.startswith("head.aspp.branches.") for k in state):
             # our own weights carry no dilation/upsampling conventions: the bundle's config does
             hint = " (cosme_ros's own layout: rebuild it with build_deeplabv3plus(**config))"
-        raise CheckpointError(f"{path}: not a DeepLabV3+ checkpoint in a known layout (VainF "
-                              f"DeepLabV3Plus-Pytorch or NVIDIA/SML){hint}; "
-                              f"keys look like {sample}")
+        raise CheckpointError(
+            f"{path}: not a DeepLabV3+ checkpoint in a known layout (VainF "
+            f"DeepLabV3Plus-Pytorch or NVIDIA/SML){hint}; "
+            f"keys look like {sample}"
+        )
     dropped: List[str] = []
     if layout == VAINF and any(".body." in k for k in state):
         raise CheckpointError(
             f"{path}: a VainF DeepLabV3+ saved after convert_to_separable_conv (depthwise-"
             f"separable convolutions in the ASPP and decoder, keys like "
             f"{next(k for k in state if '.body.' in k)!r}); only the standard convolutions of "
-            f"the released checkpoints are supported: export the model before converting it")
+            f"the released checkpoints are supported: export the model before converting it"
+        )
     if layout == VAINF:
         mapped = map_vainf_keys(state, path)
     else:
@@ -408,15 +513,18 @@ def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = No
 
     arch = infer_config(mapped, path)
     if arch["num_classes"] < 2:
-        raise CheckpointError(f"{path}: the classifier has {arch['num_classes']} output row(s); "
-                              f"a segmentation teacher needs at least 2 classes")
+        raise CheckpointError(
+            f"{path}: the classifier has {arch['num_classes']} output row(s); "
+            f"a segmentation teacher needs at least 2 classes"
+        )
     try:
         requested = parse_backbone(backbone) if backbone is not None else None
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     if requested is not None and requested != parse_backbone(arch["backbone"]):
-        raise CheckpointError(f"{path}: holds a {arch['backbone']} DeepLabV3+, not the requested "
-                              f"{backbone}")
+        raise CheckpointError(
+            f"{path}: holds a {arch['backbone']} DeepLabV3+, not the requested " f"{backbone}"
+        )
     if output_stride is None:
         output_stride = _stride_from_name(path) or DEFAULT_OUTPUT_STRIDE[layout]
     try:
@@ -431,6 +539,13 @@ def load_deeplabv3plus_checkpoint(path: str | Path, backbone: Optional[str] = No
             if k.endswith("num_batches_tracked"):
                 mapped[k] = torch.zeros_like(v)
     load_strict(model, mapped, path)
-    log.info("%s: loaded %s DeepLabV3+ (%s, %d classes, OS %d); dropped training-only keys: %s",
-             path, layout, arch["backbone"], arch["num_classes"], output_stride, dropped or "none")
+    log.info(
+        "%s: loaded %s DeepLabV3+ (%s, %d classes, OS %d); dropped training-only keys: %s",
+        path,
+        layout,
+        arch["backbone"],
+        arch["num_classes"],
+        output_stride,
+        dropped or "none",
+    )
     return model.eval()

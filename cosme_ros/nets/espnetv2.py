@@ -32,6 +32,7 @@ Input: RGB in [0, 1] normalised with the ImageNet mean/std (:data:`MEAN`, :data:
 decoder upsamples by a fixed factor 2 and adds the skip connection); here the decoder upsamples to
 the skip's size instead, which is identical for multiples of 16 and also works for any other size.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,12 @@ from torch import Tensor, nn
 
 from cosme_ros.errors import CheckpointError
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
-from cosme_ros.nets.checkpoints import extract_state_dict, load_strict, read_checkpoint, strip_prefix
+from cosme_ros.nets.checkpoints import (
+    extract_state_dict,
+    load_strict,
+    read_checkpoint,
+    strip_prefix,
+)
 from cosme_ros.nets.taps import ALL_TAPS, C2, C3, C4, C5, LH, O, Taps, parse_taps, select
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
@@ -57,10 +63,15 @@ WIDTHS: Dict[float, Tuple[int, int, int, int]] = {
     1.5: (32, 96, 192, 384),
     2.0: (32, 128, 256, 512),
 }
-BRANCHES = 4                          # parallel dilated branches in every EESP block
-RECEPTIVE_LIMITS = (13, 11, 9, 7)     # largest effective kernel at levels 2, 3, 4 and in level 4's blocks
-BLOCKS = (3, 7)                       # EESP blocks after the down-sampler at levels 3 and 4
-DECODER_BASE = 16                     # EdgeNets' decoder width for Cityscapes and Pascal
+BRANCHES = 4  # parallel dilated branches in every EESP block
+RECEPTIVE_LIMITS = (
+    13,
+    11,
+    9,
+    7,
+)  # largest effective kernel at levels 2, 3, 4 and in level 4's blocks
+BLOCKS = (3, 7)  # EESP blocks after the down-sampler at levels 3 and 4
+DECODER_BASE = 16  # EdgeNets' decoder width for Cityscapes and Pascal
 PYRAMID_SCALES = (2.0, 1.5, 1.0, 0.5, 0.1)
 
 
@@ -70,6 +81,7 @@ def _up(x: Tensor, like: Tensor) -> Tensor:
 
 # --- Building blocks. EdgeNets has two layouts: the encoder's (``conv``/``bn``/``act`` attributes) and
 # the decoder's (an ``nn.Sequential`` under ``cbr``/``br``); both are kept for the checkpoint's names.
+
 
 class CBR(nn.Module):
     """Conv (no bias) → BatchNorm → PReLU, with 'same' padding."""
@@ -126,7 +138,9 @@ class SeqCBR(nn.Module):
         super().__init__()
         self.cbr = nn.Sequential(
             nn.Conv2d(cin, cout, k, 1, (k - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout), nn.PReLU(cout))
+            nn.BatchNorm2d(cout),
+            nn.PReLU(cout),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.cbr(x)
@@ -161,6 +175,7 @@ class GlobalAvgPool(nn.Module):
 
 # --- Encoder -------------------------------------------------------------------------------------
 
+
 class EESP(nn.Module):
     """Extremely Efficient Spatial Pyramid block: reduce (group 1×1) → split into ``k`` depth-wise
     dilated 3×3 branches → hierarchical fusion (running sum) → merge (group 1×1) → residual.
@@ -170,7 +185,9 @@ class EESP(nn.Module):
     but is part of the checkpoint.
     """
 
-    def __init__(self, cin: int, cout: int, r_lim: int, downsample: bool = False, k: int = BRANCHES):
+    def __init__(
+        self, cin: int, cout: int, r_lim: int, downsample: bool = False, k: int = BRANCHES
+    ):
         super().__init__()
         n = cout // k
         if n * k != cout:
@@ -209,8 +226,9 @@ class DownSampler(nn.Module):
     def __init__(self, cin: int, cout: int, r_lim: int, image_channels: int = 3):
         super().__init__()
         self.eesp = EESP(cin, cout - cin, r_lim, downsample=True)
-        self.inp_reinf = nn.Sequential(CBR(image_channels, image_channels, 3),
-                                       CB(image_channels, cout, 1))
+        self.inp_reinf = nn.Sequential(
+            CBR(image_channels, image_channels, 3), CB(image_channels, cout, 1)
+        )
         self.act = nn.PReLU(cout)
 
     def forward(self, x: Tensor, image: Tensor) -> Tensor:
@@ -254,6 +272,7 @@ class EESPNetEncoder(nn.Module):
 
 # --- Decoder -------------------------------------------------------------------------------------
 
+
 class EfficientPyrPool(nn.Module):
     """Efficient pyramid pooling: 1×1 projection, one depth-wise 3×3 per scale (2, 1.5, 1, 0.5, 0.1
     of the map; small scales at least 5×5), concatenation, shuffle, group 3×3, 1×1 to ``cout``."""
@@ -263,10 +282,14 @@ class EfficientPyrPool(nn.Module):
         n = len(PYRAMID_SCALES)
         self.projection_layer = SeqCBR(cin, proj, 1)
         self.stages = nn.ModuleList(
-            nn.Conv2d(proj, proj, 3, 1, 1, groups=proj, bias=False) for _ in PYRAMID_SCALES)
+            nn.Conv2d(proj, proj, 3, 1, 1, groups=proj, bias=False) for _ in PYRAMID_SCALES
+        )
         self.merge_layer = nn.Sequential(
-            SeqBR(proj * n), ChannelShuffle(n), SeqCBR(proj * n, proj, 3, groups=proj),
-            nn.Conv2d(proj, cout, 1, bias=not last_layer_br))
+            SeqBR(proj * n),
+            ChannelShuffle(n),
+            SeqCBR(proj * n, proj, 3, groups=proj),
+            nn.Conv2d(proj, cout, 1, bias=not last_layer_br),
+        )
         self.last_layer_br = last_layer_br
         if last_layer_br:
             self.br = SeqBR(cout)
@@ -299,8 +322,9 @@ class EfficientPWConv(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.wt_layer = nn.Sequential(GlobalAvgPool(), nn.Conv2d(cin, cout, 1, bias=False),
-                                      nn.Sigmoid())
+        self.wt_layer = nn.Sequential(
+            GlobalAvgPool(), nn.Conv2d(cin, cout, 1, bias=False), nn.Sigmoid()
+        )
         self.expansion_layer = SeqCBR(cin, cout, 3, groups=math.gcd(cin, cout))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -308,6 +332,7 @@ class EfficientPWConv(nn.Module):
 
 
 # --- The network ---------------------------------------------------------------------------------
+
 
 class ESPNetv2Seg(nn.Module):
     """ESPNetv2 segmentation network; ``forward(x, taps)`` returns the named feature maps."""
@@ -338,8 +363,14 @@ class ESPNetv2Seg(nn.Module):
         self.bu_br_l3 = nn.Sequential(nn.BatchNorm2d(dec[1]), nn.PReLU(dec[1]))
         self.bu_br_l4 = nn.Sequential(nn.BatchNorm2d(dec[2]), nn.PReLU(dec[2]))
 
-        self.tap_channels: Dict[str, int] = {C2: widths[1], C3: widths[2], C4: widths[3],
-                                             C5: widths[3], LH: proj, O: self.num_classes}
+        self.tap_channels: Dict[str, int] = {
+            C2: widths[1],
+            C3: widths[2],
+            C4: widths[3],
+            C5: widths[3],
+            LH: proj,
+            O: self.num_classes,
+        }
         self.tap_strides: Dict[str, int] = {C2: 4, C3: 8, C4: 16, C5: 16, LH: 2, O: 2}
         self._init_params()
 
@@ -369,8 +400,9 @@ class ESPNetv2Seg(nn.Module):
     def predict_logits(self, x: Tensor) -> Tensor:
         """Full-resolution logits exactly as EdgeNets produces them: ``o`` upsampled to the input
         size, bilinear with ``align_corners=True``."""
-        return F.interpolate(self(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear",
-                             align_corners=True)
+        return F.interpolate(
+            self(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear", align_corners=True
+        )
 
 
 def build_espnetv2(s: float = 2.0, num_classes: int = 20) -> ESPNetv2Seg:
@@ -382,17 +414,23 @@ def _config_from_state(state: Dict[str, Tensor], path: Path) -> Tuple[float, int
     level2, classifier = "base_net.level2_0.act.weight", "bu_dec_l4.merge_layer.3.weight"
     for key in (level2, classifier):
         if key not in state:
-            raise CheckpointError(f"{path}: not an ESPNetv2 segmentation checkpoint "
-                                  f"(no {key!r} among its {len(state)} tensors)")
+            raise CheckpointError(
+                f"{path}: not an ESPNetv2 segmentation checkpoint "
+                f"(no {key!r} among its {len(state)} tensors)"
+            )
     width = int(state[level2].shape[0])
     by_width = {w[1]: s for s, w in WIDTHS.items()}
     if width not in by_width:
-        raise CheckpointError(f"{path}: ESPNetv2 level-2 width {width} matches no known s "
-                              f"(known widths {sorted(by_width)})")
+        raise CheckpointError(
+            f"{path}: ESPNetv2 level-2 width {width} matches no known s "
+            f"(known widths {sorted(by_width)})"
+        )
     classes = int(state[classifier].shape[0]) if state[classifier].dim() else 0
     if classes < 2:
-        raise CheckpointError(f"{path}: the classifier {classifier!r} has {classes} output "
-                              f"row(s); a segmentation teacher needs at least 2 classes")
+        raise CheckpointError(
+            f"{path}: the classifier {classifier!r} has {classes} output "
+            f"row(s); a segmentation teacher needs at least 2 classes"
+        )
     return by_width[width], classes
 
 

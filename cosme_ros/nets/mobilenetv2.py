@@ -28,6 +28,7 @@ Two choices follow the TF weights rather than torchvision:
   network fine-tuned from these weights keeps its backbone BatchNorms in eval mode
   (``freeze_batchnorm``); their affine parameters still train.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,15 @@ from cosme_ros.nets.taps import C2, C3, C4, C5, Taps, select
 BACKBONE_TAPS = (C2, C3, C4, C5)
 
 # (expansion t, output channels c, blocks n, first stride s): Table 2 of the paper.
-INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 # Index in ``features`` of the block whose output is each tap.
 TAP_INDEX = {C2: 3, C3: 6, C4: 13, C5: 17}
 TAP_CHANNELS = {C2: 24, C3: 32, C4: 96, C5: 320}
@@ -75,15 +83,32 @@ class ConvBNReLU6(nn.Sequential):
     padding survives BatchNorm folding (which replaces the children).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 stride: int = 1, groups: int = 1, dilation: int = 1, act: bool = True,
-                 tf_padding: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        act: bool = True,
+        tf_padding: bool = False,
+    ) -> None:
         self.pad_in_forward = tf_padding and stride > 1
         padding = 0 if self.pad_in_forward else dilation * (kernel_size - 1) // 2
         layers: List[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                      dilation=dilation, groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels, eps=BN_EPS)]
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                dilation=dilation,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels, eps=BN_EPS),
+        ]
         if act:
             layers.append(nn.ReLU6(inplace=True))
         super().__init__(*layers)
@@ -102,18 +127,28 @@ class InvertedResidual(nn.Module):
     """1×1 expansion (t ≠ 1) → 3×3 depthwise (strided or dilated) → 1×1 linear projection, with a
     residual connection when the shape is kept (Sandler et al., Fig. 3b)."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, dilation: int = 1,
-                 tf_padding: bool = False) -> None:
+    def __init__(
+        self,
+        inp: int,
+        oup: int,
+        stride: int,
+        expand_ratio: int,
+        dilation: int = 1,
+        tf_padding: bool = False,
+    ) -> None:
         super().__init__()
         hidden = int(round(inp * expand_ratio))
         self.use_res_connect = stride == 1 and inp == oup
         layers: List[nn.Module] = []
         if expand_ratio != 1:
             layers.append(ConvBNReLU6(inp, hidden, kernel_size=1))
-        layers += [ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden, dilation=dilation,
-                               tf_padding=tf_padding),
-                   nn.Conv2d(hidden, oup, 1, bias=False),
-                   nn.BatchNorm2d(oup, eps=BN_EPS)]
+        layers += [
+            ConvBNReLU6(
+                hidden, hidden, 3, stride, groups=hidden, dilation=dilation, tf_padding=tf_padding
+            ),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup, eps=BN_EPS),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -127,8 +162,9 @@ class MobileNetV2(nn.Module):
     ``num_classes`` adds ``features.18`` and the classifier (see :meth:`classify`).
     """
 
-    def __init__(self, output_stride: int = 32, num_classes: Optional[int] = None,
-                 tf_padding: bool = True) -> None:
+    def __init__(
+        self, output_stride: int = 32, num_classes: Optional[int] = None, tf_padding: bool = True
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -139,14 +175,21 @@ class MobileNetV2(nn.Module):
         inp, current_stride, dilation = 32, 2, 1
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             previous_dilation = dilation
-            if current_stride == output_stride:   # as VainF: dilate instead of striding
+            if current_stride == output_stride:  # as VainF: dilate instead of striding
                 stride, dilation = 1, dilation * s
             else:
                 stride, current_stride = s, current_stride * s
             for i in range(n):
-                features.append(InvertedResidual(
-                    inp, c, stride if i == 0 else 1, t,
-                    dilation=previous_dilation if i == 0 else dilation, tf_padding=tf_padding))
+                features.append(
+                    InvertedResidual(
+                        inp,
+                        c,
+                        stride if i == 0 else 1,
+                        t,
+                        dilation=previous_dilation if i == 0 else dilation,
+                        tf_padding=tf_padding,
+                    )
+                )
                 strides.append(current_stride)
                 inp = c
         self.classifier: Optional[nn.Sequential] = None
@@ -157,7 +200,7 @@ class MobileNetV2(nn.Module):
         self.tap_channels: Dict[str, int] = dict(TAP_CHANNELS)
         self.tap_strides: Dict[str, int] = {t: strides[i] for t, i in TAP_INDEX.items()}
 
-        for m in self.modules():   # torchvision's initialisation, for networks trained from scratch
+        for m in self.modules():  # torchvision's initialisation, for networks trained from scratch
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
             elif isinstance(m, nn.BatchNorm2d):
@@ -211,23 +254,53 @@ CLASSIFIER_KEYS = ("features.18.", "classifier.")
 
 def _tf_names() -> List[Tuple[str, str, str]]:
     """(TF weight, TF bias, torchvision prefix of the conv → BatchNorm pair) for every conv."""
-    pairs = [(f"{_TF}/Conv/Conv2D_Fold", f"{_TF}/Conv/BatchNorm_Fold/bias", "features.0.0",
-              "features.0.1")]
+    pairs = [
+        (
+            f"{_TF}/Conv/Conv2D_Fold",
+            f"{_TF}/Conv/BatchNorm_Fold/bias",
+            "features.0.0",
+            "features.0.1",
+        )
+    ]
     for b in range(17):
         tf = f"{_TF}/expanded_conv" + (f"_{b}" if b else "")
         seq = f"features.{b + 1}.conv"
         i = 0
         if b:  # block 0 (t = 1) has no expansion; the others start with ConvBNReLU6 conv.0
-            pairs.append((f"{tf}/expand/Conv2D_Fold", f"{tf}/expand/BatchNorm_Fold/bias",
-                          f"{seq}.0.0", f"{seq}.0.1"))
+            pairs.append(
+                (
+                    f"{tf}/expand/Conv2D_Fold",
+                    f"{tf}/expand/BatchNorm_Fold/bias",
+                    f"{seq}.0.0",
+                    f"{seq}.0.1",
+                )
+            )
             i = 1
-        pairs.append((f"{tf}/depthwise/depthwise_Fold", f"{tf}/depthwise/BatchNorm_Fold/bias",
-                      f"{seq}.{i}.0", f"{seq}.{i}.1"))
+        pairs.append(
+            (
+                f"{tf}/depthwise/depthwise_Fold",
+                f"{tf}/depthwise/BatchNorm_Fold/bias",
+                f"{seq}.{i}.0",
+                f"{seq}.{i}.1",
+            )
+        )
         # the linear projection: a bare Conv2d and BatchNorm2d in the block's Sequential
-        pairs.append((f"{tf}/project/Conv2D_Fold", f"{tf}/project/add_fold",
-                      f"{seq}.{i + 1}", f"{seq}.{i + 2}"))
-    pairs.append((f"{_TF}/Conv_1/Conv2D_Fold", f"{_TF}/Conv_1/BatchNorm_Fold/bias",
-                  "features.18.0", "features.18.1"))
+        pairs.append(
+            (
+                f"{tf}/project/Conv2D_Fold",
+                f"{tf}/project/add_fold",
+                f"{seq}.{i + 1}",
+                f"{seq}.{i + 2}",
+            )
+        )
+    pairs.append(
+        (
+            f"{_TF}/Conv_1/Conv2D_Fold",
+            f"{_TF}/Conv_1/BatchNorm_Fold/bias",
+            "features.18.0",
+            "features.18.1",
+        )
+    )
     return pairs
 
 
@@ -250,8 +323,9 @@ def imagenet_state_dict(path: str | Path, classifier: bool = True) -> Dict[str, 
 
     path = imagenet_file(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (the MobileNetV2 ImageNet weights, "
-                              f"{IMAGENET_WEIGHTS})")
+        raise CheckpointError(
+            f"{path}: no such file (the MobileNetV2 ImageNet weights, " f"{IMAGENET_WEIGHTS})"
+        )
     try:
         tf = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -261,13 +335,16 @@ def imagenet_state_dict(path: str | Path, classifier: bool = True) -> Dict[str, 
     for w_name, b_name, conv, bn in _tf_names():
         for name in (w_name, b_name):
             if name not in tf:
-                raise CheckpointError(f"{path}: no tensor '{name}'; not the TF-slim MobileNetV2 "
-                                      f"1.0 weights")
+                raise CheckpointError(
+                    f"{path}: no tensor '{name}'; not the TF-slim MobileNetV2 " f"1.0 weights"
+                )
         used.update((w_name, b_name))
         w, b = tf[w_name].float(), tf[b_name].float()
         if w.dim() != 4 or b.shape != (w.shape[0],):
-            raise CheckpointError(f"{path}: '{w_name}' {tuple(w.shape)} / '{b_name}' "
-                                  f"{tuple(b.shape)} are no conv weight and bias")
+            raise CheckpointError(
+                f"{path}: '{w_name}' {tuple(w.shape)} / '{b_name}' "
+                f"{tuple(b.shape)} are no conv weight and bias"
+            )
         out[f"{conv}.weight"] = w
         out[f"{bn}.weight"] = torch.ones_like(b)
         out[f"{bn}.bias"] = b
@@ -277,22 +354,26 @@ def imagenet_state_dict(path: str | Path, classifier: bool = True) -> Dict[str, 
     logits_w, logits_b = f"{_TF}/Logits/Conv2d_1c_1x1/Conv2D", f"{_TF}/Logits/Conv2d_1c_1x1/BiasAdd"
     for name in (logits_w, logits_b):
         if name not in tf:
-            raise CheckpointError(f"{path}: no tensor '{name}'; not the TF-slim MobileNetV2 1.0 "
-                                  f"weights")
+            raise CheckpointError(
+                f"{path}: no tensor '{name}'; not the TF-slim MobileNetV2 1.0 " f"weights"
+            )
     used.update((logits_w, logits_b))
     out["classifier.1.weight"] = tf[logits_w].float().flatten(1)
     out["classifier.1.bias"] = tf[logits_b].float()
     unused = sorted(set(tf) - used)
     if unused:
-        raise CheckpointError(f"{path}: {len(unused)} tensor(s) that no part of MobileNetV2 takes, "
-                              f"e.g. {unused[:3]}")
+        raise CheckpointError(
+            f"{path}: {len(unused)} tensor(s) that no part of MobileNetV2 takes, "
+            f"e.g. {unused[:3]}"
+        )
     if not classifier:
         out = {k: v for k, v in out.items() if not k.startswith(CLASSIFIER_KEYS)}
     return out
 
 
-def mobilenetv2_imagenet(path: str | Path, output_stride: int = 32,
-                         classifier: bool = True) -> MobileNetV2:
+def mobilenetv2_imagenet(
+    path: str | Path, output_stride: int = 32, classifier: bool = True
+) -> MobileNetV2:
     """MobileNetV2 with the ImageNet weights loaded strictly, in eval mode."""
     from cosme_ros.nets.checkpoints import load_strict
 

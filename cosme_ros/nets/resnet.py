@@ -12,6 +12,7 @@ Three additions over torchvision, each needed by a checkpoint or model we ship:
   stage; NVIDIA's code dilates every block of the stage. Same weights, different outputs;
 - ``width``: scales the base width 64 (the small demo model uses a narrow ResNet-18).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Type, Union
@@ -26,8 +27,15 @@ BACKBONE_TAPS = (C2, C3, C4, C5)
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     """3×3 convolution whose padding keeps the size (up to the stride) at any dilation."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
-                     dilation=dilation, bias=False)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        bias=False,
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -39,8 +47,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         # torchvision refuses dilation here; we allow it because a ResNet-18 student must follow a
         # dilated teacher's down-sampling schedule.
@@ -69,8 +83,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: Optional[nn.Module] = None, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -117,16 +137,25 @@ class ResNet(nn.Module):
     strictly; see :meth:`classify`); a segmentation backbone leaves it ``None``.
     """
 
-    def __init__(self, block: Block, layers: Sequence[int],
-                 replace_stride_with_dilation: Optional[Sequence[bool]] = None,
-                 width: float = 1.0, stem: str = "standard", dilate_first_block: bool = False,
-                 num_classes: Optional[int] = None, zero_init_residual: bool = False) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        replace_stride_with_dilation: Optional[Sequence[bool]] = None,
+        width: float = 1.0,
+        stem: str = "standard",
+        dilate_first_block: bool = False,
+        num_classes: Optional[int] = None,
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError("replace_stride_with_dilation needs 3 booleans (layer2, layer3, "
-                             f"layer4), got {replace_stride_with_dilation}")
+            raise ValueError(
+                "replace_stride_with_dilation needs 3 booleans (layer2, layer3, "
+                f"layer4), got {replace_stride_with_dilation}"
+            )
         if stem not in ("standard", "deep"):
             raise ValueError(f"stem must be 'standard' or 'deep', got {stem!r}")
         if width <= 0:
@@ -157,17 +186,21 @@ class ResNet(nn.Module):
         self.layer1 = self._make_layer(block, base, layers[0])
         stride = 4
         for name, tap, planes, n, dilate in (
-                ("layer2", C3, 2 * base, layers[1], replace_stride_with_dilation[0]),
-                ("layer3", C4, 4 * base, layers[2], replace_stride_with_dilation[1]),
-                ("layer4", C5, 8 * base, layers[3], replace_stride_with_dilation[2])):
+            ("layer2", C3, 2 * base, layers[1], replace_stride_with_dilation[0]),
+            ("layer3", C4, 4 * base, layers[2], replace_stride_with_dilation[1]),
+            ("layer4", C5, 8 * base, layers[3], replace_stride_with_dilation[2]),
+        ):
             setattr(self, name, self._make_layer(block, planes, n, stride=2, dilate=dilate))
             stride = stride if dilate else stride * 2
             strides[tap] = stride
 
         self.tap_strides: Dict[str, int] = strides
         self.tap_channels: Dict[str, int] = {
-            C2: base * block.expansion, C3: 2 * base * block.expansion,
-            C4: 4 * base * block.expansion, C5: 8 * base * block.expansion}
+            C2: base * block.expansion,
+            C3: 2 * base * block.expansion,
+            C4: 4 * base * block.expansion,
+            C5: 8 * base * block.expansion,
+        }
         self.output_stride = strides[C5]
 
         self.fc: Optional[nn.Linear] = None
@@ -188,8 +221,9 @@ class ResNet(nn.Module):
                 elif isinstance(m, BasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
 
-    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1,
-                    dilate: bool = False) -> nn.Sequential:
+    def _make_layer(
+        self, block: Block, planes: int, blocks: int, stride: int = 1, dilate: bool = False
+    ) -> nn.Sequential:
         previous_dilation = self.dilation
         if dilate:
             self.dilation *= stride
@@ -203,8 +237,9 @@ class ResNet(nn.Module):
         first_dilation = self.dilation if self.dilate_first_block else previous_dilation
         layers = [block(self.inplanes, planes, stride, downsample, first_dilation)]
         self.inplanes = planes * block.expansion
-        layers.extend(block(self.inplanes, planes, dilation=self.dilation)
-                      for _ in range(1, blocks))
+        layers.extend(
+            block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)
+        )
         return nn.Sequential(*layers)
 
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -223,7 +258,7 @@ class ResNet(nn.Module):
         last = max(BACKBONE_TAPS.index(t) for t in wanted) if wanted else -1
         out: Taps = {}
         x = self.forward_stem(x)
-        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)[:last + 1]):
+        for i, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)[: last + 1]):
             x = layer(x)
             out[BACKBONE_TAPS[i]] = x
         return select(out, wanted)
@@ -236,8 +271,14 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(c5), 1))
 
 
-def resnet(depth: int, output_stride: int = 32, width: float = 1.0, stem: str = "standard",
-           dilate_first_block: bool = False, num_classes: Optional[int] = None) -> ResNet:
+def resnet(
+    depth: int,
+    output_stride: int = 32,
+    width: float = 1.0,
+    stem: str = "standard",
+    dilate_first_block: bool = False,
+    num_classes: Optional[int] = None,
+) -> ResNet:
     """ResNet-``depth`` whose ``c5`` has the given output stride (8, 16 or 32).
 
     OS 16 dilates layer4, OS 8 dilates layer3 and layer4, as in torchvision and DeepLab.
@@ -247,10 +288,15 @@ def resnet(depth: int, output_stride: int = 32, width: float = 1.0, stem: str = 
     if output_stride not in DILATION_FOR_OUTPUT_STRIDE:
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     block, layers = ARCHS[depth]
-    return ResNet(block, layers,
-                  replace_stride_with_dilation=DILATION_FOR_OUTPUT_STRIDE[output_stride],
-                  width=width, stem=stem, dilate_first_block=dilate_first_block,
-                  num_classes=num_classes)
+    return ResNet(
+        block,
+        layers,
+        replace_stride_with_dilation=DILATION_FOR_OUTPUT_STRIDE[output_stride],
+        width=width,
+        stem=stem,
+        dilate_first_block=dilate_first_block,
+        num_classes=num_classes,
+    )
 
 
 def resnet18(**kwargs) -> ResNet:
@@ -273,7 +319,10 @@ def parse_backbone(name: str) -> int:
     """``"resnet101"`` / ``"resnet-101"`` / ``"r101"`` → 101."""
     digits = "".join(ch for ch in str(name) if ch.isdigit())
     lowered = str(name).lower()
-    if not digits or not (lowered.startswith("resnet") or lowered.startswith("r")) \
-            or int(digits) not in ARCHS:
+    if (
+        not digits
+        or not (lowered.startswith("resnet") or lowered.startswith("r"))
+        or int(digits) not in ARCHS
+    ):
         raise ValueError(f"unknown backbone {name!r}; expected resnet18/34/50/101/152")
     return int(digits)

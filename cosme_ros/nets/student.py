@@ -7,6 +7,7 @@ through a 1×1 adapter to the teacher's channel count; ``o`` needs none, the hea
 outputs the teacher's number of classes directly (a 1×1 after a 1×1 adds nothing). A tap whose
 size differs from the teacher's is resized bilinearly (``align_corners=False``).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,14 @@ class Student(nn.Module):
     ``tap_strides``; only the requested ``taps`` need to be present in them.
     """
 
-    def __init__(self, depth: int = 50, teacher_channels: Optional[Mapping[str, int]] = None,
-                 teacher_strides: Optional[Mapping[str, int]] = None,
-                 taps: Sequence[str] = ALL_TAPS, width: float = 1.0) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        teacher_channels: Optional[Mapping[str, int]] = None,
+        teacher_strides: Optional[Mapping[str, int]] = None,
+        taps: Sequence[str] = ALL_TAPS,
+        width: float = 1.0,
+    ) -> None:
         super().__init__()
         if not teacher_channels or not teacher_strides:
             raise ValueError("Student needs the teacher's tap_channels and tap_strides")
@@ -49,9 +55,13 @@ class Student(nn.Module):
             raise ValueError(f"teacher channels/strides lack the requested tap(s) {missing}")
         self.tap_channels: Dict[str, int] = {t: int(teacher_channels[t]) for t in self.taps}
         self.tap_strides: Dict[str, int] = {t: int(teacher_strides[t]) for t in self.taps}
-        self.config = dict(depth=int(depth), teacher_channels=dict(self.tap_channels),
-                           teacher_strides=dict(self.tap_strides), taps=list(self.taps),
-                           width=float(width))
+        self.config = dict(
+            depth=int(depth),
+            teacher_channels=dict(self.tap_channels),
+            teacher_strides=dict(self.tap_strides),
+            taps=list(self.taps),
+            width=float(width),
+        )
 
         c5_stride = int(teacher_strides.get(C5, 32))
         output_stride = _output_stride_for(c5_stride)
@@ -60,20 +70,33 @@ class Student(nn.Module):
 
         self.head: Optional[DeepLabV3PlusHead] = None
         if LH in self.taps or O in self.taps:
+
             def scaled(n: int) -> int:
                 return max(8, int(round(n * width)))
+
             self.head = DeepLabV3PlusHead(
-                bc[C2], bc[C5], self.tap_channels.get(O), aspp_rates_for(output_stride),
-                aspp_channels=scaled(256), low_level_channels=scaled(48),
-                decoder_channels=scaled(256), decoder_convs=1)
+                bc[C2],
+                bc[C5],
+                self.tap_channels.get(O),
+                aspp_rates_for(output_stride),
+                aspp_channels=scaled(256),
+                low_level_channels=scaled(48),
+                decoder_channels=scaled(256),
+                decoder_convs=1,
+            )
             own = {**bc, LH: scaled(256)}
         else:
             own = dict(bc)
-        self.adapters = nn.ModuleDict({t: nn.Conv2d(own[t], self.tap_channels[t], 1)
-                                       for t in self.taps if t != O})
+        self.adapters = nn.ModuleDict(
+            {t: nn.Conv2d(own[t], self.tap_channels[t], 1) for t in self.taps if t != O}
+        )
 
-    def forward(self, x: Tensor, taps: Optional[Sequence[str]] = None,
-                sizes: Optional[Mapping[str, Size]] = None) -> Taps:
+    def forward(
+        self,
+        x: Tensor,
+        taps: Optional[Sequence[str]] = None,
+        sizes: Optional[Mapping[str, Size]] = None,
+    ) -> Taps:
         """Student taps g^(l′) for ``taps`` (default: all it was built for).
 
         ``sizes`` maps a tap to the teacher's (H, W) for it; a tap not in it gets
@@ -92,8 +115,11 @@ class Student(nn.Module):
         for t in wanted:
             y = feats[t] if t == O else self.adapters[t](feats[t])
             s = self.tap_strides[t]
-            size = tuple(sizes[t]) if sizes is not None and t in sizes \
+            size = (
+                tuple(sizes[t])
+                if sizes is not None and t in sizes
                 else (math.ceil(h / s), math.ceil(w / s))
+            )
             if tuple(y.shape[-2:]) != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             out[t] = y

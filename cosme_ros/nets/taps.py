@@ -12,6 +12,7 @@ A network's ``forward(x, taps=None)`` returns every tap when ``taps`` is None, o
 asked for (so a compiled graph can expose exactly what a scorer needs). ``tap_channels`` and
 ``tap_strides`` describe each tap without running the network.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Tuple

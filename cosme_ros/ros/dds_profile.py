@@ -9,6 +9,7 @@ segments. ``cosme demo`` and the launch file give it to the node unless the user
 or another RMW; the camera driver needs it too (it is the camera's segment that a frame must
 fit), which the README says beside the launch commands.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping

@@ -13,6 +13,7 @@ Colour conversions follow cv_bridge (``cv_bridge/src/cv_bridge.cpp``, ``getConve
 - ``yuv422`` is UYVY (U0 Y0 V0 Y1); ``yuv422_yuy2`` is YUYV (Y0 U0 Y1 V0).
 - ``mono16`` is scaled to 8 bits by 255/65535 (rounded), as cv_bridge's mono16 → rgb8 does.
 """
+
 from __future__ import annotations
 
 import sys
@@ -70,15 +71,19 @@ def _layout(encoding: str) -> Tuple[int, str, Optional[int]]:
     try:
         return _LAYOUTS[encoding]
     except (KeyError, TypeError):
-        raise ImageMessageError(f"unsupported encoding {shown(encoding)} (supported: "
-                                f"{', '.join(RAW_ENCODINGS)})") from None
+        raise ImageMessageError(
+            f"unsupported encoding {shown(encoding)} (supported: " f"{', '.join(RAW_ENCODINGS)})"
+        ) from None
 
 
 def _as_bytes(data: Any) -> np.ndarray:
     """The message's data as a flat uint8 array without copying where the buffer allows."""
     if isinstance(data, np.ndarray):
-        return data.reshape(-1).view(np.uint8) if data.dtype.itemsize == 1 else \
-            np.frombuffer(data.tobytes(), np.uint8)
+        return (
+            data.reshape(-1).view(np.uint8)
+            if data.dtype.itemsize == 1
+            else np.frombuffer(data.tobytes(), np.uint8)
+        )
     try:
         return np.frombuffer(data, np.uint8)  # bytes, bytearray, array.array('B'), memoryview
     except TypeError:
@@ -89,11 +94,13 @@ def _check_size(height: int, width: int, max_pixels: Optional[int]) -> None:
     if width <= 0 or height <= 0:
         raise ImageMessageError(f"empty image ({width}x{height})")
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageMessageError(f"image {width}x{height} has more than max_pixels={max_pixels} "
-                                f"pixels")
+        raise ImageMessageError(
+            f"image {width}x{height} has more than max_pixels={max_pixels} " f"pixels"
+        )
 
 
 # ----------------------------------------------------------------------------- Image → numpy
+
 
 def _data_size(data: Any) -> int:
     """Bytes in a message's ``data`` without copying it."""
@@ -115,8 +122,10 @@ def check_image(msg: Any, max_pixels: Optional[int] = None, decodable: bool = Tr
     """
     encoding = msg.encoding
     if decodable and encoding not in DECODABLE_ENCODINGS:
-        raise ImageMessageError(f"unsupported encoding {shown(encoding)} (supported: "
-                                f"{', '.join(DECODABLE_ENCODINGS)})")
+        raise ImageMessageError(
+            f"unsupported encoding {shown(encoding)} (supported: "
+            f"{', '.join(DECODABLE_ENCODINGS)})"
+        )
     channels, dtype, _ = _layout(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     _check_size(height, width, max_pixels)
@@ -167,6 +176,7 @@ def decode_image(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- CompressedImage
 
+
 def check_compressed(msg: Any, max_pixels: Optional[int] = None) -> None:
     """Cheap checks of a CompressedImage before decoding: a colour format, some data, an allowed
     image format (PNG, JPEG, BMP, WebP) and the size its header declares within the limit
@@ -176,7 +186,7 @@ def check_compressed(msg: Any, max_pixels: Optional[int] = None) -> None:
         raise ImageMessageError(f"unsupported compressed format {shown(fmt)} (depth images)")
     if _data_size(msg.data) == 0:
         raise ImageMessageError("compressed image has no data")
-    try:   # from the real header, walked to the end if need be (data/image_header.py)
+    try:  # from the real header, walked to the end if need be (data/image_header.py)
         height, width = compressed_size(_as_bytes(msg.data).tobytes())
     except ImageHeaderError as exc:
         raise ImageMessageError(f"compressed image refused: {exc}") from None
@@ -196,7 +206,9 @@ def decode_compressed(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
     buf = _as_bytes(msg.data)
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ImageMessageError(f"undecodable compressed data (format {shown(fmt)}, {buf.size} bytes)")
+        raise ImageMessageError(
+            f"undecodable compressed data (format {shown(fmt)}, {buf.size} bytes)"
+        )
     _check_size(bgr.shape[0], bgr.shape[1], max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -209,6 +221,7 @@ def decode(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- numpy → Image
+
 
 def image_fields(array: np.ndarray, encoding: str) -> Dict[str, Any]:
     """The Image fields (all but ``header``) for ``array`` in ``encoding``, rows contiguous.

@@ -17,6 +17,7 @@ Dropped frames (replaced by a newer one while the model was busy) are counted bu
 for a warning by themselves: they are how a model slower than the camera keeps up. A processing
 time over the budget is the warning for that.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,9 +26,9 @@ from typing import Dict, List, Optional
 
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
-STALE_MIN_S = 1.0      # never call the input stale sooner than this …
-STALE_PERIODS = 3.0    # … or sooner than this many mean input periods
-STALE_ERROR_S = 5.0    # a silent camera for this long (or 3 stale thresholds) is an error
+STALE_MIN_S = 1.0  # never call the input stale sooner than this …
+STALE_PERIODS = 3.0  # … or sooner than this many mean input periods
+STALE_ERROR_S = 5.0  # a silent camera for this long (or 3 stale thresholds) is an error
 
 
 @dataclass
@@ -42,8 +43,10 @@ class FrameStats:
     failed: int = 0
 
     def summary(self) -> str:
-        return (f"frames: received {self.received}, processed {self.processed}, dropped "
-                f"{self.dropped}, rejected {self.rejected}, failed {self.failed}")
+        return (
+            f"frames: received {self.received}, processed {self.processed}, dropped "
+            f"{self.dropped}, rejected {self.rejected}, failed {self.failed}"
+        )
 
 
 @dataclass
@@ -53,7 +56,7 @@ class HealthReport:
     values: Dict[str, str] = field(default_factory=dict)
 
 
-MAX_REASON_CHARS = 300   # a reason is published once a second on /diagnostics
+MAX_REASON_CHARS = 300  # a reason is published once a second on /diagnostics
 
 
 def _bounded(reason: str) -> str:
@@ -89,8 +92,9 @@ class FrameMonitor:
             if self._last_arrival is not None:
                 dt = max(now_s - self._last_arrival, 0.0)
                 # EMA over ~10 frames: the stale threshold follows the camera's rate
-                self._mean_interval = dt if self._mean_interval is None else \
-                    0.9 * self._mean_interval + 0.1 * dt
+                self._mean_interval = (
+                    dt if self._mean_interval is None else 0.9 * self._mean_interval + 0.1 * dt
+                )
             self._last_arrival = now_s
 
     def dropped(self) -> None:
@@ -119,8 +123,13 @@ class FrameMonitor:
         interval = self._mean_interval or 0.0
         return max(STALE_MIN_S, STALE_PERIODS * interval)
 
-    def report(self, now_s: float, since_last_frame_s: Optional[float], budget_ms: float,
-               info: Optional[Dict[str, str]] = None) -> HealthReport:
+    def report(
+        self,
+        now_s: float,
+        since_last_frame_s: Optional[float],
+        budget_ms: float,
+        info: Optional[Dict[str, str]] = None,
+    ) -> HealthReport:
         """The verdict over the period since the previous report (which this starts anew).
 
         ``now_s``: a steady clock (rates); ``since_last_frame_s``: seconds since the last
@@ -132,8 +141,9 @@ class FrameMonitor:
             times, self._times_ms = self._times_ms, []
             duration = max(now_s - self._period_start, 1e-9)
             self._period_start = now_s
-            totals = FrameStats(**{f.name: getattr(self.totals, f.name)
-                                   for f in fields(FrameStats)})
+            totals = FrameStats(
+                **{f.name: getattr(self.totals, f.name) for f in fields(FrameStats)}
+            )
             last_ms = self._last_ms
             stale_after = self.stale_after_s()
             last_rejection, last_failure = self.last_rejection, self.last_failure
@@ -161,8 +171,14 @@ class FrameMonitor:
         elif warnings:
             level, message = WARN, "; ".join(warnings)
         else:
-            level, message = OK, (f"processing {mean_ms:.1f} ms within {budget_ms:g} ms"
-                                  if mean_ms is not None else "running")
+            level, message = (
+                OK,
+                (
+                    f"processing {mean_ms:.1f} ms within {budget_ms:g} ms"
+                    if mean_ms is not None
+                    else "running"
+                ),
+            )
 
         def ms(v: Optional[float]) -> str:
             return f"{v:.2f}" if v is not None else "n/a"
@@ -174,8 +190,9 @@ class FrameMonitor:
             "processing time max (ms)": ms(max(times) if times else None),
             "processing time last (ms)": ms(last_ms),
             "processing budget (ms)": f"{budget_ms:g}",
-            "time since last frame (s)": (f"{since_last_frame_s:.3f}"
-                                          if since_last_frame_s is not None else "n/a"),
+            "time since last frame (s)": (
+                f"{since_last_frame_s:.3f}" if since_last_frame_s is not None else "n/a"
+            ),
             "frames received": str(totals.received),
             "frames processed": str(totals.processed),
             "frames dropped": str(totals.dropped),

@@ -22,6 +22,7 @@ resolved ``image`` as image_transport does, so ``-r image:=/camera/image_raw`` s
 rgb8, ``anomaly/score`` 32FC1, ``anomaly/mask`` mono8 (0/255), ``anomaly/heatmap`` rgb8,
 ``~/debug/processing_time_ms`` (std_msgs/Float64) and ``/diagnostics`` out.
 """
+
 from __future__ import annotations
 
 import array
@@ -37,8 +38,13 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -67,16 +73,15 @@ OUTPUT_RESOLUTIONS = ("input", "network")
 MIN_INPUT_SIDE = 32
 WARN_THROTTLE_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
-_INT64_MAX = 2 ** 63 - 1
+_INT64_MAX = 2**63 - 1
 
 
 class StartupError(CosmeError):
     """A parameter or bundle problem that stops the node before it runs; names the parameter."""
 
 
-
-
 # ----------------------------------------------------------------------------- parameter values
+
 
 def _as_list(value: Any) -> Any:
     """Array parameters arrive as lists from files and the command line but as ``array.array``
@@ -95,11 +100,14 @@ def parse_input_size(value: Any) -> Optional[Tuple[int, int]]:
         if not m:
             raise ValueError(f"{value!r} is not HxW (e.g. 512x1024) or [H, W]")
         size = (int(m.group(1)), int(m.group(2)))
-    elif (isinstance(value, list) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    elif (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
         size = (int(value[0]), int(value[1]))
     else:
-        raise ValueError(f"{value!r} is not [H, W] (two integers) or \"HxW\"")
+        raise ValueError(f'{value!r} is not [H, W] (two integers) or "HxW"')
     if min(size) < MIN_INPUT_SIDE:
         raise ValueError(f"{value!r}: height and width must be at least {MIN_INPUT_SIDE}")
     return size
@@ -109,11 +117,17 @@ def parse_heatmap_range(value: Any) -> Optional[Tuple[float, float]]:
     """``heatmap_range`` → (lo, hi), or None for ``auto`` (a running range, see
     :class:`~cosme_ros.ros.outputs.RunningRange`); raises ValueError."""
     value = _as_list(value)
-    if value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0) or \
-            (isinstance(value, str) and value.strip().lower() == "auto"):
+    if (
+        value is None
+        or (isinstance(value, (str, list, tuple)) and len(value) == 0)
+        or (isinstance(value, str) and value.strip().lower() == "auto")
+    ):
         return None
-    if (isinstance(value, list) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         lo, hi = float(value[0]), float(value[1])
         if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
             return lo, hi
@@ -123,8 +137,10 @@ def parse_heatmap_range(value: Any) -> Optional[Tuple[float, float]]:
 
 def _check_precision(value: str) -> None:
     if value not in RUNNABLE_PRECISIONS:
-        raise ValueError(f"{value} needs the TensorRT engines of the GPU path (not in this build); "
-                         f"use auto, fp32 or bf16")
+        raise ValueError(
+            f"{value} needs the TensorRT engines of the GPU path (not in this build); "
+            f"use auto, fp32 or bf16"
+        )
 
 
 def parse_threshold(value: Any) -> Optional[float]:
@@ -141,25 +157,30 @@ def parse_threshold(value: Any) -> Optional[float]:
 
 # ----------------------------------------------------------------------------- parameter table
 
+
 def _auto_method() -> str:
     # cosme_ros.bundle imports torch; like METHODS, it is read when the parameters are declared
     from cosme_ros.bundle import AUTO_METHOD
+
     return AUTO_METHOD
 
 
 def _methods() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import METHODS
+
     return (_auto_method(), *METHODS)
 
 
 def _check_method(value: Any) -> None:
     """A method name or spec with scorer options (``cosme[consensus=c4]``); ValueError."""
     from cosme_ros.anomaly.method_spec import check_run_spec
+
     check_run_spec(str(value), _methods())
 
 
 def _refinements() -> Sequence[str]:
     from cosme_ros.anomaly.scorers import REFINEMENTS
+
     return REFINEMENTS
 
 
@@ -172,28 +193,43 @@ class Param:
     choices: Optional[Callable[[], Sequence[str]]] = None
     float_range: Optional[tuple] = None
     int_range: Optional[tuple] = None
-    dynamic: bool = False                        # more than one accepted type
+    dynamic: bool = False  # more than one accepted type
     check: Optional[Callable[[Any], Any]] = None  # raises ValueError with the reason
 
     def default_value(self) -> Any:
         return self.default() if callable(self.default) else self.default
 
     def descriptor(self) -> ParameterDescriptor:
-        kind = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
-                int: ParameterType.PARAMETER_INTEGER, bool: ParameterType.PARAMETER_BOOL}
-        d = ParameterDescriptor(name=self.name, description=self.description,
-                                read_only=self.read_only, dynamic_typing=self.dynamic)
+        kind = {
+            str: ParameterType.PARAMETER_STRING,
+            float: ParameterType.PARAMETER_DOUBLE,
+            int: ParameterType.PARAMETER_INTEGER,
+            bool: ParameterType.PARAMETER_BOOL,
+        }
+        d = ParameterDescriptor(
+            name=self.name,
+            description=self.description,
+            read_only=self.read_only,
+            dynamic_typing=self.dynamic,
+        )
         if not self.dynamic:
             d.type = kind[type(self.default_value())]
         if self.choices is not None:
             d.additional_constraints = "one of: " + ", ".join(self.choices())
         if self.float_range is not None:
-            d.floating_point_range = [FloatingPointRange(
-                from_value=float(self.float_range[0]), to_value=float(self.float_range[1]),
-                step=0.0)]
+            d.floating_point_range = [
+                FloatingPointRange(
+                    from_value=float(self.float_range[0]),
+                    to_value=float(self.float_range[1]),
+                    step=0.0,
+                )
+            ]
         if self.int_range is not None:
-            d.integer_range = [IntegerRange(from_value=int(self.int_range[0]),
-                                            to_value=int(self.int_range[1]), step=0)]
+            d.integer_range = [
+                IntegerRange(
+                    from_value=int(self.int_range[0]), to_value=int(self.int_range[1]), step=0
+                )
+            ]
         return d
 
     def validate(self, value: Any) -> None:
@@ -208,51 +244,126 @@ class Param:
 #: fixed at start-up; the others are read for every frame, so ``ros2 param set`` takes effect on
 #: the next one.
 PARAMS: Sequence[Param] = (
-    Param("bundle", lambda: str(default_bundle_path()),
-          "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
-          "the package (models/demo)."),
-    Param("method", _auto_method, "Anomaly scorer: auto (the bundle's default method: the one "
-          "it names, else cosme when it has a memory and a student, else maxlogit), one of "
-          "msp, maxlogit, entropy, sml, pans, mulmem, auxcon, cosme, or one with scorer options "
-          "in brackets, e.g. cosme[consensus=c4].", check=_check_method),
-    Param("device", "auto", "Torch device: auto (CUDA when available), cpu or cuda.",
-          choices=lambda: DEVICES),
-    Param("precision", "auto", "Network precision: auto (bf16 on CPUs with native bf16, else "
-          "fp32), fp32, bf16; fp16 is the TensorRT GPU path (not in this build). Scores are "
-          "always fp32.", choices=lambda: PRECISIONS,
-          check=_check_precision),
-    Param("refine", "none", "Anomaly map refinement: none (the paper's bilinear upsampling) or "
-          "guided (the guided filter re-fits the map to the camera image's edges; higher AP on "
-          "the README's benchmarks).", choices=_refinements),
-    Param("refine_radius", 8, "Guided filter radius in network-input pixels (8 = half a "
-          "stride-16 feature cell); used with refine: guided.", int_range=(1, 256)),
-    Param("refine_eps", 1e-3, "Guided filter regularisation (variance of the [0, 1] RGB image "
-          "below which a window is smoothed instead of following edges); refine: guided.",
-          float_range=(1e-8, 1.0)),
-    Param("input_size", "", "Network input size: [H, W] or \"HxW\"; empty = the bundle's.",
-          dynamic=True, check=parse_input_size),
-    Param("output_resolution", "input", "Size of the output images: input (the camera's) or "
-          "network (the network input size; cheaper).", choices=lambda: OUTPUT_RESOLUTIONS),
-    Param("input_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: "
-          "sensor_msgs/CompressedImage (JPEG/PNG) on `<image>/compressed`.",
-          choices=lambda: INPUT_TRANSPORTS),
-    Param("input_qos", "SENSOR_DATA", "QoS preset of the image subscription.",
-          choices=lambda: INPUT_QOS),
-    Param("anomaly_threshold", "auto",
-          "Score above which a pixel is an anomaly in anomaly/mask (units of the method's "
-          "score); auto = the bundle's calibrated threshold for the method (`cosme calibrate`; "
-          "without one the mask stays empty and the node says so).",
-          read_only=False, dynamic=True, check=parse_threshold),
-    Param("overlay_alpha", 0.5, "Weight of the colour map over the camera image in "
-          "anomaly/heatmap.", read_only=False, float_range=(0.0, 1.0)),
-    Param("heatmap_range", "auto", "Scores mapped to the ends of the heatmap's colour map: "
-          "[lo, hi], or auto (a slowly following 1st-99th percentile range).", read_only=False,
-          dynamic=True, check=parse_heatmap_range),
-    Param("processing_budget_ms", 100.0, "Mean processing time per frame above which "
-          "/diagnostics warns.", read_only=False, float_range=(0.0, 1e6)),
-    Param("max_image_pixels", MAX_IMAGE_PIXELS, "Images with more pixels are rejected (checked on "
-          "the header, before anything is allocated).", read_only=False,
-          int_range=(1, _INT64_MAX)),
+    Param(
+        "bundle",
+        lambda: str(default_bundle_path()),
+        "Model bundle directory (`cosme bundle create`); empty = the demo bundle shipped with "
+        "the package (models/demo).",
+    ),
+    Param(
+        "method",
+        _auto_method,
+        "Anomaly scorer: auto (the bundle's default method: the one "
+        "it names, else cosme when it has a memory and a student, else maxlogit), one of "
+        "msp, maxlogit, entropy, sml, pans, mulmem, auxcon, cosme, or one with scorer options "
+        "in brackets, e.g. cosme[consensus=c4].",
+        check=_check_method,
+    ),
+    Param(
+        "device",
+        "auto",
+        "Torch device: auto (CUDA when available), cpu or cuda.",
+        choices=lambda: DEVICES,
+    ),
+    Param(
+        "precision",
+        "auto",
+        "Network precision: auto (bf16 on CPUs with native bf16, else "
+        "fp32), fp32, bf16; fp16 is the TensorRT GPU path (not in this build). Scores are "
+        "always fp32.",
+        choices=lambda: PRECISIONS,
+        check=_check_precision,
+    ),
+    Param(
+        "refine",
+        "none",
+        "Anomaly map refinement: none (the paper's bilinear upsampling) or "
+        "guided (the guided filter re-fits the map to the camera image's edges; higher AP on "
+        "the README's benchmarks).",
+        choices=_refinements,
+    ),
+    Param(
+        "refine_radius",
+        8,
+        "Guided filter radius in network-input pixels (8 = half a "
+        "stride-16 feature cell); used with refine: guided.",
+        int_range=(1, 256),
+    ),
+    Param(
+        "refine_eps",
+        1e-3,
+        "Guided filter regularisation (variance of the [0, 1] RGB image "
+        "below which a window is smoothed instead of following edges); refine: guided.",
+        float_range=(1e-8, 1.0),
+    ),
+    Param(
+        "input_size",
+        "",
+        'Network input size: [H, W] or "HxW"; empty = the bundle\'s.',
+        dynamic=True,
+        check=parse_input_size,
+    ),
+    Param(
+        "output_resolution",
+        "input",
+        "Size of the output images: input (the camera's) or "
+        "network (the network input size; cheaper).",
+        choices=lambda: OUTPUT_RESOLUTIONS,
+    ),
+    Param(
+        "input_transport",
+        "raw",
+        "raw: sensor_msgs/Image on `image`; compressed: "
+        "sensor_msgs/CompressedImage (JPEG/PNG) on `<image>/compressed`.",
+        choices=lambda: INPUT_TRANSPORTS,
+    ),
+    Param(
+        "input_qos",
+        "SENSOR_DATA",
+        "QoS preset of the image subscription.",
+        choices=lambda: INPUT_QOS,
+    ),
+    Param(
+        "anomaly_threshold",
+        "auto",
+        "Score above which a pixel is an anomaly in anomaly/mask (units of the method's "
+        "score); auto = the bundle's calibrated threshold for the method (`cosme calibrate`; "
+        "without one the mask stays empty and the node says so).",
+        read_only=False,
+        dynamic=True,
+        check=parse_threshold,
+    ),
+    Param(
+        "overlay_alpha",
+        0.5,
+        "Weight of the colour map over the camera image in " "anomaly/heatmap.",
+        read_only=False,
+        float_range=(0.0, 1.0),
+    ),
+    Param(
+        "heatmap_range",
+        "auto",
+        "Scores mapped to the ends of the heatmap's colour map: "
+        "[lo, hi], or auto (a slowly following 1st-99th percentile range).",
+        read_only=False,
+        dynamic=True,
+        check=parse_heatmap_range,
+    ),
+    Param(
+        "processing_budget_ms",
+        100.0,
+        "Mean processing time per frame above which " "/diagnostics warns.",
+        read_only=False,
+        float_range=(0.0, 1e6),
+    ),
+    Param(
+        "max_image_pixels",
+        MAX_IMAGE_PIXELS,
+        "Images with more pixels are rejected (checked on "
+        "the header, before anything is allocated).",
+        read_only=False,
+        int_range=(1, _INT64_MAX),
+    ),
 )
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}
 
@@ -262,8 +373,12 @@ def _as_double(param: Parameter) -> Parameter:
     ``processing_budget_ms: 50`` in a params file send integers, which rclpy refuses for a
     double); any other parameter as it is."""
     spec = PARAMS_BY_NAME.get(param.name)
-    if (spec is None or spec.dynamic or type(spec.default_value()) is not float
-            or param.type_ != Parameter.Type.INTEGER):
+    if (
+        spec is None
+        or spec.dynamic
+        or type(spec.default_value()) is not float
+        or param.type_ != Parameter.Type.INTEGER
+    ):
         return param
     return Parameter(param.name, Parameter.Type.DOUBLE, float(param.value))
 
@@ -290,9 +405,15 @@ class Settings:
 
     def refine_options(self) -> dict:
         """The Pipeline's refinement keywords (none for ``refine: none``)."""
-        return {} if self.refine == "none" else {
-            "refine": self.refine, "refine_radius": self.refine_radius,
-            "refine_eps": self.refine_eps}
+        return (
+            {}
+            if self.refine == "none"
+            else {
+                "refine": self.refine,
+                "refine_radius": self.refine_radius,
+                "refine_eps": self.refine_eps,
+            }
+        )
 
 
 # Outputs are reliable, keep-last OUTPUT_DEPTH: a large image whose fragments a busy subscriber
@@ -302,6 +423,7 @@ class Settings:
 OUTPUT_DEPTH = 5
 
 # ----------------------------------------------------------------------------- the node
+
 
 class CosmeNode(Node):
     """The anomaly segmentation node; raises :class:`StartupError` for a bad configuration."""
@@ -321,7 +443,7 @@ class CosmeNode(Node):
         self.palette = list(self.pipeline.bundle.palette)
         self.precision = self.pipeline.precision  # what "auto" resolved to
         self.method_key, self.auto_threshold = self._calibrated_threshold(self.settings)
-        if hasattr(self, "add_pre_set_parameters_callback"):   # rclpy of Iron and later
+        if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy of Iron and later
             self.add_pre_set_parameters_callback(lambda ps: [_as_double(p) for p in ps])
         self.add_on_set_parameters_callback(self._check_parameter_change)
 
@@ -333,8 +455,9 @@ class CosmeNode(Node):
         self._heat_range = RunningRange()
 
         out_qos = QoSProfile(depth=OUTPUT_DEPTH)
-        self._pub = {key: self.create_publisher(Image, topic, out_qos)
-                     for key, (topic, _) in OUTPUTS.items()}
+        self._pub = {
+            key: self.create_publisher(Image, topic, out_qos) for key, (topic, _) in OUTPUTS.items()
+        }
         self._time_pub = self.create_publisher(Float64, "~/debug/processing_time_ms", 10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -348,14 +471,20 @@ class CosmeNode(Node):
         if self.settings.input_transport == "compressed":
             # image_transport's naming: the base topic resolved (remapped) first, then the suffix
             topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
-            self._sub = self.create_subscription(CompressedImage, topic, self._on_compressed,
-                                                 qos, callback_group=self._input_group)
+            self._sub = self.create_subscription(
+                CompressedImage, topic, self._on_compressed, qos, callback_group=self._input_group
+            )
         else:
-            self._sub = self.create_subscription(Image, "image", self._on_image, qos,
-                                                 callback_group=self._input_group)
+            self._sub = self.create_subscription(
+                Image, "image", self._on_image, qos, callback_group=self._input_group
+            )
         # A steady timer: diagnostics keep coming while a replayed bag's /clock is paused.
-        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
-                                             callback_group=self._diag_group, clock=self._steady)
+        self._diag_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S,
+            self._publish_diagnostics,
+            callback_group=self._diag_group,
+            clock=self._steady,
+        )
         b, s = self.pipeline.bundle, self.settings
         h, w = self.pipeline.input_size
         self.get_logger().info(
@@ -363,7 +492,8 @@ class CosmeNode(Node):
             f"{'' if s.refine == 'none' else f' (refine {s.refine}, radius {s.refine_radius})'}, device "
             f"{self.pipeline.device}, precision {self.precision}, network input {h}x{w} (HxW), "
             f"output resolution {s.output_resolution}; listening on {self._sub.topic_name} "
-            f"({s.input_transport}, {s.input_qos})")
+            f"({s.input_transport}, {s.input_qos})"
+        )
 
     # -- start-up
 
@@ -378,7 +508,8 @@ class CosmeNode(Node):
                 given = self._parameter_overrides.get(p.name)
                 raise StartupError(
                     f"parameter '{p.name}': must be {_TYPE_NAMES[type(default)]}"
-                    + (f", got {given.value!r}" if given is not None else "")) from None
+                    + (f", got {given.value!r}" if given is not None else "")
+                ) from None
             except InvalidParameterValueException:
                 given = self._parameter_overrides.get(p.name)
                 value = given.value if given is not None else default
@@ -398,12 +529,19 @@ class CosmeNode(Node):
         bundle = value("bundle") or ""
         default = str(default_bundle_path())
         return Settings(
-            bundle=bundle or default, bundle_is_default=bundle in ("", default),
-            method=value("method"), device=value("device"), precision=value("precision"),
-            refine=value("refine"), refine_radius=value("refine_radius"),
-            refine_eps=value("refine_eps"), input_size=parse_input_size(value("input_size")),
+            bundle=bundle or default,
+            bundle_is_default=bundle in ("", default),
+            method=value("method"),
+            device=value("device"),
+            precision=value("precision"),
+            refine=value("refine"),
+            refine_radius=value("refine_radius"),
+            refine_eps=value("refine_eps"),
+            input_size=parse_input_size(value("input_size")),
             output_resolution=value("output_resolution"),
-            input_transport=value("input_transport"), input_qos=value("input_qos"))
+            input_transport=value("input_transport"),
+            input_qos=value("input_qos"),
+        )
 
     def _load_pipeline(self, s: Settings, factory) -> Tuple[Any, Settings]:
         """The pipeline, and the settings with ``method: auto`` resolved for this bundle."""
@@ -419,10 +557,13 @@ class CosmeNode(Node):
             raise StartupError(
                 f"parameter 'bundle' is not set and the default demo bundle {s.bundle} does not "
                 f"exist (it is not built yet); pass a bundle directory, e.g. --ros-args -p "
-                f"bundle:=/path/to/bundle, or build the demo with `bash scripts/build_demo_bundle.sh`")
+                f"bundle:=/path/to/bundle, or build the demo with `bash scripts/build_demo_bundle.sh`"
+            )
         # the networks, the memory and a warm-up frame take seconds to a minute on a CPU
-        self.get_logger().info(f"loading bundle {s.bundle} (method {s.method}, device "
-                               f"{s.device}, precision {s.precision}) ...")
+        self.get_logger().info(
+            f"loading bundle {s.bundle} (method {s.method}, device "
+            f"{s.device}, precision {s.precision}) ..."
+        )
         try:
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
@@ -431,12 +572,18 @@ class CosmeNode(Node):
             s = replace(s, method=bundle.default_method)
         refine = s.refine_options()
         try:
-            pipeline = (factory or Pipeline)(bundle, method=s.method, device=s.device,
-                                             input_size=s.input_size, precision=s.precision,
-                                             **refine)
+            pipeline = (factory or Pipeline)(
+                bundle,
+                method=s.method,
+                device=s.device,
+                input_size=s.input_size,
+                precision=s.precision,
+                **refine,
+            )
         except MissingPartError as exc:
-            raise StartupError(f"parameter 'method': {s.method} cannot run on this bundle: "
-                               f"{exc}") from None
+            raise StartupError(
+                f"parameter 'method': {s.method} cannot run on this bundle: " f"{exc}"
+            ) from None
         except CosmeError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
         # One warm-up frame: the first camera frame should not pay for lazy initialisation, and
@@ -446,29 +593,37 @@ class CosmeNode(Node):
             warm = pipeline(np.zeros((h, w, 3), np.uint8))
         except (RuntimeError, ValueError) as exc:
             name = "input_size" if s.input_size else "bundle"
-            raise StartupError(f"parameter '{name}': the network cannot run at {h}x{w} "
-                               f"({str(exc).splitlines()[0]})") from None
+            raise StartupError(
+                f"parameter '{name}': the network cannot run at {h}x{w} "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
         # a self-check: a model that gives NaN scores would publish class 0 and NaN everywhere
         if not np.isfinite(warm.score).all():
-            raise StartupError(f"parameter 'bundle': {bundle.path} gives non-finite anomaly "
-                               f"scores on the start-up frame ({s.method}); the model is broken")
+            raise StartupError(
+                f"parameter 'bundle': {bundle.path} gives non-finite anomaly "
+                f"scores on the start-up frame ({s.method}); the model is broken"
+            )
         return pipeline, s
 
     def _calibrated_threshold(self, s: Settings) -> Tuple[str, Optional[float]]:
         """The bundle's threshold for the method as the node runs it (refinement included)."""
         from cosme_ros.calibration import resolve_threshold
+
         key, value = resolve_threshold(self.pipeline.bundle, s.method, s.refine_options())
         if parse_threshold(self._param("anomaly_threshold")) is not None:
-            pass   # the parameter overrides it; /diagnostics says which is in use
+            pass  # the parameter overrides it; /diagnostics says which is in use
         elif value is None:
             self.get_logger().warning(
                 f"anomaly_threshold is auto, but bundle {self.pipeline.bundle.path} has no "
                 f"calibrated threshold for {key}: anomaly/mask stays empty until "
                 f"anomaly_threshold is set or `cosme calibrate --bundle ... --methods {key}` "
-                f"has stored one")
+                f"has stored one"
+            )
         else:
-            self.get_logger().info(f"anomaly_threshold auto: {value:g}, the bundle's calibrated "
-                                   f"threshold for {key}")
+            self.get_logger().info(
+                f"anomaly_threshold auto: {value:g}, the bundle's calibrated "
+                f"threshold for {key}"
+            )
         return key, value
 
     def _check_parameter_change(self, params) -> SetParametersResult:
@@ -479,15 +634,18 @@ class CosmeNode(Node):
                 # rclpy would undeclare a dynamically typed parameter, and every later frame
                 # that reads it would fail until a restart
                 return SetParametersResult(
-                    successful=False, reason=f"parameter '{param.name}': cannot be unset "
-                    f"(undeclared); give it a value")
+                    successful=False,
+                    reason=f"parameter '{param.name}': cannot be unset "
+                    f"(undeclared); give it a value",
+                )
             if spec is None or spec.read_only:
                 continue
             try:
                 spec.validate(param.value)
             except ValueError as exc:
-                return SetParametersResult(successful=False,
-                                           reason=f"parameter '{param.name}': {exc}")
+                return SetParametersResult(
+                    successful=False, reason=f"parameter '{param.name}': {exc}"
+                )
         return SetParametersResult(successful=True)
 
     # -- helpers
@@ -514,8 +672,10 @@ class CosmeNode(Node):
 
     def _reject(self, exc: Exception) -> None:
         n = self.monitor.rejected(str(exc))
-        self.get_logger().warning(f"rejected image on {self._sub.topic_name}: {exc} ({n} "
-                                  f"rejected so far)", throttle_duration_sec=WARN_THROTTLE_S)
+        self.get_logger().warning(
+            f"rejected image on {self._sub.topic_name}: {exc} ({n} " f"rejected so far)",
+            throttle_duration_sec=WARN_THROTTLE_S,
+        )
 
     # -- callbacks
 
@@ -558,16 +718,21 @@ class CosmeNode(Node):
             self._reject(exc)
             return
         try:
-            out_size = rgb.shape[:2] if self.settings.output_resolution == "input" \
+            out_size = (
+                rgb.shape[:2]
+                if self.settings.output_resolution == "input"
                 else tuple(self.pipeline.input_size)
+            )
             result = self.pipeline(rgb, out_size=out_size)
             self._publish(msg.header, rgb, result)
         except Exception as exc:  # a frame must not take the node down; say what went wrong
             if not self.context.ok():
                 return  # shutting down mid-frame
             n = self.monitor.failed(f"{type(exc).__name__}: {exc}")
-            self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc} ({n} failed so "
-                                    f"far)", throttle_duration_sec=WARN_THROTTLE_S)
+            self.get_logger().error(
+                f"frame failed: {type(exc).__name__}: {exc} ({n} failed so " f"far)",
+                throttle_duration_sec=WARN_THROTTLE_S,
+            )
             return
         ms = (time.perf_counter() - start) * 1e3
         self.monitor.processed(ms)
@@ -579,14 +744,21 @@ class CosmeNode(Node):
             return
         heat_range = (0.0, 1.0)
         if "heatmap" in wanted:
-            heat_range = parse_heatmap_range(self._param("heatmap_range")) or \
-                self._heat_range.update(result.score)
-        images = render_outputs(rgb, result.classes, result.score, wanted,
-                                threshold=self._threshold()[0],
-                                alpha=self._param("overlay_alpha"), palette=self.palette,
-                                heat_range=heat_range)
-        for key, (array, encoding) in images.items():
-            self._pub[key].publish(image_codec.encode_image(Image, array, encoding, header))
+            heat_range = parse_heatmap_range(
+                self._param("heatmap_range")
+            ) or self._heat_range.update(result.score)
+        images = render_outputs(
+            rgb,
+            result.classes,
+            result.score,
+            wanted,
+            threshold=self._threshold()[0],
+            alpha=self._param("overlay_alpha"),
+            palette=self.palette,
+            heat_range=heat_range,
+        )
+        for key, (pixels, encoding) in images.items():
+            self._pub[key].publish(image_codec.encode_image(Image, pixels, encoding, header))
 
     def _publish_diagnostics(self) -> None:
         now = self.get_clock().now()
@@ -595,24 +767,35 @@ class CosmeNode(Node):
         since = None if last is None else max((now - last).nanoseconds * 1e-9, 0.0)
         b, s = self.pipeline.bundle, self.settings
         h, w = self.pipeline.input_size
-        report = self.monitor.report(self._steady_s(), since, self._param("processing_budget_ms"),
-                                     info={"input topic": self._sub.topic_name,
-                                           "model": f"{b.name} ({b.path})", "method": s.method,
-                                           "device": str(self.pipeline.device),
-                                           "precision": self.precision,
-                                           "network input (HxW)": f"{h}x{w}",
-                                           "output resolution": s.output_resolution,
-                                           "anomaly threshold": self._threshold()[1]})
+        report = self.monitor.report(
+            self._steady_s(),
+            since,
+            self._param("processing_budget_ms"),
+            info={
+                "input topic": self._sub.topic_name,
+                "model": f"{b.name} ({b.path})",
+                "method": s.method,
+                "device": str(self.pipeline.device),
+                "precision": self.precision,
+                "network input (HxW)": f"{h}x{w}",
+                "output resolution": s.output_resolution,
+                "anomaly threshold": self._threshold()[1],
+            },
+        )
         status = DiagnosticStatus(
-            level=bytes([report.level]), name=f"{self.get_fully_qualified_name()}: anomaly "
-            f"segmentation", message=report.message, hardware_id=str(self.pipeline.device),
-            values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
+            level=bytes([report.level]),
+            name=f"{self.get_fully_qualified_name()}: anomaly " f"segmentation",
+            message=report.message,
+            hardware_id=str(self.pipeline.device),
+            values=[KeyValue(key=k, value=v) for k, v in report.values.items()],
+        )
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = now.to_msg()
         self._diag_pub.publish(msg)
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def main(args: Optional[List[str]] = None) -> int:
     """Console script ``cosme_node``; returns the exit status (0 after Ctrl-C)."""

@@ -3,6 +3,7 @@
 :func:`render_outputs` draws exactly the outputs asked for, so that an image nobody subscribes to
 costs nothing. :class:`RunningRange` keeps the heatmap's colour scale steady from frame to frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ class RunningRange:
     flicker that per-frame percentiles cause. The first frame sets the range outright.
     """
 
-    def __init__(self, rate: float = 0.05, low_pct: float = 1.0, high_pct: float = 99.0,
-                 max_samples: int = 20000):
+    def __init__(
+        self,
+        rate: float = 0.05,
+        low_pct: float = 1.0,
+        high_pct: float = 99.0,
+        max_samples: int = 20000,
+    ):
         self.rate, self.low_pct, self.high_pct = rate, low_pct, high_pct
         self.max_samples = max_samples
         self.lo: Optional[float] = None
@@ -67,15 +73,26 @@ def colorize(classes: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarra
 def threshold_mask(score: np.ndarray, threshold: float) -> np.ndarray:
     """255 where ``score > threshold``, else 0 (NaN: 0), uint8 — numpy's ``score > threshold``
     for float32 scores (the threshold rounded to float32, NEP 50), at ~30x its speed."""
-    _, mask = cv2.threshold(np.ascontiguousarray(score, np.float32),
-                            float(np.float32(threshold)), 255.0, cv2.THRESH_BINARY)
+    _, mask = cv2.threshold(
+        np.ascontiguousarray(score, np.float32),
+        float(np.float32(threshold)),
+        255.0,
+        cv2.THRESH_BINARY,
+    )
     return mask.astype(np.uint8)
 
 
-def render_outputs(rgb: np.ndarray, classes: np.ndarray, score: np.ndarray,
-                   wanted: Collection[str], *, threshold: float, alpha: float,
-                   palette: Sequence[Sequence[int]], heat_range: Tuple[float, float] = (0.0, 1.0)
-                   ) -> Dict[str, Tuple[np.ndarray, str]]:
+def render_outputs(
+    rgb: np.ndarray,
+    classes: np.ndarray,
+    score: np.ndarray,
+    wanted: Collection[str],
+    *,
+    threshold: float,
+    alpha: float,
+    palette: Sequence[Sequence[int]],
+    heat_range: Tuple[float, float] = (0.0, 1.0),
+) -> Dict[str, Tuple[np.ndarray, str]]:
     """output key → (array, encoding) for the keys in ``wanted``.
 
     ``classes`` and ``score`` are at the output resolution; ``rgb`` (the camera frame, for the
@@ -92,8 +109,13 @@ def render_outputs(rgb: np.ndarray, classes: np.ndarray, score: np.ndarray,
         out["mask"] = (threshold_mask(score, threshold), "mono8")
     if "heatmap" in wanted:
         h, w = score.shape[:2]
-        base = rgb if rgb.shape[:2] == (h, w) else cv2.resize(
-            rgb, (w, h), interpolation=cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR)
+        base = (
+            rgb
+            if rgb.shape[:2] == (h, w)
+            else cv2.resize(
+                rgb, (w, h), interpolation=cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_LINEAR
+            )
+        )
         lo, hi = heat_range
         out["heatmap"] = (viz.blend(base, viz.heatmap(score, lo, hi), alpha), "rgb8")
     return out

@@ -11,6 +11,7 @@ random domain id) with no subscriber matched: it counts the message conversion a
 write (serialisation), not the transport to another process, which depends on the machine and on
 who listens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ class _Publishers:
     def __init__(self):
         import rclpy
         from sensor_msgs.msg import Image
+
         keys = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY")
         old = {k: os.environ.get(k) for k in keys}
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # nothing leaves loopback
@@ -56,8 +58,11 @@ class _Publishers:
         os.environ.pop("ROS_LOCALHOST_ONLY", None)
         try:
             self.context = rclpy.Context()
-            rclpy.init(context=self.context, domain_id=random.SystemRandom().randint(150, 200),
-                       signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+            rclpy.init(
+                context=self.context,
+                domain_id=random.SystemRandom().randint(150, 200),
+                signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
+            )
             self.node = rclpy.create_node("cosme_overhead", context=self.context)
         finally:
             for k, v in old.items():
@@ -65,19 +70,27 @@ class _Publishers:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.pub = {k: self.node.create_publisher(Image, topic, 1)
-                    for k, (topic, _) in OUTPUTS.items()}
+        self.pub = {
+            k: self.node.create_publisher(Image, topic, 1) for k, (topic, _) in OUTPUTS.items()
+        }
 
     def close(self) -> None:
         import rclpy
+
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
 
-def measure_node_overhead(bundle: Union[str, Path, Any], size: Tuple[int, int] = (720, 1280),
-                          frames: int = 20, method: str = "maxlogit", device: str = "cpu",
-                          encoding: str = "bgr8", output_resolution: str = "input",
-                          publish: bool = True) -> Dict[str, Any]:
+def measure_node_overhead(
+    bundle: Union[str, Path, Any],
+    size: Tuple[int, int] = (720, 1280),
+    frames: int = 20,
+    method: str = "maxlogit",
+    device: str = "cpu",
+    encoding: str = "bgr8",
+    output_resolution: str = "input",
+    publish: bool = True,
+) -> Dict[str, Any]:
     """Time the node's path against the pipeline alone on ``frames`` camera frames of ``size``
     (height, width) in ``encoding``; medians in ms, plus the setup.
 
@@ -109,8 +122,9 @@ def measure_node_overhead(bundle: Union[str, Path, Any], size: Tuple[int, int] =
             pipeline(rgb, out_size=out_size)
             only.append(time.perf_counter() - t)
 
-        stages: Dict[str, List[float]] = {k: [] for k in (
-            "check", "decode", "pipeline", "render", "encode", "publish", "total")}
+        stages: Dict[str, List[float]] = {
+            k: [] for k in ("check", "decode", "pipeline", "render", "encode", "publish", "total")
+        }
         for _ in range(frames):
             t0 = time.perf_counter()
             image_codec.check_image(msg, None)
@@ -119,20 +133,34 @@ def measure_node_overhead(bundle: Union[str, Path, Any], size: Tuple[int, int] =
             t2 = time.perf_counter()
             result = pipeline(frame, out_size=out_size)
             t3 = time.perf_counter()
-            images = render_outputs(frame, result.classes, result.score, wanted, threshold=0.0,
-                                    alpha=0.5, palette=palette,
-                                    heat_range=heat.update(result.score))
+            images = render_outputs(
+                frame,
+                result.classes,
+                result.score,
+                wanted,
+                threshold=0.0,
+                alpha=0.5,
+                palette=palette,
+                heat_range=heat.update(result.score),
+            )
             t4 = time.perf_counter()
-            messages = {k: image_codec.encode_image(Image, a, e, msg.header)
-                        for k, (a, e) in images.items()}
+            messages = {
+                k: image_codec.encode_image(Image, a, e, msg.header) for k, (a, e) in images.items()
+            }
             t5 = time.perf_counter()
             if pubs is not None:
                 for k, m in messages.items():
                     pubs.pub[k].publish(m)
             t6 = time.perf_counter()
-            for name, (a, b) in {"check": (t0, t1), "decode": (t1, t2), "pipeline": (t2, t3),
-                                 "render": (t3, t4), "encode": (t4, t5), "publish": (t5, t6),
-                                 "total": (t0, t6)}.items():
+            for name, (a, b) in {
+                "check": (t0, t1),
+                "decode": (t1, t2),
+                "pipeline": (t2, t3),
+                "render": (t3, t4),
+                "encode": (t4, t5),
+                "publish": (t5, t6),
+                "total": (t0, t6),
+            }.items():
                 stages[name].append(b - a)
     finally:
         if pubs is not None:
@@ -140,14 +168,21 @@ def measure_node_overhead(bundle: Union[str, Path, Any], size: Tuple[int, int] =
     medians = {f"{k}_ms": _median_ms(v) for k, v in stages.items()}
     pipeline_only = _median_ms(only)
     return {
-        "bundle": bundle.name, "method": method, "device": str(pipeline.device),
-        "network_input": list(pipeline.input_size), "camera": [int(size[0]), int(size[1])],
-        "encoding": encoding, "output_resolution": output_resolution,
-        "output_size": [int(out_size[0]), int(out_size[1])], "frames": frames,
-        "pipeline_only_ms": pipeline_only, **{f"node_{k}": v for k, v in medians.items()},
+        "bundle": bundle.name,
+        "method": method,
+        "device": str(pipeline.device),
+        "network_input": list(pipeline.input_size),
+        "camera": [int(size[0]), int(size[1])],
+        "encoding": encoding,
+        "output_resolution": output_resolution,
+        "output_size": [int(out_size[0]), int(out_size[1])],
+        "frames": frames,
+        "pipeline_only_ms": pipeline_only,
+        **{f"node_{k}": v for k, v in medians.items()},
         "overhead_ms": round(medians["total_ms"] - pipeline_only, 3),
-        "overhead_stages_ms": round(sum(medians[f"{k}_ms"] for k in (
-            "check", "decode", "render", "encode", "publish")), 3),
+        "overhead_stages_ms": round(
+            sum(medians[f"{k}_ms"] for k in ("check", "decode", "render", "encode", "publish")), 3
+        ),
         "published": publish,
     }
 
@@ -160,7 +195,8 @@ def _size(text: str) -> Tuple[int, int]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m cosme_ros.ros.overhead",
-        description="Time cosme_node's decode/draw/encode/publish path against the pipeline.")
+        description="Time cosme_node's decode/draw/encode/publish path against the pipeline.",
+    )
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--size", type=_size, default=(720, 1280), help="camera HxW")
     parser.add_argument("--frames", type=int, default=20)
@@ -171,8 +207,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-publish", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     a = parser.parse_args(argv)
-    result = measure_node_overhead(a.bundle, a.size, a.frames, a.method, a.device, a.encoding,
-                                   a.output_resolution, not a.no_publish)
+    result = measure_node_overhead(
+        a.bundle,
+        a.size,
+        a.frames,
+        a.method,
+        a.device,
+        a.encoding,
+        a.output_resolution,
+        not a.no_publish,
+    )
     if a.json:
         print(json.dumps(result, indent=2))
     else:

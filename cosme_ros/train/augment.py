@@ -10,6 +10,7 @@ crop, which for an image of the training aspect ratio is exactly the resize that
 (:meth:`cosme_ros.pipeline.Pipeline.preprocess`) applies. A factor below 1 zooms out and pads,
 above 1 zooms in; vertical flips and rotations are left out (the road is always at the bottom).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -29,10 +30,10 @@ Size = Tuple[int, int]
 class AugmentConfig:
     """What :func:`augment` does; ``as_dict()`` goes into the training record."""
 
-    size: Size                                 # (height, width) of the training crop
+    size: Size  # (height, width) of the training crop
     scale: Tuple[float, float] = (0.75, 1.25)  # relative to the cover scale
     flip: bool = True
-    brightness: float = 0.2                    # factors drawn from [1 - x, 1 + x]
+    brightness: float = 0.2  # factors drawn from [1 - x, 1 + x]
     contrast: float = 0.2
     saturation: float = 0.2
 
@@ -47,20 +48,23 @@ def cover_scale(shape: Tuple[int, ...], size: Size) -> float:
     return max(size[0] / shape[0], size[1] / shape[1])
 
 
-def _resize(image: np.ndarray, label: Optional[np.ndarray], hw: Size
-            ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _resize(
+    image: np.ndarray, label: Optional[np.ndarray], hw: Size
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     h, w = hw
     if image.shape[:2] != (h, w):
         shrink = h < image.shape[0]
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink
-                           else cv2.INTER_LINEAR)
+        image = cv2.resize(
+            image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
     if label is not None and label.shape[:2] != (h, w):
         label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
     return image, label
 
 
-def shrink_for_training(image: np.ndarray, label: Optional[np.ndarray], size: Size,
-                        max_scale: float = 1.25) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def shrink_for_training(
+    image: np.ndarray, label: Optional[np.ndarray], size: Size, max_scale: float = 1.25
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Downscale a large image once (area) so that the largest augmentation scale still has every
     pixel it needs; small images are returned as they are.
 
@@ -87,15 +91,17 @@ def _jitter(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> 
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def augment(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator,
-            cfg: AugmentConfig) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def augment(
+    image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """``(H, W, 3)`` uint8 RGB and optional ``(H, W)`` uint8 label → augmented crop of
     ``cfg.size`` (uint8, contiguous). The draws happen in a fixed order whether or not a label is
     given, so an image gets the same geometry with and without its label.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"augment expects an (H, W, 3) uint8 image, got {image.shape} "
-                         f"{image.dtype}")
+        raise ValueError(
+            f"augment expects an (H, W, 3) uint8 image, got {image.shape} " f"{image.dtype}"
+        )
     if label is not None and label.shape[:2] != image.shape[:2]:
         raise ValueError(f"label {label.shape} and image {image.shape} sizes differ")
     h, w = cfg.size
@@ -106,16 +112,18 @@ def augment(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Gener
     ph, pw = max(h - nh, 0), max(w - nw, 0)
     if ph or pw:  # zoomed out: pad at random sides so the image is not always top-left
         top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
-        image = cv2.copyMakeBorder(image, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT,
-                                   value=PAD_RGB)
+        image = cv2.copyMakeBorder(
+            image, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=PAD_RGB
+        )
         if label is not None:
-            label = cv2.copyMakeBorder(label, top, ph - top, left, pw - left,
-                                       cv2.BORDER_CONSTANT, value=IGNORE_ID)
+            label = cv2.copyMakeBorder(
+                label, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=IGNORE_ID
+            )
     y0 = int(rng.integers(0, image.shape[0] - h + 1))
     x0 = int(rng.integers(0, image.shape[1] - w + 1))
-    image = image[y0:y0 + h, x0:x0 + w]
+    image = image[y0 : y0 + h, x0 : x0 + w]
     if label is not None:
-        label = label[y0:y0 + h, x0:x0 + w]
+        label = label[y0 : y0 + h, x0 : x0 + w]
 
     if cfg.flip and rng.random() < 0.5:
         image = image[:, ::-1]

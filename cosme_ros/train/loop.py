@@ -30,6 +30,7 @@ Adam turns near-zero gradient entries into ±lr steps, so fp32 weights after sev
 are not bitwise equal to the single-process run — they are an equally valid sample of the same
 computation (losses agree to ~1e-4). Gloo on the CPU, NCCL on CUDA; only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,6 +62,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # ----------------------------------------------------------------------------- seeding
 
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The sample order of one epoch: a permutation of ``range(n)`` seeded with (seed, epoch)."""
     return np.random.default_rng([int(seed), 1, int(epoch)]).permutation(n)
@@ -86,6 +88,7 @@ def default_warmup(total_steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------- distribution
+
 
 class _AllReduceSum(torch.autograd.Function):
     """Differentiable sum over processes: the gradient of a sum is the sum of the gradients."""
@@ -126,8 +129,9 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         if not self.training:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         c = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), x.new_full((1,), x.numel() // c)])
         total = all_reduce_sum(local)
@@ -138,11 +142,15 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                     else self.momentum)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1).clamp(min=1)),
-                                                  alpha=m)
+                self.running_var.mul_(1 - m).add_(
+                    var.detach() * (n / (n - 1).clamp(min=1)), alpha=m
+                )
         y = d * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
@@ -155,8 +163,13 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.BatchNorm2d):
-        new = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        new = CpuSyncBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
         if module.affine:
             new.weight, new.bias = module.weight, module.bias
         if module.track_running_stats:
@@ -190,6 +203,7 @@ class Distributed:
         """Join the process group that ``torchrun`` describes in the environment (gloo on the CPU,
         NCCL on CUDA) and pick this process's device."""
         from cosme_ros.pipeline import resolve_device
+
         dev = resolve_device(device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -235,6 +249,7 @@ def setup_threads(threads: Optional[int]) -> int:
 
 # ----------------------------------------------------------------------------- data
 
+
 class PreparedSamples:
     """``dataset[i]`` → ``(image, label or None)`` after a deterministic ``prepare`` step,
     memoised while the cached arrays fit in ``budget_bytes``.
@@ -243,8 +258,13 @@ class PreparedSamples:
     so whether an item came from the cache never changes a result.
     """
 
-    def __init__(self, dataset, prepare: Callable[[np.ndarray, Optional[np.ndarray]], Tuple],
-                 labels: bool, budget_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self,
+        dataset,
+        prepare: Callable[[np.ndarray, Optional[np.ndarray]], Tuple],
+        labels: bool,
+        budget_bytes: int = 2 << 30,
+    ) -> None:
         self.dataset, self.prepare, self.labels = dataset, prepare, labels
         self.budget = budget_bytes
         self.used = 0
@@ -263,10 +283,11 @@ class PreparedSamples:
         if self.labels:
             label = sample.semantic
             if label is None:
-                raise CosmeError(f"sample {sample.name!r} has no semantic label; training the "
-                                 f"teacher needs a labelled dataset")
-        item = self.prepare(np.asarray(sample.image), None if label is None
-                            else np.asarray(label))
+                raise CosmeError(
+                    f"sample {sample.name!r} has no semantic label; training the "
+                    f"teacher needs a labelled dataset"
+                )
+        item = self.prepare(np.asarray(sample.image), None if label is None else np.asarray(label))
         size = item[0].nbytes + (0 if item[1] is None else item[1].nbytes)
         if self.used + size <= self.budget:
             self._cache[i] = item
@@ -282,8 +303,9 @@ def subset_indices(n: int, max_items: Optional[int]) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, int(max_items)).round().astype(np.int64))
 
 
-def to_input(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float],
-             device: torch.device) -> Tensor:
+def to_input(
+    images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> Tensor:
     """uint8 RGB (H, W, 3) images → normalised float (B, 3, H, W), channels_last.
 
     The same float32 operations as :meth:`Pipeline.preprocess` ((x / 255 − mean) / std), done in
@@ -300,6 +322,7 @@ def to_input(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def _step_dirs(directory: Path) -> List[Tuple[int, Path]]:
     if not directory.is_dir():
@@ -355,8 +378,9 @@ def optimizer_to_parts(optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, Tens
     return tensors, {"param_groups": _jsonable(sd["param_groups"]), "state_extra": extra}
 
 
-def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor],
-                         rest: Mapping[str, Any]) -> None:
+def optimizer_from_parts(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], rest: Mapping[str, Any]
+) -> None:
     state: Dict[int, Dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -366,8 +390,9 @@ def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
     groups = []
     for g in rest["param_groups"]:
         # JSON has no tuples; torch's optimizers keep e.g. Adam's betas as one.
-        groups.append({k: (tuple(v) if isinstance(v, list) and k != "params" else v)
-                       for k, v in g.items()})
+        groups.append(
+            {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+        )
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     # safetensors stores contiguous tensors; give per-parameter state its parameter's memory
     # format again (e.g. channels_last) so the optimizer's kernels see matching layouts.
@@ -379,16 +404,27 @@ def optimizer_from_parts(optimizer: torch.optim.Optimizer, tensors: Mapping[str,
                     st[name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
-def save_checkpoint(directory: Path, step: int, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, state: Mapping[str, Any],
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any],
+    keep: int = 2,
+) -> Path:
     """Write ``<directory>/step-<step>/`` atomically; keep the newest ``keep`` checkpoints."""
     from cosme_ros.bundle import write_tensors
+
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"step-{step:08d}"
     opt_tensors, opt_rest = optimizer_to_parts(optimizer)
-    doc = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
-           **_jsonable(dict(state)), "optimizer": opt_rest}
+    doc = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": int(step),
+        **_jsonable(dict(state)),
+        "optimizer": opt_rest,
+    }
     with atomic.atomic_dir(target, force=True) as tmp:
         write_tensors(tmp / "model.safetensors", model.state_dict())
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
@@ -404,19 +440,28 @@ def read_checkpoint_state(path: Path) -> Dict[str, Any]:
         doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CosmeError(f"{path / 'state.json'}: cannot read checkpoint state ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT \
-            or doc.get("version") != CHECKPOINT_VERSION:
-        raise CosmeError(f"{path / 'state.json'}: not a version-{CHECKPOINT_VERSION} "
-                         f"{CHECKPOINT_FORMAT}")
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != CHECKPOINT_FORMAT
+        or doc.get("version") != CHECKPOINT_VERSION
+    ):
+        raise CosmeError(
+            f"{path / 'state.json'}: not a version-{CHECKPOINT_VERSION} " f"{CHECKPOINT_FORMAT}"
+        )
     return doc
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, doc: Optional[Dict[str, Any]] = None
-                    ) -> Dict[str, Any]:
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    doc: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """Restore model and optimizer from ``path`` (a ``step-*`` directory); return its state."""
     from cosme_ros.bundle import read_tensors
     from cosme_ros.errors import BundleError
+
     doc = doc if doc is not None else read_checkpoint_state(path)
     try:
         weights = read_tensors(path / "model.safetensors")
@@ -425,27 +470,28 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         raise CosmeError(str(exc)) from None
     try:
         model.load_state_dict(weights, strict=True)
-        optimizer_from_parts(optimizer, {k: v.to(device) for k, v in opt.items()},
-                             doc["optimizer"])
+        optimizer_from_parts(optimizer, {k: v.to(device) for k, v in opt.items()}, doc["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise CosmeError(f"{path}: checkpoint does not fit this model/optimizer ({first})") \
-            from None
+        raise CosmeError(
+            f"{path}: checkpoint does not fit this model/optimizer ({first})"
+        ) from None
     return doc
 
 
 # ----------------------------------------------------------------------------- the loop
+
 
 @dataclass
 class LoopSettings:
     """How long and how to train; ``fingerprint`` must match for ``resume`` to continue."""
 
     epochs: int
-    batch: int                      # global batch (all processes together)
+    batch: int  # global batch (all processes together)
     lr: float
     seed: int = 0
-    warmup: Optional[int] = None    # None: default_warmup(total)
-    checkpoint_every: int = 0       # steps; 0 = never
+    warmup: Optional[int] = None  # None: default_warmup(total)
+    checkpoint_every: int = 0  # steps; 0 = never
     checkpoint_dir: Optional[Path] = None
     resume: bool = False
     keep_checkpoints: int = 2
@@ -461,8 +507,8 @@ class FitResult:
     steps_per_epoch: int
     final_loss: float
     epoch_loss: List[float]
-    seconds: float                  # training time over all runs (resumes included)
-    images_per_second: float        # this run's steps, global images, excluding checkpoint writes
+    seconds: float  # training time over all runs (resumes included)
+    images_per_second: float  # this run's steps, global images, excluding checkpoint writes
     resumed_from: Optional[int]
     history: Dict[str, Any]
 
@@ -483,15 +529,18 @@ class Task:
         return None
 
 
-def check_fresh_start(checkpoint_dir: Optional[Path], resume: bool, force: bool,
-                      ctx: Distributed) -> None:
+def check_fresh_start(
+    checkpoint_dir: Optional[Path], resume: bool, force: bool, ctx: Distributed
+) -> None:
     """Without ``resume``, refuse to silently overwrite a crashed run's checkpoints; with
     ``force``, discard them."""
     if resume or checkpoint_dir is None or latest_checkpoint(checkpoint_dir) is None:
         return
     if not force:
-        raise CosmeError(f"{checkpoint_dir}: holds checkpoints of an earlier run; pass --resume "
-                         f"to continue it or --force to start over")
+        raise CosmeError(
+            f"{checkpoint_dir}: holds checkpoints of an earlier run; pass --resume "
+            f"to continue it or --force to start over"
+        )
     ctx.barrier()
     if ctx.is_main:
         clear_checkpoints(checkpoint_dir)
@@ -499,8 +548,9 @@ def check_fresh_start(checkpoint_dir: Optional[Path], resume: bool, force: bool,
 
 
 @contextlib.contextmanager
-def training_run(checkpoint_dir: Path, *, threads: Optional[int], device: str, resume: bool,
-                 force: bool):
+def training_run(
+    checkpoint_dir: Path, *, threads: Optional[int], device: str, resume: bool, force: bool
+):
     """What every training command does around its training: set the CPU threads, join the
     torchrun group (or run alone), check the checkpoint directory for an earlier run
     (:func:`check_fresh_start`), and leave the group however training ends.
@@ -512,28 +562,44 @@ def training_run(checkpoint_dir: Path, *, threads: Optional[int], device: str, r
     try:
         check_fresh_start(checkpoint_dir, resume, force, ctx)
         if resume and ctx.is_main and checkpoint_dir is not None:
-            atomic.remove_temporaries(checkpoint_dir)   # a killed run's half-written step
+            atomic.remove_temporaries(checkpoint_dir)  # a killed run's half-written step
         yield ctx, n_threads
     finally:
         ctx.close()
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_samples: int,
-        settings: LoopSettings, ctx: Distributed) -> FitResult:
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    n_samples: int,
+    settings: LoopSettings,
+    ctx: Distributed,
+) -> FitResult:
     """Train ``model`` (already on ``ctx.device``) for ``settings.epochs`` epochs of
     ``n_samples // batch`` steps (at least one; the remainder is dropped, so every step has the
     full batch and BatchNorm never sees a lone sample)."""
     batch = min(settings.batch, n_samples)
     if batch < max(2, ctx.world_size):
-        raise CosmeError(f"need a batch of at least {max(2, ctx.world_size)} images (BatchNorm, "
-                         f"{ctx.world_size} process(es)); have {n_samples} image(s), "
-                         f"--batch {settings.batch}")
+        raise CosmeError(
+            f"need a batch of at least {max(2, ctx.world_size)} images (BatchNorm, "
+            f"{ctx.world_size} process(es)); have {n_samples} image(s), "
+            f"--batch {settings.batch}"
+        )
     spe = max(1, n_samples // batch)
     total = settings.epochs * spe
     warmup = default_warmup(total) if settings.warmup is None else settings.warmup
-    fingerprint = _jsonable({**settings.fingerprint, "epochs": settings.epochs, "batch": batch,
-                             "lr": settings.lr, "seed": settings.seed, "warmup": warmup,
-                             "images": n_samples})
+    fingerprint = _jsonable(
+        {
+            **settings.fingerprint,
+            "epochs": settings.epochs,
+            "batch": batch,
+            "lr": settings.lr,
+            "seed": settings.seed,
+            "warmup": warmup,
+            "images": n_samples,
+        }
+    )
 
     start, seconds, resumed_from = 0, 0.0, None
     history: Dict[str, Any] = {"epoch_loss": [], "epoch_eval": []}
@@ -546,11 +612,14 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
             doc = read_checkpoint_state(path)
             if doc.get("fingerprint") != fingerprint:
                 theirs = doc.get("fingerprint") or {}
-                diff = sorted(k for k in set(theirs) | set(fingerprint)
-                              if theirs.get(k) != fingerprint.get(k))
-                raise CosmeError(f"{path}: written by a run with other settings ({', '.join(diff)}"
-                                 f" differ); resume with the same arguments or start over "
-                                 f"with --force")
+                diff = sorted(
+                    k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k)
+                )
+                raise CosmeError(
+                    f"{path}: written by a run with other settings ({', '.join(diff)}"
+                    f" differ); resume with the same arguments or start over "
+                    f"with --force"
+                )
             load_checkpoint(path, model, optimizer, ctx.device, doc)
             start, seconds, resumed_from = int(doc["step"]), float(doc["seconds"]), int(doc["step"])
             history = doc["history"]
@@ -560,20 +629,30 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
     net = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         # Sync BN keeps the buffers identical on every process: no need to broadcast them.
-        net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                  forward_sync_buffers=False)
+        net = DDP(
+            model,
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            forward_sync_buffers=False,
+        )
     model.train()
 
     def indices_of(step: int) -> np.ndarray:
         epoch, k = divmod(step, spe)
         order = epoch_order(settings.seed, epoch, n_samples)
-        return ctx.shard(order[k * batch:(k + 1) * batch])
+        return ctx.shard(order[k * batch : (k + 1) * batch])
 
     pool = ThreadPoolExecutor(1) if settings.prefetch else None
     pending = None
-    bar = tqdm(total=total, initial=start, desc=settings.desc, unit="step",
-               disable=not ctx.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=settings.desc,
+        unit="step",
+        disable=not ctx.is_main,
+        dynamic_ncols=True,
+    )
     run_seconds, run_images, epoch_sum, epoch_steps = 0.0, 0, 0.0, 0
     if start % spe:  # resumed mid-epoch: the running epoch mean restarts from the checkpoint's
         epoch_sum, epoch_steps = history.get("partial", [0.0, 0])
@@ -588,14 +667,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
             else:
                 pending = None
             lr = lr_at(step, total, settings.lr, warmup)
-            for group in optimizer.param_groups:   # lr_scale: e.g. a pretrained backbone's
+            for group in optimizer.param_groups:  # lr_scale: e.g. a pretrained backbone's
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(net, data, batch)
             loss.backward()
             optimizer.step()
-            reported = ctx.sum(loss.detach().float()) / ctx.world_size if ctx.enabled \
+            reported = (
+                ctx.sum(loss.detach().float()) / ctx.world_size
+                if ctx.enabled
                 else loss.detach().float()
+            )
             loss_value = float(reported)
             if not math.isfinite(loss_value):
                 raise CosmeError(f"loss became {loss_value} at step {step + 1}; lower --lr")
@@ -606,8 +688,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
             epoch_sum += loss_value
             epoch_steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}",
-                            ips=f"{run_images / max(run_seconds, 1e-9):.1f}")
+            bar.set_postfix(
+                loss=f"{loss_value:.4g}",
+                lr=f"{lr:.2e}",
+                ips=f"{run_images / max(run_seconds, 1e-9):.1f}",
+            )
             done = step + 1
             if done % spe == 0:
                 epoch = done // spe - 1
@@ -620,29 +705,49 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, n_sample
                 if evaluation is not None:
                     history["epoch_eval"].append({"epoch": epoch + 1, **evaluation})
             history["partial"] = [epoch_sum, epoch_steps]
-            if (ctx.is_main and settings.checkpoint_dir is not None and settings.checkpoint_every
-                    and done % settings.checkpoint_every == 0 and done < total):
-                save_checkpoint(settings.checkpoint_dir, done, model, optimizer,
-                                {"epoch": done // spe, "seconds": seconds,
-                                 "fingerprint": fingerprint, "history": history,
-                                 "last_loss": loss_value},
-                                keep=settings.keep_checkpoints)
+            if (
+                ctx.is_main
+                and settings.checkpoint_dir is not None
+                and settings.checkpoint_every
+                and done % settings.checkpoint_every == 0
+                and done < total
+            ):
+                save_checkpoint(
+                    settings.checkpoint_dir,
+                    done,
+                    model,
+                    optimizer,
+                    {
+                        "epoch": done // spe,
+                        "seconds": seconds,
+                        "fingerprint": fingerprint,
+                        "history": history,
+                        "last_loss": loss_value,
+                    },
+                    keep=settings.keep_checkpoints,
+                )
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     model.eval()
     history.pop("partial", None)
-    return FitResult(steps=total, epochs=settings.epochs, steps_per_epoch=spe,
-                     final_loss=(history["epoch_loss"][-1] if history["epoch_loss"]
-                                 else loss_value),
-                     epoch_loss=list(history["epoch_loss"]), seconds=seconds,
-                     images_per_second=run_images / run_seconds if run_seconds else float("nan"),
-                     resumed_from=resumed_from, history=history)
+    return FitResult(
+        steps=total,
+        epochs=settings.epochs,
+        steps_per_epoch=spe,
+        final_loss=(history["epoch_loss"][-1] if history["epoch_loss"] else loss_value),
+        epoch_loss=list(history["epoch_loss"]),
+        seconds=seconds,
+        images_per_second=run_images / run_seconds if run_seconds else float("nan"),
+        resumed_from=resumed_from,
+        history=history,
+    )
 
 
-def param_groups(model: nn.Module, weight_decay: float,
-                 lr_scales: Optional[Mapping[str, float]] = None) -> List[Dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: Optional[Mapping[str, float]] = None
+) -> List[Dict[str, Any]]:
     """Decay conv/linear weights only; BatchNorm parameters and biases (ndim ≤ 1) are exempt.
 
     ``lr_scales`` maps a parameter-name prefix (e.g. ``"backbone."``) to a factor on the learning

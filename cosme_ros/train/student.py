@@ -13,6 +13,7 @@ per-parameter normalisation makes the step size independent of that scale, where
 retuned per teacher. There is no weight decay: the student should fit the teacher, not generalise
 beyond it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,17 @@ from cosme_ros.anomaly.consensus import DISTILLATION_LAYERS, distillation_loss
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.student import Student
 from cosme_ros.train.augment import AugmentConfig, augment, shrink_for_training
-from cosme_ros.train.loop import (Distributed, FitResult, LoopSettings, PreparedSamples, Task,
-                                  fit, sample_rng, subset_indices, to_input)
+from cosme_ros.train.loop import (
+    Distributed,
+    FitResult,
+    LoopSettings,
+    PreparedSamples,
+    Task,
+    fit,
+    sample_rng,
+    subset_indices,
+    to_input,
+)
 
 Size = Tuple[int, int]
 
@@ -39,9 +49,13 @@ def distillation_layers(teacher: nn.Module) -> Tuple[str, ...]:
 
 
 def build_student_for(teacher: nn.Module, depth: int, width: float) -> Student:
-    return Student(depth, teacher_channels=teacher.tap_channels,
-                   teacher_strides=teacher.tap_strides, taps=distillation_layers(teacher),
-                   width=width)
+    return Student(
+        depth,
+        teacher_channels=teacher.tap_channels,
+        teacher_strides=teacher.tap_strides,
+        taps=distillation_layers(teacher),
+        width=width,
+    )
 
 
 def student_init_seed(seed: int) -> int:
@@ -52,8 +66,9 @@ def student_init_seed(seed: int) -> int:
     same stream as a same-architecture teacher's, i.e. start the student from the teacher's
     initial weights.
     """
-    return int(np.random.SeedSequence([int(seed), 0x5EED, 0xA0C0]).generate_state(
-        1, dtype=np.uint32)[0])
+    return int(
+        np.random.SeedSequence([int(seed), 0x5EED, 0xA0C0]).generate_state(1, dtype=np.uint32)[0]
+    )
 
 
 def initial_student(teacher: nn.Module, depth: int, width: float, seed: int) -> Student:
@@ -65,9 +80,18 @@ def initial_student(teacher: nn.Module, depth: int, width: float, seed: int) -> 
 class DistillTask(Task):
     """One step of Eq. 5 on this process's shard."""
 
-    def __init__(self, teacher: nn.Module, samples: PreparedSamples, subset: np.ndarray,
-                 augment_cfg: AugmentConfig, seed: int, mean: Sequence[float],
-                 std: Sequence[float], ctx: Distributed, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        samples: PreparedSamples,
+        subset: np.ndarray,
+        augment_cfg: AugmentConfig,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        ctx: Distributed,
+        bf16: bool = False,
+    ) -> None:
         self.teacher, self.samples, self.subset, self.bf16 = teacher, samples, subset, bf16
         self.cfg, self.seed, self.mean, self.std, self.ctx = augment_cfg, seed, mean, std, ctx
         self.layers = distillation_layers(teacher)
@@ -85,8 +109,9 @@ class DistillTask(Task):
             with torch.no_grad():
                 target = self.teacher(x, taps=self.layers)
             pred = model(x, sizes={t: tuple(v.shape[-2:]) for t, v in target.items()})
-        return self.ctx.share(distillation_loss(target, pred, self.layers), x.shape[0],
-                              global_count)
+        return self.ctx.share(
+            distillation_loss(target, pred, self.layers), x.shape[0], global_count
+        )
 
 
 @dataclass
@@ -96,13 +121,26 @@ class StudentRun:
     result: FitResult
 
 
-def train_student(bundle: Bundle, dataset, *, data_spec: str, depth: int = 50,
-                  width: float = 1.0, size: Optional[Size] = None, epochs: int = 10,
-                  batch: int = 8, lr: float = 1e-3, seed: int = 0,
-                  max_images: Optional[int] = None, checkpoint_every: int = 0,
-                  checkpoint_dir: Optional[Path] = None, resume: bool = False,
-                  bf16: bool = False, ctx: Optional[Distributed] = None,
-                  cache_bytes: int = 2 << 30) -> StudentRun:
+def train_student(
+    bundle: Bundle,
+    dataset,
+    *,
+    data_spec: str,
+    depth: int = 50,
+    width: float = 1.0,
+    size: Optional[Size] = None,
+    epochs: int = 10,
+    batch: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    max_images: Optional[int] = None,
+    checkpoint_every: int = 0,
+    checkpoint_dir: Optional[Path] = None,
+    resume: bool = False,
+    bf16: bool = False,
+    ctx: Optional[Distributed] = None,
+    cache_bytes: int = 2 << 30,
+) -> StudentRun:
     """Train a student for ``bundle``'s teacher on ``dataset`` (labels unused); return it in eval
     mode with its training record. Nothing is written except checkpoints (rank 0)."""
     ctx = ctx or Distributed()
@@ -112,40 +150,70 @@ def train_student(bundle: Bundle, dataset, *, data_spec: str, depth: int = 50,
         p.requires_grad_(False)
     layers = distillation_layers(teacher)
     if not layers:
-        raise ValueError(f"teacher {bundle.manifest['teacher']['arch']} exposes none of the "
-                         f"distillation taps {DISTILLATION_LAYERS}")
+        raise ValueError(
+            f"teacher {bundle.manifest['teacher']['arch']} exposes none of the "
+            f"distillation taps {DISTILLATION_LAYERS}"
+        )
 
     student = initial_student(teacher, depth, width, seed)
     if ctx.enabled:
         from cosme_ros.train.loop import convert_sync_batchnorm
+
         student = convert_sync_batchnorm(student, ctx.device)
     student = student.to(ctx.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, betas=(0.9, 0.999))
 
     cfg = AugmentConfig(size=size)
-    samples = PreparedSamples(dataset, lambda im, lab: shrink_for_training(im, lab, size,
-                                                                           cfg.scale[1]),
-                              labels=False, budget_bytes=cache_bytes)
+    samples = PreparedSamples(
+        dataset,
+        lambda im, lab: shrink_for_training(im, lab, size, cfg.scale[1]),
+        labels=False,
+        budget_bytes=cache_bytes,
+    )
     subset = subset_indices(len(dataset), max_images)
-    task = DistillTask(teacher, samples, subset, cfg, seed, bundle.mean, bundle.std, ctx,
-                       bf16=bf16)
+    task = DistillTask(teacher, samples, subset, cfg, seed, bundle.mean, bundle.std, ctx, bf16=bf16)
     settings = LoopSettings(
-        epochs=epochs, batch=batch, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-        checkpoint_dir=checkpoint_dir, resume=resume, desc="train-student",
-        fingerprint={"command": "train-student", "data": data_spec, "depth": depth,
-                     "width": width, "size": list(size), "layers": list(layers),
-                     "optimizer": "adam", "augment": cfg.as_dict(), "bf16": bf16})
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        desc="train-student",
+        fingerprint={
+            "command": "train-student",
+            "data": data_spec,
+            "depth": depth,
+            "width": width,
+            "size": list(size),
+            "layers": list(layers),
+            "optimizer": "adam",
+            "augment": cfg.as_dict(),
+            "bf16": bf16,
+        },
+    )
     result = fit(student, optimizer, task, len(subset), settings, ctx)
     record = {
-        "data": data_spec, "images": int(len(subset)), "epochs": epochs,
-        "batch": min(batch, len(subset)), "steps": result.steps, "lr": lr,
+        "data": data_spec,
+        "images": int(len(subset)),
+        "epochs": epochs,
+        "batch": min(batch, len(subset)),
+        "steps": result.steps,
+        "lr": lr,
         "optimizer": "adam(betas=0.9,0.999; no weight decay)",
-        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)", "seed": seed,
+        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
+        "seed": seed,
         "init_seed": student_init_seed(seed),
-        "size": list(size), "loss": "Eq. 5, normalize=hw, layers weighted 1",
-        "layers": list(layers), "augment": cfg.as_dict(), "bf16": bf16,
+        "size": list(size),
+        "loss": "Eq. 5, normalize=hw, layers weighted 1",
+        "layers": list(layers),
+        "augment": cfg.as_dict(),
+        "bf16": bf16,
         "final_loss": result.final_loss,
-        "epoch_loss": result.epoch_loss, "seconds": round(result.seconds, 1),
-        "processes": ctx.world_size, "device": ctx.device.type,
+        "epoch_loss": result.epoch_loss,
+        "seconds": round(result.seconds, 1),
+        "processes": ctx.world_size,
+        "device": ctx.device.type,
     }
     return StudentRun(student=student, record=record, result=result)

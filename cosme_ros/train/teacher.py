@@ -25,6 +25,7 @@ the head's rate and keeps its BatchNorms frozen (the weights come BatchNorm-fold
   in the labels nor predicted; mIoU is the mean over the other classes (the Cityscapes
   convention), and ``miou_present`` the mean over classes that occur in the labels.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,25 +44,48 @@ from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.checkpoints import load_strict
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
-from cosme_ros.nets.mobilenetv2 import (MOBILENET_MEAN, MOBILENET_STD, imagenet_file,
-                                        imagenet_state_dict)
-from cosme_ros.train.augment import (AugmentConfig, augment, resize_for_eval,
-                                     shrink_for_training)
-from cosme_ros.train.loop import (Distributed, FitResult, LoopSettings, PreparedSamples, Task,
-                                  fit, param_groups, sample_rng, subset_indices, to_input)
+from cosme_ros.nets.mobilenetv2 import (
+    MOBILENET_MEAN,
+    MOBILENET_STD,
+    imagenet_file,
+    imagenet_state_dict,
+)
+from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval, shrink_for_training
+from cosme_ros.train.loop import (
+    Distributed,
+    FitResult,
+    LoopSettings,
+    PreparedSamples,
+    Task,
+    fit,
+    param_groups,
+    sample_rng,
+    subset_indices,
+    to_input,
+)
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 Size = Tuple[int, int]
 
 
-def build_teacher(backbone: str = "resnet18", width: float = 1.0, output_stride: int = 16,
-                  head_channels: Optional[int] = None,
-                  num_classes: int = NUM_CLASSES) -> DeepLabV3Plus:
+def build_teacher(
+    backbone: str = "resnet18",
+    width: float = 1.0,
+    output_stride: int = 16,
+    head_channels: Optional[int] = None,
+    num_classes: int = NUM_CLASSES,
+) -> DeepLabV3Plus:
     head = int(head_channels) if head_channels else max(8, round(256 * width))
-    return DeepLabV3Plus(backbone, num_classes, output_stride, width=width, aspp_channels=head,
-                         low_level_channels=max(8, round(head * 48 / 256)),
-                         decoder_channels=head)
+    return DeepLabV3Plus(
+        backbone,
+        num_classes,
+        output_stride,
+        width=width,
+        aspp_channels=head,
+        low_level_channels=max(8, round(head * 48 / 256)),
+        decoder_channels=head,
+    )
 
 
 # Pretrained backbones: (backbone, source) → input normalisation the weights were trained with.
@@ -79,10 +103,15 @@ def normalisation(backbone: str, pretrained: Optional[str]) -> Tuple[Tuple[float
     return PRETRAINED[(backbone, pretrained)]
 
 
-def initial_teacher(backbone: str, width: float, output_stride: int,
-                    head_channels: Optional[int], seed: int,
-                    pretrained: Optional[str] = None,
-                    pretrained_weights: Optional[Path] = None) -> DeepLabV3Plus:
+def initial_teacher(
+    backbone: str,
+    width: float,
+    output_stride: int,
+    head_channels: Optional[int],
+    seed: int,
+    pretrained: Optional[str] = None,
+    pretrained_weights: Optional[Path] = None,
+) -> DeepLabV3Plus:
     """The teacher before training: head (and a from-scratch backbone) drawn from
     ``torch.manual_seed(seed)``; with ``pretrained="imagenet"`` the backbone then takes the
     ImageNet weights (strictly) and keeps its BatchNorms in eval mode while training."""
@@ -92,12 +121,17 @@ def initial_teacher(backbone: str, width: float, output_stride: int,
         return model
     name = model.config["backbone"]
     if (name, pretrained) not in PRETRAINED:
-        raise CosmeError(f"no {pretrained} weights for a {name} backbone; pretrained backbones: "
-                         + ", ".join(f"{b} ({s})" for b, s in PRETRAINED))
+        raise CosmeError(
+            f"no {pretrained} weights for a {name} backbone; pretrained backbones: "
+            + ", ".join(f"{b} ({s})" for b, s in PRETRAINED)
+        )
     if pretrained_weights is None:
         raise CosmeError(f"--pretrained {pretrained} needs the weights' path")
-    load_strict(model.backbone, imagenet_state_dict(pretrained_weights, classifier=False),
-                pretrained_weights)
+    load_strict(
+        model.backbone,
+        imagenet_state_dict(pretrained_weights, classifier=False),
+        pretrained_weights,
+    )
     model.backbone.freeze_batchnorm = True
     return model
 
@@ -105,10 +139,18 @@ def initial_teacher(backbone: str, width: float, output_stride: int,
 class SegmentationTask(Task):
     """Cross-entropy on this process's shard of an augmented, labelled batch."""
 
-    def __init__(self, samples: PreparedSamples, subset: np.ndarray, cfg: AugmentConfig,
-                 seed: int, ctx: Distributed, bf16: bool = False,
-                 val: Optional["Evaluator"] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        samples: PreparedSamples,
+        subset: np.ndarray,
+        cfg: AugmentConfig,
+        seed: int,
+        ctx: Distributed,
+        bf16: bool = False,
+        val: Optional["Evaluator"] = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         self.samples, self.subset, self.cfg, self.seed, self.ctx = samples, subset, cfg, seed, ctx
         self.bf16, self.val, self.mean, self.std = bf16, val, mean, std
 
@@ -128,8 +170,9 @@ class SegmentationTask(Task):
         x, y = batch
         with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = model(x, taps=("o",))["o"]
-        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
-                               align_corners=False)
+        logits = F.interpolate(
+            logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False
+        )
         total = F.cross_entropy(logits, y, ignore_index=IGNORE_ID, reduction="sum")
         valid = self.ctx.sum((y != IGNORE_ID).sum().float()).clamp(min=1)
         # DDP averages gradients over processes; scale the sum so the average is the global mean.
@@ -147,10 +190,17 @@ class SegmentationTask(Task):
 class Evaluator:
     """mIoU of a segmentation network on a labelled dataset, sharded over processes."""
 
-    def __init__(self, dataset, size: Size, ctx: Distributed, batch: int = 8,
-                 bf16: bool = False, cache_bytes: int = 1 << 30,
-                 mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        dataset,
+        size: Size,
+        ctx: Distributed,
+        batch: int = 8,
+        bf16: bool = False,
+        cache_bytes: int = 1 << 30,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         self.dataset, self.size, self.ctx, self.batch, self.bf16 = dataset, size, ctx, batch, bf16
         self.mean, self.std = mean, std
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
@@ -162,8 +212,10 @@ class Evaluator:
             if sample.semantic is None:
                 raise CosmeError(f"validation sample {sample.name!r} has no semantic label")
             # The resized input and the label are all evaluation needs; keep them if small.
-            item = (resize_for_eval(np.asarray(sample.image), self.size),
-                    np.asarray(sample.semantic))
+            item = (
+                resize_for_eval(np.asarray(sample.image), self.size),
+                np.asarray(sample.semantic),
+            )
             size = item[0].nbytes + item[1].nbytes
             if size <= self._budget:
                 self._cache[i] = item
@@ -176,21 +228,35 @@ class Evaluator:
         was_training = model.training
         model.eval()
         conf = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.int64)
-        mine = np.arange(len(self.dataset))[self.ctx.rank::self.ctx.world_size]
-        chunks = [mine[k:k + self.batch] for k in range(0, len(mine), self.batch)]
-        for chunk in tqdm(chunks, desc="evaluate", unit="batch",
-                          disable=not (progress and self.ctx.is_main), leave=False):
+        mine = np.arange(len(self.dataset))[self.ctx.rank :: self.ctx.world_size]
+        chunks = [mine[k : k + self.batch] for k in range(0, len(mine), self.batch)]
+        for chunk in tqdm(
+            chunks,
+            desc="evaluate",
+            unit="batch",
+            disable=not (progress and self.ctx.is_main),
+            leave=False,
+        ):
             items = [self._item(int(i)) for i in chunk]
             x = to_input([im for im, _ in items], self.mean, self.std, self.ctx.device)
             with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = model(x, taps=("o",))["o"]
             for k, (_, label) in enumerate(items):
-                pred = F.interpolate(logits[k:k + 1].float(), size=label.shape[:2],
-                                     mode="bilinear", align_corners=False)[0].argmax(0).cpu()
+                pred = (
+                    F.interpolate(
+                        logits[k : k + 1].float(),
+                        size=label.shape[:2],
+                        mode="bilinear",
+                        align_corners=False,
+                    )[0]
+                    .argmax(0)
+                    .cpu()
+                )
                 gt = torch.from_numpy(label.astype(np.int64))
                 ok = gt < NUM_CLASSES
-                conf += torch.bincount(gt[ok] * NUM_CLASSES + pred[ok],
-                                       minlength=NUM_CLASSES * NUM_CLASSES)
+                conf += torch.bincount(
+                    gt[ok] * NUM_CLASSES + pred[ok], minlength=NUM_CLASSES * NUM_CLASSES
+                )
         if self.ctx.enabled:
             conf = conf.to(self.ctx.device)
             torch.distributed.all_reduce(conf)
@@ -199,8 +265,9 @@ class Evaluator:
         return iou_from_confusion(conf.view(NUM_CLASSES, NUM_CLASSES).numpy())
 
 
-def iou_from_confusion(conf: np.ndarray, names: Sequence[str] = CITYSCAPES_CLASSES
-                       ) -> Dict[str, Any]:
+def iou_from_confusion(
+    conf: np.ndarray, names: Sequence[str] = CITYSCAPES_CLASSES
+) -> Dict[str, Any]:
     """``conf[gt, pred]`` pixel counts → per-class IoU, mIoU (Cityscapes: over classes with
     TP+FP+FN > 0), mIoU over classes present in the labels, and pixel accuracy."""
     conf = conf.astype(np.float64)
@@ -222,9 +289,11 @@ def iou_from_confusion(conf: np.ndarray, names: Sequence[str] = CITYSCAPES_CLASS
 def format_iou_table(result: Dict[str, Any]) -> str:
     """Per-class IoU lines (classes absent from labels and predictions are left out)."""
     rows = [f"  {name:<14s} {100 * v:6.2f}" for name, v in result["iou"].items() if v is not None]
-    rows.append(f"  {'mIoU':<14s} {100 * result['miou']:6.2f}   (over classes present: "
-                f"{100 * result['miou_present']:.2f}, pixel accuracy "
-                f"{100 * result['pixel_accuracy']:.2f})")
+    rows.append(
+        f"  {'mIoU':<14s} {100 * result['miou']:6.2f}   (over classes present: "
+        f"{100 * result['miou_present']:.2f}, pixel accuracy "
+        f"{100 * result['pixel_accuracy']:.2f})"
+    )
     return "\n".join(rows)
 
 
@@ -234,75 +303,140 @@ class TeacherRun:
     record: Dict[str, Any]
     result: FitResult
     evaluation: Dict[str, Any]
-    mean: Sequence[float] = IMAGENET_MEAN   # the input normalisation it was trained with
+    mean: Sequence[float] = IMAGENET_MEAN  # the input normalisation it was trained with
     std: Sequence[float] = IMAGENET_STD
 
 
-def train_teacher(train_set, val_set, *, data_spec: str, val_spec: str,
-                  backbone: str = "resnet18", width: float = 1.0, output_stride: int = 16,
-                  head_channels: Optional[int] = None, size: Size = (256, 512),
-                  epochs: int = 50, batch: int = 8, lr: float = 1e-3,
-                  weight_decay: float = 1e-2, seed: int = 0,
-                  max_images: Optional[int] = None, checkpoint_every: int = 0,
-                  checkpoint_dir: Optional[Path] = None, resume: bool = False,
-                  eval_every_epoch: bool = False, bf16: bool = False,
-                  pretrained: Optional[str] = None, pretrained_weights: Optional[Path] = None,
-                  ctx: Optional[Distributed] = None,
-                  cache_bytes: int = 2 << 30) -> TeacherRun:
+def train_teacher(
+    train_set,
+    val_set,
+    *,
+    data_spec: str,
+    val_spec: str,
+    backbone: str = "resnet18",
+    width: float = 1.0,
+    output_stride: int = 16,
+    head_channels: Optional[int] = None,
+    size: Size = (256, 512),
+    epochs: int = 50,
+    batch: int = 8,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+    max_images: Optional[int] = None,
+    checkpoint_every: int = 0,
+    checkpoint_dir: Optional[Path] = None,
+    resume: bool = False,
+    eval_every_epoch: bool = False,
+    bf16: bool = False,
+    pretrained: Optional[str] = None,
+    pretrained_weights: Optional[Path] = None,
+    ctx: Optional[Distributed] = None,
+    cache_bytes: int = 2 << 30,
+) -> TeacherRun:
     """Train a DeepLabV3+ (from scratch, or on a pretrained backbone) and evaluate it on
     ``val_set``; nothing is written except checkpoints (rank 0)."""
     ctx = ctx or Distributed()
     size = (int(size[0]), int(size[1]))
-    model = initial_teacher(backbone, width, output_stride, head_channels, seed, pretrained,
-                            pretrained_weights)
+    model = initial_teacher(
+        backbone, width, output_stride, head_channels, seed, pretrained, pretrained_weights
+    )
     mean, std = normalisation(model.config["backbone"], pretrained)
     if ctx.enabled:
         from cosme_ros.train.loop import convert_sync_batchnorm
+
         if pretrained is not None:
-            raise CosmeError("a pretrained backbone keeps its BatchNorms frozen; train it in one "
-                             "process (synchronised BatchNorm would unfreeze them)")
+            raise CosmeError(
+                "a pretrained backbone keeps its BatchNorms frozen; train it in one "
+                "process (synchronised BatchNorm would unfreeze them)"
+            )
         model = convert_sync_batchnorm(model, ctx.device)
     model = model.to(ctx.device, memory_format=torch.channels_last)
     lr_scales = {"backbone.": PRETRAINED_BACKBONE_LR_SCALE} if pretrained else None
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay, lr_scales), lr=lr,
-                                  betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, weight_decay, lr_scales), lr=lr, betas=(0.9, 0.999)
+    )
 
     cfg = AugmentConfig(size=size)
-    samples = PreparedSamples(train_set, lambda im, lab: shrink_for_training(im, lab, size,
-                                                                             cfg.scale[1]),
-                              labels=True, budget_bytes=cache_bytes)
+    samples = PreparedSamples(
+        train_set,
+        lambda im, lab: shrink_for_training(im, lab, size, cfg.scale[1]),
+        labels=True,
+        budget_bytes=cache_bytes,
+    )
     subset = subset_indices(len(train_set), max_images)
-    evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16, mean=mean,
-                          std=std)
-    task = SegmentationTask(samples, subset, cfg, seed, ctx, bf16=bf16,
-                            val=evaluator if eval_every_epoch else None, mean=mean, std=std)
+    evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16, mean=mean, std=std)
+    task = SegmentationTask(
+        samples,
+        subset,
+        cfg,
+        seed,
+        ctx,
+        bf16=bf16,
+        val=evaluator if eval_every_epoch else None,
+        mean=mean,
+        std=std,
+    )
     settings = LoopSettings(
-        epochs=epochs, batch=batch, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-        checkpoint_dir=checkpoint_dir, resume=resume, desc="train-teacher",
-        fingerprint={"command": "train-teacher", "data": data_spec, "config": model.config,
-                     "size": list(size), "optimizer": "adamw", "weight_decay": weight_decay,
-                     "augment": cfg.as_dict(), "bf16": bf16,
-                     "eval_every_epoch": eval_every_epoch, "pretrained": pretrained})
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        desc="train-teacher",
+        fingerprint={
+            "command": "train-teacher",
+            "data": data_spec,
+            "config": model.config,
+            "size": list(size),
+            "optimizer": "adamw",
+            "weight_decay": weight_decay,
+            "augment": cfg.as_dict(),
+            "bf16": bf16,
+            "eval_every_epoch": eval_every_epoch,
+            "pretrained": pretrained,
+        },
+    )
     result = fit(model, optimizer, task, len(subset), settings, ctx)
     evaluation = evaluator(model, progress=True)
     record = {
-        "data": data_spec, "val": val_spec, "images": int(len(subset)),
-        "val_images": len(val_set), "epochs": epochs, "batch": min(batch, len(subset)),
-        "steps": result.steps, "lr": lr,
+        "data": data_spec,
+        "val": val_spec,
+        "images": int(len(subset)),
+        "val_images": len(val_set),
+        "epochs": epochs,
+        "batch": min(batch, len(subset)),
+        "steps": result.steps,
+        "lr": lr,
         "optimizer": f"adamw(betas=0.9,0.999; weight decay {weight_decay:g} on conv weights)"
-                     + (f"; backbone lr x{PRETRAINED_BACKBONE_LR_SCALE:g}" if pretrained else ""),
-        "pretrained": (None if pretrained is None else
-                       {"weights": pretrained, "file": imagenet_file(pretrained_weights).name,
-                        "batchnorm": "frozen (eval mode) in the backbone"}),
-        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)", "seed": seed,
-        "size": list(size), "augment": cfg.as_dict(), "bf16": bf16,
-        "final_loss": result.final_loss, "epoch_loss": result.epoch_loss,
+        + (f"; backbone lr x{PRETRAINED_BACKBONE_LR_SCALE:g}" if pretrained else ""),
+        "pretrained": (
+            None
+            if pretrained is None
+            else {
+                "weights": pretrained,
+                "file": imagenet_file(pretrained_weights).name,
+                "batchnorm": "frozen (eval mode) in the backbone",
+            }
+        ),
+        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
+        "seed": seed,
+        "size": list(size),
+        "augment": cfg.as_dict(),
+        "bf16": bf16,
+        "final_loss": result.final_loss,
+        "epoch_loss": result.epoch_loss,
         "epoch_val_miou": [e["miou"] for e in result.history.get("epoch_eval", [])],
-        "miou": evaluation["miou"], "miou_present": evaluation["miou_present"],
+        "miou": evaluation["miou"],
+        "miou_present": evaluation["miou_present"],
         "pixel_accuracy": evaluation["pixel_accuracy"],
         "iou": {k: v for k, v in evaluation["iou"].items() if v is not None},
-        "seconds": round(result.seconds, 1), "processes": ctx.world_size,
+        "seconds": round(result.seconds, 1),
+        "processes": ctx.world_size,
         "device": ctx.device.type,
     }
-    return TeacherRun(model=model, record=record, result=result, evaluation=evaluation,
-                      mean=mean, std=std)
+    return TeacherRun(
+        model=model, record=record, result=result, evaluation=evaluation, mean=mean, std=std
+    )

@@ -16,10 +16,18 @@ Modules: ``camera`` (projection), ``canvas`` (drawing primitives), ``world`` (st
 ``look`` (colours, light, compositing), ``scene`` (one render), ``frame`` (seeded frames),
 ``drive`` (a continuous drive), ``dataset`` (writing a split), ``preview`` (contact sheets).
 """
+
 from cosme_ros.data.synth.anomalies import FAMILIES as ANOMALY_FAMILIES
 from cosme_ros.data.synth.dataset import write_split
 from cosme_ros.data.synth.drive import drive_frames
 from cosme_ros.data.synth.frame import GENERATOR_VERSION, SPLITS, Frame, render_frame
 
-__all__ = ["ANOMALY_FAMILIES", "GENERATOR_VERSION", "SPLITS", "Frame", "drive_frames",
-           "render_frame", "write_split"]
+__all__ = [
+    "ANOMALY_FAMILIES",
+    "GENERATOR_VERSION",
+    "SPLITS",
+    "Frame",
+    "drive_frames",
+    "render_frame",
+    "write_split",
+]

@@ -4,6 +4,7 @@ World frame: X to the right, Y up from the road surface, Z forward along the str
 stands at (x, height_m, z), turned by ``yaw`` about the vertical axis (positive = towards +X), and
 looks horizontally; a per-image horizon row ``cy`` stands in for a small pitch.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,10 +20,10 @@ NEAR = 0.3  # metres; geometry in front of the camera closer than this is clippe
 class Camera:
     width: int
     height: int
-    f: float            # focal length in pixels
-    cx: float           # principal point column (vanishing point of the straight road)
-    cy: float           # horizon row
-    height_m: float     # camera height above the road
+    f: float  # focal length in pixels
+    cx: float  # principal point column (vanishing point of the straight road)
+    cy: float  # horizon row
+    height_m: float  # camera height above the road
     x: float = 0.0
     z: float = 0.0
     yaw: float = 0.0
@@ -83,8 +84,13 @@ class Camera:
             if len(out) < 3:
                 return None
             cam = np.asarray(out)
-        return np.stack([self.cx + self.f * cam[:, 0] / cam[:, 2],
-                         self.cy + self.f * (self.height_m - cam[:, 1]) / cam[:, 2]], axis=1)
+        return np.stack(
+            [
+                self.cx + self.f * cam[:, 0] / cam[:, 2],
+                self.cy + self.f * (self.height_m - cam[:, 1]) / cam[:, 2],
+            ],
+            axis=1,
+        )
 
     def ground_row(self, depth: float, y: float = 0.0) -> float:
         return self.cy + self.f * (self.height_m - y) / depth

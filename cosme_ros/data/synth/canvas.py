@@ -5,6 +5,7 @@ Every primitive writes the same pixels into ``rgb`` (flat colour, lit later), an
 compositing time). ``shade`` is separate: cast shadows darken only ground pixels, so objects never
 draw into it. Coordinates are float pixels, drawn with 1/8-pixel precision (``shift=3``).
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -22,8 +23,27 @@ ANOMALY_BASE = 200
 VOID = IGNORE_ID
 
 # Materials (texture and shading families applied at compositing time).
-FLAT, ASPHALT, PAVING, LEAF, PLASTER, GLASS, PAINT, FABRIC, GRASS, SKY, FUR, WOOD, RUBBER, \
-    METAL, SKIN, CONCRETE, BARK, MARKING, PLASTIC = range(19)
+(
+    FLAT,
+    ASPHALT,
+    PAVING,
+    LEAF,
+    PLASTER,
+    GLASS,
+    PAINT,
+    FABRIC,
+    GRASS,
+    SKY,
+    FUR,
+    WOOD,
+    RUBBER,
+    METAL,
+    SKIN,
+    CONCRETE,
+    BARK,
+    MARKING,
+    PLASTIC,
+) = range(19)
 N_MATERIALS = 19
 
 Color = Sequence[float]
@@ -67,19 +87,30 @@ class Canvas:
         if uv is not None:
             self.polys([uv], color, label, mat)
 
-    def ellipse(self, center, axes, angle: float, color: Color, label: int, mat: int,
-                thickness: int = -1) -> None:
+    def ellipse(
+        self, center, axes, angle: float, color: Color, label: int, mat: int, thickness: int = -1
+    ) -> None:
         c = (int(round(center[0] * ONE)), int(round(center[1] * ONE)))
         a = (max(0, int(round(axes[0] * ONE))), max(0, int(round(axes[1] * ONE))))
         if thickness > 0:
             thickness = max(1, int(round(thickness)))
-        cv2.ellipse(self.rgb, c, a, float(angle), 0, 360, tuple(float(v) for v in color),
-                    thickness, cv2.LINE_8, SHIFT)
-        cv2.ellipse(self.lm, c, a, float(angle), 0, 360, (label, mat), thickness, cv2.LINE_8,
-                    SHIFT)
+        cv2.ellipse(
+            self.rgb,
+            c,
+            a,
+            float(angle),
+            0,
+            360,
+            tuple(float(v) for v in color),
+            thickness,
+            cv2.LINE_8,
+            SHIFT,
+        )
+        cv2.ellipse(self.lm, c, a, float(angle), 0, 360, (label, mat), thickness, cv2.LINE_8, SHIFT)
 
-    def circle(self, center, radius: float, color: Color, label: int, mat: int,
-               thickness: int = -1) -> None:
+    def circle(
+        self, center, radius: float, color: Color, label: int, mat: int, thickness: int = -1
+    ) -> None:
         self.ellipse(center, (radius, radius), 0.0, color, label, mat, thickness)
 
     def line(self, p0, p1, width: float, color: Color, label: int, mat: int) -> None:
@@ -90,8 +121,9 @@ class Canvas:
         cv2.line(self.rgb, a, b, tuple(float(v) for v in color), t, cv2.LINE_8, SHIFT)
         cv2.line(self.lm, a, b, (label, mat), t, cv2.LINE_8, SHIFT)
 
-    def polyline(self, uv: np.ndarray, width: float, color: Color, label: int, mat: int,
-                 closed: bool = False) -> None:
+    def polyline(
+        self, uv: np.ndarray, width: float, color: Color, label: int, mat: int, closed: bool = False
+    ) -> None:
         t = max(1, int(round(width)))
         pts = [_pts(uv)]
         cv2.polylines(self.rgb, pts, closed, tuple(float(v) for v in color), t, cv2.LINE_8, SHIFT)
@@ -105,8 +137,9 @@ class Canvas:
         seg = np.asarray(segments, np.float64).reshape(-1, 2, 2)
         pts = list(np.round(seg * ONE).astype(np.int32))
         if pts:
-            cv2.polylines(self.rgb, pts, False, tuple(float(v) for v in color), t, cv2.LINE_8,
-                          SHIFT)
+            cv2.polylines(
+                self.rgb, pts, False, tuple(float(v) for v in color), t, cv2.LINE_8, SHIFT
+            )
 
     def paint_polys(self, polys: Iterable[np.ndarray], color: Color) -> None:
         pts = [_pts(p) for p in polys if p is not None and len(p) >= 3]

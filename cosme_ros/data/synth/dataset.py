@@ -11,6 +11,7 @@ Layout (read by the ``synthetic`` dataset kind; the test split is also a ``folde
 ``<id>`` is the zero-padded index (``000123``). Each image is seeded by (seed, split, index), so
 the files do not depend on ``workers``.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,20 +59,31 @@ def _render_and_write(job: Tuple[str, str, int, int, Tuple[int, int], int]) -> D
     name = f"{index:0{width}d}"
     for sub, data in frame_files(frame, split).items():
         Path(root, sub, name + ".png").write_bytes(data)
-    counts = np.bincount(frame.semantic.ravel(), minlength=256)[:len(CITYSCAPES_CLASSES)]
-    return {"id": name, "families": frame.families,
-            "anomaly_pixels": int((frame.anomaly == 1).sum()),
-            "trainids": np.flatnonzero(counts).tolist(), "conditions": frame.conditions,
-            "objects": frame.objects}
+    counts = np.bincount(frame.semantic.ravel(), minlength=256)[: len(CITYSCAPES_CLASSES)]
+    return {
+        "id": name,
+        "families": frame.families,
+        "anomaly_pixels": int((frame.anomaly == 1).sum()),
+        "trainids": np.flatnonzero(counts).tolist(),
+        "conditions": frame.conditions,
+        "objects": frame.objects,
+    }
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def write_split(out: str | Path, split: str, n: int, seed: int, size: Tuple[int, int],
-                force: bool = False, workers: int = 1,
-                progress: Optional[Callable[[Iterable], Iterable]] = None) -> Dict:
+def write_split(
+    out: str | Path,
+    split: str,
+    n: int,
+    seed: int,
+    size: Tuple[int, int],
+    force: bool = False,
+    workers: int = 1,
+    progress: Optional[Callable[[Iterable], Iterable]] = None,
+) -> Dict:
     """Render ``n`` frames of ``split`` into ``out`` (built in a temporary sibling, then renamed).
 
     Returns the contents of ``meta.yaml``.
@@ -93,8 +105,9 @@ def write_split(out: str | Path, split: str, n: int, seed: int, size: Tuple[int,
             # spawn, not fork: a forked child can inherit a lock held by one of OpenCV's threads.
             ctx = multiprocessing.get_context("spawn")
             chunk = max(1, min(16, n // (4 * workers)))
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                     mp_context=ctx) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, initializer=_init_worker, mp_context=ctx
+            ) as pool:
                 results = pool.map(_render_and_write, jobs, chunksize=chunk)
                 records = list(progress(results) if progress else results)
         else:
@@ -105,14 +118,23 @@ def write_split(out: str | Path, split: str, n: int, seed: int, size: Tuple[int,
         present = sorted({t for r in records for t in r["trainids"]})
         families = sorted({f for r in records for f in r["families"] if f in FAMILIES})
         meta = {
-            "kind": "synthetic", "generator": "cosme_ros.data.synth", "version": GENERATOR_VERSION,
-            "cosme_ros": __version__, "split": split, "n": int(n), "seed": int(seed),
-            "size": [int(size[0]), int(size[1])], "id_width": width,
+            "kind": "synthetic",
+            "generator": "cosme_ros.data.synth",
+            "version": GENERATOR_VERSION,
+            "cosme_ros": __version__,
+            "split": split,
+            "n": int(n),
+            "seed": int(seed),
+            "size": [int(size[0]), int(size[1])],
+            "id_width": width,
             "layout": {sub: f"{sub}/<id>.png" for sub in subdirs},
-            "classes": list(CITYSCAPES_CLASSES), "trainids_present": present,
-            "anomaly_families": families, "ignore_index": 255,
-            "mask_convention": ("0 in-distribution, 1 anomaly, 255 void" if split == "test"
-                                else None),
+            "classes": list(CITYSCAPES_CLASSES),
+            "trainids_present": present,
+            "anomaly_families": families,
+            "ignore_index": 255,
+            "mask_convention": (
+                "0 in-distribution, 1 anomaly, 255 void" if split == "test" else None
+            ),
         }
         (tmp / "meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
         for path in [tmp / "objects.jsonl", tmp / "meta.yaml"]:

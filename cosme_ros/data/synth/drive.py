@@ -5,6 +5,7 @@ speeds (one speed per lane, so nothing collides), pedestrians walk, and anomalie
 road, the kerb and the sidewalk, growing as the camera approaches and passing beside it. The
 camera's own lane stays free of anomalies until after the end of the drive.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,20 +44,35 @@ def _collides(th, anomaly, duration: float, lane_w: float) -> bool:
     return z0 - reach <= anomaly.z <= z1 + reach
 
 
-def drive_frames(seed: int, n: int, size: Tuple[int, int] = (192, 384), fps: float = 10.0,
-                 speed: Optional[float] = None) -> Iterator[Frame]:
+def drive_frames(
+    seed: int,
+    n: int,
+    size: Tuple[int, int] = (192, 384),
+    fps: float = 10.0,
+    speed: Optional[float] = None,
+) -> Iterator[Frame]:
     """Yield ``n`` consecutive frames of one drive at ``fps`` (speed in m/s; default 7–11)."""
     if n < 1 or fps <= 0:
         raise ValueError("a drive needs n >= 1 frames and fps > 0")
     rng = frame_rng(seed, DRIVE_STREAM, 0)
     speed = float(rng.uniform(7.0, 11.0) if speed is None else speed)
     length = speed * (n - 1) / fps
-    world = make_world(rng, z_min=-10.0, z_max=length + 140.0, speed=max(speed, 1e-3),
-                       junction_every=110.0)
+    world = make_world(
+        rng, z_min=-10.0, z_max=length + 140.0, speed=max(speed, 1e-3), junction_every=110.0
+    )
     cam0 = make_camera(rng, size, world)
     count = max(2, int((length + 70.0) / 25.0))
-    placed = an.place(rng, world, count, 15.0, length + 70.0, cam0.f, max(3.0, 0.015 * size[0]),
-                      avoid_ego_before=length + 15.0, log=False)
+    placed = an.place(
+        rng,
+        world,
+        count,
+        15.0,
+        length + 70.0,
+        cam0.f,
+        max(3.0, 0.015 * size[0]),
+        avoid_ego_before=length + 15.0,
+        log=False,
+    )
     road = world.road
     duration = (n - 1) / fps
     keep = []
@@ -80,7 +96,10 @@ def drive_frames(seed: int, n: int, size: Tuple[int, int] = (192, 384), fps: flo
         t = i / fps
         z = speed * t
         cam = dataclasses.replace(
-            cam0, z=z, x=float(road.xref(z)) + world.ego_a + 0.12 * math.sin(0.4 * t),
-            yaw=road.heading(z) + yaw0 + 0.008 * math.sin(0.9 * t))
+            cam0,
+            z=z,
+            x=float(road.xref(z)) + world.ego_a + 0.12 * math.sin(0.4 * t),
+            yaw=road.heading(z) + yaw0 + 0.008 * math.sin(0.9 * t),
+        )
         canvas, objects = render(world, cam, t)
         yield compose(canvas, objects, world, cam, noise, frame_rng(seed, DRIVE_STREAM, i + 1))

@@ -4,6 +4,7 @@ Every frame has its own random stream, seeded by (seed, split, index[, attempt])
 rendered in any order, in any process, and come out byte-identical. The scene is drawn before any
 size-dependent random numbers (texture noise), so one seed gives the same street at every size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ MAX_ATTEMPTS = 20
 
 @dataclass
 class Frame:
-    image: np.ndarray          # (H, W, 3) uint8 RGB
-    semantic: np.ndarray       # (H, W) uint8 Cityscapes trainIds; 255 = void or anomaly
-    anomaly: np.ndarray        # (H, W) uint8: 0 in-distribution, 1 anomaly, 255 void
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    semantic: np.ndarray  # (H, W) uint8 Cityscapes trainIds; 255 = void or anomaly
+    anomaly: np.ndarray  # (H, W) uint8: 0 in-distribution, 1 anomaly, 255 void
     objects: List[Dict] = field(default_factory=list)
     families: List[str] = field(default_factory=list)
     conditions: Dict = field(default_factory=dict)
@@ -47,10 +48,17 @@ def frame_rng(seed: int, stream: int, index: int, attempt: int = 0) -> np.random
 def make_camera(rng: np.random.Generator, size: Tuple[int, int], world: World) -> Camera:
     """Intrinsics and pose of a forward-facing car camera with a per-image horizon and yaw."""
     h, w = size
-    return Camera(width=w, height=h, f=float(w * rng.uniform(1.0, 1.4)),
-                  cx=float(w * (0.5 + rng.uniform(-0.05, 0.05))),
-                  cy=float(h * rng.uniform(0.36, 0.5)), height_m=float(rng.uniform(1.25, 1.8)),
-                  x=float(world.ego_a), z=0.0, yaw=float(rng.uniform(-0.05, 0.05)))
+    return Camera(
+        width=w,
+        height=h,
+        f=float(w * rng.uniform(1.0, 1.4)),
+        cx=float(w * (0.5 + rng.uniform(-0.05, 0.05))),
+        cy=float(h * rng.uniform(0.36, 0.5)),
+        height_m=float(rng.uniform(1.25, 1.8)),
+        x=float(world.ego_a),
+        z=0.0,
+        yaw=float(rng.uniform(-0.05, 0.05)),
+    )
 
 
 def compose(canvas, objects: List[Dict], world: World, cam: Camera, noise, rng) -> Frame:
@@ -68,8 +76,14 @@ def compose(canvas, objects: List[Dict], world: World, cam: Camera, noise, rng) 
             o["pixels"] = int(counts[an.CODE[o["family"]]])
     families = {o["family"] for o in objects if not o["anomaly"]}
     families |= {f for f, code in an.CODE.items() if counts[code] > 0}
-    return Frame(image=image, semantic=semantic, anomaly=mask, objects=objects,
-                 families=sorted(families), conditions=world.conditions(objects))
+    return Frame(
+        image=image,
+        semantic=semantic,
+        anomaly=mask,
+        objects=objects,
+        families=sorted(families),
+        conditions=world.conditions(objects),
+    )
 
 
 def render_frame(seed: int, split: str, index: int, size: Tuple[int, int] = (192, 384)) -> Frame:
@@ -90,5 +104,6 @@ def render_frame(seed: int, split: str, index: int, size: Tuple[int, int] = (192
         frame = compose(canvas, objects, world, cam, noise, rng)
         if split != "test" or int((frame.anomaly == 1).sum()) >= min_visible:
             return frame
-    raise RuntimeError(f"no visible anomaly after {MAX_ATTEMPTS} attempts "
-                       f"(seed {seed}, index {index})")
+    raise RuntimeError(
+        f"no visible anomaly after {MAX_ATTEMPTS} attempts " f"(seed {seed}, index {index})"
+    )

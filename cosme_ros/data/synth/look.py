@@ -5,6 +5,7 @@ colours (a pink car, a blue building, autumn trees, a red bike lane), the whole 
 cast, dusk or overcast light, and cast shadows fall across road and sidewalk. All of it is drawn in
 every split, so none of it is anomalous.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,27 @@ from cosme_ros.data.synth.canvas import Canvas
 
 RGB = Tuple[float, float, float]
 
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY, PERSON, \
-    RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(19)
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    LIGHT,
+    SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(19)
 GROUND_IDS = (ROAD, SIDEWALK, TERRAIN)
 
 EMISSIVE = cv.N_MATERIALS  # lamps, lit windows, car lights: not dimmed at dusk
@@ -29,13 +49,26 @@ N_MAT = cv.N_MATERIALS + 1
 # Texture amplitudes per material: (pixel grain, leafy clumps, large-scale mottling).
 _TEX = np.zeros((256, 3), np.float32)
 for _m, _a in {
-    cv.FLAT: (0.02, 0.0, 0.02), cv.ASPHALT: (0.08, 0.0, 0.035), cv.PAVING: (0.05, 0.0, 0.035),
-    cv.LEAF: (0.06, 0.38, 0.10), cv.PLASTER: (0.03, 0.0, 0.04), cv.GLASS: (0.01, 0.0, 0.08),
-    cv.PAINT: (0.012, 0.0, 0.012), cv.FABRIC: (0.05, 0.0, 0.03), cv.GRASS: (0.10, 0.14, 0.12),
-    cv.SKY: (0.004, 0.0, 0.0), cv.FUR: (0.10, 0.18, 0.05), cv.WOOD: (0.06, 0.05, 0.06),
-    cv.RUBBER: (0.05, 0.0, 0.02), cv.METAL: (0.02, 0.0, 0.05), cv.SKIN: (0.02, 0.0, 0.01),
-    cv.CONCRETE: (0.07, 0.0, 0.08), cv.BARK: (0.10, 0.12, 0.03), cv.MARKING: (0.08, 0.0, 0.12),
-    cv.PLASTIC: (0.02, 0.0, 0.02), EMISSIVE: (0.0, 0.0, 0.0),
+    cv.FLAT: (0.02, 0.0, 0.02),
+    cv.ASPHALT: (0.08, 0.0, 0.035),
+    cv.PAVING: (0.05, 0.0, 0.035),
+    cv.LEAF: (0.06, 0.38, 0.10),
+    cv.PLASTER: (0.03, 0.0, 0.04),
+    cv.GLASS: (0.01, 0.0, 0.08),
+    cv.PAINT: (0.012, 0.0, 0.012),
+    cv.FABRIC: (0.05, 0.0, 0.03),
+    cv.GRASS: (0.10, 0.14, 0.12),
+    cv.SKY: (0.004, 0.0, 0.0),
+    cv.FUR: (0.10, 0.18, 0.05),
+    cv.WOOD: (0.06, 0.05, 0.06),
+    cv.RUBBER: (0.05, 0.0, 0.02),
+    cv.METAL: (0.02, 0.0, 0.05),
+    cv.SKIN: (0.02, 0.0, 0.01),
+    cv.CONCRETE: (0.07, 0.0, 0.08),
+    cv.BARK: (0.10, 0.12, 0.03),
+    cv.MARKING: (0.08, 0.0, 0.12),
+    cv.PLASTIC: (0.02, 0.0, 0.02),
+    EMISSIVE: (0.0, 0.0, 0.0),
 }.items():
     _TEX[_m] = _a
 
@@ -57,23 +90,73 @@ def pick(rng: np.random.Generator, options) -> RGB:
     return jitter(rng, options[int(rng.integers(len(options)))], 10.0)
 
 
-CAR_COLORS = [(235, 235, 232), (25, 25, 28), (160, 163, 168), (95, 98, 104), (30, 45, 95),
-              (150, 25, 25), (35, 70, 45), (200, 190, 165), (60, 60, 70), (120, 130, 145)]
-ODD_COLORS = [(235, 110, 190), (150, 230, 40), (130, 50, 190), (250, 140, 20), (30, 200, 220),
-              (245, 225, 40), (250, 60, 120), (60, 90, 250), (30, 220, 130)]
-PLASTER_COLORS = [(205, 190, 160), (225, 215, 190), (170, 165, 160), (150, 90, 70),
-                  (235, 232, 225), (200, 160, 100), (210, 150, 130), (120, 115, 112),
-                  (185, 175, 150), (160, 120, 95)]
-ODD_BUILDING = [(80, 120, 200), (90, 170, 120), (150, 110, 190), (230, 140, 170),
-                (70, 180, 190), (220, 210, 60)]
-SIDEWALK_COLORS = [(150, 148, 145), (175, 170, 160), (160, 120, 115), (135, 135, 140),
-                   (190, 180, 165)]
+CAR_COLORS = [
+    (235, 235, 232),
+    (25, 25, 28),
+    (160, 163, 168),
+    (95, 98, 104),
+    (30, 45, 95),
+    (150, 25, 25),
+    (35, 70, 45),
+    (200, 190, 165),
+    (60, 60, 70),
+    (120, 130, 145),
+]
+ODD_COLORS = [
+    (235, 110, 190),
+    (150, 230, 40),
+    (130, 50, 190),
+    (250, 140, 20),
+    (30, 200, 220),
+    (245, 225, 40),
+    (250, 60, 120),
+    (60, 90, 250),
+    (30, 220, 130),
+]
+PLASTER_COLORS = [
+    (205, 190, 160),
+    (225, 215, 190),
+    (170, 165, 160),
+    (150, 90, 70),
+    (235, 232, 225),
+    (200, 160, 100),
+    (210, 150, 130),
+    (120, 115, 112),
+    (185, 175, 150),
+    (160, 120, 95),
+]
+ODD_BUILDING = [
+    (80, 120, 200),
+    (90, 170, 120),
+    (150, 110, 190),
+    (230, 140, 170),
+    (70, 180, 190),
+    (220, 210, 60),
+]
+SIDEWALK_COLORS = [
+    (150, 148, 145),
+    (175, 170, 160),
+    (160, 120, 115),
+    (135, 135, 140),
+    (190, 180, 165),
+]
 TERRAIN_COLORS = [(105, 135, 60), (125, 145, 70), (150, 140, 85), (120, 105, 75), (95, 125, 55)]
 LEAF_COLORS = [(60, 95, 35), (45, 80, 30), (80, 110, 45), (55, 90, 55), (70, 100, 30)]
 AUTUMN_LEAF = [(190, 110, 30), (170, 60, 30), (200, 170, 40), (140, 90, 40)]
-CLOTHES = [(30, 30, 35), (200, 200, 205), (40, 50, 110), (120, 30, 30), (60, 80, 50),
-           (150, 130, 100), (90, 90, 95), (220, 180, 40), (30, 110, 160), (170, 70, 120),
-           (230, 90, 40), (240, 240, 240)]
+CLOTHES = [
+    (30, 30, 35),
+    (200, 200, 205),
+    (40, 50, 110),
+    (120, 30, 30),
+    (60, 80, 50),
+    (150, 130, 100),
+    (90, 90, 95),
+    (220, 180, 40),
+    (30, 110, 160),
+    (170, 70, 120),
+    (230, 90, 40),
+    (240, 240, 240),
+]
 SKIN = [(235, 200, 170), (200, 150, 115), (150, 100, 70), (95, 65, 45), (225, 180, 150)]
 HAIR = [(30, 25, 20), (80, 55, 35), (150, 110, 60), (200, 180, 130), (110, 110, 110)]
 
@@ -81,16 +164,17 @@ HAIR = [(30, 25, 20), (80, 55, 35), (150, 110, 60), (200, 180, 130), (110, 110, 
 @dataclass
 class Look:
     """Per-image light and weather."""
-    kind: str                         # day, overcast, dusk
-    sun: Tuple[float, float, float]   # unit vector towards the sun (X, Y, Z)
+
+    kind: str  # day, overcast, dusk
+    sun: Tuple[float, float, float]  # unit vector towards the sun (X, Y, Z)
     ambient: float
     diffuse: float
-    shadow: int                       # 0–255 multiplier of shadowed ground
-    shadow_dir: Tuple[float, float]   # ground displacement per metre of height (X, Z)
+    shadow: int  # 0–255 multiplier of shadowed ground
+    shadow_dir: Tuple[float, float]  # ground displacement per metre of height (X, Z)
     exposure: float
-    cast: np.ndarray                  # per-channel gain
+    cast: np.ndarray  # per-channel gain
     gamma: float
-    wet: float                        # 0 = dry; else reflection strength on the road
+    wet: float  # 0 = dry; else reflection strength on the road
     sky_top: RGB
     sky_horizon: RGB
     clouds: float
@@ -135,24 +219,37 @@ def sample_look(rng: np.random.Generator) -> Look:
         ambient, diffuse = rng.uniform(0.55, 0.7), rng.uniform(0.2, 0.35)
         shadow = rng.integers(130, 190)
         exposure = rng.uniform(0.45, 0.7)
-        cast = cast * (np.array([1.18, 0.97, 0.82]) if rng.random() < 0.6
-                       else np.array([0.85, 0.92, 1.15]))
+        cast = cast * (
+            np.array([1.18, 0.97, 0.82]) if rng.random() < 0.6 else np.array([0.85, 0.92, 1.15])
+        )
         sky_top = jitter(rng, (60, 70, 130), 15)
         sky_h = jitter(rng, (250, 170, 110), 15)
         clouds = rng.uniform(0.0, 0.6)
     odd = {"car": 0.1, "building": 0.12, "autumn": 0.15, "road": 0.08}
-    return Look(kind=kind, sun=tuple(float(v) for v in sun), ambient=float(ambient),
-                diffuse=float(diffuse),
-                shadow=int(shadow), shadow_dir=(float(shadow_dir[0]), float(shadow_dir[1])),
-                exposure=float(exposure), cast=cast, gamma=float(rng.uniform(0.85, 1.15)),
-                wet=float(rng.uniform(0.18, 0.35)) if rng.random() < 0.12 else 0.0,
-                sky_top=sky_top, sky_horizon=sky_h, clouds=float(clouds),
-                haze=float(rng.uniform(0.0, 0.35)), lamps_on=kind == "dusk", odd=odd)
+    return Look(
+        kind=kind,
+        sun=tuple(float(v) for v in sun),
+        ambient=float(ambient),
+        diffuse=float(diffuse),
+        shadow=int(shadow),
+        shadow_dir=(float(shadow_dir[0]), float(shadow_dir[1])),
+        exposure=float(exposure),
+        cast=cast,
+        gamma=float(rng.uniform(0.85, 1.15)),
+        wet=float(rng.uniform(0.18, 0.35)) if rng.random() < 0.12 else 0.0,
+        sky_top=sky_top,
+        sky_horizon=sky_h,
+        clouds=float(clouds),
+        haze=float(rng.uniform(0.0, 0.35)),
+        lamps_on=kind == "dusk",
+        odd=odd,
+    )
 
 
 @dataclass
 class Noise:
     """Texture noise fields for one frame (or one whole drive, so textures do not flicker)."""
+
     grain: np.ndarray
     leaf: np.ndarray
     mottle: np.ndarray
@@ -189,8 +286,9 @@ def sky_image(look: Look, h: int, w: int, horizon: float, noise: Noise) -> np.nd
     return sky
 
 
-def finish(canvas: Canvas, look: Look, noise: Noise, horizon: float,
-           rng: np.random.Generator) -> np.ndarray:
+def finish(
+    canvas: Canvas, look: Look, noise: Noise, horizon: float, rng: np.random.Generator
+) -> np.ndarray:
     """Textures, cast shadows, wet road, exposure and sensor effects → uint8 RGB."""
     h, w = canvas.h, canvas.w
     lab = canvas.lm[..., 0]

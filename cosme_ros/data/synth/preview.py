@@ -1,4 +1,5 @@
 """Contact sheets of synthetic frames: image | trainId colours | anomaly mask over the image."""
+
 from __future__ import annotations
 
 from typing import Sequence

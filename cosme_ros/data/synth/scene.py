@@ -5,6 +5,7 @@ back gardens) first, then the hedges on the lot line, then the
 street-level things sorted by depth. Objects in one layer never cross another layer's lateral band,
 so the layers occlude correctly; inside a layer, far-to-near order does.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,15 +37,27 @@ def _zs(cam: Camera, z0: float, z1: float, n: int) -> Optional[np.ndarray]:
     return cam.z + d0 * (d1 / d0) ** np.linspace(0, 1, n)
 
 
-def strip(world: World, cam: Camera, a0: float, a1: float, z0: float, z1: float, y: float = 0.0,
-          n: int = 18) -> Optional[np.ndarray]:
+def strip(
+    world: World,
+    cam: Camera,
+    a0: float,
+    a1: float,
+    z0: float,
+    z1: float,
+    y: float = 0.0,
+    n: int = 18,
+) -> Optional[np.ndarray]:
     """Image polygon of the ground band between laterals a0, a1 and depths z0, z1."""
     zs = _zs(cam, z0, z1, n if world.road.k else 4)
     if zs is None:
         return None
     xr = world.road.xref(zs)
-    P = np.concatenate([np.stack([xr + a0, np.full_like(zs, y), zs], 1),
-                        np.stack([xr[::-1] + a1, np.full_like(zs, y), zs[::-1]], 1)])
+    P = np.concatenate(
+        [
+            np.stack([xr + a0, np.full_like(zs, y), zs], 1),
+            np.stack([xr[::-1] + a1, np.full_like(zs, y), zs[::-1]], 1),
+        ]
+    )
     return cam.project_poly(P)
 
 
@@ -53,8 +66,12 @@ def kerb_face(world: World, cam: Camera, a: float, z0: float, z1: float, h: floa
     if zs is None:
         return None
     X = world.road.xref(zs) + a
-    P = np.concatenate([np.stack([X, np.zeros_like(zs), zs], 1),
-                        np.stack([X[::-1], np.full_like(zs, h), zs[::-1]], 1)])
+    P = np.concatenate(
+        [
+            np.stack([X, np.zeros_like(zs), zs], 1),
+            np.stack([X[::-1], np.full_like(zs, h), zs[::-1]], 1),
+        ]
+    )
     return cam.project_poly(P)
 
 
@@ -114,8 +131,12 @@ def draw_ground(world: World, cam: Camera, c: Canvas) -> None:
             band(e, far, j.z, j.z + j.width, 0.0, road.color, lk.ROAD, cv.ASPHALT)
             for z0, z1 in ((j.z, j.z + j.walk), (j.z + j.width - j.walk, j.z + j.width)):
                 band(e, far, z0, z1, kh, side.sidewalk_color, lk.SIDEWALK, cv.PAVING)
-            c.poly(cross_face(world, cam, j.z + j.width - j.walk, e, far, 0.0, kh),
-                   look.face(side.kerb_color, (0, 0, -1)), lk.SIDEWALK, cv.CONCRETE)
+            c.poly(
+                cross_face(world, cam, j.z + j.width - j.walk, e, far, 0.0, kh),
+                look.face(side.kerb_color, (0, 0, -1)),
+                lk.SIDEWALK,
+                cv.CONCRETE,
+            )
     # The carriageway, its patches and manholes.
     band(road.left, road.right, zlo, zhi, 0.0, road.color, lk.ROAD, cv.ASPHALT)
     for kind, a, z, sa, sz, col in world.road_features:
@@ -134,11 +155,23 @@ def draw_ground(world: World, cam: Camera, c: Canvas) -> None:
         for z0, z1 in _intervals(world, sgn, zlo, zhi):
             if side.verge > 0:
                 band(e, side.walk0(road), z0, z1, kh, side.terrain_color, lk.TERRAIN, cv.GRASS)
-            band(side.walk0(road), side.walk1(road), z0, z1, kh, side.sidewalk_color, lk.SIDEWALK,
-                 cv.PAVING)
+            band(
+                side.walk0(road),
+                side.walk1(road),
+                z0,
+                z1,
+                kh,
+                side.sidewalk_color,
+                lk.SIDEWALK,
+                cv.PAVING,
+            )
             band(e, e + sgn * 0.18, z0, z1, kh, side.kerb_color, lk.SIDEWALK, cv.CONCRETE)
-            c.poly(kerb_face(world, cam, e, z0, z1, kh), look.face(side.kerb_color, (-sgn, 0, 0)),
-                   lk.SIDEWALK, cv.CONCRETE)
+            c.poly(
+                kerb_face(world, cam, e, z0, z1, kh),
+                look.face(side.kerb_color, (-sgn, 0, 0)),
+                lk.SIDEWALK,
+                cv.CONCRETE,
+            )
             if side.slab > 0:
                 _slabs(world, cam, c, side, z0, z1)
     _markings(world, cam, c)
@@ -163,16 +196,28 @@ def _slabs(world: World, cam: Camera, c: Canvas, side, z0: float, z1: float) -> 
     n = int(abs(a1 - a0) / side.slab)
     for i in range(1, n + 1):
         a = a0 + math.copysign(i * side.slab, a1 - a0)
-        ends = np.array([[float(road.xref(lo)) + a, road.kerb_h, lo],
-                         [float(road.xref(hi)) + a, road.kerb_h, hi]])
+        ends = np.array(
+            [
+                [float(road.xref(lo)) + a, road.kerb_h, lo],
+                [float(road.xref(hi)) + a, road.kerb_h, hi],
+            ]
+        )
         uv, d = cam.project(ends)
         if (d > 0.5).all():
             segs.append((uv[0], uv[1]))
     c.paint_lines(segs, scale(world.look.face(side.sidewalk_color, (0, 1, 0)), 0.8))
 
 
-def _dashes(world: World, cam: Camera, a: float, width: float, dash: float, period: float,
-            z0: float, z1: float) -> List[np.ndarray]:
+def _dashes(
+    world: World,
+    cam: Camera,
+    a: float,
+    width: float,
+    dash: float,
+    period: float,
+    z0: float,
+    z1: float,
+) -> List[np.ndarray]:
     lo, hi = max(z0, cam.z + 0.5), min(z1, cam.z + 120)
     if hi <= lo:
         return []
@@ -258,8 +303,15 @@ def draw_backdrop(world: World, cam: Camera, c: Canvas) -> None:
             c.poly(cam.project_poly(P), col, label, cv.LEAF)
 
 
-def _windows(ctx: Ctx, lot: Lot, corners: np.ndarray, face: str, length: float, H: float,
-             rng: np.random.Generator) -> None:
+def _windows(
+    ctx: Ctx,
+    lot: Lot,
+    corners: np.ndarray,
+    face: str,
+    length: float,
+    H: float,
+    rng: np.random.Generator,
+) -> None:
     p, c, cam, look = lot.p, ctx.canvas, ctx.cam, ctx.look
     win = p["win"]
     n = solids.face_normal(corners, face)
@@ -286,8 +338,9 @@ def _windows(ctx: Ctx, lot: Lot, corners: np.ndarray, face: str, length: float, 
     if p.get("shop"):
         bays = max(1, int(length / 5.0))
         xs = np.linspace(0.02, 0.98, bays + 1)
-        shops = np.stack([xs[:-1] + 0.01, xs[1:] - 0.01, np.full(bays, 0.25 / H),
-                          np.full(bays, 2.6 / H)], 1)
+        shops = np.stack(
+            [xs[:-1] + 0.01, xs[1:] - 0.01, np.full(bays, 0.25 / H), np.full(bays, 2.6 / H)], 1
+        )
         groups.append((shops, look.face(p["shop_color"], n), cv.GLASS))
         fascia = np.array([[0.0, 1.0, 2.75 / H, 3.1 / H]])
         groups.append((fascia, look.face(scale(p["color"], 0.7), n), cv.PLASTER))
@@ -298,7 +351,7 @@ def _windows(ctx: Ctx, lot: Lot, corners: np.ndarray, face: str, length: float, 
     i = 0
     for rects, col, mat in groups:
         k = len(rects)
-        c.polys(uv[i:i + k][ok[i:i + k]], col, lk.BUILDING, mat)
+        c.polys(uv[i : i + k][ok[i : i + k]], col, lk.BUILDING, mat)
         i += k
 
 
@@ -314,8 +367,17 @@ def draw_building(ctx: Ctx, world: World, lot: Lot) -> None:
     X = float(road.xref(zm))
     H = p["height"]
     w0, w1 = sorted((a0, a1))
-    corners = solids.box(X + 0.5 * (w0 + w1), zm, heading, lot.z0 - zm, lot.z1 - zm,
-                         -(w1 - w0) / 2, (w1 - w0) / 2, 0.0, H)
+    corners = solids.box(
+        X + 0.5 * (w0 + w1),
+        zm,
+        heading,
+        lot.z0 - zm,
+        lot.z1 - zm,
+        -(w1 - w0) / 2,
+        (w1 - w0) / 2,
+        0.0,
+        H,
+    )
     faces = solids.draw_hexa(c, cam, look, corners, p["color"], lk.BUILDING, cv.PLASTER)
     if not faces:
         return
@@ -330,11 +392,17 @@ def draw_building(ctx: Ctx, world: World, lot: Lot) -> None:
         roof_h = float(p["depth"] * 0.35)  # a gable roof: a prism with its ridge along the street
         half = (w1 - w0) / 2 + 0.3
         ends = (lot.z0 - zm - 0.3, lot.z1 - zm + 0.3)
-        roof = solids.hexa(X + 0.5 * (w0 + w1), zm, heading, (*ends, -half, half, H),
-                           (*ends, -0.01, 0.01, H + roof_h))
+        roof = solids.hexa(
+            X + 0.5 * (w0 + w1),
+            zm,
+            heading,
+            (*ends, -half, half, H),
+            (*ends, -0.01, 0.01, H + roof_h),
+        )
         # The eaves' underside first (seen from below), then the roof planes.
-        solids.draw_hexa(c, cam, look, roof, scale(p["color"], 0.6), lk.BUILDING, cv.PLASTER,
-                         faces=("bottom",))
+        solids.draw_hexa(
+            c, cam, look, roof, scale(p["color"], 0.6), lk.BUILDING, cv.PLASTER, faces=("bottom",)
+        )
         solids.draw_hexa(c, cam, look, roof, p["roof"], lk.BUILDING, cv.CONCRETE)
 
 
@@ -389,8 +457,9 @@ def render(world: World, cam: Camera, t: float = 0.0) -> Tuple[Canvas, List[Dict
         else:
             _draw_thing(ctx, world, item, t, objects)
     # Layer 2: lot-line structures.
-    fronts = [lot for lot in world.lots
-              if lot.p.get("front") and lot.z1 > cam.z and lot.z0 < cam.z + VIEW]
+    fronts = [
+        lot for lot in world.lots if lot.p.get("front") and lot.z1 > cam.z and lot.z0 < cam.z + VIEW
+    ]
     fronts.sort(key=lambda lot: -(max(lot.z0, cam.z) - cam.z))
     for lot in fronts:
         draw_front(ctx, world, lot)
@@ -438,10 +507,14 @@ def _draw_thing(ctx: Ctx, world: World, th, t: float, objects: List[Dict]) -> No
     if x1 < 0 or y1 < 0 or x0 >= W or y0 >= H:
         return
     anomaly = th.kind in an.CODE
-    objects.append({"family": th.kind,
-                    "class": 255 if anomaly else things.CLASS_OF[th.kind],
-                    "anomaly": anomaly,
-                    "bbox": [round(float(v), 1) for v in (x0, y0, x1, y1)],
-                    "depth": round(float(ctx.cam.depth(X, z)), 2)})
+    objects.append(
+        {
+            "family": th.kind,
+            "class": 255 if anomaly else things.CLASS_OF[th.kind],
+            "anomaly": anomaly,
+            "bbox": [round(float(v), 1) for v in (x0, y0, x1, y1)],
+            "depth": round(float(ctx.cam.depth(X, z)), 2),
+        }
+    )
     if th.p.get("odd"):
         objects[-1]["odd_colour"] = True

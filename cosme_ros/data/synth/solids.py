@@ -5,6 +5,7 @@ front-right, front-left) in its own local frame (l along its heading, w to its r
 the camera are drawn with Lambert shading; faces of one convex solid never overlap, so no sorting
 is needed inside a solid.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,13 +18,18 @@ from cosme_ros.data.synth.canvas import Canvas
 
 # Face name → corner indices (bottom 0-3, top 4-7).
 FACES = {
-    "rear": (0, 1, 5, 4), "right": (1, 2, 6, 5), "front": (2, 3, 7, 6), "left": (3, 0, 4, 7),
-    "top": (4, 5, 6, 7), "bottom": (0, 3, 2, 1),
+    "rear": (0, 1, 5, 4),
+    "right": (1, 2, 6, 5),
+    "front": (2, 3, 7, 6),
+    "left": (3, 0, 4, 7),
+    "top": (4, 5, 6, 7),
+    "bottom": (0, 3, 2, 1),
 }
 
 
-def hexa(cx: float, cz: float, heading: float, bottom: Sequence[float],
-         top: Sequence[float]) -> np.ndarray:
+def hexa(
+    cx: float, cz: float, heading: float, bottom: Sequence[float], top: Sequence[float]
+) -> np.ndarray:
     """Corners ``(8, 3)`` of a hexahedron.
 
     ``bottom``/``top`` = (l0, l1, w0, w1, y): extent along the heading (rear l0 → front l1),
@@ -56,8 +62,14 @@ def _normals(corners: np.ndarray):
     q = corners[_FIDX]
     a = q[:, 1] - q[:, 0]
     b = q[:, 3] - q[:, 0]
-    n = np.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
-                  a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
+    n = np.stack(
+        [
+            a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+            a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0],
+        ],
+        axis=1,
+    )
     fc = q.mean(axis=1)
     sign = np.sign(((fc - corners.mean(axis=0)) * n).sum(axis=1))
     norm = np.sqrt((n * n).sum(axis=1))
@@ -90,8 +102,16 @@ def face_points(corners: np.ndarray, face: str, st: np.ndarray) -> np.ndarray:
     return bottom + t * (top - bottom)
 
 
-def draw_hexa(canvas: Canvas, cam: Camera, look, corners: np.ndarray, colors, label: int, mat: int,
-              faces=SIDES_AND_TOP) -> Dict[str, np.ndarray]:
+def draw_hexa(
+    canvas: Canvas,
+    cam: Camera,
+    look,
+    corners: np.ndarray,
+    colors,
+    label: int,
+    mat: int,
+    faces=SIDES_AND_TOP,
+) -> Dict[str, np.ndarray]:
     """Draw the camera-facing faces; ``colors`` is one colour or a dict face → colour.
 
     Returns the drawn faces' image polygons (for details drawn on top).

@@ -5,6 +5,7 @@ correctly; people, trees and street furniture are flat figures facing the camera
 image space at the scale ``s = f / depth`` (pixels per metre) of their foot point. Each drawer
 returns the image bounding box it drew, or None when the thing is out of view.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ class Ctx:
     look: Look
     road: Road
     t: float = 0.0
-    y: float = 0.0      # ground height under the thing being drawn (kerb height on sidewalks)
+    y: float = 0.0  # ground height under the thing being drawn (kerb height on sidewalks)
 
 
 def anchor(ctx: Ctx, X: float, Z: float, y: Optional[float] = None, extent: float = 3.0):
@@ -72,8 +73,9 @@ def _poly_bbox(polys) -> Optional[BBox]:
     return float(a[:, 0].min()), float(a[:, 1].min()), float(a[:, 0].max()), float(a[:, 1].max())
 
 
-def ground_shadow(ctx: Ctx, X: float, Z: float, rx: float, rz: float, height: float,
-                  value: Optional[int] = None) -> None:
+def ground_shadow(
+    ctx: Ctx, X: float, Z: float, rx: float, rz: float, height: float, value: Optional[int] = None
+) -> None:
     """A soft contact shadow plus a cast shadow along the sun direction, on the ground plane."""
     look = ctx.look
     val = look.shadow if value is None else value
@@ -97,8 +99,9 @@ def _hull(uv: np.ndarray) -> np.ndarray:
 
 
 # --- vehicles --------------------------------------------------------------------------------
-def box_extent(ctx: Ctx, X: float, Z: float, heading: float, hl: float, hw: float,
-               H: float) -> Optional[float]:
+def box_extent(
+    ctx: Ctx, X: float, Z: float, heading: float, hl: float, hw: float, H: float
+) -> Optional[float]:
     """Image height in pixels of an upright box, or None when none of it can be seen."""
     corners = solids.box(X, Z, heading, -hl, hl, -hw, hw, 0.0, H)
     uv, z = ctx.cam.project(corners)
@@ -114,22 +117,36 @@ def box_extent(ctx: Ctx, X: float, Z: float, heading: float, hl: float, hw: floa
     return float(ctx.canvas.h)  # reaches past the camera: large
 
 
-LOD_DETAIL = 6.0   # pixels: below this, vehicles are drawn without wheels, windows and lights
+LOD_DETAIL = 6.0  # pixels: below this, vehicles are drawn without wheels, windows and lights
 
 # Car cabins: insets (rear, front, sides) in metres of the cabin's bottom and top rectangles.
-CABINS = {"van": ((0.05, 0.25, 0.05), (0.1, 0.9, 0.12)),
-          "hatch": ((0.15, 1.0, 0.08), (0.3, 1.7, 0.2)),
-          "sedan": ((0.6, 1.15, 0.08), (1.1, 1.8, 0.2))}
+CABINS = {
+    "van": ((0.05, 0.25, 0.05), (0.1, 0.9, 0.12)),
+    "hatch": ((0.15, 1.0, 0.08), (0.3, 1.7, 0.2)),
+    "sedan": ((0.6, 1.15, 0.08), (1.1, 1.8, 0.2)),
+}
 
 
 def decal(ctx: Ctx, corners: np.ndarray, face: str, rects, color, label: int, mat: int) -> None:
     """Rectangles (s0, s1, t0, t1) painted on a face of a solid: windows, lights, plates."""
-    ctx.canvas.polys(solids.quads_on_face(ctx.cam, corners, face, np.asarray(rects, np.float64)),
-                     color, label, mat)
+    ctx.canvas.polys(
+        solids.quads_on_face(ctx.cam, corners, face, np.asarray(rects, np.float64)),
+        color,
+        label,
+        mat,
+    )
 
 
-def _wheel_polys(cam: Camera, corners: np.ndarray, face: str, length: float, height: float,
-                 ls, r: float, n: int = 12):
+def _wheel_polys(
+    cam: Camera,
+    corners: np.ndarray,
+    face: str,
+    length: float,
+    height: float,
+    ls,
+    r: float,
+    n: int = 12,
+):
     """Discs of radius ``r`` on a side face at fractions ``ls`` along it (s) at wheel height."""
     ang = np.linspace(0, 2 * math.pi, n, endpoint=False)
     polys = []
@@ -166,14 +183,24 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
     # Wheels and underbody, seen under the bumpers.
     under = solids.box(X, Z, heading, -hl + 0.25, hl - 0.25, -hw + 0.03, hw - 0.03, 0.0, 0.34)
     polys = list(solids.draw_hexa(c, cam, look, under, (22, 22, 24), label, cv.RUBBER).values())
-    body = solids.hexa(X, Z, heading, (-hl + 0.05, hl - 0.05, -hw, hw, 0.22),
-                       (-hl, hl, -hw + 0.04, hw - 0.04, belt))
+    body = solids.hexa(
+        X,
+        Z,
+        heading,
+        (-hl + 0.05, hl - 0.05, -hw, hw, 0.22),
+        (-hl, hl, -hw + 0.04, hw - 0.04, belt),
+    )
     faces = solids.draw_hexa(c, cam, look, body, body_col, label, cv.PAINT)
     polys += faces.values()
     # Cabin: a frustum on the body, its faces glass framed by body colour.
     (r0, f0, s0), (r1, f1, s1) = CABINS.get(style, CABINS["sedan"])
-    cabin = solids.hexa(X, Z, heading, (-hl + r0, hl - f0, -hw + s0, hw - s0, belt),
-                        (-hl + r1, hl - f1, -hw + s1, hw - s1, H))
+    cabin = solids.hexa(
+        X,
+        Z,
+        heading,
+        (-hl + r0, hl - f0, -hw + s0, hw - s0, belt),
+        (-hl + r1, hl - f1, -hw + s1, hw - s1, H),
+    )
     cf = solids.draw_hexa(c, cam, look, cabin, body_col, label, cv.PAINT)
     polys += cf.values()
     glass = p["glass"]
@@ -184,8 +211,15 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
             rects = np.array([[0.08, 0.47, 0.12, 0.88], [0.53, 0.92, 0.12, 0.88]])
         else:
             rects = np.array([[0.08, 0.92, 0.1, 0.86]])
-        decal(ctx, cabin, face, rects, look.face(glass, solids.face_normal(cabin, face)), label,
-              cv.GLASS)
+        decal(
+            ctx,
+            cabin,
+            face,
+            rects,
+            look.face(glass, solids.face_normal(cabin, face)),
+            label,
+            cv.GLASS,
+        )
     # Wheels on the visible side.
     for face in ("left", "right"):
         if face in faces:
@@ -200,12 +234,26 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
     lit = look.lamps_on
     lamp_mat = EMISSIVE if lit else cv.PLASTIC
     if "rear" in faces:
-        decal(ctx, body, "rear", [[0.04, 0.2, 0.6, 0.9], [0.8, 0.96, 0.6, 0.9]],
-              (255, 60, 40) if lit else (200, 20, 20), label, lamp_mat)
+        decal(
+            ctx,
+            body,
+            "rear",
+            [[0.04, 0.2, 0.6, 0.9], [0.8, 0.96, 0.6, 0.9]],
+            (255, 60, 40) if lit else (200, 20, 20),
+            label,
+            lamp_mat,
+        )
         decal(ctx, body, "rear", [[0.39, 0.61, 0.25, 0.5]], (230, 230, 225), label, cv.FLAT)
     if "front" in faces:
-        decal(ctx, body, "front", [[0.05, 0.22, 0.6, 0.85], [0.78, 0.95, 0.6, 0.85]],
-              (255, 250, 220) if lit else (235, 235, 220), label, lamp_mat)
+        decal(
+            ctx,
+            body,
+            "front",
+            [[0.05, 0.22, 0.6, 0.85], [0.78, 0.95, 0.6, 0.85]],
+            (255, 250, 220) if lit else (235, 235, 220),
+            label,
+            lamp_mat,
+        )
         decal(ctx, body, "front", [[0.3, 0.7, 0.3, 0.55]], (35, 35, 38), label, cv.METAL)
     return _poly_bbox(polys)
 
@@ -221,10 +269,12 @@ def _side_wheels(ctx: Ctx, X, Z, heading, L, hw, ls, r: float, label: int) -> No
     """Tyres and hubs on whichever long side of a vehicle faces the camera."""
     side = solids.box(X, Z, heading, -L / 2, L / 2, -hw - 0.01, hw + 0.01, 0.0, 1.2)
     for face in solids.visible_faces(side, ctx.cam, ("left", "right")):
-        ctx.canvas.polys(_wheel_polys(ctx.cam, side, face, L, 1.2, ls, r), (20, 20, 22), label,
-                         cv.RUBBER)
-        ctx.canvas.polys(_wheel_polys(ctx.cam, side, face, L, 1.2, ls, r / 2), (150, 150, 150),
-                         label, cv.METAL)
+        ctx.canvas.polys(
+            _wheel_polys(ctx.cam, side, face, L, 1.2, ls, r), (20, 20, 22), label, cv.RUBBER
+        )
+        ctx.canvas.polys(
+            _wheel_polys(ctx.cam, side, face, L, 1.2, ls, r / 2), (150, 150, 150), label, cv.METAL
+        )
 
 
 def draw_truck(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
@@ -243,13 +293,19 @@ def draw_truck(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optio
     under = solids.box(X, Z, heading, -hl + 0.2, hl - 0.2, -hw + 0.05, hw - 0.05, 0.0, 0.6)
     polys = list(solids.draw_hexa(c, cam, look, under, (25, 25, 27), label, cv.RUBBER).values())
     cargo = solids.box(X, Z, heading, -hl, hl - cab_len - 0.2, -hw, hw, 0.55, H)
-    cab = solids.hexa(X, Z, heading, (hl - cab_len, hl, -hw + 0.05, hw - 0.05, 0.55),
-                      (hl - cab_len, hl - 0.25, -hw + 0.1, hw - 0.1, H * 0.78))
+    cab = solids.hexa(
+        X,
+        Z,
+        heading,
+        (hl - cab_len, hl, -hw + 0.05, hw - 0.05, 0.55),
+        (hl - cab_len, hl - 0.25, -hw + 0.1, hw - 0.1, H * 0.78),
+    )
     # The part farther from the camera first.
     eye = np.array([cam.x, cam.z])
-    far_cab = (np.linalg.norm(cab[:, [0, 2]].mean(0) - eye)
-               > np.linalg.norm(cargo[:, [0, 2]].mean(0) - eye))
-    for name in (("cab", "cargo") if far_cab else ("cargo", "cab")):
+    far_cab = np.linalg.norm(cab[:, [0, 2]].mean(0) - eye) > np.linalg.norm(
+        cargo[:, [0, 2]].mean(0) - eye
+    )
+    for name in ("cab", "cargo") if far_cab else ("cargo", "cab"):
         if name == "cab":
             f = solids.draw_hexa(c, cam, look, cab, p["color"], label, cv.PAINT)
             for face in f:
@@ -264,8 +320,15 @@ def draw_truck(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optio
                 uv, z = cam.project(seam)
                 if (z > 0.5).all():
                     c.paint_lines([(uv[0], uv[1])], scale(p["box"], 0.6))
-                decal(ctx, cargo, "rear", [[0.03, 0.12, 0.02, 0.08], [0.88, 0.97, 0.02, 0.08]],
-                      (200, 30, 20), label, EMISSIVE if look.lamps_on else cv.PLASTIC)
+                decal(
+                    ctx,
+                    cargo,
+                    "rear",
+                    [[0.03, 0.12, 0.02, 0.08], [0.88, 0.97, 0.02, 0.08]],
+                    (200, 30, 20),
+                    label,
+                    EMISSIVE if look.lamps_on else cv.PLASTIC,
+                )
         polys += f.values()
     _side_wheels(ctx, X, Z, heading, L, hw, [0.9 / L, 2.0 / L, 1 - 1.3 / L], 0.48, label)
     return _poly_bbox(polys)
@@ -295,16 +358,31 @@ def draw_bus(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
         if face in ("left", "right"):  # a band of windows above a stripe
             k = int(L / 1.6)
             xs = np.linspace(0.03, 0.97, k + 1)
-            rects = np.stack([xs[:-1] + 0.006, xs[1:] - 0.006, np.full(k, 0.5),
-                              np.full(k, 0.88)], 1)
+            rects = np.stack(
+                [xs[:-1] + 0.006, xs[1:] - 0.006, np.full(k, 0.5), np.full(k, 0.88)], 1
+            )
             decal(ctx, body, face, rects, glass, label, cv.GLASS)
-            decal(ctx, body, face, [[0.0, 1.0, 0.36, 0.44]], look.face(p["stripe"], n), label,
-                  cv.PAINT)
+            decal(
+                ctx,
+                body,
+                face,
+                [[0.0, 1.0, 0.36, 0.44]],
+                look.face(p["stripe"], n),
+                label,
+                cv.PAINT,
+            )
         elif face in ("rear", "front"):
             rect = [[0.06, 0.94, 0.45, 0.9]] if face == "front" else [[0.12, 0.88, 0.6, 0.88]]
             decal(ctx, body, face, rect, glass, label, cv.GLASS)
-            decal(ctx, body, face, [[0.05, 0.17, 0.1, 0.2], [0.83, 0.95, 0.1, 0.2]],
-                  (220, 40, 30) if face == "rear" else (240, 240, 220), label, lamps)
+            decal(
+                ctx,
+                body,
+                face,
+                [[0.05, 0.17, 0.1, 0.2], [0.83, 0.95, 0.1, 0.2]],
+                (220, 40, 30) if face == "rear" else (240, 240, 220),
+                label,
+                lamps,
+            )
     _side_wheels(ctx, X, Z, heading, L, hw, [2.5 / L, 1 - 3.0 / L], 0.5, label)
     return _poly_bbox(polys)
 
@@ -316,8 +394,9 @@ class Figure:
     ``s`` is pixels per metre at the foot point (u, v); ``k`` scales the whole figure.
     """
 
-    def __init__(self, ctx: Ctx, u: float, v: float, s: float, facing: int, label: int,
-                 k: float = 1.0):
+    def __init__(
+        self, ctx: Ctx, u: float, v: float, s: float, facing: int, label: int, k: float = 1.0
+    ):
         self.c, self.u, self.v, self.m, self.label = ctx.canvas, u, v, facing, label
         self.sk = s * k
 
@@ -327,12 +406,14 @@ class Figure:
     def limb(self, a, b, width: float, color, mat: int = cv.FABRIC) -> None:
         self.c.line(self.pt(*a), self.pt(*b), max(1.0, width * self.sk), color, self.label, mat)
 
-    def disc(self, centre, r: float, color, mat: int, ry: Optional[float] = None,
-             angle: float = 0.0) -> None:
+    def disc(
+        self, centre, r: float, color, mat: int, ry: Optional[float] = None, angle: float = 0.0
+    ) -> None:
         """A disc, or an ellipse with semi-axes (r, ry) turned by ``angle`` degrees (mirrored)."""
         ry = r if ry is None else ry
-        self.c.ellipse(self.pt(*centre), (r * self.sk, ry * self.sk), self.m * angle, color,
-                       self.label, mat)
+        self.c.ellipse(
+            self.pt(*centre), (r * self.sk, ry * self.sk), self.m * angle, color, self.label, mat
+        )
 
     def shape(self, pts, color, mat: int = cv.FABRIC) -> None:
         self.c.poly(np.array([self.pt(x, y) for x, y in pts]), color, self.label, mat)
@@ -414,8 +495,9 @@ def draw_tree(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     label = lk.VEGETATION
     h, r, th_ = p["height"], p["crown_r"], p["trunk_h"]
     ground_shadow(ctx, X, Z, r * 0.8, r * 0.8, th_ + r)
-    c.line((u, v), (u, v - s * (th_ + r * 0.5)), max(1.0, p["trunk_w"] * s), p["trunk"], label,
-           cv.BARK)
+    c.line(
+        (u, v), (u, v - s * (th_ + r * 0.5)), max(1.0, p["trunk_w"] * s), p["trunk"], label, cv.BARK
+    )
     leaf = p["leaf"]
     cy = th_ + r * 0.9
     if p["conifer"]:
@@ -423,14 +505,25 @@ def draw_tree(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
         for i in range(n):
             y0 = th_ * 0.6 + i * (h - th_ * 0.6) / n
             w = r * (1.0 - i / (n + 0.5))
-            tri = np.array([(u - s * w, v - s * y0), (u + s * w, v - s * y0),
-                            (u, v - s * (y0 + (h - th_ * 0.6) / n * 1.6))])
+            tri = np.array(
+                [
+                    (u - s * w, v - s * y0),
+                    (u + s * w, v - s * y0),
+                    (u, v - s * (y0 + (h - th_ * 0.6) / n * 1.6)),
+                ]
+            )
             c.poly(tri, lk.scale(leaf, 0.8 + 0.07 * i), label, cv.LEAF)
         return (u - s * r, v - s * h, u + s * r, v)
     for i, (dx, dy, rr) in enumerate(p["blobs"]):
         col = lk.scale(leaf, 0.82 + 0.3 * (dy + 0.4))
-        c.ellipse((u + s * dx * r, v - s * (cy + dy * r)), (s * rr * r * 1.05, s * rr * r), 0, col,
-                  label, cv.LEAF)
+        c.ellipse(
+            (u + s * dx * r, v - s * (cy + dy * r)),
+            (s * rr * r * 1.05, s * rr * r),
+            0,
+            col,
+            label,
+            cv.LEAF,
+        )
     return (u - s * r * 1.5, v - s * (cy + r * 1.3), u + s * r * 1.5, v)
 
 
@@ -443,8 +536,14 @@ def draw_bush(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     r = p["size"]
     for dx, dy, rr in p["blobs"]:
         centre = (u + s * dx * r, v - s * (r * 0.6 + dy * r * 0.5))
-        ctx.canvas.ellipse(centre, (s * rr * r, s * rr * r * 0.8), 0,
-                           lk.scale(p["color"], 0.85 + 0.3 * (dy + 0.4)), lk.VEGETATION, cv.LEAF)
+        ctx.canvas.ellipse(
+            centre,
+            (s * rr * r, s * rr * r * 0.8),
+            0,
+            lk.scale(p["color"], 0.85 + 0.3 * (dy + 0.4)),
+            lk.VEGETATION,
+            cv.LEAF,
+        )
     return (u - 1.4 * s * r, v - 1.3 * s * r, u + 1.4 * s * r, v)
 
 
@@ -453,8 +552,9 @@ def _pole_label(width_px: float) -> int:
     return lk.POLE if width_px >= MIN_LABELLED_WIDTH else cv.VOID
 
 
-def _pole(ctx: Ctx, X: float, Z: float, y0: float, y1: float, width: float,
-          color) -> Optional[BBox]:
+def _pole(
+    ctx: Ctx, X: float, Z: float, y0: float, y1: float, width: float, color
+) -> Optional[BBox]:
     """A vertical pole from height y0 to y1 above the ground at (X, Z)."""
     uv, z = ctx.cam.project(np.array([[X, y0 + ctx.y, Z], [X, y1 + ctx.y, Z]]))
     if (z < MIN_DEPTH).any():
@@ -483,8 +583,12 @@ def draw_lamp(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
         ctx.canvas.line(uv[0], uv[1], max(1.0, arm_px), p["color"], _pole_label(arm_px), cv.METAL)
         head = uv[1] + s * np.array([(-0.25, 0), (0.25, 0), (0.18, 0.14), (-0.18, 0.14)])
         lit = ctx.look.lamps_on
-        ctx.canvas.poly(head, (255, 240, 200) if lit else (190, 190, 180), lk.POLE,
-                        EMISSIVE if lit else cv.METAL)
+        ctx.canvas.poly(
+            head,
+            (255, 240, 200) if lit else (190, 190, 180),
+            lk.POLE,
+            EMISSIVE if lit else cv.METAL,
+        )
         x0, x1 = float(uv[:, 0].min()), float(uv[:, 0].max())
         b = _union([b, (x0 - 0.3 * s, float(uv[1, 1] - 0.1 * s), x1 + 0.3 * s, float(uv[0, 1]))])
     return _union([b, b0])
@@ -504,15 +608,18 @@ def _sign_plate(ctx: Ctx, u: float, v: float, s: float, p: Dict, shape: str) -> 
         if face[0] > face[2]:  # red ring, white field, a bar
             g.disc((0, 0), 0.72, WHITE, paint)
             g.limb((-0.4, 0), (0.4, 0), 0.25, DARK, paint)
-        else:                  # blue disc, white arrow
+        else:  # blue disc, white arrow
             g.shape([(-0.45, -0.2), (0.45, -0.2), (0, 0.5)], WHITE, paint)
     elif shape == "triangle":
         g.shape([(-1.1, -0.8), (1.1, -0.8), (0, 1.1)], face, paint)
         g.shape([(-0.7, -0.55), (0.7, -0.55), (0, 0.6)], WHITE, paint)
     elif shape == "square":
         g.shape([(-1, 1), (1, 1), (1, -1), (-1, -1)], face, paint)
-        g.shape([(-0.3, -0.6), (0.3, -0.6), (0.3, 0.2), (0.6, 0.2), (0, 0.7), (-0.6, 0.2),
-                 (-0.3, 0.2)], inner, paint)
+        g.shape(
+            [(-0.3, -0.6), (0.3, -0.6), (0.3, 0.2), (0.6, 0.2), (0, 0.7), (-0.6, 0.2), (-0.3, 0.2)],
+            inner,
+            paint,
+        )
     elif shape == "rect":
         g.shape([(-1.5, 0.5), (1.5, 0.5), (1.5, -0.5), (-1.5, -0.5)], face, paint)
         g.limb((-1.1, 0), (1.1, 0), 0.2, inner if inner != face else DARK, paint)
@@ -551,12 +658,26 @@ def draw_bollard(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Opt
 
 
 DRAW: Dict[str, Callable] = {
-    "car": draw_car, "truck": draw_truck, "bus": draw_bus, "person": draw_person,
-    "tree": draw_tree, "bush": draw_bush, "lamp": draw_lamp, "sign": draw_sign,
+    "car": draw_car,
+    "truck": draw_truck,
+    "bus": draw_bus,
+    "person": draw_person,
+    "tree": draw_tree,
+    "bush": draw_bush,
+    "lamp": draw_lamp,
+    "sign": draw_sign,
     "bollard": draw_bollard,
 }
 
 # trainId each family mainly paints (for the records).
-CLASS_OF = {"car": lk.CAR, "truck": lk.TRUCK, "bus": lk.BUS, "person": lk.PERSON,
-            "tree": lk.VEGETATION, "bush": lk.VEGETATION, "lamp": lk.POLE, "sign": lk.SIGN,
-            "bollard": lk.POLE}
+CLASS_OF = {
+    "car": lk.CAR,
+    "truck": lk.TRUCK,
+    "bus": lk.BUS,
+    "person": lk.PERSON,
+    "tree": lk.VEGETATION,
+    "bush": lk.VEGETATION,
+    "lamp": lk.POLE,
+    "sign": lk.SIGN,
+    "bollard": lk.POLE,
+}

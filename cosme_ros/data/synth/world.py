@@ -6,6 +6,7 @@ camera drives. A world covers a stretch of street ``[z_min, z_max]``: one still 
 a drive needs its length plus the view distance. All randomness is drawn here, at layout time, so
 that rendering a world from any camera pose is a pure function.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ from cosme_ros.data.synth import look as lk
 from cosme_ros.data.synth.look import Look, jitter, pick
 
 RGB = Tuple[float, float, float]
-ZEBRA_BEFORE = 3.5   # the zebra crossing spans [junction.z - 3.5, junction.z - 0.5]
+ZEBRA_BEFORE = 3.5  # the zebra crossing spans [junction.z - 3.5, junction.z - 0.5]
 
 SHOP_COLORS = [(40, 40, 45), (120, 30, 30), (30, 60, 40), (200, 200, 200)]
 ROOF_COLORS = [(140, 60, 45), (70, 65, 65), (110, 80, 60)]
@@ -33,11 +34,11 @@ LAMP_COLORS = [(110, 115, 120), (60, 65, 70), (150, 150, 145), (40, 70, 50)]
 
 @dataclass
 class Road:
-    k: float                 # curvature: reference line X = k Z² / 2
+    k: float  # curvature: reference line X = k Z² / 2
     lane_w: float
-    lanes_r: int             # lanes in the camera's direction
-    lanes_l: int             # oncoming lanes (0: one-way street)
-    park_r: float            # parking strip width beside the kerb (0: none)
+    lanes_r: int  # lanes in the camera's direction
+    lanes_l: int  # oncoming lanes (0: one-way street)
+    park_r: float  # parking strip width beside the kerb (0: none)
     park_l: float
     kerb_h: float
     color: RGB
@@ -69,22 +70,22 @@ class Road:
 
 @dataclass
 class Junction:
-    z: float        # start of the cross street (its near kerb line)
-    width: float    # kerb to kerb plus both sidewalks
-    walk: float     # sidewalk width along the cross street
+    z: float  # start of the cross street (its near kerb line)
+    width: float  # kerb to kerb plus both sidewalks
+    walk: float  # sidewalk width along the cross street
     sides: Tuple[int, ...]
 
 
 @dataclass
 class Side:
     sgn: int
-    style: str              # urban, suburban, park
-    verge: float            # grass strip between kerb and sidewalk
+    style: str  # urban, suburban, park
+    verge: float  # grass strip between kerb and sidewalk
     sidewalk: float
     sidewalk_color: RGB
     terrain_color: RGB
     kerb_color: RGB
-    slab: float             # paving slab size (0: plain)
+    slab: float  # paving slab size (0: plain)
 
     def kerb(self, road: Road) -> float:
         return road.edge(self.sgn)
@@ -99,12 +100,13 @@ class Side:
 @dataclass
 class Lot:
     """A stretch of one side beyond the sidewalk: a building, a garden, a park, a wall…"""
+
     sgn: int
     z0: float
     z1: float
-    kind: str               # building, house, park, wall, gap
-    ground: int             # trainId of its ground (sidewalk or terrain)
-    setback: float          # building line distance from the sidewalk's outer edge
+    kind: str  # building, house, park, wall, gap
+    ground: int  # trainId of its ground (sidewalk or terrain)
+    setback: float  # building line distance from the sidewalk's outer edge
     p: Dict = field(default_factory=dict)
 
 
@@ -116,7 +118,7 @@ class Thing:
     p: Dict = field(default_factory=dict)
     vz: float = 0.0
     va: float = 0.0
-    layer: int = 3          # 1: behind the lot line (back gardens), 3: street level
+    layer: int = 3  # 1: behind the lot line (back gardens), 3: street level
 
     def at(self, t: float) -> Tuple[float, float]:
         """Position at time t; people crossing the road stop on the far sidewalk."""
@@ -137,19 +139,25 @@ class World:
     z_min: float
     z_max: float
     backdrop_z: float
-    backdrop: List[Tuple[float, float, float, int, RGB]]   # (a0, a1, height, label, colour)
+    backdrop: List[Tuple[float, float, float, int, RGB]]  # (a0, a1, height, label, colour)
     ego_a: float
     road_features: List[Tuple[str, float, float, float, float, RGB]]  # patches, manholes
 
     def conditions(self, objects: List[Dict]) -> Dict:
         """The hard in-distribution cases of a frame showing ``objects`` of this street."""
         look = self.look
-        odd = sorted({o["family"] for o in objects if o.get("odd_colour")}
-                     | ({"building"} if any(lot.p.get("odd") for lot in self.lots) else set())
-                     | ({"road"} if self.road.odd else set()))
-        return {"light": look.kind, "wet": look.wet > 0,
-                "cast": bool(abs(look.cast - 1).max() > 0.05),
-                "shadows": look.kind != "overcast", "odd_colours": odd}
+        odd = sorted(
+            {o["family"] for o in objects if o.get("odd_colour")}
+            | ({"building"} if any(lot.p.get("odd") for lot in self.lots) else set())
+            | ({"road"} if self.road.odd else set())
+        )
+        return {
+            "light": look.kind,
+            "wet": look.wet > 0,
+            "cast": bool(abs(look.cast - 1).max() > 0.05),
+            "shadows": look.kind != "overcast",
+            "odd_colours": odd,
+        }
 
     def in_junction(self, z: float, sgn: int, margin: float = 0.0) -> Optional[Junction]:
         for j in self.junctions:
@@ -169,24 +177,35 @@ def _road(rng: np.random.Generator, look: Look) -> Road:
         color = pick(rng, [(150, 80, 70), (175, 170, 160), (110, 70, 90), (90, 110, 90)])
     marking = (235, 235, 230) if rng.random() < 0.85 else (230, 190, 40)
     k = 0.0 if rng.random() < 0.5 else rng.uniform(-1, 1) / rng.uniform(300, 1200)
-    return Road(k=float(k), lane_w=float(rng.uniform(3.0, 3.7)), lanes_r=lanes_r, lanes_l=lanes_l,
-                park_r=float(rng.uniform(2.0, 2.5)) if rng.random() < 0.55 else 0.0,
-                park_l=float(rng.uniform(2.0, 2.5)) if lanes_l and rng.random() < 0.45 else 0.0,
-                kerb_h=float(rng.uniform(0.1, 0.16)), color=color, marking=marking,
-                center_solid=bool(rng.random() < 0.4), odd=odd)
+    return Road(
+        k=float(k),
+        lane_w=float(rng.uniform(3.0, 3.7)),
+        lanes_r=lanes_r,
+        lanes_l=lanes_l,
+        park_r=float(rng.uniform(2.0, 2.5)) if rng.random() < 0.55 else 0.0,
+        park_l=float(rng.uniform(2.0, 2.5)) if lanes_l and rng.random() < 0.45 else 0.0,
+        kerb_h=float(rng.uniform(0.1, 0.16)),
+        color=color,
+        marking=marking,
+        center_solid=bool(rng.random() < 0.4),
+        odd=odd,
+    )
 
 
 def _side(rng: np.random.Generator, sgn: int, style: str) -> Side:
     verge = 0.0
     if style != "urban" or rng.random() < 0.3:
         verge = float(rng.uniform(0.8, 3.0))
-    return Side(sgn=sgn, style=style, verge=verge,
-                sidewalk=float(rng.uniform(1.8, 4.5) if style == "urban"
-                               else rng.uniform(1.5, 3.0)),
-                sidewalk_color=pick(rng, lk.SIDEWALK_COLORS),
-                terrain_color=pick(rng, lk.TERRAIN_COLORS),
-                kerb_color=jitter(rng, (185, 185, 180), 12),
-                slab=float(rng.choice([0.0, 0.3, 0.5, 0.8, 1.0])))
+    return Side(
+        sgn=sgn,
+        style=style,
+        verge=verge,
+        sidewalk=float(rng.uniform(1.8, 4.5) if style == "urban" else rng.uniform(1.5, 3.0)),
+        sidewalk_color=pick(rng, lk.SIDEWALK_COLORS),
+        terrain_color=pick(rng, lk.TERRAIN_COLORS),
+        kerb_color=jitter(rng, (185, 185, 180), 12),
+        slab=float(rng.choice([0.0, 0.3, 0.5, 0.8, 1.0])),
+    )
 
 
 def _building_color(rng, look: Look) -> Tuple[RGB, bool]:
@@ -196,8 +215,9 @@ def _building_color(rng, look: Look) -> Tuple[RGB, bool]:
     return pick(rng, lk.PLASTER_COLORS), False
 
 
-def _lots(rng, side: Side, road: Road, junctions: List[Junction], z0: float, z1: float,
-          look: Look) -> List[Lot]:
+def _lots(
+    rng, side: Side, road: Road, junctions: List[Junction], z0: float, z1: float, look: Look
+) -> List[Lot]:
     lots: List[Lot] = []
     z = z0
     while z < z1:
@@ -213,9 +233,13 @@ def _lots(rng, side: Side, road: Road, junctions: List[Junction], z0: float, z1:
             kind = "house" if u < 0.6 else ("hedge" if u < 0.75 else ("park" if u < 0.9 else "gap"))
         else:
             kind = "park" if u < 0.85 else "hedge"
-        length = {"building": rng.uniform(8, 28), "gap": rng.uniform(3, 12),
-                  "hedge": rng.uniform(10, 35), "house": rng.uniform(12, 22),
-                  "park": rng.uniform(20, 60)}[kind]
+        length = {
+            "building": rng.uniform(8, 28),
+            "gap": rng.uniform(3, 12),
+            "hedge": rng.uniform(10, 35),
+            "house": rng.uniform(12, 22),
+            "park": rng.uniform(20, 60),
+        }[kind]
         end = min(z + length, nxt)
         if end - z < 2.0:
             z = end
@@ -226,20 +250,35 @@ def _lots(rng, side: Side, road: Road, junctions: List[Junction], z0: float, z1:
         if kind == "building":
             floors = int(rng.integers(3, 9))
             color, odd = _building_color(rng, look)
-            p.update(color=color, odd=odd, floors=floors,
-                     floor_h=float(rng.uniform(2.9, 3.6)), depth=float(rng.uniform(12, 25)),
-                     win=_window_style(rng, look), shop=bool(rng.random() < 0.6),
-                     shop_color=pick(rng, SHOP_COLORS),
-                     cornice=bool(rng.random() < 0.6), seed=int(rng.integers(1 << 30)))
+            p.update(
+                color=color,
+                odd=odd,
+                floors=floors,
+                floor_h=float(rng.uniform(2.9, 3.6)),
+                depth=float(rng.uniform(12, 25)),
+                win=_window_style(rng, look),
+                shop=bool(rng.random() < 0.6),
+                shop_color=pick(rng, SHOP_COLORS),
+                cornice=bool(rng.random() < 0.6),
+                seed=int(rng.integers(1 << 30)),
+            )
             p["height"] = floors * p["floor_h"] + rng.uniform(0.3, 1.5)
             setback = 0.0 if rng.random() < 0.8 else float(rng.uniform(0.5, 3))
         elif kind == "house":
             floors = int(rng.integers(1, 3))
             color, odd = _building_color(rng, look)
-            p.update(color=color, odd=odd, floors=floors, floor_h=float(rng.uniform(2.7, 3.1)),
-                     depth=float(rng.uniform(8, 12)), win=_window_style(rng, look), shop=False,
-                     roof=pick(rng, ROOF_COLORS),
-                     cornice=False, seed=int(rng.integers(1 << 30)))
+            p.update(
+                color=color,
+                odd=odd,
+                floors=floors,
+                floor_h=float(rng.uniform(2.7, 3.1)),
+                depth=float(rng.uniform(8, 12)),
+                win=_window_style(rng, look),
+                shop=False,
+                roof=pick(rng, ROOF_COLORS),
+                cornice=False,
+                seed=int(rng.integers(1 << 30)),
+            )
             p["height"] = floors * p["floor_h"] + 0.5
             setback = float(rng.uniform(3.0, 8.0))
             ground = lk.TERRAIN
@@ -256,32 +295,51 @@ def _lots(rng, side: Side, road: Road, junctions: List[Junction], z0: float, z1:
             p["trees"] = _back_trees(rng, look, int(rng.integers(0, 4)), 2, 12, z, end)
         else:  # gap: a paved yard with maybe a tree or two
             p["trees"] = _back_trees(rng, look, int(rng.integers(0, 3)), 2, 10, z, end)
-        lots.append(Lot(sgn=side.sgn, z0=float(z), z1=float(end), kind=kind, ground=ground,
-                        setback=setback, p=p))
+        lots.append(
+            Lot(
+                sgn=side.sgn,
+                z0=float(z),
+                z1=float(end),
+                kind=kind,
+                ground=ground,
+                setback=setback,
+                p=p,
+            )
+        )
         z = end
     return lots
 
 
 def _back_trees(rng, look: Look, n: int, d0: float, d1: float, z0: float, z1: float) -> List:
     """``n`` trees ``d0``–``d1`` metres behind the lot line, between ``z0`` and ``z1``."""
-    return [(float(rng.uniform(d0, d1)), float(rng.uniform(z0, z1)), _tree_params(rng, look))
-            for _ in range(n)]
+    return [
+        (float(rng.uniform(d0, d1)), float(rng.uniform(z0, z1)), _tree_params(rng, look))
+        for _ in range(n)
+    ]
 
 
 def _window_style(rng, look: Look) -> Dict:
     glass = pick(rng, [(40, 50, 60), (70, 90, 110), (30, 35, 40), (100, 120, 140), (60, 60, 55)])
     frame = pick(rng, [(235, 235, 230), (60, 55, 50), (150, 150, 150), (120, 80, 50)])
-    return dict(glass=glass, frame=frame, w=float(rng.uniform(0.9, 1.6)),
-                h=float(rng.uniform(1.2, 1.8)), spacing=float(rng.uniform(2.4, 4.0)),
-                lit=float(rng.uniform(0.1, 0.5)) if look.lamps_on else 0.0)
+    return dict(
+        glass=glass,
+        frame=frame,
+        w=float(rng.uniform(0.9, 1.6)),
+        h=float(rng.uniform(1.2, 1.8)),
+        spacing=float(rng.uniform(2.4, 4.0)),
+        lit=float(rng.uniform(0.1, 0.5)) if look.lamps_on else 0.0,
+    )
 
 
 def _hedge(rng) -> Dict:
     """The lot-line structure: a hedge. Generator 1.0 also drew walls and fences; at 192×384 the
     demo teacher confused them with buildings and vegetation (IoU 61 and 53 after 12 epochs), and
     the issue's world does not need them, so 2.0 leaves them out."""
-    return {"height": float(rng.uniform(0.8, 1.8)),
-            "color": pick(rng, lk.LEAF_COLORS), "thick": float(rng.uniform(0.6, 1.2))}
+    return {
+        "height": float(rng.uniform(0.8, 1.8)),
+        "color": pick(rng, lk.LEAF_COLORS),
+        "thick": float(rng.uniform(0.6, 1.2)),
+    }
 
 
 def _tree_params(rng, look: Look) -> Dict:
@@ -290,12 +348,25 @@ def _tree_params(rng, look: Look) -> Dict:
     conifer = rng.random() < 0.15
     h = float(rng.uniform(4, 11))
     crown_r = float(rng.uniform(1.4, 3.2) if not conifer else rng.uniform(1.0, 2.0))
-    blobs = [(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.4, 0.5)),
-              float(rng.uniform(0.45, 0.8))) for _ in range(int(rng.integers(4, 8)))]
-    return dict(height=h, crown_r=crown_r, odd=bool(autumn),
-                trunk_h=float(h * rng.uniform(0.3, 0.5)), leaf=leaf, trunk=pick(rng, TRUNK_COLORS),
-                conifer=conifer, blobs=blobs,
-                trunk_w=float(rng.uniform(0.18, 0.4)))
+    blobs = [
+        (
+            float(rng.uniform(-0.6, 0.6)),
+            float(rng.uniform(-0.4, 0.5)),
+            float(rng.uniform(0.45, 0.8)),
+        )
+        for _ in range(int(rng.integers(4, 8)))
+    ]
+    return dict(
+        height=h,
+        crown_r=crown_r,
+        odd=bool(autumn),
+        trunk_h=float(h * rng.uniform(0.3, 0.5)),
+        leaf=leaf,
+        trunk=pick(rng, TRUNK_COLORS),
+        conifer=conifer,
+        blobs=blobs,
+        trunk_w=float(rng.uniform(0.18, 0.4)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,45 +378,87 @@ def _vehicle(rng, look: Look, kind: Optional[str] = None) -> Tuple[str, Dict]:
         odd = bool(rng.random() < look.odd["car"])
         color = pick(rng, lk.ODD_COLORS) if odd else pick(rng, lk.CAR_COLORS)
         style = rng.choice(["sedan", "hatch", "van", "suv"], p=[0.4, 0.3, 0.15, 0.15])
-        length = {"sedan": rng.uniform(4.2, 4.8), "hatch": rng.uniform(3.6, 4.2),
-                  "van": rng.uniform(4.6, 5.2), "suv": rng.uniform(4.3, 4.8)}[style]
-        height = {"sedan": rng.uniform(1.38, 1.5), "hatch": rng.uniform(1.42, 1.55),
-                  "van": rng.uniform(1.9, 2.2), "suv": rng.uniform(1.62, 1.8)}[style]
-        return kind, dict(color=color, odd=odd, style=str(style), length=float(length),
-                          height=float(height), width=float(rng.uniform(1.72, 1.9)),
-                          glass=pick(rng, CAR_GLASS))
+        length = {
+            "sedan": rng.uniform(4.2, 4.8),
+            "hatch": rng.uniform(3.6, 4.2),
+            "van": rng.uniform(4.6, 5.2),
+            "suv": rng.uniform(4.3, 4.8),
+        }[style]
+        height = {
+            "sedan": rng.uniform(1.38, 1.5),
+            "hatch": rng.uniform(1.42, 1.55),
+            "van": rng.uniform(1.9, 2.2),
+            "suv": rng.uniform(1.62, 1.8),
+        }[style]
+        return kind, dict(
+            color=color,
+            odd=odd,
+            style=str(style),
+            length=float(length),
+            height=float(height),
+            width=float(rng.uniform(1.72, 1.9)),
+            glass=pick(rng, CAR_GLASS),
+        )
     if kind == "truck":
-        return kind, dict(color=pick(rng, TRUCK_COLORS), box=pick(rng, TRUCK_BOX_COLORS),
-                          length=float(rng.uniform(6.5, 10)), width=2.45,
-                          height=float(rng.uniform(3.0, 3.8)), glass=(35, 40, 48))
+        return kind, dict(
+            color=pick(rng, TRUCK_COLORS),
+            box=pick(rng, TRUCK_BOX_COLORS),
+            length=float(rng.uniform(6.5, 10)),
+            width=2.45,
+            height=float(rng.uniform(3.0, 3.8)),
+            glass=(35, 40, 48),
+        )
     color = pick(rng, BUS_COLORS)
     odd = bool(rng.random() < look.odd["car"])
     if odd:
         color = pick(rng, lk.ODD_COLORS)
-    return kind, dict(color=color, odd=odd, stripe=pick(rng, BUS_STRIPES),
-                      length=float(rng.uniform(10.5, 12.5)), width=2.5,
-                      height=float(rng.uniform(3.0, 3.3)), glass=(35, 45, 55))
+    return kind, dict(
+        color=color,
+        odd=odd,
+        stripe=pick(rng, BUS_STRIPES),
+        length=float(rng.uniform(10.5, 12.5)),
+        width=2.5,
+        height=float(rng.uniform(3.0, 3.3)),
+        glass=(35, 45, 55),
+    )
 
 
 def _person(rng, view: str) -> Dict:
-    return dict(height=float(rng.uniform(1.55, 1.95)), view=view,
-                shirt=pick(rng, lk.CLOTHES), trousers=pick(rng, lk.CLOTHES),
-                skin=pick(rng, lk.SKIN), hair=pick(rng, lk.HAIR),
-                phase=float(rng.uniform(0, 2 * math.pi)), facing=int(rng.choice([-1, 1])),
-                coat=bool(rng.random() < 0.25), bag=bool(rng.random() < 0.2),
-                width=float(rng.uniform(0.9, 1.15)))
+    return dict(
+        height=float(rng.uniform(1.55, 1.95)),
+        view=view,
+        shirt=pick(rng, lk.CLOTHES),
+        trousers=pick(rng, lk.CLOTHES),
+        skin=pick(rng, lk.SKIN),
+        hair=pick(rng, lk.HAIR),
+        phase=float(rng.uniform(0, 2 * math.pi)),
+        facing=int(rng.choice([-1, 1])),
+        coat=bool(rng.random() < 0.25),
+        bag=bool(rng.random() < 0.2),
+        width=float(rng.uniform(0.9, 1.15)),
+    )
 
 
-def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Junction],
-                 lots: List[Lot], look: Look, z0: float, z1: float, ego_a: float,
-                 speed: float = 0.0) -> List[Thing]:
+def place_things(
+    rng,
+    road: Road,
+    sides: Dict[int, Side],
+    junctions: List[Junction],
+    lots: List[Lot],
+    look: Look,
+    z0: float,
+    z1: float,
+    ego_a: float,
+    speed: float = 0.0,
+) -> List[Thing]:
     """Everything at street level: vehicles, people, poles, signs, trees by the kerb."""
     things: List[Thing] = []
     span = z1 - z0
 
     def in_junction(z, sgn, margin=0.0):
-        return any(sgn in j.sides and j.z - margin <= z <= j.z + j.width + margin
-                   for j in junctions)
+        return any(
+            sgn in j.sides and j.z - margin <= z <= j.z + j.width + margin for j in junctions
+        )
 
     # Moving traffic: one speed per lane so cars in a lane never run into each other.
     for sgn, n in ((1, road.lanes_r), (-1, road.lanes_l)):
@@ -411,9 +524,12 @@ def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Juncti
         if rng.random() < 0.8:
             spacing = rng.uniform(22, 40)
             z = z0 + rng.uniform(0, spacing)
-            lamp = dict(height=float(rng.uniform(6, 9)), arm=float(rng.uniform(0.8, 2.0)),
-                        color=pick(rng, LAMP_COLORS),
-                        width=float(rng.uniform(0.3, 0.45)))
+            lamp = dict(
+                height=float(rng.uniform(6, 9)),
+                arm=float(rng.uniform(0.8, 2.0)),
+                color=pick(rng, LAMP_COLORS),
+                width=float(rng.uniform(0.3, 0.45)),
+            )
             while z < z1:
                 if not in_junction(z, sgn, 1.0):
                     things.append(Thing("lamp", float(kerb + sgn * 0.45), float(z), dict(lamp)))
@@ -426,8 +542,11 @@ def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Juncti
             base = _tree_params(rng, look)
             while z < z1:
                 if not in_junction(z, sgn, 2.0) and rng.random() < 0.85:
-                    tp = dict(base, height=base["height"] * rng.uniform(0.85, 1.15),
-                              blobs=_tree_params(rng, look)["blobs"])
+                    tp = dict(
+                        base,
+                        height=base["height"] * rng.uniform(0.85, 1.15),
+                        blobs=_tree_params(rng, look)["blobs"],
+                    )
                     things.append(Thing("tree", float(a), float(z), tp))
                 z += spacing * rng.uniform(0.85, 1.15)
         # Bollards.
@@ -435,15 +554,24 @@ def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Juncti
             z = rng.uniform(z0 + 3, z1 - 10)
             for i in range(int(rng.integers(3, 9))):
                 if not in_junction(z + i * 1.5, sgn):
-                    things.append(Thing("bollard", float(kerb + sgn * 0.3), float(z + i * 1.5),
-                                        dict(color=(60, 60, 60) if i % 2 else (70, 70, 70))))
+                    things.append(
+                        Thing(
+                            "bollard",
+                            float(kerb + sgn * 0.3),
+                            float(z + i * 1.5),
+                            dict(color=(60, 60, 60) if i % 2 else (70, 70, 70)),
+                        )
+                    )
         # Bushes on the verge.
         if side.verge > 1.0 and rng.random() < 0.4:
             for _ in range(int(rng.integers(1, 5))):
                 z = rng.uniform(z0 + 3, z1)
                 if not in_junction(z, sgn):
-                    bush = dict(color=pick(rng, lk.LEAF_COLORS), size=float(rng.uniform(0.6, 1.3)),
-                                blobs=_tree_params(rng, look)["blobs"])
+                    bush = dict(
+                        color=pick(rng, lk.LEAF_COLORS),
+                        size=float(rng.uniform(0.6, 1.3)),
+                        blobs=_tree_params(rng, look)["blobs"],
+                    )
                     things.append(Thing("bush", float(kerb + sgn * side.verge / 2), float(z), bush))
 
     # Traffic signs beside the road.
@@ -454,8 +582,12 @@ def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Juncti
         z = rng.uniform(z0 + 5, z1)
         if in_junction(z, sgn):
             continue
-        shape = str(rng.choice(["circle", "triangle", "square", "rect", "diamond", "octagon"],
-                               p=[0.3, 0.22, 0.18, 0.14, 0.1, 0.06]))
+        shape = str(
+            rng.choice(
+                ["circle", "triangle", "square", "rect", "diamond", "octagon"],
+                p=[0.3, 0.22, 0.18, 0.14, 0.1, 0.06],
+            )
+        )
         things.append(Thing("sign", float(road.edge(sgn) + sgn * 0.5), float(z), _sign(rng, shape)))
     # Junctions: people on the zebra crossing.
     for j in junctions:
@@ -464,26 +596,48 @@ def place_things(rng, road: Road, sides: Dict[int, Side], junctions: List[Juncti
         for _ in range(rng.poisson(1.2)):
             p = dict(_person(rng, "side"), a_lim=lim)
             a = rng.uniform(road.left - 1, road.right + 1)
-            things.append(Thing("person", float(a), float(zebra + rng.uniform(0.3, 2.7)), p,
-                                va=float(p["facing"] * rng.uniform(1.0, 1.5)) if speed else 0.0))
+            things.append(
+                Thing(
+                    "person",
+                    float(a),
+                    float(zebra + rng.uniform(0.3, 2.7)),
+                    p,
+                    va=float(p["facing"] * rng.uniform(1.0, 1.5)) if speed else 0.0,
+                )
+            )
     return things
 
 
 def _sign(rng, shape: str) -> Dict:
-    face = {"circle": pick(rng, [(200, 30, 30), (30, 70, 170)]),
-            "triangle": (200, 30, 30), "square": pick(rng, [(30, 70, 170), (30, 120, 60)]),
-            "rect": pick(rng, [(240, 240, 235), (30, 70, 170), (30, 110, 60), (230, 190, 40)]),
-            "diamond": (230, 200, 30), "octagon": (200, 30, 30)}[shape]
+    face = {
+        "circle": pick(rng, [(200, 30, 30), (30, 70, 170)]),
+        "triangle": (200, 30, 30),
+        "square": pick(rng, [(30, 70, 170), (30, 120, 60)]),
+        "rect": pick(rng, [(240, 240, 235), (30, 70, 170), (30, 110, 60), (230, 190, 40)]),
+        "diamond": (230, 200, 30),
+        "octagon": (200, 30, 30),
+    }[shape]
     inner = pick(rng, [(240, 240, 240), (245, 245, 245), (30, 30, 30)])
-    return dict(shape=shape, face=face, inner=inner,
-                size=float(rng.uniform(0.8, 1.2)), height=float(rng.uniform(2.4, 3.4)),
-                pole=pick(rng, [(150, 150, 150), (110, 115, 120)]), double=bool(rng.random() < 0.2),
-                shape2=str(rng.choice(["rect", "square", "circle"])))
+    return dict(
+        shape=shape,
+        face=face,
+        inner=inner,
+        size=float(rng.uniform(0.8, 1.2)),
+        height=float(rng.uniform(2.4, 3.4)),
+        pole=pick(rng, [(150, 150, 150), (110, 115, 120)]),
+        double=bool(rng.random() < 0.2),
+        shape2=str(rng.choice(["rect", "square", "circle"])),
+    )
 
 
 # --------------------------------------------------------------------------------------------
-def make_world(rng: np.random.Generator, z_min: float, z_max: float, speed: float = 0.0,
-               junction_every: Optional[float] = None) -> World:
+def make_world(
+    rng: np.random.Generator,
+    z_min: float,
+    z_max: float,
+    speed: float = 0.0,
+    junction_every: Optional[float] = None,
+) -> World:
     """Lay out one street over ``[z_min, z_max]`` (the camera starts at z = 0)."""
     look = lk.sample_look(rng)
     road = _road(rng, look)
@@ -537,9 +691,20 @@ def make_world(rng: np.random.Generator, z_min: float, z_max: float, speed: floa
             size = (float(rng.uniform(0.6, 3)), float(rng.uniform(1, 6)))
             col = lk.scale(road.color, float(rng.choice([0.8, 0.9, 1.12])))
         features.append((kind, a, z, size[0], size[1], col))
-    return World(road=road, sides=sides, junctions=junctions, lots=lots, things=things, look=look,
-                 z_min=z_min, z_max=z_max, backdrop_z=float(far + 40), backdrop=backdrop,
-                 ego_a=ego_a, road_features=features)
+    return World(
+        road=road,
+        sides=sides,
+        junctions=junctions,
+        lots=lots,
+        things=things,
+        look=look,
+        z_min=z_min,
+        z_max=z_max,
+        backdrop_z=float(far + 40),
+        backdrop=backdrop,
+        ego_a=ego_a,
+        road_features=features,
+    )
 
 
 def _junction(rng, z: float) -> Junction:
