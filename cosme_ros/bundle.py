@@ -121,8 +121,7 @@ def _check_sha256(section: Mapping[str, Any], where: str, part: str) -> None:
 
 # ----------------------------------------------------------------------------- the bundle
 
-#: The method name that stands for :func:`default_method` (the node, the CLI, ``Pipeline``).
-AUTO_METHOD = "auto"
+# AUTO_METHOD (cosme_ros.options) is the method name that stands for :func:`default_method`.
 
 
 def default_method(manifest: Dict[str, Any]) -> str:

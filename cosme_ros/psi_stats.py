@@ -29,6 +29,7 @@ from .anomaly import consensus
 from .anomaly.scorers import predicted_classes, psi_key
 from .anomaly.standardize import ClassStats, ClassStatsAccumulator
 from .bundle import Bundle
+from .data.datasets import subset_indices
 from .errors import CosmeError
 from .nets.taps import ALL_TAPS, O, ordered
 
@@ -59,7 +60,6 @@ def gather_psi_stats(
     """One pass over ``dataset`` (``max_images`` evenly spaced images, all by default) →
     ``({psi_key: ClassStats}, record)``; nothing is written."""
     from .pipeline import Pipeline
-    from .train.loop import subset_indices
 
     if not bundle.has_student:
         raise CosmeError(

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..options import REFINEMENTS as _REFINEMENTS
 from ..errors import MissingPartError
 from ..nets.taps import ALL_TAPS, LH, O, Taps, ordered, parse_taps
 from . import baselines, consensus, memory, refine
@@ -63,7 +64,7 @@ FUSIONS: Tuple[str, ...] = ("signed", "softplus", "exp", "raw", "zsum")
 Z_FUSIONS: Tuple[str, ...] = ("softplus", "zsum")
 #: Eq. 8 as the paper writes it; chosen on measurements (BENCHMARKS.md, "Eq. 8").
 DEFAULT_FUSION = "signed"
-REFINEMENTS: Tuple[str, ...] = ("none", "guided")
+REFINEMENTS: Tuple[str, ...] = _REFINEMENTS
 
 _BUILD_MEMORY = "cosme build-memory --bundle DIR --data KIND:PATH"
 _TRAIN_STUDENT = "cosme train-student --bundle DIR --data KIND:PATH"

@@ -27,6 +27,7 @@ from pathlib import Path
 from cosme_ros import atomic
 from cosme_ros.cli.common import size_arg, write_json
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES, PRECISIONS
 
 
 def _ks(text: str):
@@ -75,11 +76,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--frames", type=int, default=20, help="timed frames (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         help="network precision; auto = bf16 where the device has native bf16",
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")

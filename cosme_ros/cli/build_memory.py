@@ -19,6 +19,7 @@ import sys
 from cosme_ros import atomic
 from cosme_ros.cli.common import size_arg, write_json
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES
 
 
 def add_parser(sub) -> None:
@@ -80,7 +81,7 @@ def add_parser(sub) -> None:
         help="PAnS prototypes from ground-truth labels or teacher pseudo-labels "
         "(auto: labels when the dataset has them)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     p.add_argument(
         "--resume",

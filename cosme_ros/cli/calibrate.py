@@ -17,6 +17,7 @@ import argparse
 
 from cosme_ros.cli.common import write_json
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES, PRECISIONS
 
 
 def _fraction(text: str) -> float:
@@ -56,11 +57,11 @@ def add_parser(sub) -> None:
         help="share of in-distribution pixels above the threshold (default 0.01)",
     )
     p.add_argument("--max-images", type=int, metavar="N", help="use N images spread evenly")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("fp32", "bf16", "auto"),
+        choices=PRECISIONS,
         help="network precision (default auto, as the node)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the thresholds, write nothing")

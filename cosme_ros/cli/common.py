@@ -8,6 +8,7 @@ from typing import Any, Mapping, Tuple
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES, PRECISIONS
 
 
 def size_arg(text: str) -> Tuple[int, int]:
@@ -34,11 +35,11 @@ def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> N
         "the bundle has a memory and a student, else maxlogit), msp, maxlogit, "
         "entropy, sml, pans, mulmem, auxcon, cosme",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         help="network precision" + precision_help + " (default auto: bf16 on CPUs "
         "with native bf16, else fp32; scores are always fp32)",
     )

@@ -33,6 +33,7 @@ import threading
 from pathlib import Path
 
 from cosme_ros.cli.common import size_arg, write_json
+from cosme_ros.options import DEVICES
 
 
 def add_parser(sub) -> None:
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         help="the node's device (default auto)",
     )
     p.add_argument(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES, PRECISIONS
 
 
 def add_parser(sub) -> None:
@@ -53,11 +54,11 @@ def add_parser(sub) -> None:
         metavar="N",
         help="evaluate N images spread evenly over the dataset",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--precision",
         default="fp32",
-        choices=("fp32", "bf16", "auto"),
+        choices=PRECISIONS,
         help="network precision (default fp32, the reference numbers; scores are "
         "always fp32): compare with the node's `auto`",
     )

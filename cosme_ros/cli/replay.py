@@ -38,6 +38,7 @@ from pathlib import Path
 
 from cosme_ros.cli.common import add_pipeline_args, refine_options
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import parse_threshold
 
 
 class Terminated(KeyboardInterrupt):
@@ -167,16 +168,11 @@ def add_parser(sub) -> None:
 
 
 def _threshold(text: str):
-    """``auto`` → None (the bundle's), else a finite number."""
-    if text.strip().lower() == "auto":
-        return None
+    """``auto`` → None (the bundle's), else a finite number (:func:`parse_threshold`)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not finite")
-    return value
+        return parse_threshold(text, from_text=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load_pipeline(args):
@@ -214,7 +210,7 @@ def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.scorers import METHODS
-    from cosme_ros.bundle import AUTO_METHOD
+    from cosme_ros.options import AUTO_METHOD
     from cosme_ros.calibration import resolve_threshold
     from cosme_ros.replay import Bag, ReplayOptions, check_bag, check_options, format_report, replay
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from cosme_ros import atomic
 from cosme_ros.cli.common import size_arg, write_json
 from cosme_ros.errors import CosmeError
+from cosme_ros.options import DEVICES
 
 
 def positive_int(text: str) -> int:
@@ -84,7 +85,7 @@ def add_training_args(
         default=0,
         help="seed for initialisation, sample order " "and augmentation (default 0)",
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--threads",
         type=positive_int,

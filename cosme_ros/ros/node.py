@@ -55,7 +55,9 @@ from rclpy.qos import QoSPresetProfiles, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 
+from cosme_ros import options
 from cosme_ros.atomic import signals_deferred
+from cosme_ros.options import DEVICES, OUTPUT_RESOLUTIONS, parse_threshold
 from cosme_ros.data.image_header import MAX_IMAGE_PIXELS
 from cosme_ros.errors import CosmeError
 from cosme_ros.paths import default_bundle_path
@@ -64,12 +66,10 @@ from cosme_ros.ros.monitor import FrameMonitor
 from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
 
 NODE_NAME = "cosme_node"
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RUNNABLE_PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = (*options.PRECISIONS, *options.ENGINE_PRECISIONS)
+RUNNABLE_PRECISIONS = options.PRECISIONS
 INPUT_QOS = ("SENSOR_DATA", "DEFAULT", "SYSTEM_DEFAULT", "BEST_AVAILABLE")
 INPUT_TRANSPORTS = ("raw", "compressed")
-OUTPUT_RESOLUTIONS = ("input", "network")
 MIN_INPUT_SIDE = 32
 WARN_THROTTLE_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -143,32 +143,18 @@ def _check_precision(value: str) -> None:
         )
 
 
-def parse_threshold(value: Any) -> Optional[float]:
-    """``anomaly_threshold`` → a number, or None for ``auto`` (the bundle's calibrated threshold
-    for the method, :mod:`cosme_ros.calibration`); raises ValueError."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number")
-        return float(value)
-    raise ValueError(f"{value!r} is neither 'auto' nor a number")
-
-
 # ----------------------------------------------------------------------------- parameter table
 
 
 def _auto_method() -> str:
-    # cosme_ros.bundle imports torch; like METHODS, it is read when the parameters are declared
-    from cosme_ros.bundle import AUTO_METHOD
-
-    return AUTO_METHOD
+    return options.AUTO_METHOD
 
 
 def _methods() -> Sequence[str]:
+    # cosme_ros.anomaly imports torch: read when the parameters are declared
     from cosme_ros.anomaly.scorers import METHODS
 
-    return (_auto_method(), *METHODS)
+    return (options.AUTO_METHOD, *METHODS)
 
 
 def _check_method(value: Any) -> None:
@@ -179,9 +165,7 @@ def _check_method(value: Any) -> None:
 
 
 def _refinements() -> Sequence[str]:
-    from cosme_ros.anomaly.scorers import REFINEMENTS
-
-    return REFINEMENTS
+    return options.REFINEMENTS
 
 
 @dataclass(frozen=True)

@@ -295,14 +295,6 @@ class PreparedSamples:
         return item
 
 
-def subset_indices(n: int, max_items: Optional[int]) -> np.ndarray:
-    """``max_items`` evenly spaced indices of ``range(n)`` (all when None): spread over the whole
-    dataset, which is usually ordered by city or sequence, and independent of the seed."""
-    if not max_items or max_items >= n:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, int(max_items)).round().astype(np.int64))
-
-
 def to_input(
     images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> Tensor:

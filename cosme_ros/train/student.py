@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cosme_ros.anomaly.consensus import DISTILLATION_LAYERS, distillation_loss
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.student import Student
+from cosme_ros.data.datasets import subset_indices
 from cosme_ros.train.augment import AugmentConfig, augment, shrink_for_training
 from cosme_ros.train.loop import (
     Distributed,
@@ -36,7 +37,6 @@ from cosme_ros.train.loop import (
     Task,
     fit,
     sample_rng,
-    subset_indices,
     to_input,
 )
 

@@ -50,6 +50,7 @@ from cosme_ros.nets.mobilenetv2 import (
     imagenet_file,
     imagenet_state_dict,
 )
+from cosme_ros.data.datasets import subset_indices
 from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval, shrink_for_training
 from cosme_ros.train.loop import (
     Distributed,
@@ -60,7 +61,6 @@ from cosme_ros.train.loop import (
     fit,
     param_groups,
     sample_rng,
-    subset_indices,
     to_input,
 )
 
