@@ -37,9 +37,9 @@ def parse_threshold(value: Any, from_text: bool = False) -> Optional[float]:
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"{value!r} is neither auto nor a number") from None
+            raise ValueError(f"{value!r} is neither 'auto' nor a number") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number")
+            raise ValueError(f"{value!r} is not finite: give a number or 'auto'")
         return float(value)
     raise ValueError(f"{value!r} is neither 'auto' nor a number")
