@@ -216,9 +216,9 @@ class NodeIO:
         if publish and self.image_cls is not _StandInImage:
             os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
             try:
-                from cosme_ros.ros.overhead import _Publishers
+                from cosme_ros.ros.overhead import Publishers
 
-                self.pubs = _Publishers()
+                self.pubs = Publishers()
             except Exception as exc:  # noqa: BLE001 — an rmw that cannot start: report, go on
                 self.reason = f"rclpy publishers unavailable ({type(exc).__name__}: {exc})"
         self.published = self.pubs is not None

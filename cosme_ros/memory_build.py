@@ -1,6 +1,6 @@
 """Building a bundle's anomaly part from training images: the logic behind ``cosme build-memory``.
 
-One teacher, one dataset, three passes (DESIGN.md §2):
+One teacher, one dataset, three passes (docs/ARCHITECTURE.md):
 
 1. **Algorithm 1** — :meth:`MulMemBuilder.init_step` over shuffled batches until every memory
    layer holds K prototypes, for at most ``init_passes`` passes over the data; if the data run out

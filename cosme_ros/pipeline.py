@@ -4,7 +4,7 @@ The pipeline is the one place that turns a camera image into class and anomaly m
 node, the CLI and replay only translate to and from it. It runs the teacher (and the student when
 the method needs one) with exactly the taps the scorer asks for.
 
-CPU fast path (DESIGN.md §4), all numerically equivalent except bf16:
+CPU fast path (docs/ARCHITECTURE.md), all numerically equivalent except bf16:
 
 - ``torch.inference_mode`` around the networks and the scorer;
 - BatchNorm folded into the convolution before it (``conv → bn`` pairs of our networks), checked

@@ -1,4 +1,4 @@
-"""Baseline anomaly scores on the teacher's outputs (DESIGN.md §2, "Baselines kept beside it").
+"""Baseline anomaly scores on the teacher's outputs (docs/ARCHITECTURE.md, "Baselines kept beside it").
 
 Every score is ``(B,H,W)`` fp32 at the resolution of its input and follows one convention:
 **higher = more anomalous**. Inputs of any floating dtype are cast to fp32 first.

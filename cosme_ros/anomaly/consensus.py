@@ -1,4 +1,4 @@
-"""AuxCon — auxiliary consensus between the frozen teacher and a distilled student (DESIGN.md §2).
+"""AuxCon — auxiliary consensus between the frozen teacher and a distilled student (docs/ARCHITECTURE.md).
 
 The student M′ is trained to reproduce the teacher's taps on in-distribution images (Eq. 5). Where
 the two disagree at test time the input is probably unlike the training data (Eq. 6–7).

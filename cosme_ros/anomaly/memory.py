@@ -1,4 +1,4 @@
-"""MulMem — the multi-layer prototype memory of CosMe (Cen et al., DESIGN.md §2).
+"""MulMem — the multi-layer prototype memory of CosMe (Cen et al., docs/ARCHITECTURE.md).
 
 For each memory layer l (default C4, C5, LH) a sub-branch S^(l) holds K unit prototypes. Scoring:
 
@@ -11,7 +11,7 @@ Building (offline, streaming over training batches) → :class:`MulMemBuilder`:
 - Algorithm 1 (initialisation): greedy τ-diverse sampling of random feature vectors;
 - Algorithm 2 (learning): nearest-prototype assignment and momentum update.
 
-Scoring follows DESIGN.md §4: prototypes are pre-normalised and ``max_k ⟨f, p_k⟩ / ‖f‖`` is one
+Scoring follows docs/ARCHITECTURE.md: prototypes are pre-normalised and ``max_k ⟨f, p_k⟩ / ‖f‖`` is one
 matmul per chunk of prototypes followed by a single division by the feature norm, so a normalised
 copy of the features is never made and the (pixels × K) similarity is never whole in memory.
 """

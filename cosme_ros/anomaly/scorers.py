@@ -1,4 +1,4 @@
-"""One interface over every anomaly method, selected by name (DESIGN.md §2).
+"""One interface over every anomaly method, selected by name (docs/ARCHITECTURE.md).
 
 ``build_scorer(name, parts, **options)`` returns a :class:`Scorer`; calling it with the teacher's
 taps (and the student's, for AuxCon/CosMe) gives a ``(B, H_out, W_out)`` fp32 map, higher = more

@@ -1,6 +1,6 @@
 """DeepLabV3+ on a ResNet backbone — the CosMe teacher — and import of the checkpoints users have.
 
-``forward(x, taps=None)`` returns the taps of DESIGN.md §2: ``c2``…``c5`` (backbone), ``lh`` (output
+``forward(x, taps=None)`` returns the taps of docs/ARCHITECTURE.md: ``c2``…``c5`` (backbone), ``lh`` (output
 of the last 3×3 decoder conv, stride 4) and ``o`` (logits at stride 4, *not* upsampled).
 
 Two third-party layouts load key for key (every key is either mapped or, for a short list of

@@ -1,4 +1,4 @@
-"""The AuxCon student M′ (DESIGN.md §2, Eq. 5–7): a smaller network whose taps line up with the
+"""The AuxCon student M′ (docs/ARCHITECTURE.md, Eq. 5–7): a smaller network whose taps line up with the
 teacher's, channel for channel and pixel for pixel, so that their squared distance is defined.
 
 A ResNet of the given depth, dilated to the teacher's output stride (``teacher_strides['c5']``),

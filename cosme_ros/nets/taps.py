@@ -1,7 +1,7 @@
 """Named feature maps ("taps") — the contract between networks and anomaly scorers.
 
 Every network in :mod:`cosme_ros.nets` returns a ``dict[str, Tensor]`` keyed by tap name, each
-value ``(B, C, H, W)``. The names follow the paper's notation (DESIGN.md §2):
+value ``(B, C, H, W)``. The names follow the paper's notation (docs/ARCHITECTURE.md):
 
 - ``c2`` … ``c5``: backbone stages at strides 4, 8, 16, 32 (a dilated backbone keeps ``c4``/``c5`` at
   stride 8 or 16 instead);

@@ -1,4 +1,4 @@
-"""``cosme_node``: camera images in, segmentation and anomaly maps out (DESIGN.md §3).
+"""``cosme_node``: camera images in, segmentation and anomaly maps out (docs/ARCHITECTURE.md).
 
 A thin shell: :mod:`.image_codec` translates messages, :class:`cosme_ros.pipeline.Pipeline` does
 the maths, :mod:`.outputs` draws the pictures and :mod:`.monitor` keeps the books. The node only

@@ -44,7 +44,7 @@ def _median_ms(samples: Sequence[float]) -> float:
     return round(statistics.median(samples) * 1e3, 3)
 
 
-class _Publishers:
+class Publishers:
     """rclpy publishers for the five outputs in a private, localhost-only context."""
 
     def __init__(self):
@@ -111,7 +111,7 @@ def measure_node_overhead(
     out_size = tuple(size) if output_resolution == "input" else tuple(pipeline.input_size)
     wanted = set(OUTPUTS)
     heat = RunningRange()
-    pubs = _Publishers() if publish else None
+    pubs = Publishers() if publish else None
     try:
         for _ in range(2):  # warm-up: lazy initialisation, allocator
             pipeline(rgb, out_size=out_size)

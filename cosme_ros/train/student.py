@@ -1,4 +1,4 @@
-"""AuxCon student training (DESIGN.md §2, Algorithm 3): distil the frozen teacher into M′, no labels.
+"""AuxCon student training (docs/ARCHITECTURE.md, Algorithm 3): distil the frozen teacher into M′, no labels.
 
 Each step: augment a batch of training images, run the teacher (eval mode, no gradient) for the
 taps Ls = {c2, c3, c4, c5, lh, o} it has, run the student with the teacher's tap sizes, and

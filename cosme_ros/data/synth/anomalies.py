@@ -23,8 +23,8 @@ from cosme_ros.data.synth.things import (
     BBox,
     Ctx,
     Figure,
-    _poly_bbox,
-    _union,
+    poly_bbox,
+    union_of,
     anchor,
     decal,
     ground_shadow,
@@ -258,7 +258,7 @@ def draw_crate(ctx: Ctx, th: Thing, X, Z, heading) -> Optional[BBox]:
                 lab,
                 cv.WOOD,
             )
-    return _poly_bbox(list(faces.values()))
+    return poly_bbox(list(faces.values()))
 
 
 def draw_tyre(ctx: Ctx, th: Thing, X, Z, heading) -> Optional[BBox]:
@@ -335,7 +335,7 @@ def draw_debris(ctx: Ctx, th: Thing, X, Z, heading) -> Optional[BBox]:
                 continue
         c.poly(uv, ctx.look.face(q["color"], (0, 1, 0)), lab, cv.CONCRETE)
         boxes.append((uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()))
-    return _union(boxes)
+    return union_of(boxes)
 
 
 def draw_blob(ctx: Ctx, th: Thing, X, Z, heading) -> Optional[BBox]:

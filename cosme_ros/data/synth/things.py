@@ -57,7 +57,7 @@ def anchor(ctx: Ctx, X: float, Z: float, y: Optional[float] = None, extent: floa
     return u, v, s, zc
 
 
-def _union(boxes) -> Optional[BBox]:
+def union_of(boxes) -> Optional[BBox]:
     boxes = [b for b in boxes if b is not None]
     if not boxes:
         return None
@@ -65,7 +65,7 @@ def _union(boxes) -> Optional[BBox]:
     return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
 
 
-def _poly_bbox(polys) -> Optional[BBox]:
+def poly_bbox(polys) -> Optional[BBox]:
     pts = [p for p in polys if p is not None and len(p)]
     if not pts:
         return None
@@ -178,7 +178,7 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
         cabin = solids.box(X, Z, heading, -hl * 0.5, hl * 0.4, -hw + 0.1, hw - 0.1, belt, H)
         f1 = solids.draw_hexa(c, cam, look, body, body_col, label, cv.PAINT)
         f2 = solids.draw_hexa(c, cam, look, cabin, p["glass"], label, cv.GLASS)
-        return _poly_bbox(list(f1.values()) + list(f2.values()))
+        return poly_bbox(list(f1.values()) + list(f2.values()))
     ground_shadow(ctx, X, Z, hw * 1.05, hl * 1.0, H * 0.6)
     # Wheels and underbody, seen under the bumpers.
     under = solids.box(X, Z, heading, -hl + 0.25, hl - 0.25, -hw + 0.03, hw - 0.03, 0.0, 0.34)
@@ -255,14 +255,14 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
             lamp_mat,
         )
         decal(ctx, body, "front", [[0.3, 0.7, 0.3, 0.55]], (35, 35, 38), label, cv.METAL)
-    return _poly_bbox(polys)
+    return poly_bbox(polys)
 
 
 def _far_box(ctx: Ctx, X, Z, heading, hl, hw, H, color, label: int) -> Optional[BBox]:
     """A distant vehicle: one painted box."""
     body = solids.box(X, Z, heading, -hl, hl, -hw, hw, 0.3, H)
     drawn = solids.draw_hexa(ctx.canvas, ctx.cam, ctx.look, body, color, label, cv.PAINT)
-    return _poly_bbox(list(drawn.values()))
+    return poly_bbox(list(drawn.values()))
 
 
 def _side_wheels(ctx: Ctx, X, Z, heading, L, hw, ls, r: float, label: int) -> None:
@@ -331,7 +331,7 @@ def draw_truck(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optio
                 )
         polys += f.values()
     _side_wheels(ctx, X, Z, heading, L, hw, [0.9 / L, 2.0 / L, 1 - 1.3 / L], 0.48, label)
-    return _poly_bbox(polys)
+    return poly_bbox(polys)
 
 
 def draw_bus(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
@@ -384,7 +384,7 @@ def draw_bus(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
                 lamps,
             )
     _side_wheels(ctx, X, Z, heading, L, hw, [2.5 / L, 1 - 3.0 / L], 0.5, label)
-    return _poly_bbox(polys)
+    return poly_bbox(polys)
 
 
 # --- people ---------------------------------------------------------------------------------
@@ -590,8 +590,8 @@ def draw_lamp(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
             EMISSIVE if lit else cv.METAL,
         )
         x0, x1 = float(uv[:, 0].min()), float(uv[:, 0].max())
-        b = _union([b, (x0 - 0.3 * s, float(uv[1, 1] - 0.1 * s), x1 + 0.3 * s, float(uv[0, 1]))])
-    return _union([b, b0])
+        b = union_of([b, (x0 - 0.3 * s, float(uv[1, 1] - 0.1 * s), x1 + 0.3 * s, float(uv[0, 1]))])
+    return union_of([b, b0])
 
 
 WHITE, DARK = (240, 240, 240), (30, 30, 30)
@@ -648,7 +648,7 @@ def draw_sign(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Option
     if p["double"]:
         second = dict(p, size=p["size"] * 0.8)
         plates.append(_sign_plate(ctx, u, v - s * (H - 2.3 * r - 0.05), s, second, p["shape2"]))
-    return _union([b] + plates)
+    return union_of([b] + plates)
 
 
 def draw_bollard(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optional[BBox]:
