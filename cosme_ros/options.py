@@ -35,11 +35,14 @@ def parse_threshold(value: Any, from_text: bool = False) -> Optional[float]:
         if not from_text:
             raise ValueError(f"{value!r} is neither 'auto' nor a number")
         try:
-            value = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"{value!r} is neither 'auto' nor a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not finite")
+        return number
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise ValueError(f"{value!r} is not finite: give a number or 'auto'")
+            raise ValueError(f"{value!r} is not a finite number")
         return float(value)
     raise ValueError(f"{value!r} is neither 'auto' nor a number")
