@@ -749,7 +749,7 @@ def teacher_gflops(
 
 def random_memory_parts(pipe, k: int, layers: Sequence[str] = R101_TAPS, seed: int = 0):
     """AnomalyParts with K random unit prototypes per layer, for the teacher of ``pipe``."""
-    from cosme_ros.anomaly.scorers import AnomalyParts
+    from cosme_ros.anomaly.parts import AnomalyParts
 
     g = torch.Generator().manual_seed(seed)
     chans = pipe.teacher.tap_channels

@@ -360,7 +360,7 @@ class Bundle:
 
     def anomaly_parts(self):
         """The scorers' view of the bundle: memory, statistics, whether a student exists."""
-        from cosme_ros.anomaly.scorers import AnomalyParts
+        from cosme_ros.anomaly.parts import AnomalyParts
 
         section = self.manifest.get("anomaly")
         if section is None:

@@ -63,14 +63,8 @@ from cosme_ros import __version__, atomic
 from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
-from cosme_ros.anomaly.scorers import (
-    CONSENSUS_LAYERS,
-    MEMORY_LAYERS,
-    AnomalyParts,
-    mulmem_gamma,
-    predicted_classes,
-    resize,
-)
+from cosme_ros.anomaly.parts import CONSENSUS_LAYERS, MEMORY_LAYERS, AnomalyParts
+from cosme_ros.anomaly.scorers import mulmem_gamma, predicted_classes, resize
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES

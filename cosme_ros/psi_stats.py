@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from .anomaly import consensus
-from .anomaly.scorers import predicted_classes, psi_key
+from .anomaly.parts import psi_key
+from .anomaly.scorers import predicted_classes
 from .anomaly.standardize import ClassStats, ClassStatsAccumulator
 from .bundle import Bundle
 from .data.datasets import subset_indices

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bundles import make_tiny_bundle, street_scene
 from cosme_ros import bench
-from cosme_ros.anomaly.scorers import AnomalyParts
+from cosme_ros.anomaly.parts import AnomalyParts
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main

@@ -394,7 +394,7 @@ def test_prototypes_for_another_teacher_are_named_at_start_up(tmp_path):
     that named no file and suggested an input-size problem."""
     import torch
     import torch.nn.functional as F
-    from cosme_ros.anomaly.scorers import AnomalyParts
+    from cosme_ros.anomaly.parts import AnomalyParts
     from cosme_ros.anomaly.standardize import ClassStats
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError

@@ -11,14 +11,8 @@ import torch.nn.functional as F
 
 from bundles import make_tiny_bundle, write_scenes
 from cosme_ros.anomaly import baselines, consensus
-from cosme_ros.anomaly.scorers import (
-    FUSIONS,
-    AnomalyParts,
-    build_scorer,
-    cosme_fusion,
-    mulmem_gamma,
-    psi_key,
-)
+from cosme_ros.anomaly.parts import AnomalyParts, psi_key
+from cosme_ros.anomaly.scorers import FUSIONS, build_scorer, cosme_fusion, mulmem_gamma
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import MissingPartError

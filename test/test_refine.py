@@ -145,7 +145,7 @@ def test_refine_is_an_option_of_every_method():
     name, options = parse_method("cosme[refine_radius=4,refine=guided]")
     assert options == {"refine": "guided", "refine_radius": 4}
     assert canonical(name, options) == "cosme[refine=guided,refine_radius=4]"
-    from cosme_ros.anomaly.scorers import AnomalyParts
+    from cosme_ros.anomaly.parts import AnomalyParts
 
     scorer = build_scorer("maxlogit", AnomalyParts(), refine="guided", refine_eps=0.01)
     assert scorer.refinement == (8, 0.01)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from cosme_ros.anomaly import baselines, consensus, memory
+from cosme_ros.anomaly.parts import AnomalyParts
 from cosme_ros.anomaly.scorers import (
     FUSIONS,
     METHODS,
-    AnomalyParts,
     Scorer,
     build_scorer,
     cosme_fusion,

@@ -18,10 +18,10 @@ from .baselines import (
 )
 from .consensus import distillation_loss, psi, psi_layer
 from .memory import MulMemBuilder, gamma, gamma_layer, max_cosine
+from .parts import AnomalyParts
 from .scorers import (
     FUSIONS,
     METHODS,
-    AnomalyParts,
     Scorer,
     build_scorer,
     cosme_fusion,
