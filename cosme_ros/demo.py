@@ -401,11 +401,14 @@ class NodeLink:
             raise
         self._waiting: Optional[Tuple[int, int]] = None
         self._got: Dict[str, np.ndarray] = {}
+        self._answers = 0  # outputs on the first output topic for the frame waited for
 
     def _on_output(self, key: str, msg) -> None:
         from cosme_ros.ros import image_codec
 
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if stamp == self._waiting and key == self.keys[0]:
+            self._answers += 1
         if stamp == self._waiting and key not in self._got:
             self._got[key] = image_codec.image_array(msg).copy()
 
@@ -445,6 +448,7 @@ class NodeLink:
         msg = image_codec.encode_image(self.Image, rgb, "rgb8", header)
         self._waiting = (header.stamp.sec, header.stamp.nanosec)
         self._got = {}
+        self._answers = 0
         done = lambda: len(self._got) == len(self.keys)  # noqa: E731
         deadline = time.monotonic() + timeout
         resent = -1
@@ -452,6 +456,10 @@ class NodeLink:
             self.pub.publish(msg)
             resent += 1
             self.spin_until(done, min(resend_after, max(0.0, deadline - time.monotonic())), alive)
+        if done() and resent > 0:
+            # A re-sent copy may still be waiting in the node's one-frame mailbox: the next
+            # frame would replace it there (a drop). Let the node answer it first.
+            self.spin_until(lambda: self._answers > resent, resend_after, alive)
         return (dict(self._got) if done() else None), max(resent, 0)
 
     def close(self) -> None:
