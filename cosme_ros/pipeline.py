@@ -31,13 +31,11 @@ from torch import Tensor, nn
 from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.scorers import build_scorer, predicted_classes
 from cosme_ros.options import AUTO_METHOD
-from cosme_ros.options import PRECISIONS as CHOSEN_PRECISIONS
+from cosme_ros.options import PRECISIONS
 from cosme_ros.anomaly.method_spec import REFINE_OPTIONS, canonical, parse_method
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ordered
-
-PRECISIONS = CHOSEN_PRECISIONS
 
 
 @dataclass

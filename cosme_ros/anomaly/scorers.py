@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..options import REFINEMENTS as _REFINEMENTS
+from ..options import REFINEMENTS
 from ..errors import MissingPartError
 from ..nets.taps import LH, O, Taps, ordered, parse_taps
 from . import baselines, consensus, memory, refine
@@ -62,7 +62,6 @@ FUSIONS: Tuple[str, ...] = ("signed", "softplus", "exp", "raw", "zsum")
 Z_FUSIONS: Tuple[str, ...] = ("softplus", "zsum")
 #: Eq. 8 as the paper writes it; chosen on measurements (BENCHMARKS.md, "Eq. 8").
 DEFAULT_FUSION = "signed"
-REFINEMENTS: Tuple[str, ...] = _REFINEMENTS
 
 _BUILD_MEMORY = "cosme build-memory --bundle DIR --data KIND:PATH"
 _TRAIN_STUDENT = "cosme train-student --bundle DIR --data KIND:PATH"
@@ -120,6 +119,23 @@ def mulmem_gamma(
     return gamma, predicted_classes(teacher[O], tuple(gamma.shape[-2:]), align_corners)
 
 
+def check_fusion(fusion: str, psi_standardized: bool) -> None:
+    """Raise ValueError unless ``fusion`` fits Ψ: a standardised Ψ is a z-score, whose product
+    with Γ_std is not monotone (two negatives make a positive), so it takes only the fusions of
+    two z-scores (:data:`Z_FUSIONS`); ``zsum`` adds two z-scores, so it needs one."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+    if psi_standardized and fusion not in Z_FUSIONS:
+        raise ValueError(
+            f"method 'cosme': standardize_psi=true makes Ψ a z-score, whose product "
+            f"with Γ's is not monotone; choose fusion {' or '.join(Z_FUSIONS)}"
+        )
+    if fusion == "zsum" and not psi_standardized:
+        raise ValueError(
+            "method 'cosme': fusion=zsum adds two z-scores: it needs standardize_psi=true"
+        )
+
+
 def cosme_fusion(
     psi: Tensor, gamma: Tensor, fusion: str = DEFAULT_FUSION, psi_standardized: bool = False
 ) -> Tensor:
@@ -153,26 +169,18 @@ def cosme_fusion(
     ``gamma`` must be the standardised Γ for every fusion except ``"raw"``. Both inputs are
     ``(B,H,W)`` at the same resolution; the result is fp32.
     """
+    check_fusion(fusion, psi_standardized)
     psi, gamma = psi.float(), gamma.float()
     if psi_standardized:
-        if fusion == "softplus":
-            return F.softplus(psi) * F.softplus(gamma)
         if fusion == "zsum":
             return psi + gamma
-        raise ValueError(
-            f"CosMe fusion {fusion!r} does not take a standardised Ψ; choose one "
-            f"of {', '.join(Z_FUSIONS)}"
-        )
-    if fusion == "zsum":
-        raise ValueError("CosMe fusion 'zsum' adds two z-scores: it needs standardize_psi=true")
+        return F.softplus(psi) * F.softplus(gamma)
     if fusion == "softplus":
         g = F.softplus(gamma)
     elif fusion == "exp":
         g = torch.exp(gamma)
-    elif fusion in ("raw", "signed"):
+    else:  # raw, signed
         g = gamma
-    else:
-        raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
     return psi * g
 
 
@@ -415,16 +423,7 @@ class CosMeScorer(Scorer):
     """
 
     def __init__(self, mulmem: MulMemScorer, auxcon: AuxConScorer, *, fusion: str = DEFAULT_FUSION):
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        if (auxcon.standardized and fusion not in Z_FUSIONS) or (
-            fusion == "zsum" and not auxcon.standardized
-        ):
-            raise ValueError(
-                f"CosMe fusion {fusion!r} with a {'standardised' if auxcon.standardized else 'raw'} "
-                f"Ψ: a standardised Ψ takes fusion {' or '.join(Z_FUSIONS)}, "
-                f"and zsum needs one"
-            )
+        check_fusion(fusion, auxcon.standardized)
         self.name = "cosme"
         self.mulmem = mulmem
         self.auxcon = auxcon
@@ -674,17 +673,7 @@ def _build(key: str, parts: AnomalyParts, options: dict) -> Scorer:
     distance = opts.pop("distance", "l2")
     standardize_psi = bool(opts.pop("standardize_psi", False))
     boundary = bool(opts.pop("boundary", False))
-    if fusion not in FUSIONS:
-        raise ValueError(f"unknown CosMe fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-    if standardize_psi and fusion not in Z_FUSIONS:
-        raise ValueError(
-            f"method 'cosme': standardize_psi=true makes Ψ a z-score, whose product "
-            f"with Γ's is not monotone; choose fusion {' or '.join(Z_FUSIONS)}"
-        )
-    if fusion == "zsum" and not standardize_psi:
-        raise ValueError(
-            "method 'cosme': fusion=zsum adds two z-scores: it needs " "standardize_psi=true"
-        )
+    check_fusion(fusion, standardize_psi)  # before any part is looked for
     bank = _need_memory(key, parts)
     standardize = fusion != "raw"
     layers = _memory_subset(key, parts, opts.pop("layers", None), standardize)

@@ -146,10 +146,6 @@ def _check_precision(value: str) -> None:
 # ----------------------------------------------------------------------------- parameter table
 
 
-def _auto_method() -> str:
-    return options.AUTO_METHOD
-
-
 def _methods() -> Sequence[str]:
     # cosme_ros.anomaly imports torch: read when the parameters are declared
     from cosme_ros.anomaly.scorers import METHODS
@@ -236,7 +232,7 @@ PARAMS: Sequence[Param] = (
     ),
     Param(
         "method",
-        _auto_method,
+        options.AUTO_METHOD,
         "Anomaly scorer: auto (the bundle's default method: the one "
         "it names, else cosme when it has a memory and a student, else maxlogit), one of "
         "msp, maxlogit, entropy, sml, pans, mulmem, auxcon, cosme, or one with scorer options "
@@ -552,7 +548,7 @@ class CosmeNode(Node):
             bundle = Bundle.load(s.bundle)
         except BundleError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
-        if s.method == _auto_method():
+        if s.method == options.AUTO_METHOD:
             s = replace(s, method=bundle.default_method)
         refine = s.refine_options()
         try:
