@@ -199,15 +199,16 @@ class Bag:
         # damaged bag stops here with the damaged range (data/bag_crc.py).
         from cosme_ros.data.bag_crc import mcap_storages, verify_mcap
 
+        mcaps = mcap_storages(self.reader)
         self.unchecked_chunks = 0
         try:
-            for storage in mcap_storages(self.reader):
+            for storage in mcaps:
                 self.unchecked_chunks += verify_mcap(storage, Path(storage.path))
         except CosmeError:
             self.close()
             raise
         self.connections = list(self.reader.connections)
-        self.storage = self._storage_id()
+        self.storage = "mcap" if mcaps else "sqlite3"
         from rosbags.typesys import Stores, get_typestore
 
         self.typestore = get_typestore(Stores.ROS2_HUMBLE)
@@ -224,12 +225,6 @@ class Bag:
         where = files[0] if len(files) == 1 else self.path
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CosmeError(f"{where}: cannot read the bag: {text} (truncated or corrupt?)")
-
-    def _storage_id(self) -> str:
-        from rosbags.rosbag2.storage_mcap import McapReader
-
-        storages = getattr(self.reader.storage, "storages", [self.reader.storage])
-        return "mcap" if storages and isinstance(storages[0], McapReader) else "sqlite3"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -606,28 +601,6 @@ def format_report(report: ReplayReport, per_frame: bool = True, worst: int = 5) 
 # ----------------------------------------------------------------------------- writing
 
 
-class _StagedFile:
-    """A text file written beside ``path`` under a temporary name, renamed by :meth:`commit`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-
-    def write(self, text: str) -> None:
-        self.tmp.write_text(text)
-        atomic.give_default_mode(self.tmp)
-
-    def commit(self) -> None:
-        with atomic.signals_deferred():
-            os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
-
-
 class _BagTarget:
     """A bag directory built at ``<tmpdir>/<name>`` beside ``path`` (the storage file inside is
     named after the bag) and moved into place by :meth:`commit`; :meth:`discard` removes it."""
@@ -917,7 +890,7 @@ class _GroundTruth:
 
 
 def replay(
-    bag_path: str | Path,
+    bag_path: "str | Path | Bag",
     pipeline: Any,
     options: ReplayOptions,
     *,
@@ -925,13 +898,14 @@ def replay(
     summary: Optional[Tuple[Path, Callable[["ReplayReport"], str]]] = None,
 ) -> ReplayReport:
     """Run every image of ``options.image_topic`` through ``pipeline`` and write / measure
-    what ``options`` asks for (module docstring). ``summary``: ``(path, text of the finished
+    what ``options`` asks for (module docstring). ``bag_path``: a bag's path, or a :class:`Bag`
+    already open (and verified; closed when done). ``summary``: ``(path, text of the finished
     report)``, a file written with the other outputs (the CLI's ``--json``). Raises
     :class:`CosmeError` for expected failures; on any exception (``KeyboardInterrupt``
     included) no output is left, and the outputs appear together: all of them or none."""
     o = options
     check_options(o)
-    with Bag(bag_path) as bag:
+    with bag_path if isinstance(bag_path, Bag) else Bag(bag_path) as bag:
         img_conns, gt_conns, topics = check_bag(bag, o)
         image_type = img_conns[0].msgtype
         total = sum(c.msgcount for c in img_conns)
@@ -967,7 +941,7 @@ def replay(
         img_topics = {c.topic for c in img_conns}
         out: Optional[_OutputBag] = None
         video: Optional[_Video] = None
-        staged: Optional[_StagedFile] = None
+        staged: Optional[atomic.OutputSet] = None  # the summary file
         start = time.perf_counter()
         bar = tqdm(
             total=total, desc="replay", unit="frame", disable=not progress, dynamic_ncols=True
@@ -1078,8 +1052,8 @@ def replay(
                 report.duplicate_gt = truth.duplicates
             report.seconds = time.perf_counter() - start
             if summary is not None:
-                staged = _StagedFile(Path(summary[0]))
-                staged.write(summary[1](report))
+                staged = atomic.OutputSet()
+                staged.file(summary[0]).write_text(summary[1](report))
             with atomic.signals_deferred():
                 for target in (video, out, staged):
                     if target is not None:

@@ -244,8 +244,13 @@ def run(args) -> int:
     check_options(options)
     if args.json:
         atomic.check_writable(args.json, args.force)
-    with Bag(args.bag) as bag:
+    # opened (every MCAP chunk verified) once, before the model loads; replay reads this one
+    bag = Bag(args.bag)
+    try:
         check_bag(bag, options)
+    except BaseException:
+        bag.close()
+        raise
 
     import threading
 
@@ -282,11 +287,12 @@ def run(args) -> int:
                 + "\n",
             )
         # the JSON is written with the bag and the video: an interruption leaves all or none
-        report = replay(args.bag, pipeline, options, summary=summary)
+        report = replay(bag, pipeline, options, summary=summary)
     except Terminated:
         print("terminated", file=sys.stderr)
         return 143
     finally:
+        bag.close()
         if main:
             signal.signal(signal.SIGTERM, old)
     print(format_report(report, per_frame=not args.no_per_frame, worst=args.worst))
