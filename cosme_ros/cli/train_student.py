@@ -247,16 +247,14 @@ def _psi_stats(args, bundle, dataset, device: str) -> None:
 def _stats_only(args, bundle) -> int:
     from cosme_ros.pipeline import resolve_device
     from cosme_ros.train import open_training_data
+    from cosme_ros.train.loop import setup_threads
 
     if not bundle.has_student:
         raise CosmeError(
-            f"{bundle.path}: --stats-only needs a student: run `cosme train-student` " f"without it"
+            f"{bundle.path}: --stats-only needs a student: run `cosme train-student` without it"
         )
     atomic.check_writable(bundle.path / "manifest.yaml", True)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    setup_threads(args.threads)
     _psi_stats(
         args, bundle, open_training_data(args.data, args.split), resolve_device(args.device).type
     )
