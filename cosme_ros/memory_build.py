@@ -50,9 +50,9 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ from cosme_ros.anomaly.scorers import mulmem_gamma, predicted_classes, resize
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
-from cosme_ros.data.datasets import Dataset, Sample, subset_indices
+from cosme_ros.data.datasets import Dataset, Sample, prefetched_batches, subset_indices
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ALL_TAPS, LH, O, parse_taps
 
@@ -220,22 +220,6 @@ def local_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return np.array_split(global_batch, world)[rank]
 
 
-def _batches(
-    dataset: Dataset, batches: Sequence[np.ndarray], pool: Optional[ThreadPoolExecutor]
-) -> Iterator[List[Sample]]:
-    """Samples of each batch in order, the next batch decoding in threads meanwhile."""
-    if pool is None:
-        for b in batches:
-            yield [dataset[int(i)] for i in b]
-        return
-    submit = lambda b: [pool.submit(dataset.__getitem__, int(i)) for i in b]  # noqa: E731
-    pending = submit(batches[0]) if batches else []
-    for j in range(len(batches)):
-        current = pending
-        pending = submit(batches[j + 1]) if j + 1 < len(batches) else []
-        yield [f.result() for f in current]
-
-
 # ----------------------------------------------------------------------------- checkpoint
 
 
@@ -331,7 +315,15 @@ class _Teacher:
         from cosme_ros.pipeline import Pipeline
 
         # maxlogit needs no bundle part: the pipeline serves for its teacher and preprocessing.
-        self.pipeline = Pipeline(bundle, method="maxlogit", device=device, input_size=input_size)
+        # It sees the bundle without its anomaly part, which this build replaces: an old part
+        # is neither read nor checked against the teacher (one that no longer fits it must not
+        # stop the build that repairs it).
+        teacher_only = replace(
+            bundle, manifest={k: v for k, v in bundle.manifest.items() if k != "anomaly"}
+        )
+        self.pipeline = Pipeline(
+            teacher_only, method="maxlogit", device=device, input_size=input_size
+        )
         self.device = self.pipeline.device
         self.input_size = tuple(self.pipeline.input_size)
 
@@ -433,7 +425,7 @@ def build_anomaly_parts(
             with bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
                 for schedule in steps:
                     local = [subset[local_slice(b, rank, world)] for b in schedule]
-                    for samples in _batches(dataset, local, pool):
+                    for samples in prefetched_batches(dataset, local, pool):
                         done = builder.init_step(teacher(samples, layers))
                         pbar.update(1)
                         pbar.set_postfix(protos=min(builder.counts().values()))
@@ -469,7 +461,7 @@ def build_anomaly_parts(
             schedule = global_schedule(n, config.batch, config.seed, 1, epoch)
             local = [subset[local_slice(b, rank, world)] for b in schedule]
             with bar(len(local), f"Algorithm 2 (epoch {epoch + 1}/{config.epochs})") as pbar:
-                for samples in _batches(dataset, local, pool):
+                for samples in prefetched_batches(dataset, local, pool):
                     builder.learn_step(teacher(samples, layers))
                     pbar.update(1)
             save(epoch + 1)
@@ -486,7 +478,7 @@ def build_anomaly_parts(
         schedule = global_schedule(n, config.batch, config.seed, 2, 0, shuffle=False)
         local = [subset[local_slice(b, rank, world)] for b in schedule]
         with bar(len(local), "statistics (MulMem, SML, PAnS)") as pbar, torch.inference_mode():
-            for samples in _batches(dataset, local, pool):
+            for samples in prefetched_batches(dataset, local, pool):
                 taps = teacher(samples, taps_needed)
                 if taps[O].shape[1] != num_classes:
                     raise CosmeError(

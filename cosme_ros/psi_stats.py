@@ -30,7 +30,7 @@ from .anomaly.parts import psi_key
 from .anomaly.scorers import predicted_classes
 from .anomaly.standardize import ClassStats, ClassStatsAccumulator
 from .bundle import Bundle
-from .data.datasets import subset_indices
+from .data.datasets import prefetched_batches, subset_indices
 from .errors import CosmeError
 from .nets.taps import ALL_TAPS, O, ordered
 
@@ -84,15 +84,6 @@ def gather_psi_stats(
     subset = subset_indices(len(dataset), max_images)
     chunks = [subset[i : i + batch] for i in range(0, len(subset), batch)]
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
-    load = (
-        (lambda idx: [dataset[int(i)].image for i in idx])
-        if pool is None
-        else (
-            lambda idx: [
-                f.result() for f in [pool.submit(lambda j: dataset[int(j)].image, i) for i in idx]
-            ]
-        )
-    )
     try:
         with (
             torch.inference_mode(),
@@ -104,8 +95,9 @@ def gather_psi_stats(
                 leave=False,
             ) as bar,
         ):
-            for idx in chunks:
-                teacher, student = pipeline.networks(pipeline.preprocess(load(idx)))
+            for samples in prefetched_batches(dataset, chunks, pool):
+                images = [s.image for s in samples]
+                teacher, student = pipeline.networks(pipeline.preprocess(images))
                 classes: Dict[Tuple[int, int], torch.Tensor] = {}
                 for distance in consensus.DISTANCES:
                     for layers in sets:

@@ -426,6 +426,15 @@ def test_prototypes_for_another_teacher_are_named_at_start_up(tmp_path):
     write({}, classes=7)
     with pytest.raises(BundleError, match="mulmem.mean has 7 classes but the teacher outputs 19"):
         Pipeline(Bundle.load(path), method="maxlogit", device="cpu")
+    # the command the message names repairs it (its own teacher pass ignores the old part)
+    from bundles import write_scenes
+    from cosme_ros.cli.main import main
+
+    write({"c5": channels["c5"] + 3})
+    write_scenes(tmp_path / "scenes", 4)
+    args = ["build-memory", "--bundle", str(path), "--data", f"images:{tmp_path / 'scenes'}"]
+    assert main([*args, "--k", "4", "--batch", "2", "--device", "cpu", "--force"]) == 0
+    Pipeline(Bundle.load(path), method="mulmem", device="cpu")
 
 
 @pytest.mark.parametrize("rows", [0, 1])

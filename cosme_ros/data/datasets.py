@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -68,6 +69,7 @@ __all__ = [
     "KINDS",
     "open_dataset",
     "parse_spec",
+    "prefetched_batches",
     "subset_indices",
     "CITYSCAPES_LABELID_TO_TRAINID",
     "CAMVID_CLASSES",
@@ -693,6 +695,26 @@ def open_dataset(spec: str, split: Optional[str] = None) -> Dataset:
     if not root.exists():
         raise DatasetError(f"{root}: no such file or directory (dataset {spec!r})")
     return KINDS[kind](root, split)
+
+
+def prefetched_batches(
+    dataset: "Dataset", batches: Sequence[np.ndarray], pool: Optional[ThreadPoolExecutor]
+) -> Iterator[List["Sample"]]:
+    """The samples of each batch of indices in order, the next batch decoding in ``pool``'s
+    threads meanwhile (in this thread when ``pool`` is None)."""
+    if pool is None:
+        for b in batches:
+            yield [dataset[int(i)] for i in b]
+        return
+
+    def submit(b):
+        return [pool.submit(dataset.__getitem__, int(i)) for i in b]
+
+    pending = submit(batches[0]) if len(batches) else []
+    for j in range(len(batches)):
+        current = pending
+        pending = submit(batches[j + 1]) if j + 1 < len(batches) else []
+        yield [f.result() for f in current]
 
 
 def subset_indices(n: int, max_items: Optional[int]) -> np.ndarray:
