@@ -45,6 +45,7 @@ import yaml
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
+from cosme_ros.metrics import ConfusionMatrix, PooledPixels
 from cosme_ros.ros.dds_profile import FASTDDS_PROFILE_KEYS, shm_profile_env
 
 DEFAULT_FRAMES = 100
@@ -532,18 +533,17 @@ def contact_sheet(rows: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:
 
 
 class DriveScores:
-    """Pooled labelled pixels of the drive (score, label), the segmentation confusion matrix
-    and, with a node mask, its pixel counts against the ground truth."""
+    """Pooled labelled pixels of the drive (:class:`~cosme_ros.metrics.PooledPixels`, exact),
+    the segmentation confusion matrix and, with a node mask, its pixel counts against the
+    ground truth."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, frames: int):
         self.nc = num_classes
-        self.scores: List[np.ndarray] = []
-        self.labels: List[np.ndarray] = []
-        self.void = 0
-        # conf[gt, pred]; the last column counts predictions outside the class table
-        self.conf = np.zeros((num_classes, num_classes + 1), np.int64)
+        self.pooled = PooledPixels(["score"], frames, memory_limit_gib=None, unit="frames")
+        self.confusion = ConfusionMatrix(num_classes)
         self.mask_counts = np.zeros(3, np.int64)  # tp, fp, fn
         self.has_mask = False
+        self.frames = 0
 
     def add(
         self,
@@ -553,17 +553,12 @@ class DriveScores:
         semantic: np.ndarray,
         mask: Optional[np.ndarray] = None,
     ) -> None:
-        valid = (anomaly == 0) | (anomaly == 1)
-        self.scores.append(score[valid].astype(np.float32))
-        self.labels.append(anomaly[valid].astype(np.uint8))
-        self.void += int((~valid).sum())
-        seg = semantic < self.nc
-        gt, pred = semantic[seg].astype(np.int64), classes[seg].astype(np.int64)
-        pred = np.minimum(pred, self.nc)  # a class index beyond the table: counted as wrong
-        conf = np.bincount(gt * (self.nc + 1) + pred, minlength=self.nc * (self.nc + 1))
-        self.conf += conf.reshape(self.nc, self.nc + 1)
+        self.pooled.add({"score": score}, anomaly, f"frame {self.frames}")
+        self.frames += 1
+        self.confusion.add(semantic, classes)
         if mask is not None:
             self.has_mask = True
+            valid = (anomaly == 0) | (anomaly == 1)
             pred_a, gt_a = mask[valid] > 0, anomaly[valid] == 1
             self.mask_counts += [
                 int((pred_a & gt_a).sum()),
@@ -572,43 +567,26 @@ class DriveScores:
             ]
 
     def pixels(self) -> Dict[str, int]:
-        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.uint8)
-        anomaly = int((labels == 1).sum())
-        return {
-            "anomaly": anomaly,
-            "in_distribution": int(labels.size - anomaly),
-            "void": self.void,
-        }
+        return dict(self.pooled.pixels)
 
     def anomaly_metrics(self) -> Tuple[Optional[Dict[str, float]], Optional[str], Dict]:
         """(auroc / ap / fpr95 or None, why None, best-F1 threshold info)."""
-        from cosme_ros.metrics import best_f1_threshold, pixel_metrics
-
-        scores, labels = np.concatenate(self.scores), np.concatenate(self.labels)
         try:
-            metrics = {k: float(v) for k, v in pixel_metrics(scores, labels).items()}
-            best = best_f1_threshold(scores, labels)
+            best, f1 = self.pooled.best_f1("score")
+            metrics = self.pooled.compute().metrics["score"]
         except ValueError as exc:
             return None, str(exc), {}
-        pred, gt = scores >= best, labels == 1
-        tp = int((pred & gt).sum())
-        f1 = 2 * tp / max(1, int(pred.sum()) + int(gt.sum()))
-        return metrics, None, {"best_f1": float(best), "best_f1_score": round(f1, 4)}
+        return metrics, None, {"best_f1": best, "best_f1_score": round(f1, 4)}
 
     def segmentation(self, names: Sequence[str]) -> Dict[str, Any]:
-        conf = self.conf.astype(np.float64)
-        tp, gt, pred = np.diag(conf), conf.sum(1), conf[:, : self.nc].sum(0)
-        union = gt + pred - tp
-        present = gt > 0
-        iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+        names = [*names, *(str(c) for c in range(len(names), self.nc))]
+        r = self.confusion.iou(names)
+        present = r["present"]
         return {
-            "miou": float(np.mean(iou[present])) * 100 if present.any() else None,
-            "classes": int(present.sum()),
-            "pixel_accuracy": float(tp.sum() / conf.sum()) * 100 if conf.sum() else None,
-            "iou": {
-                names[c] if c < len(names) else str(c): round(float(iou[c]) * 100, 2)
-                for c in np.flatnonzero(present)
-            },
+            "miou": r["miou_present"] * 100 if present else None,
+            "classes": len(present),
+            "pixel_accuracy": r["pixel_accuracy"] * 100 if r["pixels"] else None,
+            "iou": {names[c]: round(r["iou"][names[c]] * 100, 2) for c in present},
         }
 
     def mask_scores(self) -> Optional[Dict[str, float]]:
@@ -805,7 +783,7 @@ def _drive(
     from cosme_ros.data.synth import drive_frames
 
     h, w = size
-    scores = DriveScores(num_classes)
+    scores = DriveScores(num_classes, opts.frames)
     sheet_at = set(_sheet_indices(opts.frames))
     sheet_rows: List[np.ndarray] = []
     trips: List[float] = []

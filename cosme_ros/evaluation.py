@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from cosme_ros import atomic, metrics, viz
+from cosme_ros.metrics import PooledPixels
 from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.method_spec import MethodSpec, canonical, parse_method
 from cosme_ros.anomaly.scorers import METHODS, Scorer, build_scorer
@@ -51,10 +52,7 @@ __all__ = [
     "evaluate",
     "markdown_table",
     "write_plots",
-    "CURVE_POINTS",
 ]
-
-CURVE_POINTS = 1000  # quantile thresholds per class for the plotted curves
 
 
 # ----------------------------------------------------------------------------- methods
@@ -259,34 +257,8 @@ def markdown_table(report: EvaluationReport, dataset_title: str) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _curve_from_sorted(pos: np.ndarray, neg: np.ndarray) -> Dict[str, np.ndarray]:
-    """ROC and PR points at quantile thresholds of both classes (plus the extremes)."""
-    qs = np.linspace(0.0, 1.0, CURVE_POINTS)
-    thr = np.unique(np.concatenate([np.quantile(pos, qs), np.quantile(neg, qs)]))
-    tp = pos.size - np.searchsorted(pos, thr, side="left")  # score >= t
-    fp = neg.size - np.searchsorted(neg, thr, side="left")
-    return _curve(tp[::-1], fp[::-1], pos.size, neg.size)
-
-
-def _curve(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> Dict[str, np.ndarray]:
-    """Points in descending threshold order → fpr/tpr (from (0, 0)) and recall/precision."""
-    tpr = np.concatenate([[0.0], tp / n_pos])
-    fpr = np.concatenate([[0.0], fp / n_neg])
-    keep = (tp + fp) > 0
-    precision = np.where(keep, tp / np.maximum(tp + fp, 1), 1.0)[keep]
-    recall = (tp / n_pos)[keep]
-    return {
-        "fpr": fpr.astype(np.float32),
-        "tpr": tpr.astype(np.float32),
-        "recall": recall.astype(np.float32),
-        "precision": precision.astype(np.float32),
-    }
-
-
-def _image_ap(scores: np.ndarray, labels: np.ndarray) -> Optional[float]:
-    if not (labels == 1).any() or not (labels == 0).any():
-        return None
-    return float(metrics.pixel_metrics(scores, labels)["ap"])
+def _ap(m: Optional[Dict[str, float]]) -> Optional[float]:
+    return None if m is None else float(m["ap"])
 
 
 def evaluate(
@@ -315,26 +287,22 @@ def evaluate(
     indices = subset_indices(len(dataset), max_images)
     n = len(indices)
     methods = list(runner.scorers)
-    kept: Dict[str, List[np.ndarray]] = {m: [] for m in methods}
-    kept_labels: List[np.ndarray] = []
-    accs = {m: metrics.PixelMetricAccumulator(bins=bins) for m in methods} if binned else {}
+    pooled = PooledPixels(
+        methods,
+        n,
+        binned=binned,
+        bins=bins,
+        memory_limit_gib=memory_limit_gib,
+        advice="use --binned (histogram metrics with reported error bounds), --max-images, "
+        "or raise --memory-limit",
+    )
     per_image: List[Dict] = []
-    pixels = {"anomaly": 0, "in_distribution": 0, "void": 0}
     sizes: List[List[int]] = []
     empty: List[str] = []
-
     first = dataset[int(indices[0])]
-    if not binned:
-        # Estimated from the first image, before any work: refuse rather than swap or fall back.
-        labelled = int(((first.anomaly == 0) | (first.anomaly == 1)).sum()) or first.anomaly.size
-        estimate = n * labelled * (4 * len(methods) + 1) / 2**30
-        if estimate > memory_limit_gib:
-            raise CosmeError(
-                f"exact metrics would keep about {estimate:.3g} GiB of scores ({n} images × "
-                f"{labelled} labelled pixels × {len(methods)} methods, estimated from the first "
-                f"image), above the {memory_limit_gib:g} GiB limit: use --binned (histogram "
-                f"metrics with reported error bounds), --max-images, or raise --memory-limit"
-            )
+    # Estimated from the first image, before any work: refuse rather than swap or fall back.
+    labelled = int(((first.anomaly == 0) | (first.anomaly == 1)).sum()) or first.anomaly.size
+    pooled.check_memory(labelled)
 
     for pos in tqdm(
         range(n),
@@ -350,77 +318,44 @@ def evaluate(
         size = list(label.shape)
         if size not in sizes:
             sizes.append(size)
-        valid = (label == 0) | (label == 1)
-        n_valid = int(valid.sum())
-        n_anom = int((label == 1).sum())
-        pixels["anomaly"] += n_anom
-        pixels["in_distribution"] += n_valid - n_anom
-        pixels["void"] += label.size - n_valid
-        if n_valid == 0:
+        if not ((label == 0) | (label == 1)).any():
+            pooled.add({}, label, sample.name)  # counts its void pixels
             empty.append(sample.name)
             continue
         _, scores = runner(sample.image, label.shape)
-        y = label[valid]
-        record = {
-            "index": index,
-            "name": sample.name,
-            "size": size,
-            "anomaly": n_anom,
-            "in_distribution": n_valid - n_anom,
-            "ap": {},
-        }
-        for m in methods:
-            s = scores[m][valid]
-            if not np.isfinite(s).all():
-                raise CosmeError(f"method {m!r} gave non-finite scores on {sample.name}")
-            record["ap"][m] = _image_ap(s, y)
-            if binned:
-                accs[m].update(s, y)
-            else:
-                kept[m].append(s.astype(np.float32, copy=False))
-        if not binned:
-            kept_labels.append(y.astype(np.uint8))
-        per_image.append(record)
-
-    if pixels["anomaly"] == 0 or pixels["in_distribution"] == 0:
-        raise CosmeError(
-            f"{dataset.root}: the {n} image(s) have {pixels['anomaly']} anomaly and "
-            f"{pixels['in_distribution']} in-distribution pixels; the metrics need "
-            f"both"
+        y, picked = pooled.add(scores, label, sample.name)
+        per_image.append(
+            {
+                "index": index,
+                "name": sample.name,
+                "size": size,
+                "anomaly": int((y == 1).sum()),
+                "in_distribution": int((y == 0).sum()),
+                "ap": {m: _ap(metrics.image_metrics(picked[m], y)) for m in methods},
+            }
         )
 
-    results: Dict[str, Dict[str, float]] = {}
-    curves: Dict[str, Dict[str, np.ndarray]] = {}
-    bounds: Dict[str, Dict[str, float]] = {}
-    labels = np.concatenate(kept_labels) if not binned else None
-    for m in methods:
-        if binned:
-            acc = accs[m]
-            results[m] = {k: float(v) for k, v in acc.compute().items()}
-            bounds[m] = {k: float(v) for k, v in acc.error_bounds().items()}
-            tp = np.cumsum(acc.pos_hist[::-1])
-            fp = np.cumsum(acc.neg_hist[::-1])
-            curves[m] = _curve(tp, fp, int(acc.pos_hist.sum()), int(acc.neg_hist.sum()))
-        else:
-            scores = np.concatenate(kept[m])
-            kept[m] = []
-            results[m] = {k: float(v) for k, v in metrics.pixel_metrics(scores, labels).items()}
-            pos, neg = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
-            del scores
-            curves[m] = _curve_from_sorted(pos, neg)
+    if not pooled.has_both_classes:
+        raise CosmeError(
+            f"{dataset.root}: the {n} image(s) have {pooled.pixels['anomaly']} anomaly and "
+            f"{pooled.pixels['in_distribution']} in-distribution pixels; the metrics need "
+            f"both"
+        )
+    result = pooled.compute(curves=True)
+    results = result.metrics
     best = max(methods, key=lambda m: (results[m]["ap"], -methods.index(m)))
     return EvaluationReport(
         methods=results,
         skipped=dict(skipped or {}),
         best_method=best,
         per_image=per_image,
-        pixels=pixels,
+        pixels=pooled.pixels,
         mode="binned" if binned else "exact",
         images=n,
         label_sizes=sizes,
         input_size=list(runner.pipeline.input_size),
-        curves=curves,
-        error_bounds=bounds,
+        curves=result.curves,
+        error_bounds=result.error_bounds,
         images_without_labelled_pixels=empty,
     )
 

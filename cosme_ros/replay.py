@@ -383,20 +383,21 @@ class FrameRecord:
 
 
 class _Scoring:
-    """Per-frame metrics and the pooled ones, exact (scores of labelled pixels kept) or binned."""
+    """Per-frame metrics and the pooled ones (:class:`~cosme_ros.metrics.PooledPixels`)."""
 
     def __init__(self, frames_total: int, binned: bool, memory_limit_gib: float):
-        self.frames_total, self.binned, self.memory_limit_gib = (
+        self.pooled = metrics.PooledPixels(
+            ["score"],
             frames_total,
-            binned,
-            memory_limit_gib,
+            binned=binned,
+            memory_limit_gib=memory_limit_gib,
+            unit="frames",
         )
-        self.kept_scores: List[np.ndarray] = []
-        self.kept_labels: List[np.ndarray] = []
-        self.acc = metrics.PixelMetricAccumulator() if binned else None
         self.records: List[FrameRecord] = []
-        self.pixels = {"anomaly": 0, "in_distribution": 0, "void": 0}
-        self._checked = False
+
+    @property
+    def pixels(self) -> Dict[str, int]:
+        return self.pooled.pixels
 
     def add(
         self, index: int, stamp: int, bag_ns: int, score: np.ndarray, labels: np.ndarray
@@ -405,52 +406,20 @@ class _Scoring:
             score = cv2.resize(
                 score, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_LINEAR
             )
-        valid = (labels == 0) | (labels == 1)
-        n_valid, n_anom = int(valid.sum()), int((labels == 1).sum())
-        self.pixels["anomaly"] += n_anom
-        self.pixels["in_distribution"] += n_valid - n_anom
-        self.pixels["void"] += labels.size - n_valid
-        rec = FrameRecord(index, stamp, bag_ns, n_anom, n_valid - n_anom)
-        if n_valid:
-            s, y = score[valid], labels[valid]
-            if not np.isfinite(s).all():
-                raise CosmeError(
-                    f"frame {index} (stamp {stamp}): the method gave non-finite " f"scores"
-                )
-            if 0 < n_anom < n_valid:
-                m = metrics.pixel_metrics(s, y)
-                rec.auroc, rec.ap, rec.fpr95 = (float(m[k]) for k in ("auroc", "ap", "fpr95"))
-            if self.binned:
-                self.acc.update(s, y)
-            else:
-                if not self._checked:
-                    # Estimated from the first labelled frame, before keeping anything.
-                    gib = self.frames_total * n_valid * 5 / 2**30
-                    if gib > self.memory_limit_gib:
-                        raise CosmeError(
-                            f"exact metrics would keep about {gib:.3g} GiB of scores "
-                            f"({self.frames_total} frames × {n_valid} labelled pixels), above the "
-                            f"{self.memory_limit_gib:g} GiB limit: use --binned or raise "
-                            f"--memory-limit"
-                        )
-                    self._checked = True
-                self.kept_scores.append(s.astype(np.float32, copy=False))
-                self.kept_labels.append(y.astype(np.uint8))
+        kept = self.pooled.add({"score": score}, labels, f"frame {index} (stamp {stamp})")
+        rec = FrameRecord(index, stamp, bag_ns, int((labels == 1).sum()), int((labels == 0).sum()))
+        m = None if kept is None else metrics.image_metrics(kept[1]["score"], kept[0])
+        if m is not None:
+            rec.auroc, rec.ap, rec.fpr95 = (float(m[k]) for k in ("auroc", "ap", "fpr95"))
         self.records.append(rec)
         return rec
 
-    def pooled(self) -> Tuple[Optional[Dict[str, float]], Optional[Dict[str, float]]]:
+    def pooled_metrics(self) -> Tuple[Optional[Dict[str, float]], Optional[Dict[str, float]]]:
         """(metrics, error bounds when binned), or (None, None) without both classes."""
-        if self.pixels["anomaly"] == 0 or self.pixels["in_distribution"] == 0:
+        if not self.pooled.has_both_classes:
             return None, None
-        if self.binned:
-            return (
-                {k: float(v) for k, v in self.acc.compute().items()},
-                {k: float(v) for k, v in self.acc.error_bounds().items()},
-            )
-        scores, labels = np.concatenate(self.kept_scores), np.concatenate(self.kept_labels)
-        self.kept_scores, self.kept_labels = [], []
-        return {k: float(v) for k, v in metrics.pixel_metrics(scores, labels).items()}, None
+        result = self.pooled.compute()
+        return result.metrics["score"], result.error_bounds.get("score")
 
 
 # ----------------------------------------------------------------------------- options, report
@@ -1043,7 +1012,7 @@ def replay(
                 report.ground_truth = (
                     f"topic {o.gt_topic}" if o.gt_topic else f"folder {o.gt_masks}"
                 )
-                report.metrics, report.error_bounds = scoring.pooled()
+                report.metrics, report.error_bounds = scoring.pooled_metrics()
                 report.metric_mode = "binned" if o.binned else "exact"
                 report.pixels = scoring.pixels
                 report.per_frame = scoring.records

@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
 from cosme_ros.metrics import (
     ComponentMetricAccumulator,
+    ConfusionMatrix,
     PixelMetricAccumulator,
     best_f1_threshold,
     component_metrics,
+    iou_from_confusion,
     pixel_metrics,
 )
 
@@ -406,3 +409,31 @@ def test_component_metrics_match_definition_on_random_blobs():
         tp = np.sum(siou >= t)
         f1.append(2 * tp / (2 * tp + (siou.size - tp) + np.sum(ppv < t)))
     assert r["mean_f1"] == pytest.approx(100 * np.mean(f1))
+
+
+def test_iou_from_confusion():
+    conf = np.zeros((19, 19), np.int64)
+    conf[0, 0], conf[0, 1], conf[10, 10] = 8, 2, 10  # road: 8 right, 2 called sidewalk
+    conf[13, 13] = 0
+    r = iou_from_confusion(conf, CITYSCAPES_CLASSES)
+    assert r["iou"]["road"] == pytest.approx(0.8)
+    assert r["iou"]["sidewalk"] == 0.0  # predicted, never in the labels: counts as 0
+    assert r["iou"]["sky"] == 1.0
+    assert r["iou"]["car"] is None  # neither labelled nor predicted: left out
+    assert r["miou"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
+    assert r["miou_present"] == pytest.approx(0.9)
+    assert r["pixel_accuracy"] == pytest.approx(18 / 20)
+
+
+def test_confusion_matrix_counts_void_and_out_of_table_predictions():
+    cm = ConfusionMatrix(3)
+    gt = np.array([[0, 0, 1, 255], [2, 2, 1, 1]], np.uint8)
+    pred = np.array([[0, 1, 1, 0], [2, 7, 1, 0]], np.uint8)  # 7: beyond the table
+    cm.add(gt, pred)
+    r = cm.iou(["a", "b", "c"])
+    assert r["pixels"] == 7  # the void pixel is not counted
+    assert r["iou"]["a"] == pytest.approx(1 / 3)  # 1 right; 1 called b; one b called a
+    assert r["iou"]["c"] == pytest.approx(1 / 2)  # 1 right, 1 called class 7 (wrong)
+    assert r["iou"]["b"] == pytest.approx(2 / 4)
+    assert r["pixel_accuracy"] == pytest.approx(4 / 7)
+    assert r["present"] == [0, 1, 2]

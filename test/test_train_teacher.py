@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from cosme_ros.bundle import Bundle
-from cosme_ros.train.teacher import iou_from_confusion
 from test_train_student import (
     assert_ddp_matches_single,
     assert_same_tensors,
@@ -119,20 +117,6 @@ def test_unlabelled_data_is_refused(tmp_path, world):
     )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "no semantic labels" in lines[0]
-
-
-def test_iou_from_confusion():
-    conf = np.zeros((19, 19), np.int64)
-    conf[0, 0], conf[0, 1], conf[10, 10] = 8, 2, 10  # road: 8 right, 2 called sidewalk
-    conf[13, 13] = 0
-    r = iou_from_confusion(conf)
-    assert r["iou"]["road"] == pytest.approx(0.8)
-    assert r["iou"]["sidewalk"] == 0.0  # predicted, never in the labels: counts as 0
-    assert r["iou"]["sky"] == 1.0
-    assert r["iou"]["car"] is None  # neither labelled nor predicted: left out
-    assert r["miou"] == pytest.approx((0.8 + 0.0 + 1.0) / 3)
-    assert r["miou_present"] == pytest.approx(0.9)
-    assert r["pixel_accuracy"] == pytest.approx(18 / 20)
 
 
 @pytest.mark.slow

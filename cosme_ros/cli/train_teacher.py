@@ -102,7 +102,8 @@ def run(args) -> int:
     from cosme_ros.train import open_training_data
     from cosme_ros.train.loop import clear_checkpoints, training_run
     from cosme_ros.paths import mobilenetv2_imagenet_path
-    from cosme_ros.train.teacher import format_iou_table, train_teacher
+    from cosme_ros.metrics import format_iou_table
+    from cosme_ros.train.teacher import train_teacher
 
     if args.seed < 0:
         raise CosmeError(f"--seed must be >= 0, got {args.seed}")

@@ -28,7 +28,6 @@ the head's rate and keeps its BatchNorms frozen (the weights come BatchNorm-fold
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -42,6 +41,7 @@ from tqdm import tqdm
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_ID
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 from cosme_ros.errors import CosmeError
+from cosme_ros.metrics import iou_from_confusion
 from cosme_ros.nets.checkpoints import load_strict
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
 from cosme_ros.nets.mobilenetv2 import (
@@ -262,39 +262,7 @@ class Evaluator:
             torch.distributed.all_reduce(conf)
             conf = conf.cpu()
         model.train(was_training)
-        return iou_from_confusion(conf.view(NUM_CLASSES, NUM_CLASSES).numpy())
-
-
-def iou_from_confusion(
-    conf: np.ndarray, names: Sequence[str] = CITYSCAPES_CLASSES
-) -> Dict[str, Any]:
-    """``conf[gt, pred]`` pixel counts → per-class IoU, mIoU (Cityscapes: over classes with
-    TP+FP+FN > 0), mIoU over classes present in the labels, and pixel accuracy."""
-    conf = conf.astype(np.float64)
-    tp = np.diag(conf)
-    gt, pred = conf.sum(1), conf.sum(0)
-    union = gt + pred - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-    present = gt > 0
-    return {
-        "miou": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
-        "miou_present": float(np.mean(iou[present])) if present.any() else float("nan"),
-        "pixel_accuracy": float(tp.sum() / conf.sum()) if conf.sum() else float("nan"),
-        "iou": {name: (None if math.isnan(v) else float(v)) for name, v in zip(names, iou)},
-        "pixels": int(conf.sum()),
-    }
-
-
-def format_iou_table(result: Dict[str, Any]) -> str:
-    """Per-class IoU lines (classes absent from labels and predictions are left out)."""
-    rows = [f"  {name:<14s} {100 * v:6.2f}" for name, v in result["iou"].items() if v is not None]
-    rows.append(
-        f"  {'mIoU':<14s} {100 * result['miou']:6.2f}   (over classes present: "
-        f"{100 * result['miou_present']:.2f}, pixel accuracy "
-        f"{100 * result['pixel_accuracy']:.2f})"
-    )
-    return "\n".join(rows)
+        return iou_from_confusion(conf.view(NUM_CLASSES, NUM_CLASSES).numpy(), CITYSCAPES_CLASSES)
 
 
 @dataclass
