@@ -197,10 +197,10 @@ class NodeIO:
     """
 
     def __init__(self, palette: Sequence[Sequence[int]], publish: bool = True):
-        from cosme_ros.ros import image_codec
-        from cosme_ros.ros.outputs import OUTPUTS, RunningRange
+        from cosme_ros.frames import codec
+        from cosme_ros.frames.render import OUTPUTS, RunningRange
 
-        self.codec = image_codec
+        self.codec = codec
         self.outputs = OUTPUTS
         self.heat = RunningRange()
         self.palette = [tuple(c) for c in palette]
@@ -233,7 +233,7 @@ class NodeIO:
         return self.codec.decode(msg)
 
     def encode(self, rgb: np.ndarray, classes: np.ndarray, score: np.ndarray, header: Any) -> Dict:
-        from cosme_ros.ros.outputs import render_outputs
+        from cosme_ros.frames.render import render_outputs
 
         images = render_outputs(
             rgb,

@@ -39,12 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import yaml
 
 from cosme_ros import atomic
 from cosme_ros.errors import CosmeError
+from cosme_ros.frames.sheets import compose_row, contact_sheet, sheet_indices
+from cosme_ros.frames.writers import VideoFile, write_png
 from cosme_ros.metrics import ConfusionMatrix, PooledPixels
 from cosme_ros.ros.dds_profile import FASTDDS_PROFILE_KEYS, shm_profile_env
 
@@ -65,13 +66,9 @@ TOPICS = {
 }
 BUILD_SCRIPT = "scripts/build_demo_bundle.sh"
 VIDEO_NAME, SHEET_NAME, LOG_NAME = "demo.mp4", "contact_sheet.png", "node.log"
-SHEET_ROWS = 4
 STARTUP_TIMEOUT_S = 300.0  # torch import + model load + warm-up on a busy CPU
 FRAME_TIMEOUT_S = 120.0  # no output for one frame for this long: give up
 RESEND_MIN_S = 5.0  # re-publish a frame with missing outputs after this long (or 5x the
-# typical round trip): an output nobody matched yet is not computed
-GT_COLOUR = (0, 255, 255)  # ground-truth anomaly outline (RGB)
-MASK_COLOUR = (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------- options, result
@@ -405,13 +402,13 @@ class NodeLink:
         self._answers = 0  # outputs on the first output topic for the frame waited for
 
     def _on_output(self, key: str, msg) -> None:
-        from cosme_ros.ros import image_codec
+        from cosme_ros.frames import codec
 
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         if stamp == self._waiting and key == self.keys[0]:
             self._answers += 1
         if stamp == self._waiting and key not in self._got:
-            self._got[key] = image_codec.image_array(msg).copy()
+            self._got[key] = codec.image_array(msg).copy()
 
     def spin_until(
         self, done: Callable[[], bool], timeout: float, alive: Callable[[], bool] = lambda: True
@@ -442,11 +439,11 @@ class NodeLink:
         """Publish ``rgb`` stamped ``stamp_ns`` and wait for every output with that stamp; the
         outputs (None on timeout or when the node died) and how often the frame was re-sent."""
         from std_msgs.msg import Header
-        from cosme_ros.ros import image_codec
+        from cosme_ros.frames import codec
 
         header = Header(frame_id=FRAME_ID)
         header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
-        msg = image_codec.encode_image(self.Image, rgb, "rgb8", header)
+        msg = codec.encode_image(self.Image, rgb, "rgb8", header)
         self._waiting = (header.stamp.sec, header.stamp.nanosec)
         self._got = {}
         self._answers = 0
@@ -469,64 +466,6 @@ class NodeLink:
             self.node.destroy_node()
         finally:
             self._rclpy.try_shutdown(context=self.context)
-
-
-# ----------------------------------------------------------------------------- pictures
-
-
-def _outline(image: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    return cv2.drawContours(image, contours, -1, colour, 1)
-
-
-def _caption(panel: np.ndarray, text: str, bar: int) -> np.ndarray:
-    h, w = panel.shape[:2]
-    out = np.zeros((h + bar, w, 3), np.uint8)
-    out[bar:] = panel
-    scale = max(0.3, min(0.5, bar / 32))
-    cv2.putText(
-        out, text, (4, bar - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA
-    )
-    return out
-
-
-def compose_row(
-    camera: np.ndarray,
-    classes: np.ndarray,
-    heat: np.ndarray,
-    palette: Sequence[Sequence[int]],
-    anomaly_gt: Optional[np.ndarray] = None,
-    mask: Optional[np.ndarray] = None,
-    titles: Sequence[str] = ("camera", "", ""),
-) -> np.ndarray:
-    """camera (ground-truth anomalies outlined) | segmentation over the camera | the node's
-    anomaly heatmap (its thresholded mask outlined), each with a caption; RGB uint8."""
-    from cosme_ros import viz
-
-    cam = camera.copy()
-    if anomaly_gt is not None:
-        cam = _outline(cam, anomaly_gt == 1, GT_COLOUR)
-    seg = viz.blend(camera, viz.colorize(classes, palette), 0.6)
-    heat = np.ascontiguousarray(heat)
-    if mask is not None:
-        heat = _outline(heat.copy(), mask > 0, MASK_COLOUR)
-    bar = 16 if camera.shape[0] < 160 else 22
-    return np.concatenate([_caption(p, t, bar) for p, t in zip((cam, seg, heat), titles)], 1)
-
-
-def _sheet_indices(n: int, rows: int = SHEET_ROWS) -> List[int]:
-    return sorted({int(round(v)) for v in np.linspace(0, n - 1, min(rows, n))})
-
-
-def contact_sheet(rows: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:
-    parts: List[np.ndarray] = []
-    for row in rows:
-        if parts:
-            parts.append(np.full((gap, row.shape[1], 3), 40, np.uint8))
-        parts.append(row)
-    return np.concatenate(parts, 0)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -782,94 +721,85 @@ def _drive(
     Returns (DriveScores, round trips in s, frames re-sent)."""
     from cosme_ros.data.synth import drive_frames
 
-    h, w = size
     scores = DriveScores(num_classes, opts.frames)
-    sheet_at = set(_sheet_indices(opts.frames))
+    sheet_at = set(sheet_indices(opts.frames))
     sheet_rows: List[np.ndarray] = []
     trips: List[float] = []
     resent = 0
-    frames = prefetch(drive_frames(opts.seed, opts.frames, (h, w), FPS))
+    frames = prefetch(drive_frames(opts.seed, opts.frames, size, FPS))
     bar = _progress(opts.frames, opts.progress)
-    writer: Optional[cv2.VideoWriter] = None
+    video = VideoFile(paths["video"], FPS)
     try:
-        with atomic.atomic_path(paths["video"]) as video_tmp:
-            for i, frame in enumerate(frames):
-                typical = statistics.median(trips[-20:]) if trips else 1.0
-                t0 = time.perf_counter()
-                out, again = link.exchange(
-                    frame.image,
-                    STAMP0_NS + round(i * 1e9 / FPS),
-                    resend_after=max(RESEND_MIN_S, 5 * typical),
-                    timeout=FRAME_TIMEOUT_S,
-                    alive=node.alive,
-                )
-                if out is None:
-                    if not node.alive():
-                        raise CosmeError(
-                            f"cosme_node stopped during the drive (frame {i}): " f"{node.failure()}"
-                        )
-                    raise CosmeError(
-                        f"no output from cosme_node for frame {i} within "
-                        f"{FRAME_TIMEOUT_S:.0f} s (log: {paths['node_log']})"
-                    )
-                trips.append(time.perf_counter() - t0)
-                resent += again
-                for key, image in out.items():
-                    if image.shape[:2] != (h, w):
-                        raise CosmeError(
-                            f"{TOPICS[key]}: {image.shape[1]}x{image.shape[0]} "
-                            f"image for a {w}x{h} frame"
-                        )
-                scores.add(
-                    out["score"], frame.anomaly, out["classes"], frame.semantic, out.get("mask")
-                )
-                row = compose_row(
-                    frame.image,
-                    out["classes"],
-                    out["heatmap"],
-                    palette,
-                    frame.anomaly,
-                    out.get("mask"),
-                    (f"camera {i + 1}/{opts.frames}", "segmentation", f"anomaly ({method})"),
-                )
-                if writer is None:
-                    writer = _video_writer(video_tmp, row.shape)
-                writer.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-                if i in sheet_at:
-                    sheet_rows.append(row)
-                bar.update(1)
-                bar.set_postfix_str(f"{1e3 * trips[-1]:.0f} ms/frame", refresh=False)
-            if writer is not None:
-                writer.release()
-                writer = None
+        for i, frame in enumerate(frames):
+            typical = statistics.median(trips[-20:]) if trips else 1.0
+            t0 = time.perf_counter()
+            out, again = _exchange(link, node, frame.image, i, size, typical, paths["node_log"])
+            trips.append(time.perf_counter() - t0)
+            resent += again
+            scores.add(out["score"], frame.anomaly, out["classes"], frame.semantic, out.get("mask"))
+            row = compose_row(
+                frame.image,
+                out["classes"],
+                out["heatmap"],
+                palette,
+                frame.anomaly,
+                out.get("mask"),
+                (f"camera {i + 1}/{opts.frames}", "segmentation", f"anomaly ({method})"),
+            )
+            video.write(row)
+            if i in sheet_at:
+                sheet_rows.append(row)
+            bar.update(1)
+            bar.set_postfix_str(f"{1e3 * trips[-1]:.0f} ms/frame", refresh=False)
+        video.commit()
+    except BaseException:
+        video.discard()
+        raise
     finally:
-        if writer is not None:
-            writer.release()
         bar.close()
         frames.close()  # stops the renderer thread
-    _write_png(paths["contact_sheet"], contact_sheet(sheet_rows))
+    write_png(paths["contact_sheet"], contact_sheet(sheet_rows))
     return scores, trips, resent
+
+
+def _exchange(
+    link: "NodeLink",
+    node: "NodeProcess",
+    image: np.ndarray,
+    i: int,
+    size: Tuple[int, int],
+    typical: float,
+    node_log: Path,
+) -> Tuple[Dict[str, np.ndarray], int]:
+    """Frame ``i`` through the node: its outputs (checked to be at the frame's size) and how
+    often it was re-sent; a CosmeError when the node died or did not answer."""
+    out, again = link.exchange(
+        image,
+        STAMP0_NS + round(i * 1e9 / FPS),
+        resend_after=max(RESEND_MIN_S, 5 * typical),
+        timeout=FRAME_TIMEOUT_S,
+        alive=node.alive,
+    )
+    if out is None:
+        if not node.alive():
+            raise CosmeError(f"cosme_node stopped during the drive (frame {i}): {node.failure()}")
+        raise CosmeError(
+            f"no output from cosme_node for frame {i} within {FRAME_TIMEOUT_S:.0f} s "
+            f"(log: {node_log})"
+        )
+    h, w = size
+    for key, picture in out.items():
+        if picture.shape[:2] != (h, w):
+            raise CosmeError(
+                f"{TOPICS[key]}: {picture.shape[1]}x{picture.shape[0]} image for a {w}x{h} frame"
+            )
+    return out, again
 
 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="drive", unit="frame", disable=not enabled)
-
-
-def _video_writer(path: Path, shape: Tuple[int, ...]) -> cv2.VideoWriter:
-    h, w = shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (w, h))
-    if not writer.isOpened():
-        raise CosmeError(f"{path}: OpenCV cannot write mp4 video here (no mp4v encoder)")
-    return writer
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise CosmeError(f"{path}: could not encode PNG")
-    atomic.write_bytes(path, buf.tobytes())
 
 
 def format_result(r: DemoResult) -> str:

@@ -35,7 +35,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cosme_ros import atomic, metrics, viz
+from cosme_ros import atomic, metrics
+from cosme_ros.frames.render import overlay
+from cosme_ros.frames.sheets import label_panel
+from cosme_ros.frames.writers import encode_image, figure_png
 from cosme_ros.metrics import PooledPixels
 from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.method_spec import MethodSpec, canonical, parse_method
@@ -363,40 +366,6 @@ def evaluate(
 # ----------------------------------------------------------------------------- pictures
 
 
-def _png(image_rgb: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image_rgb[..., ::-1]))
-    if not ok:
-        raise CosmeError("could not encode a PNG image")
-    return buf.tobytes()
-
-
-def _figure_png(draw) -> bytes:
-    """Render with matplotlib's Agg canvas (no pyplot, no global backend change)."""
-    import io
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    draw(fig.add_subplot(1, 1, 1))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _label_panel(image_rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """The ground truth over the image: anomaly red, void grey."""
-    colour = np.zeros_like(image_rgb)
-    colour[label == 1] = (255, 0, 0)
-    colour[(label != 0) & (label != 1)] = (128, 128, 128)
-    out = viz.blend(image_rgb, colour, 0.5)
-    out[label == 0] = image_rgb[label == 0]
-    return out
-
-
 def write_plots(
     report: EvaluationReport,
     runner: MultiMethodRunner,
@@ -463,8 +432,8 @@ def write_plots(
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(path, data)
 
-    write(targets["roc"], _figure_png(roc))
-    write(targets["pr"], _figure_png(pr))
+    write(targets["roc"], figure_png(roc))
+    write(targets["pr"], figure_png(pr))
     written = list(targets.values())
     for row, path in zip(worst_rows, overlay_paths):
         sample = dataset[row["index"]]
@@ -476,11 +445,11 @@ def write_plots(
             image = cv2.resize(image, sample.anomaly.shape[::-1], interpolation=cv2.INTER_AREA)
         picture = np.concatenate(
             [
-                _label_panel(image, sample.anomaly),
-                viz.overlay(image, classes, scores[report.best_method], runner.bundle.palette),
+                label_panel(image, sample.anomaly),
+                overlay(image, classes, scores[report.best_method], runner.bundle.palette),
             ],
             axis=1,
         )
-        write(path, _png(picture))
+        write(path, encode_image(picture))
         written.append(path)
     return written

@@ -2,8 +2,8 @@
 
 Every image of one topic of a rosbag2 (sqlite3 or mcap; ``sensor_msgs/msg/Image`` in any
 encoding the node accepts, or ``sensor_msgs/msg/CompressedImage``) is decoded with
-:mod:`cosme_ros.ros.image_codec`, run through :class:`cosme_ros.pipeline.Pipeline` and drawn
-with :func:`cosme_ros.ros.outputs.render_outputs` — the node's own functions, with its
+:mod:`cosme_ros.frames.codec`, run through :class:`cosme_ros.pipeline.Pipeline` and drawn
+with :func:`cosme_ros.frames.render.render_outputs` — the node's own functions, with its
 parameters (``anomaly_threshold``, ``overlay_alpha``, ``heatmap_range``, ``output_resolution``,
 same defaults) — so each frame gives exactly the five images the node would publish for it, and
 the heatmap's running colour range evolves as the node's does. No frame is dropped (the node
@@ -54,8 +54,10 @@ from tqdm import tqdm
 from cosme_ros import atomic, metrics
 from cosme_ros.paths import default_bundle_path
 from cosme_ros.errors import CosmeError
-from cosme_ros.ros import image_codec
-from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
+from cosme_ros.frames import codec
+from cosme_ros.frames.render import OUTPUTS, RunningRange, render_outputs
+from cosme_ros.frames.sheets import side_by_side
+from cosme_ros.frames.writers import VideoFile
 
 __all__ = [
     "IMAGE_TYPE",
@@ -80,7 +82,6 @@ COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STORAGES = ("mcap", "sqlite3")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".pgm")
-VIDEO_FOURCC = "mp4v"
 
 # Errors the rosbags readers (and the sqlite3 / mcap code below them) raise on a bag that is not
 # readable: missing, truncated, corrupt. Anything else is a bug and keeps its traceback.
@@ -346,8 +347,8 @@ def _gt_from_message(msg: Any, topic: str) -> np.ndarray:
         )
     fields = msg if msg.encoding == "mono8" else _Mono8(msg)
     try:
-        return image_codec.image_array(fields)
-    except image_codec.ImageMessageError as exc:
+        return codec.image_array(fields)
+    except codec.ImageMessageError as exc:
         raise CosmeError(
             f"ground truth on {topic} at stamp {stamp_ns(msg.header)}: " f"{exc}"
         ) from None
@@ -589,70 +590,6 @@ class _BagTarget:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class _Video:
-    """camera | segmentation | heatmap, side by side, one frame per image; width and height are
-    padded to even numbers (the mp4v encoder needs them even)."""
-
-    def __init__(self, path: Path, fps: float):
-        self.path, self.fps = path, fps
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=".tmp" + (path.suffix or ".mp4"), dir=path.parent
-        )
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.writer = None
-        self.size: Optional[Tuple[int, int]] = None
-        self.frames = 0
-
-    def write(self, camera: np.ndarray, color: np.ndarray, heatmap: np.ndarray) -> None:
-        h, w = color.shape[:2]
-        if camera.shape[:2] != (h, w):
-            camera = cv2.resize(
-                camera,
-                (w, h),
-                interpolation=cv2.INTER_AREA if camera.shape[0] > h else cv2.INTER_LINEAR,
-            )
-        row = np.concatenate([camera, color, heatmap], axis=1)
-        H, W = row.shape[0] + row.shape[0] % 2, row.shape[1] + row.shape[1] % 2
-        if (H, W) != row.shape[:2]:
-            row = cv2.copyMakeBorder(
-                row, 0, H - row.shape[0], 0, W - row.shape[1], cv2.BORDER_CONSTANT, value=0
-            )
-        if self.writer is None:
-            self.writer = cv2.VideoWriter(
-                str(self.tmp), cv2.VideoWriter_fourcc(*VIDEO_FOURCC), float(self.fps), (W, H)
-            )
-            if not self.writer.isOpened():
-                raise CosmeError(f"{self.path}: OpenCV cannot write {VIDEO_FOURCC} video here")
-            self.size = (H, W)
-        elif (H, W) != self.size:  # the camera changed resolution mid-drive
-            row = cv2.resize(row, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
-        self.writer.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
-        self.frames += 1
-
-    def close(self) -> None:
-        """Finish the file (still under its temporary name)."""
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
-        if self.frames == 0:
-            raise CosmeError(f"{self.path}: no frame to write (every frame was rejected)")
-
-    def commit(self) -> None:
-        self.close()
-        atomic.give_default_mode(self.tmp)
-        with atomic.signals_deferred():
-            os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-            self.writer = None
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
-
-
 def _write_progress(path: Path, done: int, total: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({"frames_done": done, "frames_total": total}) + "\n")
@@ -660,7 +597,7 @@ def _write_progress(path: Path, done: int, total: int) -> None:
 
 
 def _image_msg(typestore: Any, array: np.ndarray, encoding: str, header: Any) -> Any:
-    fields = image_codec.image_fields(array, encoding)
+    fields = codec.image_fields(array, encoding)
     fields["data"] = np.frombuffer(fields["data"], np.uint8)
     return typestore.types[IMAGE_TYPE](header=header, **fields)
 
@@ -909,7 +846,7 @@ def replay(
         palette = list(pipeline.bundle.palette)
         img_topics = {c.topic for c in img_conns}
         out: Optional[_OutputBag] = None
-        video: Optional[_Video] = None
+        video: Optional[VideoFile] = None
         staged: Optional[atomic.OutputSet] = None  # the summary file
         start = time.perf_counter()
         bar = tqdm(
@@ -917,7 +854,7 @@ def replay(
         )
         try:
             if o.video:
-                video = _Video(Path(o.video), video_fps)
+                video = VideoFile(Path(o.video), video_fps)
             if o.out:
                 out = _OutputBag(
                     Path(o.out),
@@ -937,8 +874,8 @@ def replay(
                 msg = bag.deserialize(raw, conn.msgtype, conn.topic, bag_ns)
                 stamp = stamp_ns(msg.header)
                 try:
-                    rgb = image_codec.decode(msg)
-                except image_codec.ImageMessageError as exc:  # the node skips these too
+                    rgb = codec.decode(msg)
+                except codec.ImageMessageError as exc:  # the node skips these too
                     report.rejected += 1
                     report.rejection = report.rejection or f"stamp {stamp}: {exc}"
                 else:
@@ -967,7 +904,7 @@ def replay(
                         if out is not None:
                             out.add_outputs(images, msg.header, bag_ns)
                         if video is not None:
-                            video.write(rgb, images["color"][0], images["heatmap"][0])
+                            video.write(side_by_side(rgb, images["color"][0], images["heatmap"][0]))
                     if truth is not None:
                         mask = truth.mask_for(stamp)
                         if mask is None:

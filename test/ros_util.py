@@ -322,7 +322,7 @@ def camera_frame(
     stamped with a fresh ``sec`` (unique per frame in this session) and ``nanosec`` 123456."""
     import numpy as np
     from sensor_msgs.msg import Image
-    from cosme_ros.ros import image_codec
+    from cosme_ros.frames import codec
 
     if rgb is None:
         rng = np.random.default_rng(seed)
@@ -331,7 +331,7 @@ def camera_frame(
             np.stack([x * 4, y * 5, 255 - x * 3], -1) + rng.integers(0, 30, (h, w, 3)), 0, 255
         ).astype(np.uint8)
     pixels = rgb[..., ::-1] if encoding == "bgr8" else rgb
-    msg = image_codec.encode_image(Image, np.ascontiguousarray(pixels), encoding)
+    msg = codec.encode_image(Image, np.ascontiguousarray(pixels), encoding)
     msg.header.frame_id = frame_id
     msg.header.stamp.sec, msg.header.stamp.nanosec = next(_stamps), 123456
     return msg, rgb

@@ -290,7 +290,7 @@ def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
     from cosme_ros import evaluation
     from cosme_ros.cli.main import main
 
-    real = evaluation._png
+    real = evaluation.encode_image
     calls = []
 
     def interrupted(picture):
@@ -299,7 +299,7 @@ def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(picture)
 
-    monkeypatch.setattr(evaluation, "_png", interrupted)
+    monkeypatch.setattr(evaluation, "encode_image", interrupted)
     out = tmp_path / "out"
     out.mkdir()
     args = [
@@ -321,7 +321,7 @@ def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
     ]
     assert main(args) == 130
     assert len(calls) == 2 and sorted(p.name for p in out.iterdir()) == []
-    monkeypatch.setattr(evaluation, "_png", real)
+    monkeypatch.setattr(evaluation, "encode_image", real)
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "plots", "table.md"]
 

@@ -54,7 +54,7 @@ def test_jpeg_bombs_are_sized_from_their_real_header(make):
 
 @pytest.mark.parametrize("make", [stray_byte_bomb, app_segments_bomb])
 def test_bomb_messages_and_files_are_refused_before_decoding(make, tmp_path, monkeypatch):
-    from cosme_ros.ros import image_codec
+    from cosme_ros.frames import codec
 
     class Msg:
         format = "jpeg"
@@ -64,8 +64,8 @@ def test_bomb_messages_and_files_are_refused_before_decoding(make, tmp_path, mon
         raise AssertionError("a bomb reached the decoder")
 
     monkeypatch.setattr(cv2, "imdecode", no_decode)
-    with pytest.raises(image_codec.ImageMessageError, match="more than max_pixels"):
-        image_codec.decode_compressed(Msg(), max_pixels=4096 * 4096)
+    with pytest.raises(codec.ImageMessageError, match="more than max_pixels"):
+        codec.decode_compressed(Msg(), max_pixels=4096 * 4096)
     path = tmp_path / "bomb.jpg"
     path.write_bytes(Msg.data)
     with pytest.raises(InputError, match=r"bomb\.jpg: image refused: 30000x30000 has more"):
@@ -183,7 +183,7 @@ def test_manifests_are_written_without_aliases(tmp_path):
 def test_echoed_sender_strings_are_bounded():
     """A 100 kB encoding name used to be copied into the log line and into every /diagnostics
     message; now at most a short prefix of it is."""
-    from cosme_ros.ros import image_codec
+    from cosme_ros.frames import codec
     from cosme_ros.ros.monitor import MAX_REASON_CHARS, FrameMonitor
 
     class Msg:
@@ -191,8 +191,8 @@ def test_echoed_sender_strings_are_bounded():
         encoding = "x" * 100_000
         data = bytes(12)
 
-    with pytest.raises(image_codec.ImageMessageError) as err:
-        image_codec.decode_image(Msg())
+    with pytest.raises(codec.ImageMessageError) as err:
+        codec.decode_image(Msg())
     assert len(str(err.value)) < 600 and "(100000 characters)" in str(err.value)
     monitor = FrameMonitor(0.0)
     monitor.rejected("y" * 100_000)

@@ -19,7 +19,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE  # noqa: E402
-from cosme_ros.ros import image_codec  # noqa: E402
+from cosme_ros.frames import codec  # noqa: E402
 import ros_util  # noqa: E402
 from ros_util import camera_frame, diagnostic_values, restamp  # noqa: E402
 
@@ -125,11 +125,11 @@ def test_image_comes_back_on_all_topics(client, node_proc):
         assert len(m.data) == m.step * h, topic
         assert m.header.frame_id == "cam_test", topic
         assert (m.header.stamp.sec, m.header.stamp.nanosec) == (msg.header.stamp.sec, 123456)
-    classes = image_codec.image_array(out["/segmentation/class_mask"])
-    score = image_codec.image_array(out["/anomaly/score"])
-    mask = image_codec.image_array(out["/anomaly/mask"])
-    color = image_codec.image_array(out["/segmentation/color"])
-    heat = image_codec.image_array(out["/anomaly/heatmap"])
+    classes = codec.image_array(out["/segmentation/class_mask"])
+    score = codec.image_array(out["/anomaly/score"])
+    mask = codec.image_array(out["/anomaly/mask"])
+    color = codec.image_array(out["/segmentation/color"])
+    heat = codec.image_array(out["/anomaly/heatmap"])
     assert classes.max() < 19 and score.dtype == np.float32 and np.isfinite(score).all()
     np.testing.assert_array_equal(mask, np.where(score > THRESHOLD, 255, 0))
     np.testing.assert_array_equal(color, np.asarray(CITYSCAPES_PALETTE, np.uint8)[classes])
@@ -158,7 +158,7 @@ def test_every_input_encoding_over_dds(client):
     for encoding, pixels in packed.items():
         msg, _ = camera_frame(frame_id=encoding)  # a fresh stamp; pixels replaced below
         msg.height, msg.width, msg.encoding = 40, 56, encoding
-        msg.step = 56 * image_codec.bytes_per_pixel(encoding)
+        msg.step = 56 * codec.bytes_per_pixel(encoding)
         msg.data = np.ascontiguousarray(pixels).tobytes()
         out = client.send_until_processed(msg)
         for topic, (enc, _) in OUTPUTS.items():
@@ -166,8 +166,8 @@ def test_every_input_encoding_over_dds(client):
             assert (m.encoding, m.height, m.width) == (enc, 40, 56), (encoding, topic)
             assert m.header.frame_id == encoding
         results[encoding] = (
-            image_codec.image_array(out["/segmentation/class_mask"]),
-            image_codec.image_array(out["/anomaly/score"]),
+            codec.image_array(out["/segmentation/class_mask"]),
+            codec.image_array(out["/anomaly/score"]),
         )
     for encoding in ("bgr8", "rgba8", "bgra8"):
         np.testing.assert_array_equal(results[encoding][0], results["rgb8"][0], err_msg=encoding)
@@ -240,17 +240,17 @@ def test_parameters_set_at_run_time(client, node_proc, ros):
     assert described["overlay_alpha"].floating_point_range[0].to_value == 1.0
 
     msg, rgb = camera_frame(seed=5)
-    score = image_codec.image_array(client.send_until_processed(msg)["/anomaly/score"])
+    score = codec.image_array(client.send_until_processed(msg)["/anomaly/score"])
     threshold = float(np.median(score))
     results = ros.set_parameters(NODE, {"anomaly_threshold": threshold, "overlay_alpha": 0.0})
     assert all(r.successful for r in results), results
     out = client.send_until_processed(restamp(msg))
-    score = image_codec.image_array(out["/anomaly/score"])
+    score = codec.image_array(out["/anomaly/score"])
     np.testing.assert_array_equal(
-        image_codec.image_array(out["/anomaly/mask"]), np.where(score > threshold, 255, 0)
+        codec.image_array(out["/anomaly/mask"]), np.where(score > threshold, 255, 0)
     )
     # alpha 0: the heatmap is the camera image itself
-    np.testing.assert_array_equal(image_codec.image_array(out["/anomaly/heatmap"]), rgb)
+    np.testing.assert_array_equal(codec.image_array(out["/anomaly/heatmap"]), rgb)
 
     for name, value, reason in [
         ("overlay_alpha", 1.5, ""),
@@ -267,7 +267,7 @@ def test_parameters_set_at_run_time(client, node_proc, ros):
     )
     assert all(r.successful for r in results), results
     out = client.send_until_processed(restamp(msg))
-    heat = image_codec.image_array(out["/anomaly/heatmap"])
+    heat = codec.image_array(out["/anomaly/heatmap"])
     assert not np.array_equal(heat, rgb)
     assert_alive(node_proc)
 
@@ -424,7 +424,7 @@ def test_refine_guided_publishes_the_pipelines_refined_map(bundle_dir, ros):
         try:
             c.wait_connected()
             msg, rgb = camera_frame(encoding="rgb8", seed=5)
-            score = image_codec.image_array(c.send_until_processed(msg)["/refined/anomaly/score"])
+            score = codec.image_array(c.send_until_processed(msg)["/refined/anomaly/score"])
         finally:
             c.close()
         bundle = Bundle.load(bundle_dir)
@@ -528,7 +528,7 @@ def fake_node(ros, bundle_dir):
 
 
 def test_only_newest_frame_is_processed(fake_node, monkeypatch):
-    from cosme_ros import viz
+    from cosme_ros.frames import render as viz
 
     monkeypatch.setattr(viz, "colorize", lambda *a: pytest.fail("colorize without subscriber"))
     monkeypatch.setattr(viz, "heatmap", lambda *a: pytest.fail("heatmap without subscriber"))
@@ -612,7 +612,7 @@ def test_anomaly_threshold_follows_the_bundle_and_method(ros, bundle_dir, tmp_pa
     runs it (refinement included); a number overrides it; without one the mask stays empty (an
     infinite threshold) and the node says why, in its log and on /diagnostics."""
     from cosme_ros.bundle import Bundle
-    from cosme_ros.ros.outputs import render_outputs
+    from cosme_ros.frames.render import render_outputs
 
     calibrated = tmp_path / "calibrated"
     shutil.copytree(bundle_dir, calibrated)

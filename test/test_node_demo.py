@@ -18,7 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 
 import ros_util  # noqa: E402
 from cosme_ros.metrics import pixel_metrics  # noqa: E402
-from cosme_ros.ros import image_codec  # noqa: E402
+from cosme_ros.frames import codec  # noqa: E402
 from cosme_ros.ros.node import default_bundle_path  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -52,8 +52,8 @@ def test_demo_bundle_finds_synthetic_anomalies():
             )
             out = client.send_until_processed(msg, timeout=120, every=5.0)
             return (
-                image_codec.image_array(out["/anomaly/score"]),
-                image_codec.image_array(out["/anomaly/mask"]),
+                codec.image_array(out["/anomaly/score"]),
+                codec.image_array(out["/anomaly/mask"]),
             )
 
         outs = [run(i) for i in FRAMES]

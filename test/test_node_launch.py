@@ -228,7 +228,7 @@ def test_rviz_config_shows_the_nodes_topics():
     assert images["Camera"] == "image"
     assert images["Segmentation"] == "segmentation/color"
     assert images["Anomaly heatmap"] == "anomaly/heatmap"
-    from cosme_ros.ros.outputs import OUTPUTS
+    from cosme_ros.frames.render import OUTPUTS
 
     topics = {t for t, _ in OUTPUTS.values()} | {"image"}
     for name, topic in images.items():

@@ -28,8 +28,8 @@ from cosme_ros.data.drive_bag import GT_TOPIC, IMAGE_TOPIC, write_drive_bag
 from cosme_ros.data.synth import drive_frames
 from cosme_ros.pipeline import Pipeline
 from cosme_ros.replay import output_topics
-from cosme_ros.ros import image_codec
-from cosme_ros.ros.outputs import threshold_mask
+from cosme_ros.frames import codec
+from cosme_ros.frames.render import threshold_mask
 
 torch.set_num_threads(1)
 
@@ -226,14 +226,14 @@ def check_output_bag(out, drive, expected, storage):
             assert msg.header.stamp == src.header.stamp  # header = input's
             assert msg.header.frame_id == src.header.frame_id == "camera"
             assert (msg.height, msg.width) == SIZE
-            assert msg.step == msg.width * image_codec.bytes_per_pixel(msg.encoding)
+            assert msg.step == msg.width * codec.bytes_per_pixel(msg.encoding)
     for i, res in enumerate(expected):
-        score = image_codec.image_array(topics[OUT["score"]][i][3])
+        score = codec.image_array(topics[OUT["score"]][i][3])
         assert topics[OUT["score"]][i][3].encoding == "32FC1"
         np.testing.assert_allclose(score, res.score, rtol=1e-5, atol=1e-5)
-        classes = image_codec.image_array(topics[OUT["class_mask"]][i][3])
+        classes = codec.image_array(topics[OUT["class_mask"]][i][3])
         assert (classes == res.classes).mean() > 0.999
-        mask = image_codec.image_array(topics[OUT["mask"]][i][3])
+        mask = codec.image_array(topics[OUT["mask"]][i][3])
         # node default auto, and the tiny bundle has no calibrated threshold: an empty mask
         assert not mask.any()
         for key in ("color", "heatmap"):
@@ -421,7 +421,7 @@ def test_compressed_and_bgr8_topics_give_the_same_outputs(drive, extra_bag, expe
         assert output_topics(topic, topic.endswith("compressed"))["score"] == f"{ns}/anomaly/score"
         assert set(topics) == {topic, *(t.replace("/camera", ns) for t in OUT.values())}
         assert topics[topic][0][1] == (COMPRESSED if "compressed" in topic else IMAGE)
-        scores = [image_codec.image_array(m[3]) for m in topics[f"{ns}/anomaly/score"]]
+        scores = [codec.image_array(m[3]) for m in topics[f"{ns}/anomaly/score"]]
         assert [stamp_of(m[3]) for m in topics[f"{ns}/anomaly/score"]] == drive["stamps"]
         for got, res in zip(scores, expected):  # PNG is lossless: the same pixels
             np.testing.assert_allclose(got, res.score, rtol=1e-5, atol=1e-5)
@@ -721,7 +721,7 @@ def test_refine_guided_replays_the_refined_maps(drive, tmp_path, capsys):
     pipe = Pipeline(Bundle.load(drive["bundle"]), method="auto", refine="guided", refine_radius=4)
     topics, _ = read_bag(out)
     for i, frame in enumerate(drive["frames"][:2]):
-        score = image_codec.image_array(topics[OUT["score"]][i][3])
+        score = codec.image_array(topics[OUT["score"]][i][3])
         np.testing.assert_allclose(score, pipe(frame.image).score, rtol=1e-5, atol=1e-5)
     assert (
         replay(
@@ -770,8 +770,8 @@ def test_anomaly_threshold_auto_is_the_bundles(drive, expected, tmp_path, capsys
         topics, _ = read_bag(out)
         marked = 0
         for i in range(N):
-            score = image_codec.image_array(topics[OUT["score"]][i][3])
-            mask = image_codec.image_array(topics[OUT["mask"]][i][3])
+            score = codec.image_array(topics[OUT["score"]][i][3])
+            mask = codec.image_array(topics[OUT["mask"]][i][3])
             np.testing.assert_array_equal(mask, threshold_mask(score, threshold))
             marked += int(mask.any())
         assert marked > 0

@@ -21,7 +21,7 @@ from bundles import make_tiny_bundle  # noqa: E402
 from cosme_ros.cli.main import main  # noqa: E402
 from cosme_ros.data.drive_bag import IMAGE_TOPIC, write_drive_bag  # noqa: E402
 from cosme_ros.data.synth import drive_frames  # noqa: E402
-from cosme_ros.ros import image_codec  # noqa: E402
+from cosme_ros.frames import codec  # noqa: E402
 import ros_util  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -99,11 +99,11 @@ def test_bag_played_into_the_node_matches_cosme_replay(tmp_path):
             == 0
         )
         offline = {
-            key(m.header): image_codec.image_array(m)
+            key(m.header): codec.image_array(m)
             for _, m in read_messages(out, "/camera/anomaly/score")
         }
         offline_classes = {
-            key(m.header): image_codec.image_array(m)
+            key(m.header): codec.image_array(m)
             for _, m in read_messages(out, "/camera/segmentation/class_mask")
         }
         assert len(offline) == N
@@ -144,10 +144,8 @@ def test_bag_played_into_the_node_matches_cosme_replay(tmp_path):
         assert set(got["/camera/anomaly/score"]) == set(offline)
         for k, live in got["/camera/anomaly/score"].items():
             assert live.header.frame_id == "camera"
-            np.testing.assert_allclose(
-                image_codec.image_array(live), offline[k], rtol=1e-4, atol=1e-4
-            )
-            classes = image_codec.image_array(got["/camera/segmentation/class_mask"][k])
+            np.testing.assert_allclose(codec.image_array(live), offline[k], rtol=1e-4, atol=1e-4)
+            classes = codec.image_array(got["/camera/segmentation/class_mask"][k])
             assert (classes == offline_classes[k]).mean() > 0.999
     finally:
         if session is not None:

@@ -12,15 +12,16 @@ import io
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cosme_ros import atomic, viz
+from cosme_ros import atomic
+from cosme_ros.frames.render import overlay
+from cosme_ros.frames.writers import encode_image
 from cosme_ros.bundle import Bundle
 from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
 from cosme_ros.data.images import list_images, read_rgb
-from cosme_ros.errors import CosmeError, InputError
+from cosme_ros.errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -37,13 +38,6 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing result files")
     p.add_argument("--json", metavar="F", help="write a JSON summary to F")
     p.set_defaults(run=run)
-
-
-def _encode(ext: str, image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(ext, image)
-    if not ok:
-        raise CosmeError(f"could not encode {ext} image")
-    return buf.tobytes()
 
 
 def run(args) -> int:
@@ -79,12 +73,12 @@ def run(args) -> int:
             continue
         result = pipeline(rgb)
         classes_png, score_npy, overlay_jpg = targets[path]
-        atomic.write_bytes(classes_png, _encode(".png", result.classes))
+        atomic.write_bytes(classes_png, encode_image(result.classes))
         buf = io.BytesIO()
         np.save(buf, result.score.astype(np.float32))
         atomic.write_bytes(score_npy, buf.getvalue())
-        picture = viz.overlay(rgb, result.classes, result.score, bundle.palette)
-        atomic.write_bytes(overlay_jpg, _encode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)))
+        picture = overlay(rgb, result.classes, result.score, bundle.palette)
+        atomic.write_bytes(overlay_jpg, encode_image(picture, ".jpg"))
         done.append(
             {
                 "image": str(path),

@@ -1,4 +1,6 @@
-"""The ROS 2 shell: :mod:`.image_codec` (messages ⇄ numpy, no rclpy) and :mod:`.node` (rclpy).
+"""The ROS 2 shell: :mod:`.node` (the rclpy node), :mod:`.monitor` (its books and
+/diagnostics), :mod:`.dds_profile` (Fast DDS shared memory) and :mod:`.session` (one localhost
+rclpy context for the node's helpers, the demo, the benchmark and the tests).
 
-Nothing is imported here, so that offline tools can use the codec where rclpy is absent.
+Messages are translated by :mod:`cosme_ros.frames.codec`, which needs no rclpy.
 """

@@ -1,7 +1,8 @@
 """``cosme_node``: camera images in, segmentation and anomaly maps out (docs/ARCHITECTURE.md).
 
-A thin shell: :mod:`.image_codec` translates messages, :class:`cosme_ros.pipeline.Pipeline` does
-the maths, :mod:`.outputs` draws the pictures and :mod:`.monitor` keeps the books. The node only
+A thin shell: :mod:`cosme_ros.frames.codec` translates messages, :class:`cosme_ros.pipeline.Pipeline`
+does the maths, :mod:`cosme_ros.frames.render` draws the pictures and :mod:`.monitor` keeps the
+books. The node only
 decides *which* frame to run and *what* to publish:
 
 - the subscription callback checks the message's header against its data (cheap, no copy: a
@@ -61,9 +62,9 @@ from cosme_ros.options import DEVICES, OUTPUT_RESOLUTIONS, parse_threshold
 from cosme_ros.data.image_header import MAX_IMAGE_PIXELS
 from cosme_ros.errors import CosmeError
 from cosme_ros.paths import default_bundle_path
-from cosme_ros.ros import image_codec
+from cosme_ros.frames import codec
 from cosme_ros.ros.monitor import FrameMonitor
-from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
+from cosme_ros.frames.render import OUTPUTS, RunningRange, render_outputs
 
 NODE_NAME = "cosme_node"
 PRECISIONS = (*options.PRECISIONS, *options.ENGINE_PRECISIONS)
@@ -115,7 +116,7 @@ def parse_input_size(value: Any) -> Optional[Tuple[int, int]]:
 
 def parse_heatmap_range(value: Any) -> Optional[Tuple[float, float]]:
     """``heatmap_range`` → (lo, hi), or None for ``auto`` (a running range, see
-    :class:`~cosme_ros.ros.outputs.RunningRange`); raises ValueError."""
+    :class:`~cosme_ros.frames.render.RunningRange`); raises ValueError."""
     value = _as_list(value)
     if (
         value is None
@@ -661,8 +662,8 @@ class CosmeNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         try:
-            image_codec.check_image(msg, self._param("max_image_pixels"))
-        except image_codec.ImageMessageError as exc:
+            codec.check_image(msg, self._param("max_image_pixels"))
+        except codec.ImageMessageError as exc:
             self.monitor.received(self._steady_s(), accepted=False)
             self._reject(exc)
             return
@@ -670,8 +671,8 @@ class CosmeNode(Node):
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         try:
-            image_codec.check_compressed(msg, self._param("max_image_pixels"))
-        except image_codec.ImageMessageError as exc:
+            codec.check_compressed(msg, self._param("max_image_pixels"))
+        except codec.ImageMessageError as exc:
             self.monitor.received(self._steady_s(), accepted=False)
             self._reject(exc)
             return
@@ -693,8 +694,8 @@ class CosmeNode(Node):
             return
         start = time.perf_counter()
         try:
-            rgb = image_codec.decode(msg, self._param("max_image_pixels"))
-        except image_codec.ImageMessageError as exc:  # e.g. corrupt JPEG data
+            rgb = codec.decode(msg, self._param("max_image_pixels"))
+        except codec.ImageMessageError as exc:  # e.g. corrupt JPEG data
             self._reject(exc)
             return
         try:
@@ -738,7 +739,7 @@ class CosmeNode(Node):
             heat_range=heat_range,
         )
         for key, (pixels, encoding) in images.items():
-            self._pub[key].publish(image_codec.encode_image(Image, pixels, encoding, header))
+            self._pub[key].publish(codec.encode_image(Image, pixels, encoding, header))
 
     def _publish_diagnostics(self) -> None:
         now = self.get_clock().now()

@@ -2,7 +2,7 @@
 
 :func:`measure_node_overhead` runs the same frames twice — through the pipeline alone, and
 through the node's path (:meth:`CosmeNode` does exactly these steps: cheap header check, decode
-to RGB, pipeline, :func:`~cosme_ros.ros.outputs.render_outputs` for all five images, encode to
+to RGB, pipeline, :func:`~cosme_ros.frames.render.render_outputs` for all five images, encode to
 ``sensor_msgs/Image``, publish) — and reports per-stage medians in milliseconds. ``cosme bench``
 can call it; ``python -m cosme_ros.ros.overhead --bundle B`` prints it.
 
@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from cosme_ros.ros import image_codec
-from cosme_ros.ros.outputs import OUTPUTS, RunningRange, render_outputs
+from cosme_ros.frames import codec
+from cosme_ros.frames.render import OUTPUTS, RunningRange, render_outputs
 
 
 def _camera_image(size: Tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -107,7 +107,7 @@ def measure_node_overhead(
     palette = list(bundle.palette)
     rgb = _camera_image(size)
     layout = rgb[..., ::-1] if encoding == "bgr8" else rgb
-    msg = image_codec.encode_image(Image, np.ascontiguousarray(layout), encoding)
+    msg = codec.encode_image(Image, np.ascontiguousarray(layout), encoding)
     out_size = tuple(size) if output_resolution == "input" else tuple(pipeline.input_size)
     wanted = set(OUTPUTS)
     heat = RunningRange()
@@ -127,9 +127,9 @@ def measure_node_overhead(
         }
         for _ in range(frames):
             t0 = time.perf_counter()
-            image_codec.check_image(msg, None)
+            codec.check_image(msg, None)
             t1 = time.perf_counter()
-            frame = image_codec.decode(msg)
+            frame = codec.decode(msg)
             t2 = time.perf_counter()
             result = pipeline(frame, out_size=out_size)
             t3 = time.perf_counter()
@@ -145,7 +145,7 @@ def measure_node_overhead(
             )
             t4 = time.perf_counter()
             messages = {
-                k: image_codec.encode_image(Image, a, e, msg.header) for k, (a, e) in images.items()
+                k: codec.encode_image(Image, a, e, msg.header) for k, (a, e) in images.items()
             }
             t5 = time.perf_counter()
             if pubs is not None:

@@ -1,4 +1,4 @@
-"""image_codec against the real sensor_msgs message classes (no DDS needed)."""
+"""frames.codec against the real sensor_msgs message classes (no DDS needed)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cosme_ros.ros import image_codec as codec
-from cosme_ros.ros.image_codec import ImageMessageError
+from cosme_ros.frames import codec as codec
+from cosme_ros.frames.codec import ImageMessageError
 
 msg = pytest.importorskip("sensor_msgs.msg")
 Image, CompressedImage = msg.Image, msg.CompressedImage
@@ -337,7 +337,7 @@ def test_codec_does_not_import_rclpy():
     import subprocess
 
     code = (
-        "import sys, cosme_ros.ros.image_codec; "
+        "import sys, cosme_ros.frames.codec; "
         "sys.exit(1 if any(m.startswith('rclpy') for m in sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
