@@ -32,11 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosme_ros.anomaly.refine import guide_from_images
+from cosme_ros.runtime.pipeline import PIPELINE_STAGES
 
 Size = Tuple[int, int]
 
-PIPELINE_STAGES = ("preprocess", "teacher", "student", "scoring", "postprocess")
 NODE_STAGES = ("decode", "encode", "publish")
 SCORER_KS = (128, 512, 2048)
 SWEEP_SIZES: Tuple[Size, ...] = ((256, 512), (512, 1024), (1024, 2048))
@@ -118,7 +117,7 @@ def cpu_model() -> str:
 def environment(device: torch.device) -> Dict[str, Any]:
     """Library versions, CPU, threads and the bf16 capability that ``precision=auto`` reads."""
     import cv2
-    from cosme_ros.pipeline import native_bf16
+    from cosme_ros.runtime.networks import native_bf16
 
     env = {
         "versions": {
@@ -276,53 +275,37 @@ class _StandInImage:
 def _frame_fast(
     pipe, io: Optional[NodeIO], msg: Any, rgb: np.ndarray, out_size: Size, clock: Clock
 ) -> Tuple[Dict[str, float], float, Tuple[np.ndarray, np.ndarray]]:
-    """One frame through the node's path, stage by stage → ({stage: s}, cpu s, (classes, score))."""
+    """One frame through the node's path, stage by stage → ({stage: s}, cpu s, (classes, score)).
+    The pipeline's stages are read through its ``mark`` hook."""
     st: Dict[str, float] = {}
     c0 = clock.cpu()
     t0 = clock()
     frame = io.decode(msg) if io is not None else rgb
     t1 = clock()
-    x = pipe.prepare(pipe.preprocess([frame]))
-    t2 = clock()
-    with torch.inference_mode():
-        teacher = pipe.run_teacher(x)
-        t3 = clock()
-        student = pipe.run_student(x)
-        t4 = clock()
-        guide = (
-            guide_from_images([frame], out_size, pipe.device)
-            if pipe.scorer.refinement is not None
-            else None
-        )  # refine=guided: scoring's cost
-        score = pipe.scorer(teacher, student, out_size, guide)
-        t5 = clock()
-        classes = pipe.postprocess(teacher["o"], out_size)
-        classes_np = classes[0].to(torch.uint8).cpu().numpy()
-        score_np = score[0].float().cpu().numpy()
-    t6 = clock()
+    last = [t1]
+
+    def mark(stage: str) -> None:
+        now = clock()
+        st[stage], last[0] = now - last[0], now
+
+    result = pipe(frame, out_size, mark=mark)
+    t6 = last[0]
     if io is not None:
-        messages = io.encode(frame, classes_np, score_np, msg.header)
+        messages = io.encode(frame, result.classes, result.score, msg.header)
         t7 = clock()
         io.publish(messages)
         t8 = clock()
         st.update(decode=t1 - t0, encode=t7 - t6, publish=t8 - t7, frame=t8 - t0)
     else:
         st["frame"] = t6 - t1
-    st.update(
-        preprocess=t2 - t1, teacher=t3 - t2, scoring=t5 - t4, postprocess=t6 - t5, pipeline=t6 - t1
-    )
-    if pipe.student is not None:
-        st["student"] = t4 - t3
-    return st, clock.cpu() - c0, (classes_np, score_np)
+    st["pipeline"] = t6 - t1
+    return st, clock.cpu() - c0, (result.classes, result.score)
 
 
 def _frame_teacher_only(pipe, rgb: np.ndarray, out_size: Size, clock: Clock) -> float:
     """A plain segmentation node on the same fast path: preprocess, teacher logits, argmax."""
     t0 = clock()
-    with torch.inference_mode():
-        x = pipe.prepare(pipe.preprocess([rgb]))
-        logits = pipe.run_teacher(x, taps=("o",))["o"]
-        pipe.postprocess(logits, out_size)[0].to(torch.uint8).cpu().numpy()
+    pipe.segment(rgb, out_size)
     return clock() - t0
 
 
@@ -365,12 +348,12 @@ def bench_frames(
 
     ``camera``: size (H, W) of the frames fed in and of the outputs (default: the synthetic
     world at 720×1280, or the folder's images as they are). ``pipeline``: a ready
-    :class:`~cosme_ros.pipeline.Pipeline` to measure instead of building one (``sweep`` uses
+    :class:`~cosme_ros.runtime.pipeline.Pipeline` to measure instead of building one (``sweep`` uses
     it to swap in a scorer). ``refine``: the pipeline's map refinement (``guided``: the guided
     filter is timed as part of ``scoring``).
     """
     from cosme_ros.bundle import Bundle
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     say = progress or (lambda _m: None)
     if not isinstance(bundle, Bundle):
@@ -411,10 +394,13 @@ def bench_frames(
         if naive:
             from cosme_ros.naive import NaivePipeline
 
-            naive_pipe = NaivePipeline(
-                bundle, method=pipe.method, device=str(pipe.device), input_size=pipe.input_size
+            naive_pipe = NaivePipeline(  # the same scorer (sweep may have swapped one in)
+                bundle,
+                method=pipe.method,
+                device=str(pipe.device),
+                input_size=pipe.input_size,
+                scorer=pipe.scorer,
             )
-            naive_pipe.scorer = pipe.scorer  # the same parts (sweep may have swapped them in)
             for i in range(min(warmup, 1) if warmup else 0):
                 _frame_naive(naive_pipe, src[0], src[0].shape[:2], clock)
 
@@ -586,7 +572,7 @@ def bench_scorer(
     prototypes, for each K; alternated repeat by repeat. ``cdist=True`` adds ``torch.cdist``."""
     from cosme_ros import naive
     from cosme_ros.anomaly import memory
-    from cosme_ros.pipeline import resolve_device
+    from cosme_ros.runtime.networks import resolve_device
 
     say = progress or (lambda _m: None)
     dev = resolve_device(device)
@@ -752,7 +738,7 @@ def random_memory_parts(pipe, k: int, layers: Sequence[str] = R101_TAPS, seed: i
     from cosme_ros.anomaly.parts import AnomalyParts
 
     g = torch.Generator().manual_seed(seed)
-    chans = pipe.teacher.tap_channels
+    chans = pipe.networks.tap_channels
     bank = {t: F.normalize(torch.randn(k, chans[t], generator=g), dim=1) for t in layers}
     return AnomalyParts(memory=bank, memory_layers=tuple(layers))
 
@@ -792,9 +778,9 @@ def sweep(
     size — frames rendered at that size — with the teacher's GFLOPs; then against K (MulMem, K
     random unit prototypes per layer, unstandardised Γ) at ``k_size`` (default: the bundle's
     input size). The sizes alternate frame by frame, and so do the Ks."""
-    from cosme_ros.anomaly.scorers import build_scorer
+    from cosme_ros.anomaly.registry import build_scorer
     from cosme_ros.bundle import Bundle
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     say = progress or (lambda _m: None)
     if not isinstance(bundle, Bundle):
@@ -819,7 +805,7 @@ def sweep(
     for size in sizes:
         size = (int(size[0]), int(size[1]))
         pipe = Pipeline(bundle, "maxlogit", device=device, input_size=size, precision=precision)
-        gflops = teacher_gflops(pipe.teacher, size, device=pipe.device)
+        gflops = teacher_gflops(pipe.networks.teacher, size, device=pipe.device)
         pipes[size] = (pipe, source(size))
         by_size.append({"input_size": list(size), "gflops": round(gflops, 3)})
     say(f"sizes: {', '.join(f'{h}x{w}' for h, w in pipes)}, {frames} frame(s) each, alternating")
@@ -833,23 +819,21 @@ def sweep(
 
     k_size = tuple(k_size or bundle.input_size)
     pipe = Pipeline(bundle, "maxlogit", device=device, input_size=k_size, precision=precision)
-    layers = [t for t in R101_TAPS if t in getattr(pipe.teacher, "tap_channels", {})]
+    layers = [t for t in R101_TAPS if t in (pipe.networks.tap_channels or {})]
     src = source(k_size)
     scorers = {
-        int(k): build_scorer("mulmem", random_memory_parts(pipe, int(k), layers), standardize=False)
+        int(k): build_scorer(
+            "mulmem",
+            random_memory_parts(pipe, int(k), layers),
+            input_height=k_size[0],
+            standardize=False,
+        )
         for k in ks
     }
-    run = runner(pipe, src)
-
-    def with_k(k: int):
-        def call(i: int):
-            pipe.scorer = scorers[k]
-            return run(i)
-
-        return call
-
     say(f"K: {', '.join(map(str, scorers))} at {k_size[0]}x{k_size[1]}, alternating")
-    times = _alternate({str(k): with_k(k) for k in scorers}, frames, warmup)
+    times = _alternate(
+        {str(k): runner(pipe.with_scorer(s), src) for k, s in scorers.items()}, frames, warmup
+    )
     by_k = []
     for k in scorers:
         st = times[str(k)]

@@ -121,18 +121,6 @@ def _check_sha256(section: Mapping[str, Any], where: str, part: str) -> None:
 
 # ----------------------------------------------------------------------------- the bundle
 
-# AUTO_METHOD (cosme_ros.options) is the method name that stands for :func:`default_method`.
-
-
-def default_method(manifest: Dict[str, Any]) -> str:
-    """The best method a bundle supports — what :data:`AUTO_METHOD` means: the method spec the
-    bundle names (``anomaly.default_method``, set by ``cosme bundle set-default`` from
-    measurements on its development data) when it has a memory and a student, else CosMe
-    (Eq. 8) when it has both, otherwise MaxLogit, which needs the teacher alone."""
-    if "student" in manifest and "anomaly" in manifest:
-        return str(manifest["anomaly"].get("default_method") or "cosme")
-    return "maxlogit"
-
 
 @dataclass
 class Bundle:
@@ -318,9 +306,10 @@ class Bundle:
         return teacher_align_corners(t["arch"], t["config"])
 
     @property
-    def default_method(self) -> str:
-        """The method ``auto`` stands for: :func:`default_method` of the manifest."""
-        return default_method(self.manifest)
+    def named_default_method(self) -> Optional[str]:
+        """The method spec ``cosme bundle set-default`` named for ``auto``, or None (what
+        ``auto`` then runs is the registry's rule: :func:`cosme_ros.anomaly.registry.default_method`)."""
+        return (self.manifest.get("anomaly") or {}).get("default_method")
 
     def teacher(self) -> nn.Module:
         """The teacher in eval mode with its weights loaded strictly."""
@@ -474,8 +463,8 @@ class Bundle:
         self.manifest = manifest
 
     def set_default_method(self, spec: Optional[str]) -> None:
-        """Name the method spec that ``auto`` runs (None: back to :func:`default_method`'s
-        rule). The caller checks that the bundle's parts can run it."""
+        """Name the method spec that ``auto`` runs (None: back to the registry's rule). The
+        bundle checks only that it is a spec; the caller checks that the parts can run it."""
         if "anomaly" not in self.manifest or "student" not in self.manifest:
             raise BundleError(
                 f"{self.path}: a default method needs the anomaly part and the "
@@ -502,13 +491,14 @@ class Bundle:
 
 
 def _check_default_method(value: Any, where: str) -> None:
-    from cosme_ros.anomaly.method_spec import check_run_spec
-    from cosme_ros.anomaly.scorers import METHODS
+    """A method spec as text (its grammar: :func:`~cosme_ros.anomaly.method_spec.parse_method`);
+    which names exist is the registry's business, checked where ``auto`` is resolved."""
+    from cosme_ros.anomaly.method_spec import parse_method
 
     try:
         if not isinstance(value, str):
             raise ValueError(f"not a string: {value!r}")
-        check_run_spec(value, METHODS)
+        parse_method(value)
     except ValueError as exc:
         raise BundleError(f"{where}: field 'anomaly.default_method': {exc}") from None
 

@@ -165,8 +165,7 @@ def resolve_bundle(bundle: Optional[Path]) -> Tuple[Path, Dict[str, Any]]:
 
 def pick_method(manifest: Dict[str, Any], method: Optional[str]) -> str:
     from cosme_ros.anomaly.method_spec import check_run_spec
-    from cosme_ros.anomaly.scorers import METHODS
-    from cosme_ros.bundle import default_method
+    from cosme_ros.anomaly.registry import METHODS, default_method
 
     if method is None:
         return default_method(manifest)

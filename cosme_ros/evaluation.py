@@ -3,8 +3,8 @@
 :class:`MultiMethodRunner` runs the teacher — and the student, if any method needs it — **once per
 image** with the union of the taps of all methods, then every scorer on those taps at the
 resolution of the image's anomaly label (scorers upsample bilinearly to it). Preprocessing is
-:meth:`cosme_ros.pipeline.Pipeline.preprocess`, so each method scores exactly what
-``Pipeline(bundle, method)`` would.
+:meth:`cosme_ros.runtime.networks.Networks.preprocess`, as in the pipeline, so each method
+scores exactly what ``Pipeline(bundle, method)`` would.
 
 :func:`evaluate` pools the labelled pixels (1 anomaly, 0 in-distribution; everything else is
 void) over the dataset and computes AUROC, AP and FPR95 per method (Fishyscapes convention,
@@ -40,13 +40,15 @@ from cosme_ros.frames.render import overlay
 from cosme_ros.frames.sheets import label_panel
 from cosme_ros.frames.writers import encode_image, figure_png
 from cosme_ros.metrics import PooledPixels
-from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly.method_spec import MethodSpec, canonical, parse_method
-from cosme_ros.anomaly.scorers import METHODS, Scorer, build_scorer
+from cosme_ros.anomaly.registry import METHODS, build_scorer
+from cosme_ros.anomaly.scorers import Scorer
 from cosme_ros.bundle import Bundle
 from cosme_ros.data.datasets import Dataset, subset_indices
 from cosme_ros.errors import CosmeError, MissingPartError
 from cosme_ros.nets.taps import O, ordered
+from cosme_ros.runtime.networks import Networks
+from cosme_ros.runtime.pipeline import Postprocess
 
 __all__ = [
     "select_methods",
@@ -92,7 +94,7 @@ def select_methods(
     skipped: Dict[str, str] = {}
     for key, (name, options) in specs.items():
         try:
-            scorers[key] = build_scorer(name, parts, **options)
+            scorers[key] = build_scorer(name, parts, input_height=bundle.input_size[0], **options)
         except MissingPartError as exc:
             if explicit:
                 raise MissingPartError(f"{bundle.path}: {exc}") from None
@@ -109,9 +111,12 @@ def select_methods(
 class MultiMethodRunner:
     """Teacher (+ student) once per image with the union of taps, then every scorer.
 
-    The networks run as :class:`~cosme_ros.pipeline.Pipeline` runs them (BatchNorm folded,
-    channels_last on the CPU, ``precision`` autocast), so the metrics are those of the node with
-    the same settings; ``precision="fp32"`` (default) gives the reference numbers.
+    The networks run as the pipeline runs them (:class:`~cosme_ros.runtime.networks.Networks`:
+    BatchNorm folded, channels_last on the CPU, ``precision`` autocast), and the class map and
+    refinement guide come from the same :class:`~cosme_ros.runtime.pipeline.Postprocess`, so the
+    metrics are those of the node with the same settings; ``precision="fp32"`` (default) gives
+    the reference numbers. The scorers must be built for the bundle's input size
+    (:func:`select_methods` does).
     """
 
     def __init__(
@@ -121,25 +126,21 @@ class MultiMethodRunner:
         device: str = "cpu",
         precision: str = "fp32",
     ):
-        from cosme_ros.pipeline import Pipeline
-
         self.bundle = bundle
         self.scorers = dict(scorers)
-        teacher_taps = ordered(*(s.teacher_taps for s in scorers.values()), (O,))
-        student_taps = ordered(*(s.student_taps for s in scorers.values()))
-        # maxlogit needs no part: the pipeline provides the networks and the preprocessing.
-        self.pipeline = Pipeline(
+        self.networks = Networks(
             bundle,
-            method="maxlogit",
+            ordered(*(s.teacher_taps for s in scorers.values()), (O,)),
+            ordered(*(s.student_taps for s in scorers.values())),
             device=device,
             precision=precision,
-            teacher_taps=teacher_taps,
-            student_taps=student_taps,
         )
-        self.device = self.pipeline.device
-        self.precision = self.pipeline.precision
-        for scorer in self.scorers.values():
-            scorer.input_height = self.pipeline.input_size[0]  # refine_radius's unit
+        self.device = self.networks.device
+        self.precision = self.networks.precision
+        self.input_size = self.networks.input_size
+        self.post = Postprocess(bundle.teacher_align_corners, self.device)
+        if self.networks.tap_channels is not None:
+            bundle.check_parts_fit(bundle.anomaly_parts(), self.networks.tap_channels)
 
     @torch.inference_mode()
     def __call__(
@@ -152,24 +153,17 @@ class MultiMethodRunner:
         """({method: float32 score (H, W)} at ``out_size``, with the class map (H, W) uint8 first
         when ``classes`` — else None — as the pipeline computes it)."""
         out_size = (int(out_size[0]), int(out_size[1]))
-        teacher, student = self.pipeline.networks(self.pipeline.preprocess([image_rgb]))
+        teacher, student = self.networks(self.networks.preprocess([image_rgb]))
         names = list(methods or self.scorers)
-        guide = None
-        if any(self.scorers[n].refinement is not None for n in names):
-            guide = guide_from_images([image_rgb], out_size, self.device)
-        scores = {}
-        for name in names:
-            scores[name] = (
-                self.scorers[name](teacher, student, out_size, guide)[0].float().cpu().numpy()
-            )
+        guide = self.post.guide([image_rgb], out_size, [self.scorers[n] for n in names])
+        scores = {
+            n: self.scorers[n](teacher, student, out_size, guide)[0].float().cpu().numpy()
+            for n in names
+        }
         class_map = None
         if classes:
-            class_map = (
-                self.pipeline.postprocess(teacher[O].float(), out_size)[0]
-                .to(torch.uint8)
-                .cpu()
-                .numpy()
-            )
+            class_map = self.post.classes(teacher[O].float(), out_size)[0]
+            class_map = class_map.to(torch.uint8).cpu().numpy()
         return class_map, scores
 
 
@@ -356,7 +350,7 @@ def evaluate(
         mode="binned" if binned else "exact",
         images=n,
         label_sizes=sizes,
-        input_size=list(runner.pipeline.input_size),
+        input_size=list(runner.input_size),
         curves=result.curves,
         error_bounds=result.error_bounds,
         images_without_labelled_pixels=empty,

@@ -25,7 +25,7 @@ One teacher, one dataset, three passes (docs/ARCHITECTURE.md):
      **pseudo-label** (argmax at LH's resolution) with the bundle's void classes skipped.
      ``pans_labels`` forces one or the other.
 
-Images are preprocessed by :meth:`cosme_ros.pipeline.Pipeline.preprocess` (resized to the bundle's
+Images are preprocessed by :meth:`cosme_ros.runtime.pipeline.Pipeline.preprocess` (resized to the bundle's
 input size, normalised) and the teacher runs in eval mode under ``torch.inference_mode``.
 
 **Distributed** (``torchrun --nproc_per_node N``; :func:`init_distributed`): every pass follows
@@ -50,7 +50,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -71,6 +71,7 @@ from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES
 from cosme_ros.data.datasets import Dataset, Sample, prefetched_batches, subset_indices
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ALL_TAPS, LH, O, parse_taps
+from cosme_ros.runtime.networks import Networks
 
 __all__ = [
     "BuildConfig",
@@ -309,31 +310,23 @@ def _labels_are_trainids(bundle: Bundle) -> bool:
 
 
 class _Teacher:
-    """The bundle's teacher behind Pipeline's preprocessing, taking (possibly empty) batches."""
+    """The bundle's teacher as the pipeline runs it (:class:`~cosme_ros.runtime.networks.Networks`:
+    its preprocessing, folding and memory format), taking (possibly empty) batches. It never
+    reads the bundle's anomaly part, which this build replaces: an old part that no longer fits
+    the teacher must not stop the build that repairs it."""
 
     def __init__(self, bundle: Bundle, device: str, input_size: Optional[Tuple[int, int]] = None):
-        from cosme_ros.pipeline import Pipeline
-
-        # maxlogit needs no bundle part: the pipeline serves for its teacher and preprocessing.
-        # It sees the bundle without its anomaly part, which this build replaces: an old part
-        # is neither read nor checked against the teacher (one that no longer fits it must not
-        # stop the build that repairs it).
-        teacher_only = replace(
-            bundle, manifest={k: v for k, v in bundle.manifest.items() if k != "anomaly"}
-        )
-        self.pipeline = Pipeline(
-            teacher_only, method="maxlogit", device=device, input_size=input_size
-        )
-        self.device = self.pipeline.device
-        self.input_size = tuple(self.pipeline.input_size)
+        self.networks = Networks(bundle, (O,), device=device, input_size=input_size)
+        self.device = self.networks.device
+        self.input_size = tuple(self.networks.input_size)
 
     @torch.inference_mode()
     def __call__(self, samples: Sequence[Sample], taps: Sequence[str]) -> Dict[str, Tensor]:
         if samples:
-            x = self.pipeline.preprocess([s.image for s in samples])
+            x = self.networks.preprocess([s.image for s in samples])
         else:
             x = torch.zeros((0, 3) + self.input_size, device=self.device)
-        return self.pipeline.teacher(x, taps=tuple(taps))
+        return self.networks.teacher_forward(x, taps)
 
 
 def build_anomaly_parts(

@@ -7,7 +7,7 @@ networks as stored (BatchNorm not folded, NCHW, torch's default threads), and pr
 the textbook way — an L2-normalised copy of the features and the whole ``(B, H·W, K)`` cosine
 matrix at once, like ``torch.cdist`` builds its full distance matrix (no chunking, no bound on
 memory). Pre-processing, standardisation, fusion and post-processing are the same maths as
-:mod:`cosme_ros.pipeline` and :mod:`cosme_ros.anomaly.scorers`.
+:mod:`cosme_ros.runtime.pipeline` and :mod:`cosme_ros.anomaly.scorers`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from torch import Tensor
 
 from cosme_ros.anomaly.refine import guide_from_images
 from cosme_ros.anomaly import scorers as sc
+from cosme_ros.anomaly.fusion import cosme_fusion
+from cosme_ros.anomaly.method_spec import parse_method
+from cosme_ros.anomaly.registry import build_scorer
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.taps import LH, O, Taps
-from cosme_ros.pipeline import Result, resize_frames, resolve_device
+from cosme_ros.runtime.pipeline import Result
+from cosme_ros.runtime.networks import resize_frames, resolve_device
 
 __all__ = [
     "naive_max_cosine",
@@ -116,14 +120,14 @@ def naive_score(
         psi = naive_psi(teacher, student, scorer.auxcon.layers)
         size = max(tuple(gamma.shape[-2:]), tuple(psi.shape[-2:]), key=lambda s: s[0] * s[1])
         align = scorer.align_corners
-        score = sc.cosme_fusion(_up(psi, size, align), _up(gamma, size, align), scorer.fusion)
+        score = cosme_fusion(_up(psi, size, align), _up(gamma, size, align), scorer.fusion)
     else:
         return scorer(teacher, student, out_size)
     return _up(score.float(), out_size, scorer.align_corners)
 
 
 class NaivePipeline:
-    """:class:`cosme_ros.pipeline.Pipeline`'s maths, eager fp32, as plainly as it can be written."""
+    """:class:`cosme_ros.runtime.pipeline.Pipeline`'s maths, eager fp32, as plainly as it can be written."""
 
     def __init__(
         self,
@@ -131,11 +135,18 @@ class NaivePipeline:
         method: str = "maxlogit",
         device: str = "cpu",
         input_size: Optional[Tuple[int, int]] = None,
+        scorer: Optional["sc.Scorer"] = None,
     ):
+        """``scorer``: one built already (the benchmark passes the fast pipeline's, so both
+        score with the same parts); else built from the ``method`` spec."""
         self.device = resolve_device(device)
         self.input_size = tuple(input_size or bundle.input_size)
-        self.scorer = sc.build_scorer(method, bundle.anomaly_parts())
-        self.scorer.input_height = self.input_size[0]
+        if scorer is None:
+            name, options = parse_method(method)
+            scorer = build_scorer(
+                name, bundle.anomaly_parts(), input_height=self.input_size[0], **options
+            )
+        self.scorer = scorer
         self.method = method
         self.teacher = bundle.teacher().to(self.device)
         self.student = bundle.student().to(self.device) if self.scorer.student_taps else None

@@ -1,7 +1,7 @@
 """The choices and defaults that several shells offer, in one place (no torch, no rclpy).
 
 The node's parameter table (:mod:`cosme_ros.ros.node`), the command line (:mod:`cosme_ros.cli`)
-and the core (:mod:`cosme_ros.pipeline`, :mod:`cosme_ros.bundle`) read them from here, so that a
+and the core (:mod:`cosme_ros.runtime.pipeline`, :mod:`cosme_ros.bundle`) read them from here, so that a
 device, a precision or the meaning of ``auto`` cannot differ between them.
 """
 
@@ -16,7 +16,7 @@ DEVICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
 PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16")
 #: Precisions of the compiled GPU engines (issue "Compiled engines"), named but not runnable here.
 ENGINE_PRECISIONS: Tuple[str, ...] = ("fp16",)
-#: The method name that stands for the bundle's default (:func:`cosme_ros.bundle.default_method`).
+#: The method name that stands for the bundle's default (:func:`cosme_ros.anomaly.registry.default_method`).
 AUTO_METHOD = "auto"
 #: Anomaly-map refinements (:mod:`cosme_ros.anomaly.refine`); ``none`` is the paper's.
 REFINEMENTS: Tuple[str, ...] = ("none", "guided")

@@ -33,6 +33,7 @@ from .bundle import Bundle
 from .data.datasets import prefetched_batches, subset_indices
 from .errors import CosmeError
 from .nets.taps import ALL_TAPS, O, ordered
+from .runtime.networks import Networks
 
 __all__ = ["consensus_layer_sets", "gather_psi_stats", "add_psi_stats"]
 
@@ -60,21 +61,13 @@ def gather_psi_stats(
 ) -> Tuple[Dict[str, ClassStats], Dict[str, Any]]:
     """One pass over ``dataset`` (``max_images`` evenly spaced images, all by default) →
     ``({psi_key: ClassStats}, record)``; nothing is written."""
-    from .pipeline import Pipeline
-
     if not bundle.has_student:
         raise CosmeError(
             f"{bundle.path}: the Ψ statistics need a student: run `cosme " f"train-student`"
         )
     sets = [ordered(s) for s in (layer_sets or consensus_layer_sets(bundle))]
     taps = ordered(*sets)
-    pipeline = Pipeline(
-        bundle,
-        method="maxlogit",
-        device=device,
-        teacher_taps=ordered(taps, (O,)),
-        student_taps=taps,
-    )
+    networks = Networks(bundle, ordered(taps, (O,)), taps, device=device)
     align = bundle.teacher_align_corners
     accs = {
         psi_key(d, s): ClassStatsAccumulator(bundle.num_classes)
@@ -97,7 +90,7 @@ def gather_psi_stats(
         ):
             for samples in prefetched_batches(dataset, chunks, pool):
                 images = [s.image for s in samples]
-                teacher, student = pipeline.networks(pipeline.preprocess(images))
+                teacher, student = networks(networks.preprocess(images))
                 classes: Dict[Tuple[int, int], torch.Tensor] = {}
                 for distance in consensus.DISTANCES:
                     for layers in sets:
@@ -116,7 +109,7 @@ def gather_psi_stats(
         raise CosmeError(f"Ψ statistics: {exc}") from None
     record = {
         "images": int(len(subset)),
-        "input_size": list(pipeline.input_size),
+        "input_size": list(networks.input_size),
         "distances": list(consensus.DISTANCES),
         "layers": ["+".join(s) for s in sets],
         "student_sha256": bundle.student_sha256(),

@@ -2,7 +2,7 @@
 
 Every image of one topic of a rosbag2 (sqlite3 or mcap; ``sensor_msgs/msg/Image`` in any
 encoding the node accepts, or ``sensor_msgs/msg/CompressedImage``) is decoded with
-:mod:`cosme_ros.frames.codec`, run through :class:`cosme_ros.pipeline.Pipeline` and drawn
+:mod:`cosme_ros.frames.codec`, run through :class:`cosme_ros.runtime.pipeline.Pipeline` and drawn
 with :func:`cosme_ros.frames.render.render_outputs` — the node's own functions, with its
 parameters (``anomaly_threshold``, ``overlay_alpha``, ``heatmap_range``, ``output_resolution``,
 same defaults) — so each frame gives exactly the five images the node would publish for it, and

@@ -40,14 +40,14 @@ from cosme_ros.cli.common import write_json
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
 from cosme_ros.metrics import IGNORE_INDEX, pixel_metrics
-from cosme_ros.pipeline import Pipeline
+from cosme_ros.runtime.networks import Networks
 
 LAYERS = ("c4", "c5", "lh")
 
 
-def features(pipeline: Pipeline, image: np.ndarray) -> torch.Tensor:
+def features(networks: Networks, image: np.ndarray) -> torch.Tensor:
     """(C, h, w) fp16: the normalised LAYERS of one image at LH's resolution."""
-    teacher, _ = pipeline.networks(pipeline.preprocess([image]))
+    teacher = networks.teacher_forward(networks.preprocess([image]))
     size = teacher["lh"].shape[-2:]
     maps = [
         F.normalize(
@@ -67,7 +67,7 @@ def cell_targets(anomaly: np.ndarray, size: Tuple[int, int]) -> Tuple[torch.Tens
     return a / (1 - v).clamp_min(1e-6), v < 0.5
 
 
-def gather(pipeline: Pipeline, specs: Sequence[str]):
+def gather(networks: Networks, specs: Sequence[str]):
     feats: List[torch.Tensor] = []
     masks: List[np.ndarray] = []
     for spec in specs:
@@ -76,7 +76,7 @@ def gather(pipeline: Pipeline, specs: Sequence[str]):
             sample = dataset[i]
             if sample.anomaly is None:
                 sys.exit(f"feature_oracle.py: {spec} has no anomaly masks (image {sample.name})")
-            feats.append(features(pipeline, sample.image))
+            feats.append(features(networks, sample.image))
             masks.append(sample.anomaly)
     return feats, masks
 
@@ -140,10 +140,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = time.monotonic()
     try:  # a bad bundle or dataset path: one line naming it, as the cosme commands do
-        pipeline = Pipeline(Bundle.load(args.bundle), method="maxlogit", teacher_taps=LAYERS)
+        networks = Networks(Bundle.load(args.bundle), LAYERS)
         with torch.inference_mode():
-            train_feats, train_masks = gather(pipeline, args.train)
-            test_feats, test_masks = gather(pipeline, [args.test])
+            train_feats, train_masks = gather(networks, args.train)
+            test_feats, test_masks = gather(networks, [args.test])
     except CosmeError as exc:
         sys.exit(f"feature_oracle.py: {exc}")
     probe = train_probe(train_feats, train_masks, args.probe, args.epochs, args.seed)

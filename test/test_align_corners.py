@@ -13,7 +13,7 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from cosme_ros.nets import teacher_align_corners
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
-from cosme_ros.pipeline import Pipeline
+from cosme_ros.runtime.pipeline import Pipeline
 
 
 def _bundle(tmp_path, align: bool) -> Bundle:
@@ -53,11 +53,11 @@ def test_scores_and_classes_upsample_as_the_teacher_does(tmp_path, align):
     rgb = np.random.default_rng(1).integers(0, 255, (100, 150, 3), np.uint8)
     out = (100, 150)
     for method, upsample in (("maxlogit", False), ("msp", True)):
-        p = Pipeline(b, method=method, fast=False)
-        if upsample:
-            p.scorer.upsample_logits = True
+        spec = f"{method}[upsample_logits=true]" if upsample else method
+        p = Pipeline(b, method=spec, fast=False)
+        assert p.scorer.upsample_logits is upsample
         with torch.no_grad():
-            logits = p.run_teacher(p.prepare(p.preprocess([rgb])))["o"]
+            logits = p.networks.teacher_forward(p.networks.preprocess([rgb]))["o"]
             big = F.interpolate(logits, size=out, mode="bilinear", align_corners=align)
             if method == "maxlogit":
                 small = -logits.max(1).values

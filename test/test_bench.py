@@ -22,13 +22,8 @@ from cosme_ros.cli.main import main
 from cosme_ros.errors import CosmeError
 from cosme_ros.naive import NaivePipeline
 from cosme_ros.nets.student import build_student
-from cosme_ros.pipeline import (
-    Pipeline,
-    fold_batchnorm,
-    native_bf16,
-    resolve_precision,
-    upsampled_argmax,
-)
+from cosme_ros.runtime.pipeline import Pipeline, upsampled_argmax
+from cosme_ros.runtime.networks import fold_batchnorm, native_bf16, resolve_precision
 
 SIZE = (64, 128)
 
@@ -230,7 +225,7 @@ def test_fast_path_matches_naive_and_bf16_is_close(cosme_bundle):
     naive = NaivePipeline(cosme_bundle, "cosme")(image)
     fast = Pipeline(cosme_bundle, "cosme", precision="fp32")
     assert fast.channels_last
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.teacher.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.networks.teacher.modules())
     fp32 = fast(image)
     np.testing.assert_allclose(fp32.score, naive.score, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(fp32.classes, naive.classes)

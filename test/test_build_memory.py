@@ -19,7 +19,7 @@ from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
 from cosme_ros.memory_build import BuildConfig, build_anomaly_parts, global_schedule, local_slice
-from cosme_ros.pipeline import Pipeline
+from cosme_ros.runtime.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small enough for 2 shared CPU cores: 8 images of 64×128, a K that the data can fill for c5.
@@ -130,8 +130,8 @@ def test_mulmem_stats_match_the_scorer(built, template):
     pipe = Pipeline(Bundle.load(built[0]), method="mulmem", device="cpu")
     ds = open_dataset(data(template))
     with torch.inference_mode():
-        x = pipe.preprocess([ds[i].image for i in range(len(ds))])
-        taps = pipe.teacher(x, taps=pipe.scorer.teacher_taps)
+        x = pipe.networks.preprocess([ds[i].image for i in range(len(ds))])
+        taps = pipe.networks.teacher_forward(x, pipe.scorer.teacher_taps)
         z = pipe.scorer.gamma(taps).flatten()
         cls = mulmem_gamma(taps, pipe.scorer.bank, pipe.scorer.layers)[1].flatten()
     for c in cls.unique():

@@ -141,7 +141,7 @@ def test_write_part_is_atomic_and_updates_the_manifest(tiny, monkeypatch):
 
 
 def test_default_method_is_cosme_only_with_memory_and_student():
-    from cosme_ros.bundle import default_method
+    from cosme_ros.anomaly.registry import default_method
 
     assert default_method({"teacher": {}}) == "maxlogit"
     assert default_method({"teacher": {}, "anomaly": {}}) == "maxlogit"

@@ -235,7 +235,7 @@ def test_store_half_halves_the_weights_and_loads_as_fp32(tiny_bundle, tmp_path):
     import torch
     from cosme_ros.bundle import Bundle
     from cosme_ros.bundle import store_half
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     torch.set_num_threads(1)
     half = tmp_path / "half"

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from bundles import make_tiny_bundle, tiny_teacher, write_scenes
-from cosme_ros.anomaly.scorers import METHODS
+from cosme_ros.anomaly.registry import METHODS
 from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.evaluation import MultiMethodRunner, evaluate, markdown_table, select_methods
 from cosme_ros.memory_build import BuildConfig, build_anomaly_parts
 from cosme_ros.nets import build_network
-from cosme_ros.pipeline import Pipeline
+from cosme_ros.runtime.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +133,10 @@ def test_networks_run_once_per_image_and_scores_match_the_pipeline(world):
     assert not skipped
     runner = MultiMethodRunner(bundle, scorers, device="cpu")
     calls = {"teacher": 0, "student": 0}
-    runner.pipeline.teacher.register_forward_hook(
+    runner.networks.teacher.register_forward_hook(
         lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1)
     )
-    runner.pipeline.student.register_forward_hook(
+    runner.networks.student.register_forward_hook(
         lambda *a: calls.__setitem__("student", calls["student"] + 1)
     )
     ds = open_dataset(f"folder:{world / 'test'}")

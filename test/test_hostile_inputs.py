@@ -398,7 +398,7 @@ def test_prototypes_for_another_teacher_are_named_at_start_up(tmp_path):
     from cosme_ros.anomaly.standardize import ClassStats
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import BundleError
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     path = _tiny(tmp_path)
     bundle = Bundle.load(path)

@@ -67,7 +67,7 @@ def test_readme_ablation_example_parses():
     import re
     from pathlib import Path
 
-    from cosme_ros.anomaly.scorers import METHODS
+    from cosme_ros.anomaly.registry import METHODS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     example = re.search(r"--methods \\\n\s+'([^']+)'", readme)

@@ -16,7 +16,7 @@ from cosme_ros.nets.mobilenetv2 import (
     imagenet_state_dict,
     mobilenetv2_imagenet,
 )
-from cosme_ros.pipeline import fold_batchnorm
+from cosme_ros.runtime.networks import fold_batchnorm
 
 BACKBONE = ("backbones", "mobilenet_v2_1.0_imagenet")
 TFLITE = "mobilenet_v2_1.0_224_quant.tflite"

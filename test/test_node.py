@@ -283,7 +283,7 @@ def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ro
     values = diagnostic_values(ok)
     assert ok.name == "/cosme_node: anomaly segmentation" and ok.hardware_id == "cpu"
     assert values["model"].startswith("tiny-deeplab") and values["method"] == "maxlogit"
-    from cosme_ros.pipeline import resolve_precision
+    from cosme_ros.runtime.networks import resolve_precision
 
     assert values["device"] == "cpu" and values["precision"] == resolve_precision("auto", "cpu")
     assert values["input topic"] == "/image" and float(values["input rate (Hz)"]) > 0
@@ -406,7 +406,7 @@ def test_refine_guided_publishes_the_pipelines_refined_map(bundle_dir, ros):
     """refine: guided over DDS: the published score is the refined map the pipeline computes
     for that frame (and not the plain one)."""
     from cosme_ros.bundle import Bundle
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     # In a namespace of its own: the module's node answers on the global topics.
     proc = start_node(
@@ -500,7 +500,7 @@ class FakePipeline:
         self.calls = []
 
     def __call__(self, rgb, out_size=None):
-        from cosme_ros.pipeline import Result
+        from cosme_ros.runtime.pipeline import Result
 
         self.calls.append(rgb.copy())
         h, w = out_size or rgb.shape[:2]

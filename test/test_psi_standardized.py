@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from bundles import make_tiny_bundle, write_scenes
 from cosme_ros.anomaly import baselines, consensus
 from cosme_ros.anomaly.parts import AnomalyParts, psi_key
-from cosme_ros.anomaly.scorers import FUSIONS, build_scorer, cosme_fusion, mulmem_gamma
+from cosme_ros.anomaly.fusion import FUSIONS, cosme_fusion
+from cosme_ros.anomaly.registry import build_scorer
+from cosme_ros.runtime.pipeline import bundle_default_method
+from cosme_ros.anomaly.scorers import mulmem_gamma
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import MissingPartError
@@ -241,7 +244,7 @@ def trained(tmp_path_factory):
 
 def test_the_pass_equals_a_per_image_reference(trained):
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.pipeline import resize_frames
+    from cosme_ros.runtime.networks import resize_frames
 
     path, scenes = trained
     bundle = Bundle.load(path)
@@ -332,15 +335,15 @@ def test_a_bundle_names_the_spec_auto_runs(trained, tmp_path, capsys):
     import shutil
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.calibration import method_key
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     path = tmp_path / "copy"
     shutil.copytree(trained[0], path)
-    assert Bundle.load(path).default_method == "cosme"  # the rule without a name
+    assert bundle_default_method(Bundle.load(path)) == "cosme"  # the rule without a name
     spec = "cosme[consensus=c4,standardize_psi=true,boundary=true,fusion=softplus]"
     cosme("bundle", "set-default", "--bundle", path, "--method", spec)
     bundle = Bundle.load(path)
-    assert bundle.default_method == spec
+    assert bundle_default_method(bundle) == spec
     pipeline = Pipeline(bundle, method="auto", device="cpu")
     assert pipeline.method == (
         "cosme[boundary=true,consensus=c4,fusion=softplus," "standardize_psi=true]"
@@ -358,7 +361,7 @@ def test_a_bundle_names_the_spec_auto_runs(trained, tmp_path, capsys):
     ):
         err = cosme_in_process(capsys, "bundle", "set-default", "--bundle", path, "--method", bad)
         assert why in err, err
-    assert Bundle.load(path).default_method == spec
+    assert bundle_default_method(Bundle.load(path)) == spec
     # a hand-edited manifest with a bad name stops loading with the field named
     text = (path / "manifest.yaml").read_text().replace(spec, "cosme[fusion")
     (path / "manifest.yaml").write_text(text)
@@ -367,7 +370,7 @@ def test_a_bundle_names_the_spec_auto_runs(trained, tmp_path, capsys):
     text = text.replace("cosme[fusion", spec)
     (path / "manifest.yaml").write_text(text)
     cosme("bundle", "set-default", "--bundle", path, "--clear")
-    assert Bundle.load(path).default_method == "cosme"
+    assert bundle_default_method(Bundle.load(path)) == "cosme"
     with pytest.raises(ValueError, match="parameter of its own"):
         check_run_spec("mulmem[refine_eps=0.1]", ("mulmem",))
     with pytest.raises(ValueError, match="takes no options"):

@@ -16,7 +16,7 @@ from cosme_ros.anomaly.refine import (
     refine_map,
     scaled_radius,
 )
-from cosme_ros.anomaly.scorers import build_scorer
+from cosme_ros.anomaly.registry import build_scorer
 from cosme_ros.paths import default_bundle_path
 
 

@@ -26,7 +26,7 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main
 from cosme_ros.data.drive_bag import GT_TOPIC, IMAGE_TOPIC, write_drive_bag
 from cosme_ros.data.synth import drive_frames
-from cosme_ros.pipeline import Pipeline
+from cosme_ros.runtime.pipeline import Pipeline
 from cosme_ros.replay import output_topics
 from cosme_ros.frames import codec
 from cosme_ros.frames.render import threshold_mask
@@ -695,7 +695,7 @@ def test_ctrl_c_after_the_last_frame_leaves_no_output(drive, tmp_path, monkeypat
 def test_refine_guided_replays_the_refined_maps(drive, tmp_path, capsys):
     """--refine guided: the output bag carries the refined map the pipeline computes."""
     from cosme_ros.bundle import Bundle
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     out, js = tmp_path / "refined.bag", tmp_path / "refined.json"
     assert (

@@ -10,14 +10,9 @@ import torch.nn.functional as F
 
 from cosme_ros.anomaly import baselines, consensus, memory
 from cosme_ros.anomaly.parts import AnomalyParts
-from cosme_ros.anomaly.scorers import (
-    FUSIONS,
-    METHODS,
-    Scorer,
-    build_scorer,
-    cosme_fusion,
-    mulmem_gamma,
-)
+from cosme_ros.anomaly.fusion import FUSIONS, cosme_fusion
+from cosme_ros.anomaly.registry import METHODS, build_scorer
+from cosme_ros.anomaly.scorers import Scorer, mulmem_gamma
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.errors import MissingPartError
 

@@ -1,6 +1,7 @@
 """Anomaly scoring: MulMem (memory), AuxCon (consensus), the baselines and the CosMe fusion.
 
-Pure torch; the public entry point is :func:`build_scorer` over :class:`AnomalyParts`.
+Pure torch; the public entry point is :func:`build_scorer` (:mod:`.registry`) over
+:class:`AnomalyParts` (:mod:`.parts`, the bundle's anomaly-part file format).
 """
 
 from .baselines import (
@@ -19,15 +20,9 @@ from .baselines import (
 from .consensus import distillation_loss, psi, psi_layer
 from .memory import MulMemBuilder, gamma, gamma_layer, max_cosine
 from .parts import AnomalyParts
-from .scorers import (
-    FUSIONS,
-    METHODS,
-    Scorer,
-    build_scorer,
-    cosme_fusion,
-    mulmem_gamma,
-    predicted_classes,
-)
+from .fusion import FUSIONS, cosme_fusion
+from .registry import METHODS, build_scorer
+from .scorers import Scorer, mulmem_gamma, predicted_classes
 from .standardize import ClassStats, ClassStatsAccumulator
 
 __all__ = [

@@ -5,8 +5,8 @@ Ablations are rows of the same table as the methods themselves (the paper's Tabl
 
     maxlogit,sml,mulmem,mulmem[standardize=false],cosme,cosme[fusion=raw,layers=c4+c5]
 
-A spec is the method name (one of :data:`~cosme_ros.anomaly.scorers.METHODS`) and
-``key=value`` options of :func:`~cosme_ros.anomaly.scorers.build_scorer`. Values are typed by
+A spec is the method name (one of :data:`~cosme_ros.anomaly.registry.METHODS`) and
+``key=value`` options of :func:`~cosme_ros.anomaly.registry.build_scorer`. Values are typed by
 the option's name (:data:`OPTION_TYPES`): ``true``/``false`` for switches, numbers, names, and
 ``+``-separated tap lists for ``layers`` and ``consensus`` (a comma would end the option).
 Options that no method takes are passed through as text so that ``build_scorer`` rejects them

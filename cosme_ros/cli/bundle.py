@@ -102,14 +102,15 @@ def class_table(num_classes: int):
 
 def run_set_default(args) -> int:
     from cosme_ros.anomaly.method_spec import check_run_spec
-    from cosme_ros.anomaly.scorers import METHODS, build_scorer
+    from cosme_ros.anomaly.registry import METHODS, build_scorer
     from cosme_ros.calibration import threshold_key
     from cosme_ros.errors import CosmeError
+    from cosme_ros.runtime.pipeline import bundle_default_method
 
     bundle = bundle_mod.Bundle.load(args.bundle)
     if args.clear:
         bundle.set_default_method(None)
-        print(f"{bundle.path}: auto runs {bundle.default_method}")
+        print(f"{bundle.path}: auto runs {bundle_default_method(bundle)}")
         return 0
     try:
         name, options = check_run_spec(args.method, METHODS)

@@ -178,7 +178,7 @@ def _threshold(text: str):
 def _load_pipeline(args):
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import MissingPartError
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
     from cosme_ros.replay import default_bundle_path
 
     path = Path(args.bundle) if args.bundle else default_bundle_path()
@@ -209,7 +209,7 @@ def _on_sigterm(signum, frame):
 def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.anomaly.method_spec import check_run_spec
-    from cosme_ros.anomaly.scorers import METHODS
+    from cosme_ros.anomaly.registry import METHODS
     from cosme_ros.options import AUTO_METHOD
     from cosme_ros.calibration import resolve_threshold
     from cosme_ros.replay import Bag, ReplayOptions, check_bag, check_options, format_report, replay

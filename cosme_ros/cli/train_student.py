@@ -245,7 +245,7 @@ def _psi_stats(args, bundle, dataset, device: str) -> None:
 
 
 def _stats_only(args, bundle) -> int:
-    from cosme_ros.pipeline import resolve_device
+    from cosme_ros.runtime.networks import resolve_device
     from cosme_ros.train import open_training_data
     from cosme_ros.train.loop import setup_threads
 

@@ -1,6 +1,6 @@
 """``cosme_node``: camera images in, segmentation and anomaly maps out (docs/ARCHITECTURE.md).
 
-A thin shell: :mod:`cosme_ros.frames.codec` translates messages, :class:`cosme_ros.pipeline.Pipeline`
+A thin shell: :mod:`cosme_ros.frames.codec` translates messages, :class:`cosme_ros.runtime.pipeline.Pipeline`
 does the maths, :mod:`cosme_ros.frames.render` draws the pictures and :mod:`.monitor` keeps the
 books. The node only
 decides *which* frame to run and *what* to publish:
@@ -149,7 +149,7 @@ def _check_precision(value: str) -> None:
 
 def _methods() -> Sequence[str]:
     # cosme_ros.anomaly imports torch: read when the parameters are declared
-    from cosme_ros.anomaly.scorers import METHODS
+    from cosme_ros.anomaly.registry import METHODS
 
     return (options.AUTO_METHOD, *METHODS)
 
@@ -528,7 +528,8 @@ class CosmeNode(Node):
         """The pipeline, and the settings with ``method: auto`` resolved for this bundle."""
         from cosme_ros.bundle import Bundle
         from cosme_ros.errors import BundleError, MissingPartError
-        from cosme_ros.pipeline import Pipeline, resolve_device
+        from cosme_ros.runtime.pipeline import Pipeline, bundle_default_method
+        from cosme_ros.runtime.networks import resolve_device
 
         try:
             resolve_device(s.device)
@@ -547,10 +548,10 @@ class CosmeNode(Node):
         )
         try:
             bundle = Bundle.load(s.bundle)
+            if s.method == options.AUTO_METHOD:
+                s = replace(s, method=bundle_default_method(bundle))
         except BundleError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
-        if s.method == options.AUTO_METHOD:
-            s = replace(s, method=bundle.default_method)
         refine = s.refine_options()
         try:
             pipeline = (factory or Pipeline)(

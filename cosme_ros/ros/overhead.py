@@ -99,7 +99,7 @@ def measure_node_overhead(
     from sensor_msgs.msg import Image
 
     from cosme_ros.bundle import Bundle
-    from cosme_ros.pipeline import Pipeline
+    from cosme_ros.runtime.pipeline import Pipeline
 
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)

@@ -7,7 +7,7 @@ generator's seed (the training loop seeds it from (seed, step, sample index)).
 
 Scale is relative to the *cover* scale: the scale at which the image just covers the training
 crop, which for an image of the training aspect ratio is exactly the resize that inference
-(:meth:`cosme_ros.pipeline.Pipeline.preprocess`) applies. A factor below 1 zooms out and pads,
+(:meth:`cosme_ros.runtime.pipeline.Pipeline.preprocess`) applies. A factor below 1 zooms out and pads,
 above 1 zooms in; vertical flips and rotations are left out (the road is always at the bottom).
 """
 

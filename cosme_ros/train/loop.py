@@ -202,7 +202,7 @@ class Distributed:
     def from_environment(cls, device: str = "auto") -> "Distributed":
         """Join the process group that ``torchrun`` describes in the environment (gloo on the CPU,
         NCCL on CUDA) and pick this process's device."""
-        from cosme_ros.pipeline import resolve_device
+        from cosme_ros.runtime.networks import resolve_device
 
         dev = resolve_device(device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
