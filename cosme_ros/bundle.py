@@ -432,7 +432,7 @@ class Bundle:
 
     def threshold(self, key: str) -> Optional[float]:
         """The calibrated anomaly threshold for a method key
-        (:func:`cosme_ros.calibration.threshold_key`), or None."""
+        (:func:`cosme_ros.runtime.thresholds.threshold_key`), or None."""
         entry = self.manifest.get("thresholds", {}).get(key)
         return None if entry is None else float(entry["value"])
 

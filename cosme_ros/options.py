@@ -26,7 +26,7 @@ OUTPUT_RESOLUTIONS: Tuple[str, ...] = ("input", "network")
 
 def parse_threshold(value: Any, from_text: bool = False) -> Optional[float]:
     """An anomaly threshold → a finite number, or None for ``auto`` (the bundle's calibrated
-    threshold for the method, :mod:`cosme_ros.calibration`). ``from_text``: a command-line
+    threshold for the method, :mod:`cosme_ros.tools.calibrate`). ``from_text``: a command-line
     string that may spell a number; otherwise (a ROS parameter) numbers must be numbers.
     Raises ValueError with the reason."""
     if isinstance(value, str):

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from bundles import make_tiny_bundle, street_scene
-from cosme_ros import bench
+from cosme_ros.tools import bench
 from cosme_ros.anomaly.parts import AnomalyParts
 from cosme_ros.anomaly.standardize import ClassStats
 from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main
 from cosme_ros.errors import CosmeError
-from cosme_ros.naive import NaivePipeline
+from cosme_ros.tools.bench.naive import NaivePipeline
 from cosme_ros.nets.student import build_student
 from cosme_ros.runtime.pipeline import Pipeline, upsampled_argmax
 from cosme_ros.runtime.networks import fold_batchnorm, native_bf16, resolve_precision

@@ -18,7 +18,12 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
-from cosme_ros.memory_build import BuildConfig, build_anomaly_parts, global_schedule, local_slice
+from cosme_ros.tools.build_memory import (
+    BuildConfig,
+    build_anomaly_parts,
+    global_schedule,
+    local_slice,
+)
 from cosme_ros.runtime.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,11 @@ import yaml
 
 from bundles import make_tiny_bundle, write_scenes
 from cosme_ros.bundle import Bundle
-from cosme_ros.calibration import calibrate, method_key, threshold_key
+from cosme_ros.runtime.thresholds import method_key, threshold_key
+from cosme_ros.tools.calibrate import calibrate
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import BundleError
-from cosme_ros.evaluation import MultiMethodRunner, select_methods
+from cosme_ros.tools.evaluate import MultiMethodRunner, select_methods
 
 
 def test_keys_drop_default_refinement_options():

@@ -191,7 +191,7 @@ def test_ctrl_c_stops_the_node_cleanly(tiny_bundle, tmp_path):
 
 
 def test_missing_default_bundle_names_the_build_script(tmp_path, monkeypatch, capsys):
-    from cosme_ros import demo
+    from cosme_ros.tools.demo import run as demo
     from cosme_ros.cli.main import main
 
     monkeypatch.setattr(demo, "default_bundle", lambda: tmp_path / "models" / "demo")
@@ -213,7 +213,7 @@ def test_refuses_to_overwrite_without_force(tiny_bundle, tmp_path, capsys):
 
 
 def test_ros_environment_stays_on_this_host_unless_told():
-    from cosme_ros.demo import ros_environment
+    from cosme_ros.tools.demo import ros_environment
 
     env = ros_environment(
         {"PATH": "/bin", "ROS_STATIC_PEERS": "10.0.0.7", "ROS_LOCALHOST_ONLY": "0"}

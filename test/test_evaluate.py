@@ -13,8 +13,8 @@ from cosme_ros.anomaly.registry import METHODS
 from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
-from cosme_ros.evaluation import MultiMethodRunner, evaluate, markdown_table, select_methods
-from cosme_ros.memory_build import BuildConfig, build_anomaly_parts
+from cosme_ros.tools.evaluate import MultiMethodRunner, evaluate, markdown_table, select_methods
+from cosme_ros.tools.build_memory import BuildConfig, build_anomaly_parts
 from cosme_ros.nets import build_network
 from cosme_ros.runtime.pipeline import Pipeline
 
@@ -287,7 +287,7 @@ def test_pipeline_method_auto_is_the_best_the_bundle_supports(world):
 def test_an_interrupted_evaluate_leaves_no_output(world, tmp_path, monkeypatch):
     """Killed mid-way, evaluate left an empty plots/ folder beside a complete markdown table:
     now markdown, plots and JSON are staged and renamed together."""
-    from cosme_ros import evaluation
+    from cosme_ros.tools import evaluate as evaluation
     from cosme_ros.cli.main import main
 
     real = evaluation.encode_image

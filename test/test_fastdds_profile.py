@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import ros_util
-from cosme_ros.demo import ros_environment
+from cosme_ros.tools.demo import ros_environment
 from cosme_ros.ros.dds_profile import FASTDDS_PROFILE
 from cosme_ros.paths import config_path
 

@@ -10,7 +10,7 @@ from typing import Iterator, Optional, Tuple
 PACKAGE = Path(__file__).resolve().parents[1] / "cosme_ros"
 #: Where rclpy may be imported: the ROS shell, and the two applications that start the node
 #: and talk to it over DDS (the demo and the benchmark).
-RCLPY_HOMES = ("cosme_ros.ros", "cosme_ros.demo", "cosme_ros.bench")
+RCLPY_HOMES = ("cosme_ros.ros", "cosme_ros.tools.demo", "cosme_ros.tools.bench")
 
 
 def _module(path: Path) -> str:

@@ -773,7 +773,7 @@ def test_params_file_configures_a_namespaced_node(ros, bundle_dir):
 
 
 def test_measure_node_overhead(bundle_dir):
-    from cosme_ros.ros.overhead import measure_node_overhead
+    from cosme_ros.tools.bench.overhead import measure_node_overhead
 
     result = measure_node_overhead(bundle_dir, size=(72, 128), frames=2)
     assert result["camera"] == [72, 128] and result["output_size"] == [72, 128]

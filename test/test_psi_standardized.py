@@ -334,7 +334,7 @@ def test_stats_follow_their_student(trained, tmp_path, capsys):
 def test_a_bundle_names_the_spec_auto_runs(trained, tmp_path, capsys):
     import shutil
     from cosme_ros.anomaly.method_spec import check_run_spec
-    from cosme_ros.calibration import method_key
+    from cosme_ros.runtime.thresholds import method_key
     from cosme_ros.runtime.pipeline import Pipeline
 
     path = tmp_path / "copy"

@@ -175,7 +175,7 @@ def test_refined_map_finds_the_synthetic_anomalies_with_fewer_false_alarms():
     was CosMe's (26.6 → 32.9, 0.394 → 0.445)."""
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.synth import render_frame
-    from cosme_ros.evaluation import MultiMethodRunner, select_methods
+    from cosme_ros.tools.evaluate import MultiMethodRunner, select_methods
     from cosme_ros.metrics import pixel_metrics
 
     bundle = Bundle.load(DEMO)

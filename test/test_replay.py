@@ -1,5 +1,5 @@
 """``cosme replay`` on a short synthetic drive: output bags (mcap and sqlite3), metrics against
-``cosme_ros.evaluation``, errors, compressed input, video, interruption.
+``cosme_ros.tools.evaluate``, errors, compressed input, video, interruption.
 
 Small on purpose (6 frames of 96x192, the tiny random DeepLabV3+ at 64x128, one torch thread):
 the whole file runs in well under a minute on one core.
@@ -27,7 +27,7 @@ from cosme_ros.cli.main import main
 from cosme_ros.data.drive_bag import GT_TOPIC, IMAGE_TOPIC, write_drive_bag
 from cosme_ros.data.synth import drive_frames
 from cosme_ros.runtime.pipeline import Pipeline
-from cosme_ros.replay import output_topics
+from cosme_ros.tools.replay import output_topics
 from cosme_ros.frames import codec
 from cosme_ros.frames.render import threshold_mask
 
@@ -323,7 +323,7 @@ def test_metrics_equal_evaluation(drive, expected, mcap_run, tmp_path, capsys):
     """Pooled and per-frame metrics = cosme evaluate's on the same frames (as a folder dataset)
     = metrics.pixel_metrics on the pipeline's scores; --gt-masks gives the same."""
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.evaluation import MultiMethodRunner, evaluate, select_methods
+    from cosme_ros.tools.evaluate import MultiMethodRunner, evaluate, select_methods
 
     report = mcap_run[1]
     (tmp_path / "ds" / "images").mkdir(parents=True)
@@ -536,7 +536,7 @@ def test_truncated_or_corrupt_bag(drive, tmp_path, storage, capsys):
 
 
 def test_default_bundle(monkeypatch, drive, tmp_path, capsys):
-    import cosme_ros.replay as replay_mod
+    import cosme_ros.tools.replay as replay_mod
 
     rclpy = pytest.importorskip("rclpy")  # noqa: F841
     from cosme_ros.ros.node import default_bundle_path
@@ -664,7 +664,7 @@ def test_ctrl_c_after_the_last_frame_leaves_no_output(drive, tmp_path, monkeypat
     """Ctrl-C just after the last frame left the bag and the mp4 but no JSON: now the JSON is
     written from the finished report before anything is renamed, and the outputs appear
     together. The interruption is simulated where the report becomes the JSON text."""
-    from cosme_ros import replay as replay_mod
+    from cosme_ros.tools import replay as replay_mod
 
     def interrupted(self, worst=5):
         raise KeyboardInterrupt

@@ -3,7 +3,7 @@
 Default mode: frames (``--images DIR``, or the synthetic world) go through the node's whole path
 — decode, preprocess, teacher, student, scoring, postprocess, render + encode + publish of all
 five output topics — after ``--warmup`` frames; in the same run, alternating frame by frame, the
-naive eager fp32 implementation (cosme_ros/naive.py) and a plain segmentation node (teacher +
+naive eager fp32 implementation (cosme_ros/tools/bench/naive.py) and a plain segmentation node (teacher +
 argmax). Prints a table; ``--json F`` writes every number (medians, p95, ratios, peak RSS,
 versions, CPU).
 
@@ -178,7 +178,7 @@ def print_scorer(r) -> None:
 
 
 def run(args) -> int:
-    from cosme_ros import bench
+    from cosme_ros.tools import bench
 
     if args.frames < 1 or args.warmup < 0 or args.repeats < 1:
         raise CosmeError("--frames and --repeats must be >= 1, --warmup >= 0")

@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.memory_build import (
+    from cosme_ros.tools.build_memory import (
         BuildConfig,
         build_anomaly_parts,
         checkpoint_path,
@@ -167,7 +167,7 @@ def run(args) -> int:
                     f"(never seen in the data)"
                 )
             if bundle.has_student:  # the student is already there: its Ψ statistics too
-                from cosme_ros.psi_stats import add_psi_stats, gather_psi_stats, summary
+                from cosme_ros.tools.psi_stats import add_psi_stats, gather_psi_stats, summary
 
                 stats, record = gather_psi_stats(
                     bundle,

@@ -103,7 +103,7 @@ def class_table(num_classes: int):
 def run_set_default(args) -> int:
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.registry import METHODS, build_scorer
-    from cosme_ros.calibration import threshold_key
+    from cosme_ros.runtime.thresholds import threshold_key
     from cosme_ros.errors import CosmeError
     from cosme_ros.runtime.pipeline import bundle_default_method
 

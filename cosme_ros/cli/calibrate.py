@@ -74,9 +74,10 @@ def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.anomaly.method_spec import split_methods
     from cosme_ros.bundle import Bundle
-    from cosme_ros.calibration import calibrate, describe, threshold_key
+    from cosme_ros.runtime.thresholds import threshold_key
+    from cosme_ros.tools.calibrate import calibrate, describe
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.evaluation import MultiMethodRunner, select_methods
+    from cosme_ros.tools.evaluate import MultiMethodRunner, select_methods
 
     if args.max_images is not None and args.max_images < 1:
         raise CosmeError("--max-images must be >= 1")

@@ -37,7 +37,7 @@ from cosme_ros.options import DEVICES
 
 
 def add_parser(sub) -> None:
-    from cosme_ros.demo import DEFAULT_FRAMES, DEFAULT_OUT, DEFAULT_SEED
+    from cosme_ros.tools.demo import DEFAULT_FRAMES, DEFAULT_OUT, DEFAULT_SEED
 
     p = sub.add_parser(
         "demo",
@@ -93,7 +93,7 @@ def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the node is st
 
 def run(args) -> int:
     from cosme_ros import atomic
-    from cosme_ros.demo import DemoOptions, format_result, run_demo
+    from cosme_ros.tools.demo import DemoOptions, format_result, run_demo
 
     if args.json:
         atomic.check_writable(args.json, args.force)

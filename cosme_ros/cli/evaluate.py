@@ -95,7 +95,7 @@ def run(args) -> int:
     from cosme_ros.anomaly.method_spec import split_methods
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
-    from cosme_ros.evaluation import (
+    from cosme_ros.tools.evaluate import (
         MultiMethodRunner,
         evaluate,
         markdown_table,

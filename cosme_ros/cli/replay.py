@@ -179,7 +179,7 @@ def _load_pipeline(args):
     from cosme_ros.bundle import Bundle
     from cosme_ros.errors import MissingPartError
     from cosme_ros.runtime.pipeline import Pipeline
-    from cosme_ros.replay import default_bundle_path
+    from cosme_ros.tools.replay import default_bundle_path
 
     path = Path(args.bundle) if args.bundle else default_bundle_path()
     if not args.bundle and not path.is_dir():
@@ -211,8 +211,15 @@ def run(args) -> int:
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.registry import METHODS
     from cosme_ros.options import AUTO_METHOD
-    from cosme_ros.calibration import resolve_threshold
-    from cosme_ros.replay import Bag, ReplayOptions, check_bag, check_options, format_report, replay
+    from cosme_ros.runtime.thresholds import resolve_threshold
+    from cosme_ros.tools.replay import (
+        Bag,
+        ReplayOptions,
+        check_bag,
+        check_options,
+        format_report,
+        replay,
+    )
 
     try:
         check_run_spec(args.method, (AUTO_METHOD, *METHODS))

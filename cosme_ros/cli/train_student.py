@@ -12,7 +12,7 @@ BatchNorm, and computes what one process with batch B computes. Checkpoints go t
 gives the same weights as an uninterrupted run. They are removed once the student is written.
 
 Then, when the bundle has an anomaly part, one pass of teacher and student over the same images
-gathers the Ψ statistics that ``auxcon[standardize=true]`` needs (:mod:`cosme_ros.psi_stats`);
+gathers the Ψ statistics that ``auxcon[standardize=true]`` needs (:mod:`cosme_ros.tools.psi_stats`);
 ``--stats-only`` runs just that pass for the bundle's existing student.
 """
 
@@ -232,7 +232,7 @@ def run(args) -> int:
 
 
 def _psi_stats(args, bundle, dataset, device: str) -> None:
-    from cosme_ros.psi_stats import add_psi_stats, gather_psi_stats, summary
+    from cosme_ros.tools.psi_stats import add_psi_stats, gather_psi_stats, summary
 
     stats, record = gather_psi_stats(
         bundle, dataset, device=device, max_images=args.max_images, batch=args.batch

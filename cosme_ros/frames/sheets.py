@@ -70,9 +70,6 @@ def contact_sheet(rows: Sequence[np.ndarray], gap: int = 3) -> np.ndarray:
     return np.concatenate(parts, 0)
 
 
-# typical round trip): an output nobody matched yet is not computed
-
-
 def side_by_side(*panels: np.ndarray) -> np.ndarray:
     """Panels in one row at the height of the last one (``replay``'s video: camera |
     segmentation | heatmap, where the camera may be larger than the output maps)."""

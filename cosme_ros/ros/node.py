@@ -589,7 +589,7 @@ class CosmeNode(Node):
 
     def _calibrated_threshold(self, s: Settings) -> Tuple[str, Optional[float]]:
         """The bundle's threshold for the method as the node runs it (refinement included)."""
-        from cosme_ros.calibration import resolve_threshold
+        from cosme_ros.runtime.thresholds import resolve_threshold
 
         key, value = resolve_threshold(self.pipeline.bundle, s.method, s.refine_options())
         if parse_threshold(self._param("anomaly_threshold")) is not None:

@@ -25,15 +25,15 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from .anomaly import consensus
-from .anomaly.parts import psi_key
-from .anomaly.scorers import predicted_classes
-from .anomaly.standardize import ClassStats, ClassStatsAccumulator
-from .bundle import Bundle
-from .data.datasets import prefetched_batches, subset_indices
-from .errors import CosmeError
-from .nets.taps import ALL_TAPS, O, ordered
-from .runtime.networks import Networks
+from cosme_ros.anomaly import consensus
+from cosme_ros.anomaly.parts import psi_key
+from cosme_ros.anomaly.scorers import predicted_classes
+from cosme_ros.anomaly.standardize import ClassStats, ClassStatsAccumulator
+from cosme_ros.bundle import Bundle
+from cosme_ros.data.datasets import prefetched_batches, subset_indices
+from cosme_ros.errors import CosmeError
+from cosme_ros.nets.taps import ALL_TAPS, O, ordered
+from cosme_ros.runtime.networks import Networks
 
 __all__ = ["consensus_layer_sets", "gather_psi_stats", "add_psi_stats"]
 

@@ -4,7 +4,7 @@
 through the node's path (:meth:`CosmeNode` does exactly these steps: cheap header check, decode
 to RGB, pipeline, :func:`~cosme_ros.frames.render.render_outputs` for all five images, encode to
 ``sensor_msgs/Image``, publish) — and reports per-stage medians in milliseconds. ``cosme bench``
-can call it; ``python -m cosme_ros.ros.overhead --bundle B`` prints it.
+can call it; ``python -m cosme_ros.tools.bench.overhead --bundle B`` prints it.
 
 Publishing goes through real rclpy publishers in a private context (localhost discovery, a
 random domain id) with no subscriber matched: it counts the message conversion and the rmw
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import statistics
 import sys
 import time
@@ -45,40 +43,22 @@ def _median_ms(samples: Sequence[float]) -> float:
 
 
 class Publishers:
-    """rclpy publishers for the five outputs in a private, localhost-only context."""
+    """rclpy publishers for the five outputs in a private, localhost-only session
+    (:class:`~cosme_ros.ros.session.LocalSession`) on a domain of their own."""
 
     def __init__(self):
-        import rclpy
         from sensor_msgs.msg import Image
 
-        keys = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY")
-        old = {k: os.environ.get(k) for k in keys}
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # nothing leaves loopback
-        os.environ["ROS_STATIC_PEERS"] = ""
-        os.environ.pop("ROS_LOCALHOST_ONLY", None)
-        try:
-            self.context = rclpy.Context()
-            rclpy.init(
-                context=self.context,
-                domain_id=random.SystemRandom().randint(150, 200),
-                signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
-            )
-            self.node = rclpy.create_node("cosme_overhead", context=self.context)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        from cosme_ros.ros.session import LocalSession, random_domain_id
+
+        self.session = LocalSession("cosme_overhead", domain_id=random_domain_id(150, 200))
         self.pub = {
-            k: self.node.create_publisher(Image, topic, 1) for k, (topic, _) in OUTPUTS.items()
+            k: self.session.node.create_publisher(Image, topic, 1)
+            for k, (topic, _) in OUTPUTS.items()
         }
 
     def close(self) -> None:
-        import rclpy
-
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        self.session.close()
 
 
 def measure_node_overhead(
@@ -194,7 +174,7 @@ def _size(text: str) -> Tuple[int, int]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cosme_ros.ros.overhead",
+        prog="python -m cosme_ros.tools.bench.overhead",
         description="Time cosme_node's decode/draw/encode/publish path against the pipeline.",
     )
     parser.add_argument("--bundle", required=True)

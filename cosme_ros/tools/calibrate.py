@@ -8,11 +8,12 @@ threshold is the ``(1 − fpr)`` quantile of their scores (``method="higher"``: 
 the sampled pixels are above it). Images with anomaly labels contribute their label-0 pixels only,
 and the anomaly pixels give the true-positive rate at that threshold, which is reported beside it.
 
-Scores are computed as the node computes them — :class:`~cosme_ros.evaluation.MultiMethodRunner`
+Scores are computed as the node computes them — :class:`~cosme_ros.tools.evaluate.MultiMethodRunner`
 with the node's precision, at each image's own resolution — and a seeded, evenly spread sample
 of at most ``pixels_per_image`` in-distribution pixels per image keeps memory bounded.
 
-The bundle stores them under ``thresholds`` in its manifest, keyed by :func:`threshold_key`;
+The bundle stores them under ``thresholds`` in its manifest, keyed by
+:func:`~cosme_ros.runtime.thresholds.threshold_key`;
 rebuilding the memory or the student removes them (they were measured on the old parts).
 """
 
@@ -23,50 +24,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from cosme_ros.anomaly.method_spec import canonical, parse_method
-from cosme_ros.anomaly.refine import DEFAULT_EPS, DEFAULT_RADIUS
 from cosme_ros.data.datasets import Dataset, subset_indices
 from cosme_ros.errors import CosmeError
 
 DEFAULT_FPR = 0.01
 PIXELS_PER_IMAGE = 20000
 
-__all__ = ["threshold_key", "method_key", "resolve_threshold", "calibrate", "DEFAULT_FPR"]
-
-
-def threshold_key(spec: str) -> str:
-    """The bundle's key for a method spec: its canonical text, refinement options that equal
-    their defaults left out — ``cosme[refine=guided,refine_radius=8]`` → ``cosme[refine=guided]``,
-    ``cosme[refine=none]`` → ``cosme``."""
-    name, options = parse_method(spec)
-    options = dict(options)
-    if options.get("refine") == "none":
-        options.pop("refine")
-    if "refine" not in options:
-        options.pop("refine_radius", None)
-        options.pop("refine_eps", None)
-    if options.get("refine_radius") == DEFAULT_RADIUS:
-        options.pop("refine_radius")
-    if options.get("refine_eps") == DEFAULT_EPS:
-        options.pop("refine_eps")
-    return canonical(name, options)
-
-
-def method_key(method: str, refine: Optional[Mapping[str, object]] = None) -> str:
-    """:func:`threshold_key` of a method as the node and replay run it: its spec (name and
-    scorer options, e.g. ``cosme[consensus=c4]``) and the Pipeline's refinement keywords
-    (``{}`` or ``{"refine": "guided", "refine_radius": 8, …}``)."""
-    name, options = parse_method(method)
-    options = {**options, **{k: v for k, v in (refine or {}).items() if v is not None}}
-    return threshold_key(canonical(name, options))
-
-
-def resolve_threshold(
-    bundle, method: str, refine: Optional[Mapping[str, object]] = None
-) -> Tuple[str, Optional[float]]:
-    """(key, the bundle's calibrated threshold for it or None)."""
-    key = method_key(method, refine)
-    return key, bundle.threshold(key)
+__all__ = ["calibrate", "describe", "DEFAULT_FPR"]
 
 
 def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
