@@ -18,11 +18,11 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main as cosme_main
 from cosme_ros.data.datasets import open_dataset
 from cosme_ros.errors import CosmeError
+from cosme_ros.distributed import local_slice
 from cosme_ros.tools.build_memory import (
     BuildConfig,
     build_anomaly_parts,
     global_schedule,
-    local_slice,
 )
 from cosme_ros.runtime.pipeline import Pipeline
 

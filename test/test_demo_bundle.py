@@ -31,7 +31,7 @@ def test_shipped_demo_bundle_fits_in_30_mb():
 def test_shipped_teacher_miou_on_the_val_split_is_its_record():
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.synth import render_frame
-    from cosme_ros.train.loop import Distributed
+    from cosme_ros.distributed import Distributed
     from cosme_ros.train.teacher import Evaluator
 
     bundle = Bundle.load(DEMO)

@@ -197,7 +197,7 @@ def student_args(bundle, scenes, *extra):
 
 
 def test_train_student_writes_a_loadable_student(tmp_path, scenes):
-    from cosme_ros.train.loop import Distributed
+    from cosme_ros.distributed import Distributed
     from cosme_ros.train.student import train_student
     from cosme_ros.data.datasets import open_dataset
 
@@ -330,7 +330,9 @@ def one_step_gradients(rank: int, world: int, port: int, kind: str, workdir: str
             LOCAL_RANK=str(rank),
             GLOO_SOCKET_IFNAME="lo",
         )
-    ctx = loop.Distributed.from_environment("cpu")
+    from cosme_ros.distributed import Distributed
+
+    ctx = Distributed.from_environment("cpu")
     workdir = Path(workdir)
     size = (64, 128)
     cfg = AugmentConfig(size=size)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import distributed
 from ..nets.taps import Taps
 
 __all__ = [
@@ -244,55 +245,6 @@ def _seed_for(*parts) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def _dist_active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _comm_device() -> torch.device:
-    """NCCL only moves CUDA tensors; gloo (and the rest) CPU ones."""
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_gather_rows(rows: Tensor) -> Tensor:
-    """Concatenate (n_r, C) tensors of every rank in rank order; n_r may differ between ranks."""
-    dist = torch.distributed
-    world = dist.get_world_size()
-    dev = _comm_device()
-    local = rows.to(dev)
-    n = torch.tensor([local.shape[0]], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_i = [int(s.item()) for s in sizes]
-    n_max = max(sizes_i)
-    if n_max == 0:
-        return rows[:0]
-    padded = torch.zeros((n_max,) + tuple(local.shape[1:]), dtype=local.dtype, device=dev)
-    padded[: local.shape[0]] = local
-    bufs = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(bufs, padded)
-    return torch.cat([buf[:s] for buf, s in zip(bufs, sizes_i)]).to(rows.device)
-
-
-def _all_gather_ints(values: Sequence[int]) -> List[List[int]]:
-    dist = torch.distributed
-    dev = _comm_device()
-    local = torch.tensor(list(values), dtype=torch.int64, device=dev)
-    bufs = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(bufs, local)
-    return [b.tolist() for b in bufs]
-
-
-def _all_reduce_sum_(t: Tensor) -> Tensor:
-    dev = _comm_device()
-    buf = t.to(dev)
-    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
-    if buf is not t:
-        t.copy_(buf)
-    return t
-
-
 class MulMemBuilder:
     """Streaming builder of the MulMem prototypes: Algorithm 1, then Algorithm 2.
 
@@ -487,10 +439,10 @@ class MulMemBuilder:
             raise KeyError(f"memory layer(s) {missing} not among the taps {sorted(taps)}")
         step = self._init_steps
         local_b = int(taps[self.layers[0]].shape[0])
-        dist = _dist_active()
+        dist = distributed.active()
         first_image = 0
         if dist:
-            sizes = [s[0] for s in _all_gather_ints([local_b])]
+            sizes = [s[0] for s in distributed.all_gather_ints([local_b])]
             first_image = sum(sizes[: torch.distributed.get_rank()])
         for li, layer in enumerate(self.layers):
             feats = taps[layer]
@@ -511,7 +463,7 @@ class MulMemBuilder:
                 continue  # identical on every rank: the state is replicated
             cand = self._candidates(feats, step, li, first_image)
             if dist:
-                cand = _all_gather_rows(cand)
+                cand = distributed.all_gather_rows(cand)
             # "a random vector of a random image": shuffle the step's candidates across images
             g = torch.Generator().manual_seed(_seed_for(self.seed, step, li, "order"))
             order = torch.randperm(cand.shape[0], generator=g).to(cand.device)
@@ -567,7 +519,7 @@ class MulMemBuilder:
         missing = [l for l in self.layers if l not in taps]
         if missing:
             raise KeyError(f"memory layer(s) {missing} not among the taps {sorted(taps)}")
-        dist = _dist_active()
+        dist = distributed.active()
         for layer in self.layers:
             buf = self._protos[layer]
             assert buf is not None
@@ -575,8 +527,8 @@ class MulMemBuilder:
             protos = buf[:n]
             sums, counts = self._assign_sums(taps[layer].to(buf.device), protos)
             if dist:
-                _all_reduce_sum_(sums)
-                _all_reduce_sum_(counts)
+                distributed.all_reduce_sum_(sums)
+                distributed.all_reduce_sum_(counts)
             buf[:n] = momentum_update(protos, sums, counts, self.momentum)
             usage = self._usage[layer]
             self._usage[layer] = counts.cpu() if usage is None else usage + counts.cpu()

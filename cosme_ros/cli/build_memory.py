@@ -96,12 +96,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
     from cosme_ros.data.datasets import open_dataset
+    from cosme_ros.distributed import Distributed
     from cosme_ros.tools.build_memory import (
         BuildConfig,
         build_anomaly_parts,
         checkpoint_path,
-        init_distributed,
-        shutdown_distributed,
     )
 
     bundle = Bundle.load(args.bundle)
@@ -131,10 +130,10 @@ def run(args) -> int:
     )
     dataset = open_dataset(args.data, args.split)
 
-    ctx = init_distributed(args.device)
+    ctx = Distributed.from_environment(args.device)
     say = print if ctx.is_main else (lambda *_a, **_k: None)
     try:
-        say(dataset.describe() + (f" ({ctx.world} processes)" if ctx.world > 1 else ""))
+        say(dataset.describe() + (f" ({ctx.world_size} processes)" if ctx.world_size > 1 else ""))
         for note in dataset.notes:
             say(f"note: {note}")
         ckpt = checkpoint_path(bundle)
@@ -184,11 +183,11 @@ def run(args) -> int:
                 )
             if args.json:
                 write_json(args.json, {"bundle": str(bundle.path), **r})
-        if ctx.world > 1:
+        if ctx.world_size > 1:
             import torch.distributed as dist
 
             dist.barrier()
     finally:
-        shutdown_distributed(ctx)
+        ctx.close()
     sys.stdout.flush()
     return 0

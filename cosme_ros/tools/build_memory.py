@@ -28,7 +28,8 @@ One teacher, one dataset, three passes (docs/ARCHITECTURE.md):
 Images are preprocessed by :meth:`cosme_ros.runtime.pipeline.Pipeline.preprocess` (resized to the bundle's
 input size, normalised) and the teacher runs in eval mode under ``torch.inference_mode``.
 
-**Distributed** (``torchrun --nproc_per_node N``; :func:`init_distributed`): every pass follows
+**Distributed** (``torchrun --nproc_per_node N``; :class:`cosme_ros.distributed.Distributed`):
+every pass follows
 one global schedule — a seeded permutation of the images cut into global batches of ``batch``
 images — and rank r takes the r-th contiguous slice of each global batch
 (``numpy.array_split``, rank order). That is exactly :class:`MulMemBuilder`'s documented
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from cosme_ros import __version__, atomic
+from cosme_ros import __version__, atomic, distributed
 from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
@@ -76,13 +76,9 @@ from cosme_ros.runtime.networks import Networks
 __all__ = [
     "BuildConfig",
     "BuildResult",
-    "DistContext",
-    "init_distributed",
-    "shutdown_distributed",
     "build_anomaly_parts",
     "checkpoint_path",
     "global_schedule",
-    "local_slice",
 ]
 
 PANS_LABELS = ("auto", "labels", "pseudo")
@@ -148,62 +144,6 @@ class BuildResult:
 # ----------------------------------------------------------------------------- distributed
 
 
-@dataclass
-class DistContext:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _dist_active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def init_distributed(device: str) -> DistContext:
-    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1): gloo on the CPU,
-    nccl on CUDA (one GPU per local rank). A single process, or an already initialised group, is
-    used as is."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if _dist_active():
-        return DistContext(
-            torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
-        )
-    if world <= 1:
-        return DistContext()
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return DistContext(
-        torch.distributed.get_rank(),
-        torch.distributed.get_world_size(),
-        local_rank,
-        initialized_here=True,
-    )
-
-
-def shutdown_distributed(ctx: DistContext) -> None:
-    if ctx.initialized_here and _dist_active():
-        torch.distributed.destroy_process_group()
-
-
-def _barrier() -> None:
-    if _dist_active():
-        torch.distributed.barrier()
-
-
-def _world() -> Tuple[int, int]:
-    if _dist_active():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 # ----------------------------------------------------------------------------- schedule
 
 
@@ -214,11 +154,6 @@ def global_schedule(
     chunks of ``batch`` image indices. The same on every rank and for any number of ranks."""
     order = np.random.default_rng([seed, phase, index]).permutation(n) if shuffle else np.arange(n)
     return [order[i : i + batch] for i in range(0, n, batch)]
-
-
-def local_slice(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """Rank r's part of a global batch: the r-th contiguous chunk (rank order), maybe empty."""
-    return np.array_split(global_batch, world)[rank]
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -347,7 +282,7 @@ def build_anomaly_parts(
     Collective under ``torch.distributed``: every rank calls it with the same arguments and
     gets the same result. ``log`` and progress bars are used on rank 0 only.
     """
-    rank, world = _world()
+    rank, world = distributed.world()
     main = rank == 0
     say = log if main else (lambda _msg: None)
     subset = subset_indices(len(dataset), config.max_images)  # spread over the dataset
@@ -394,7 +329,7 @@ def build_anomaly_parts(
     def save(epochs: int) -> None:
         if checkpoint is not None and main:
             _save_checkpoint(checkpoint, builder, fingerprint, epochs)
-        _barrier()
+        distributed.barrier()
 
     def bar(total: int, desc: str):
         return tqdm(
@@ -417,7 +352,7 @@ def build_anomaly_parts(
             ]
             with bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
                 for schedule in steps:
-                    local = [subset[local_slice(b, rank, world)] for b in schedule]
+                    local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
                     for samples in prefetched_batches(dataset, local, pool):
                         done = builder.init_step(teacher(samples, layers))
                         pbar.update(1)
@@ -452,7 +387,7 @@ def build_anomaly_parts(
         # ---- Algorithm 2
         for epoch in range(epochs_done, config.epochs):
             schedule = global_schedule(n, config.batch, config.seed, 1, epoch)
-            local = [subset[local_slice(b, rank, world)] for b in schedule]
+            local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
             with bar(len(local), f"Algorithm 2 (epoch {epoch + 1}/{config.epochs})") as pbar:
                 for samples in prefetched_batches(dataset, local, pool):
                     builder.learn_step(teacher(samples, layers))
@@ -469,7 +404,7 @@ def build_anomaly_parts(
         acc_pans: Optional[ClassPrototypeAccumulator] = None
         void = torch.tensor(sorted(bundle.void_classes), dtype=torch.long, device=teacher.device)
         schedule = global_schedule(n, config.batch, config.seed, 2, 0, shuffle=False)
-        local = [subset[local_slice(b, rank, world)] for b in schedule]
+        local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
         with bar(len(local), "statistics (MulMem, SML, PAnS)") as pbar, torch.inference_mode():
             for samples in prefetched_batches(dataset, local, pool):
                 taps = teacher(samples, taps_needed)

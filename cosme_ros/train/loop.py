@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -47,12 +46,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from cosme_ros import atomic
+from cosme_ros.distributed import Distributed, all_reduce_sum
 from cosme_ros.errors import CosmeError
 
 CHECKPOINT_FORMAT = "cosme-train-checkpoint"
@@ -88,29 +87,6 @@ def default_warmup(total_steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------- distribution
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over processes: the gradient of a sum is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum of ``x`` over all processes (differentiable); ``x`` itself when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _AllReduceSum.apply(x)
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -180,64 +156,6 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     for name, child in list(module.named_children()):
         setattr(module, name, convert_sync_batchnorm(child, device))
     return module
-
-
-@dataclass
-class Distributed:
-    """This process's place in a ``torchrun`` job (world size 1 without one)."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @classmethod
-    def from_environment(cls, device: str = "auto") -> "Distributed":
-        """Join the process group that ``torchrun`` describes in the environment (gloo on the CPU,
-        NCCL on CUDA) and pick this process's device."""
-        from cosme_ros.runtime.networks import resolve_device
-
-        dev = resolve_device(device)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls(0, 1, dev)
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local_rank)
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return cls(rank, world, dev)
-
-    def shard(self, indices: np.ndarray) -> np.ndarray:
-        """This process's contiguous part of a global batch."""
-        return np.array_split(indices, self.world_size)[self.rank]
-
-    def sum(self, x: Tensor) -> Tensor:
-        """Sum over processes (differentiable)."""
-        return all_reduce_sum(x) if self.enabled else x
-
-    def share(self, local_mean: Tensor, local_count: int, global_count: int) -> Tensor:
-        """This process's part of a global-batch mean, scaled for DDP's gradient average:
-        ``local_mean · local_count · world / global_count`` (the plain mean in one process)."""
-        if not self.enabled and local_count == global_count:
-            return local_mean
-        return local_mean * (local_count * self.world_size / global_count)
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def setup_threads(threads: Optional[int]) -> int:

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cosme_ros.distributed import Distributed
 from cosme_ros.anomaly.consensus import DISTILLATION_LAYERS, distillation_loss
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.student import Student
 from cosme_ros.data.datasets import subset_indices
 from cosme_ros.train.augment import AugmentConfig, augment, shrink_for_training
 from cosme_ros.train.loop import (
-    Distributed,
     FitResult,
     LoopSettings,
     PreparedSamples,

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, IGNORE_ID
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
+from cosme_ros.distributed import Distributed
 from cosme_ros.errors import CosmeError
 from cosme_ros.metrics import iou_from_confusion
 from cosme_ros.nets.checkpoints import load_strict
@@ -53,7 +54,6 @@ from cosme_ros.nets.mobilenetv2 import (
 from cosme_ros.data.datasets import subset_indices
 from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval, shrink_for_training
 from cosme_ros.train.loop import (
-    Distributed,
     FitResult,
     LoopSettings,
     PreparedSamples,
