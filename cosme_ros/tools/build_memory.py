@@ -52,7 +52,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -264,6 +264,46 @@ class _Teacher:
         return self.networks.teacher_forward(x, taps)
 
 
+@dataclass
+class _Pass:
+    """What every pass over the data shares: this rank's slice of each global batch, the
+    teacher, the prefetching pool and rank-0-only logging and progress bars."""
+
+    dataset: Dataset
+    subset: np.ndarray
+    config: BuildConfig
+    teacher: "_Teacher"
+    pool: Optional[ThreadPoolExecutor]
+    progress: bool
+    say: Callable[[str], None]
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def batches(self, phase: int, index: int, shuffle: bool = True) -> List[np.ndarray]:
+        """This rank's image indices of each global batch of one pass (:func:`global_schedule`)."""
+        schedule = global_schedule(
+            len(self.subset), self.config.batch, self.config.seed, phase, index, shuffle
+        )
+        return [self.subset[distributed.local_slice(b, self.rank, self.world)] for b in schedule]
+
+    def samples(self, local: List[np.ndarray]):
+        return prefetched_batches(self.dataset, local, self.pool)
+
+    def bar(self, total: int, desc: str):
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="batch",
+            disable=not (self.progress and self.main),
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+
 def build_anomaly_parts(
     bundle: Bundle,
     dataset: Dataset,
@@ -283,31 +323,14 @@ def build_anomaly_parts(
     gets the same result. ``log`` and progress bars are used on rank 0 only.
     """
     rank, world = distributed.world()
-    main = rank == 0
-    say = log if main else (lambda _msg: None)
+    say = log if rank == 0 else (lambda _msg: None)
     subset = subset_indices(len(dataset), config.max_images)  # spread over the dataset
-    n = len(subset)
-    all_names = dataset.names
-    names = [all_names[i] for i in subset]
-    layers = config.layers
-
-    use_labels = config.pans_labels == "labels" or (
-        config.pans_labels == "auto" and dataset.has_semantic and _labels_are_trainids(bundle)
-    )
-    if use_labels and not dataset.has_semantic:
-        raise CosmeError(
-            f"--pans-labels labels: dataset {data_spec or dataset.root} has no " f"semantic labels"
-        )
-    if use_labels and not _labels_are_trainids(bundle):
-        raise CosmeError(
-            f"--pans-labels labels: the bundle's classes are not the Cityscapes "
-            f"trainIds the dataset labels use ({bundle.class_names[:3]}…)"
-        )
-
+    names = [dataset.names[i] for i in subset]
+    use_labels = _use_labels(bundle, dataset, config, data_spec)
     teacher = _Teacher(bundle, device, config.input_size)
     fingerprint = _fingerprint(bundle, dataset, names, config, data_spec)
     builder = MulMemBuilder(
-        layers,
+        config.layers,
         config.k,
         tau=config.tau,
         momentum=config.momentum,
@@ -327,150 +350,31 @@ def build_anomaly_parts(
         say(f"no checkpoint at {checkpoint}: starting from the beginning")
 
     def save(epochs: int) -> None:
-        if checkpoint is not None and main:
+        if checkpoint is not None and rank == 0:
             _save_checkpoint(checkpoint, builder, fingerprint, epochs)
         distributed.barrier()
 
-    def bar(total: int, desc: str):
-        return tqdm(
-            total=total,
-            desc=desc,
-            unit="batch",
-            disable=not (progress and main),
-            dynamic_ncols=True,
-            leave=False,
-        )
-
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+    run = _Pass(dataset, subset, config, teacher, pool, progress, say, rank, world)
     try:
-        # ---- Algorithm 1
         if epochs_done < 0:
-            done = False
-            steps = [
-                global_schedule(n, config.batch, config.seed, 0, p)
-                for p in range(config.init_passes)
-            ]
-            with bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
-                for schedule in steps:
-                    local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
-                    for samples in prefetched_batches(dataset, local, pool):
-                        done = builder.init_step(teacher(samples, layers))
-                        pbar.update(1)
-                        pbar.set_postfix(protos=min(builder.counts().values()))
-                        if done:
-                            break
-                    if done:
-                        break
-            if not done:
-                try:
-                    builder.finish_init()
-                except RuntimeError as exc:
-                    raise CosmeError(
-                        f"Algorithm 1: {exc} ({n} image(s) from " f"{data_spec or dataset.root})"
-                    ) from None
+            memory_init(run, builder, data_spec or str(dataset.root))
             epochs_done = 0
             save(0)
-        shortfall = {k: int(v) for k, v in builder.shortfall().items()}
-        if any(shortfall.values()):
-            say(
-                "Algorithm 1 ran out of data before K = {}: {} (the memory keeps what was "
-                "found; more images or --init-passes give more candidates)".format(
-                    config.k,
-                    ", ".join(
-                        f"{layer} has {c}"
-                        for layer, c in builder.counts().items()
-                        if shortfall[layer]
-                    ),
-                )
-            )
-
-        # ---- Algorithm 2
+        shortfall = _report_shortfall(run, builder)
         for epoch in range(epochs_done, config.epochs):
-            schedule = global_schedule(n, config.batch, config.seed, 1, epoch)
-            local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
-            with bar(len(local), f"Algorithm 2 (epoch {epoch + 1}/{config.epochs})") as pbar:
-                for samples in prefetched_batches(dataset, local, pool):
-                    builder.learn_step(teacher(samples, layers))
-                    pbar.update(1)
+            memory_learn(run, builder, epoch)
             save(epoch + 1)
-
-        # ---- statistics
-        memory = {k: v.to(teacher.device) for k, v in builder.prototypes().items()}
-        taps_needed = tuple(t for t in ALL_TAPS if t in set(layers) | {LH, O})
-        num_classes = bundle.num_classes
-        align = bundle.teacher_align_corners  # resize the teacher's outputs as the scorers do
-        acc_mulmem = ClassStatsAccumulator(num_classes)
-        acc_sml = ClassStatsAccumulator(num_classes)
-        acc_pans: Optional[ClassPrototypeAccumulator] = None
-        void = torch.tensor(sorted(bundle.void_classes), dtype=torch.long, device=teacher.device)
-        schedule = global_schedule(n, config.batch, config.seed, 2, 0, shuffle=False)
-        local = [subset[distributed.local_slice(b, rank, world)] for b in schedule]
-        with bar(len(local), "statistics (MulMem, SML, PAnS)") as pbar, torch.inference_mode():
-            for samples in prefetched_batches(dataset, local, pool):
-                taps = teacher(samples, taps_needed)
-                if taps[O].shape[1] != num_classes:
-                    raise CosmeError(
-                        f"{bundle.path}: the teacher outputs {taps[O].shape[1]} "
-                        f"classes but the manifest names {num_classes}"
-                    )
-                if acc_pans is None:
-                    acc_pans = ClassPrototypeAccumulator(num_classes, int(taps[LH].shape[1]))
-                gamma, classes = mulmem_gamma(taps, memory, layers, align)
-                acc_mulmem.update(gamma, classes)
-                for i, sample in enumerate(samples):
-                    size = sample.image.shape[:2]
-                    values, cls = baselines.max_logit(resize(taps[O][i : i + 1], size, align))
-                    acc_sml.update(values, cls)
-                    if use_labels:
-                        label = torch.from_numpy(sample.semantic).to(teacher.device)[None]
-                        acc_pans.update(taps[LH][i : i + 1], label)
-                if not use_labels:
-                    pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]), align)
-                    acc_pans.update(taps[LH], pseudo, ~torch.isin(pseudo, void))
-                pbar.update(1)
+        stats = gather_statistics(run, bundle, builder.prototypes(), use_labels)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-
-    for acc in (acc_mulmem, acc_sml, acc_pans):
-        acc.all_reduce()
-    try:
-        mulmem_stats = acc_mulmem.finalize()
-        sml_stats = acc_sml.finalize()
-    except ValueError as exc:
-        raise CosmeError(f"statistics: {exc}") from None
-    pans_protos = acc_pans.finalize()
-    if not bool((pans_protos.norm(dim=1) > 0).any()):
+    if not bool((stats["pans"].norm(dim=1) > 0).any()):
         raise CosmeError(
             f"PAnS: no pixel of any class was seen in {data_spec or dataset.root} "
             f"({'labels' if use_labels else 'pseudo-labels'}); cannot build "
             f"class prototypes"
         )
-
-    consensus = bundle.manifest.get("anomaly", {}).get("consensus_layers") or list(CONSENSUS_LAYERS)
-    parts = AnomalyParts(
-        memory={k: v.cpu() for k, v in builder.prototypes().items()},
-        memory_layers=layers,
-        mulmem_stats=mulmem_stats,
-        sml_stats=sml_stats,
-        pans_prototypes=pans_protos,
-        has_student=bundle.has_student,
-        consensus_layers=tuple(consensus),
-    )
-    # What the bundle reader will do, now: a part that would not load is never written.
-    AnomalyParts.from_tensors(
-        parts.to_tensors(),
-        has_student=bundle.has_student,
-        memory_layers=layers,
-        consensus_layers=parts.consensus_layers,
-    )
-
-    counts = builder.counts()
-    unseen = [
-        bundle.class_names[c]
-        for c in range(num_classes)
-        if float(pans_protos[c].norm()) == 0 and c not in bundle.void_classes
-    ]
     build = {
         "k": config.k,
         "tau": config.tau,
@@ -482,9 +386,9 @@ def build_anomaly_parts(
         "init_passes": config.init_passes,
         "data": data_spec,
         "split": dataset.split,
-        "images": n,
+        "images": len(subset),
         "input_size": list(teacher.input_size),
-        "prototypes": {k: int(v) for k, v in counts.items()},
+        "prototypes": {k: int(v) for k, v in builder.counts().items()},
         "shortfall": shortfall,
         "init_steps": builder.init_steps,
         "learn_steps": builder.learn_steps,
@@ -494,6 +398,149 @@ def build_anomaly_parts(
         "resumed": resumed,
         "cosme_ros": __version__,
     }
+    return _result(bundle, builder, stats, build)
+
+
+def _use_labels(bundle: Bundle, dataset: Dataset, config: BuildConfig, data_spec: str) -> bool:
+    """Whether PAnS's class prototypes come from the dataset's labels (else: pseudo-labels)."""
+    use = config.pans_labels == "labels" or (
+        config.pans_labels == "auto" and dataset.has_semantic and _labels_are_trainids(bundle)
+    )
+    if use and not dataset.has_semantic:
+        raise CosmeError(
+            f"--pans-labels labels: dataset {data_spec or dataset.root} has no semantic labels"
+        )
+    if use and not _labels_are_trainids(bundle):
+        raise CosmeError(
+            f"--pans-labels labels: the bundle's classes are not the Cityscapes "
+            f"trainIds the dataset labels use ({bundle.class_names[:3]}…)"
+        )
+    return use
+
+
+def memory_init(run: _Pass, builder: MulMemBuilder, source: str) -> None:
+    """Algorithm 1: τ-diverse prototype candidates until every layer holds K (or the data ends)."""
+    config = run.config
+    done = False
+    steps = [run.batches(0, p) for p in range(config.init_passes)]
+    with run.bar(sum(len(s) for s in steps), "Algorithm 1 (memory init)") as pbar:
+        for local in steps:
+            for samples in run.samples(local):
+                done = builder.init_step(run.teacher(samples, config.layers))
+                pbar.update(1)
+                pbar.set_postfix(protos=min(builder.counts().values()))
+                if done:
+                    break
+            if done:
+                break
+    if not done:
+        try:
+            builder.finish_init()
+        except RuntimeError as exc:
+            raise CosmeError(
+                f"Algorithm 1: {exc} ({len(run.subset)} image(s) from {source})"
+            ) from None
+
+
+def _report_shortfall(run: _Pass, builder: MulMemBuilder) -> Dict[str, int]:
+    shortfall = {k: int(v) for k, v in builder.shortfall().items()}
+    if any(shortfall.values()):
+        run.say(
+            "Algorithm 1 ran out of data before K = {}: {} (the memory keeps what was "
+            "found; more images or --init-passes give more candidates)".format(
+                run.config.k,
+                ", ".join(
+                    f"{layer} has {c}" for layer, c in builder.counts().items() if shortfall[layer]
+                ),
+            )
+        )
+    return shortfall
+
+
+def memory_learn(run: _Pass, builder: MulMemBuilder, epoch: int) -> None:
+    """One epoch of Algorithm 2: nearest-prototype momentum updates."""
+    local = run.batches(1, epoch)
+    with run.bar(len(local), f"Algorithm 2 (epoch {epoch + 1}/{run.config.epochs})") as pbar:
+        for samples in run.samples(local):
+            builder.learn_step(run.teacher(samples, run.config.layers))
+            pbar.update(1)
+
+
+def gather_statistics(
+    run: _Pass, bundle: Bundle, prototypes: Mapping[str, Tensor], use_labels: bool
+) -> Dict[str, Any]:
+    """One pass for the class statistics of MulMem's Γ and SML's max logit and PAnS's class
+    prototypes, reduced over the ranks: ``{"mulmem": ClassStats, "sml": ClassStats, "pans":
+    (classes, C) prototypes}``."""
+    teacher, layers = run.teacher, run.config.layers
+    memory = {k: v.to(teacher.device) for k, v in prototypes.items()}
+    taps_needed = tuple(t for t in ALL_TAPS if t in set(layers) | {LH, O})
+    num_classes = bundle.num_classes
+    align = bundle.teacher_align_corners  # resize the teacher's outputs as the scorers do
+    acc_mulmem = ClassStatsAccumulator(num_classes)
+    acc_sml = ClassStatsAccumulator(num_classes)
+    acc_pans: Optional[ClassPrototypeAccumulator] = None
+    void = torch.tensor(sorted(bundle.void_classes), dtype=torch.long, device=teacher.device)
+    local = run.batches(2, 0, shuffle=False)
+    with run.bar(len(local), "statistics (MulMem, SML, PAnS)") as pbar, torch.inference_mode():
+        for samples in run.samples(local):
+            taps = teacher(samples, taps_needed)
+            if taps[O].shape[1] != num_classes:
+                raise CosmeError(
+                    f"{bundle.path}: the teacher outputs {taps[O].shape[1]} "
+                    f"classes but the manifest names {num_classes}"
+                )
+            if acc_pans is None:
+                acc_pans = ClassPrototypeAccumulator(num_classes, int(taps[LH].shape[1]))
+            gamma, classes = mulmem_gamma(taps, memory, layers, align)
+            acc_mulmem.update(gamma, classes)
+            for i, sample in enumerate(samples):
+                values, cls = baselines.max_logit(
+                    resize(taps[O][i : i + 1], sample.image.shape[:2], align)
+                )
+                acc_sml.update(values, cls)
+                if use_labels:
+                    label = torch.from_numpy(sample.semantic).to(teacher.device)[None]
+                    acc_pans.update(taps[LH][i : i + 1], label)
+            if not use_labels:
+                pseudo = predicted_classes(taps[O], tuple(taps[LH].shape[-2:]), align)
+                acc_pans.update(taps[LH], pseudo, ~torch.isin(pseudo, void))
+            pbar.update(1)
+    for acc in (acc_mulmem, acc_sml, acc_pans):
+        acc.all_reduce()
+    try:
+        return {
+            "mulmem": acc_mulmem.finalize(),
+            "sml": acc_sml.finalize(),
+            "pans": acc_pans.finalize(),
+        }
+    except ValueError as exc:
+        raise CosmeError(f"statistics: {exc}") from None
+
+
+def _result(
+    bundle: Bundle, builder: MulMemBuilder, stats: Dict[str, Any], build: Dict[str, Any]
+) -> BuildResult:
+    """The anomaly part, checked as the bundle reader will check it (a part that would not
+    load is never written), its manifest section and the report."""
+    layers = tuple(builder.layers)
+    consensus = bundle.manifest.get("anomaly", {}).get("consensus_layers") or list(CONSENSUS_LAYERS)
+    parts = AnomalyParts(
+        memory={k: v.cpu() for k, v in builder.prototypes().items()},
+        memory_layers=layers,
+        mulmem_stats=stats["mulmem"],
+        sml_stats=stats["sml"],
+        pans_prototypes=stats["pans"],
+        has_student=bundle.has_student,
+        consensus_layers=tuple(consensus),
+    )
+    AnomalyParts.from_tensors(
+        parts.to_tensors(),
+        has_student=bundle.has_student,
+        memory_layers=layers,
+        consensus_layers=parts.consensus_layers,
+    )
+    names, mulmem = bundle.class_names, stats["mulmem"]
     section = {
         "memory_layers": list(layers),
         "consensus_layers": list(parts.consensus_layers),
@@ -502,13 +549,15 @@ def build_anomaly_parts(
     report = {
         **build,
         "mulmem_pixels_per_class": {
-            bundle.class_names[c]: int(v)
-            for c, v in enumerate(mulmem_stats.count.tolist())
-            if v > 0
+            names[c]: int(v) for c, v in enumerate(mulmem.count.tolist()) if v > 0
         },
         "stats_fallback_classes": [
-            bundle.class_names[c] for c in range(num_classes) if bool(mulmem_stats.fallback[c])
+            names[c] for c in range(bundle.num_classes) if bool(mulmem.fallback[c])
         ],
-        "pans_unseen_classes": unseen,
+        "pans_unseen_classes": [
+            names[c]
+            for c in range(bundle.num_classes)
+            if float(stats["pans"][c].norm()) == 0 and c not in bundle.void_classes
+        ],
     }
     return BuildResult(parts=parts, section=section, report=report)

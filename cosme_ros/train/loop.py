@@ -510,42 +510,8 @@ def fit(
             "images": n_samples,
         }
     )
-
-    start, seconds, resumed_from = 0, 0.0, None
-    history: Dict[str, Any] = {"epoch_loss": [], "epoch_eval": []}
-    if settings.resume and settings.checkpoint_dir is not None:
-        path = latest_checkpoint(settings.checkpoint_dir)
-        if path is None:
-            if ctx.is_main:
-                print(f"no checkpoint in {settings.checkpoint_dir}: starting from scratch")
-        else:
-            doc = read_checkpoint_state(path)
-            if doc.get("fingerprint") != fingerprint:
-                theirs = doc.get("fingerprint") or {}
-                diff = sorted(
-                    k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k)
-                )
-                raise CosmeError(
-                    f"{path}: written by a run with other settings ({', '.join(diff)}"
-                    f" differ); resume with the same arguments or start over "
-                    f"with --force"
-                )
-            load_checkpoint(path, model, optimizer, ctx.device, doc)
-            start, seconds, resumed_from = int(doc["step"]), float(doc["seconds"]), int(doc["step"])
-            history = doc["history"]
-            if ctx.is_main:
-                print(f"resuming from {path} (step {start} of {total})")
-
-    net = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # Sync BN keeps the buffers identical on every process: no need to broadcast them.
-        net = DDP(
-            model,
-            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-            forward_sync_buffers=False,
-        )
+    state = _resume(model, optimizer, settings, ctx, fingerprint, total)
+    net = _parallel(model, ctx)
     model.train()
 
     def indices_of(step: int) -> np.ndarray:
@@ -557,18 +523,18 @@ def fit(
     pending = None
     bar = tqdm(
         total=total,
-        initial=start,
+        initial=state.start,
         desc=settings.desc,
         unit="step",
         disable=not ctx.is_main,
         dynamic_ncols=True,
     )
-    run_seconds, run_images, epoch_sum, epoch_steps = 0.0, 0, 0.0, 0
-    if start % spe:  # resumed mid-epoch: the running epoch mean restarts from the checkpoint's
-        epoch_sum, epoch_steps = history.get("partial", [0.0, 0])
-    loss_value = float("nan")
+    if (
+        state.start % spe
+    ):  # resumed mid-epoch: the running epoch mean restarts from the checkpoint's
+        state.epoch_sum, state.epoch_steps = state.history.get("partial", [0.0, 0])
     try:
-        for step in range(start, total):
+        for step in range(state.start, total):
             t0 = time.perf_counter()
             # the next step's batch is prepared in a thread while this one computes
             data = pending.result() if pending is not None else task.load(indices_of(step), step)
@@ -577,82 +543,192 @@ def fit(
             else:
                 pending = None
             lr = lr_at(step, total, settings.lr, warmup)
-            for group in optimizer.param_groups:  # lr_scale: e.g. a pretrained backbone's
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(net, data, batch)
-            loss.backward()
-            optimizer.step()
-            reported = (
-                ctx.sum(loss.detach().float()) / ctx.world_size
-                if ctx.enabled
-                else loss.detach().float()
-            )
-            loss_value = float(reported)
-            if not math.isfinite(loss_value):
-                raise CosmeError(f"loss became {loss_value} at step {step + 1}; lower --lr")
-            dt = time.perf_counter() - t0
-            run_seconds += dt
-            run_images += batch
-            seconds += dt
-            epoch_sum += loss_value
-            epoch_steps += 1
+            loss = _step(net, optimizer, task, data, batch, lr, ctx, step)
+            state.add(loss, batch, time.perf_counter() - t0)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_value:.4g}",
-                lr=f"{lr:.2e}",
-                ips=f"{run_images / max(run_seconds, 1e-9):.1f}",
-            )
+            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", ips=f"{state.rate():.1f}")
             done = step + 1
             if done % spe == 0:
-                epoch = done // spe - 1
-                history["epoch_loss"].append(epoch_sum / max(1, epoch_steps))
-                epoch_sum, epoch_steps = 0.0, 0
-                model.eval()
-                with torch.no_grad():
-                    evaluation = task.end_of_epoch(model, epoch)
-                model.train()
-                if evaluation is not None:
-                    history["epoch_eval"].append({"epoch": epoch + 1, **evaluation})
-            history["partial"] = [epoch_sum, epoch_steps]
-            if (
-                ctx.is_main
-                and settings.checkpoint_dir is not None
-                and settings.checkpoint_every
-                and done % settings.checkpoint_every == 0
-                and done < total
-            ):
-                save_checkpoint(
-                    settings.checkpoint_dir,
-                    done,
-                    model,
-                    optimizer,
-                    {
-                        "epoch": done // spe,
-                        "seconds": seconds,
-                        "fingerprint": fingerprint,
-                        "history": history,
-                        "last_loss": loss_value,
-                    },
-                    keep=settings.keep_checkpoints,
-                )
+                state.end_of_epoch(model, task, done // spe - 1)
+            state.history["partial"] = [state.epoch_sum, state.epoch_steps]
+            if _checkpoint_due(settings, ctx, done, total):
+                _save(settings, done, model, optimizer, state, fingerprint, spe)
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     model.eval()
-    history.pop("partial", None)
-    return FitResult(
-        steps=total,
-        epochs=settings.epochs,
-        steps_per_epoch=spe,
-        final_loss=(history["epoch_loss"][-1] if history["epoch_loss"] else loss_value),
-        epoch_loss=list(history["epoch_loss"]),
-        seconds=seconds,
-        images_per_second=run_images / run_seconds if run_seconds else float("nan"),
-        resumed_from=resumed_from,
-        history=history,
+    return state.result(settings.epochs, spe, total)
+
+
+@dataclass
+class _FitState:
+    """The books of one :func:`fit`: where it starts, time, losses and the history."""
+
+    start: int = 0
+    seconds: float = 0.0
+    resumed_from: Optional[int] = None
+    history: Dict[str, Any] = field(default_factory=lambda: {"epoch_loss": [], "epoch_eval": []})
+    run_seconds: float = 0.0
+    run_images: int = 0
+    epoch_sum: float = 0.0
+    epoch_steps: int = 0
+    loss: float = float("nan")
+
+    def add(self, loss: float, images: int, seconds: float) -> None:
+        self.loss = loss
+        self.run_seconds += seconds
+        self.run_images += images
+        self.seconds += seconds
+        self.epoch_sum += loss
+        self.epoch_steps += 1
+
+    def rate(self) -> float:
+        """Images per second of this run (not counting the time before a resume)."""
+        return self.run_images / max(self.run_seconds, 1e-9)
+
+    def end_of_epoch(self, model: nn.Module, task: Task, epoch: int) -> None:
+        self.history["epoch_loss"].append(self.epoch_sum / max(1, self.epoch_steps))
+        self.epoch_sum, self.epoch_steps = 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            evaluation = task.end_of_epoch(model, epoch)
+        model.train()
+        if evaluation is not None:
+            self.history["epoch_eval"].append({"epoch": epoch + 1, **evaluation})
+
+    def result(self, epochs: int, spe: int, total: int) -> FitResult:
+        self.history.pop("partial", None)
+        losses = self.history["epoch_loss"]
+        return FitResult(
+            steps=total,
+            epochs=epochs,
+            steps_per_epoch=spe,
+            final_loss=losses[-1] if losses else self.loss,
+            epoch_loss=list(losses),
+            seconds=self.seconds,
+            images_per_second=(
+                self.run_images / self.run_seconds if self.run_seconds else float("nan")
+            ),
+            resumed_from=self.resumed_from,
+            history=self.history,
+        )
+
+
+def _resume(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: LoopSettings,
+    ctx: Distributed,
+    fingerprint: Dict[str, Any],
+    total: int,
+) -> _FitState:
+    """A fresh start, or the state of the latest checkpoint (``--resume``) when it was written
+    by a run with the same settings (else a CosmeError naming what differs)."""
+    if not (settings.resume and settings.checkpoint_dir is not None):
+        return _FitState()
+    path = latest_checkpoint(settings.checkpoint_dir)
+    if path is None:
+        if ctx.is_main:
+            print(f"no checkpoint in {settings.checkpoint_dir}: starting from scratch")
+        return _FitState()
+    doc = read_checkpoint_state(path)
+    if doc.get("fingerprint") != fingerprint:
+        theirs = doc.get("fingerprint") or {}
+        diff = sorted(
+            k for k in set(theirs) | set(fingerprint) if theirs.get(k) != fingerprint.get(k)
+        )
+        raise CosmeError(
+            f"{path}: written by a run with other settings ({', '.join(diff)}"
+            f" differ); resume with the same arguments or start over "
+            f"with --force"
+        )
+    load_checkpoint(path, model, optimizer, ctx.device, doc)
+    if ctx.is_main:
+        print(f"resuming from {path} (step {int(doc['step'])} of {total})")
+    return _FitState(
+        start=int(doc["step"]),
+        seconds=float(doc["seconds"]),
+        resumed_from=int(doc["step"]),
+        history=doc["history"],
     )
+
+
+def _save(
+    settings: LoopSettings,
+    done: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: _FitState,
+    fingerprint: Dict[str, Any],
+    spe: int,
+) -> None:
+    save_checkpoint(
+        settings.checkpoint_dir,
+        done,
+        model,
+        optimizer,
+        {
+            "epoch": done // spe,
+            "seconds": state.seconds,
+            "fingerprint": fingerprint,
+            "history": state.history,
+            "last_loss": state.loss,
+        },
+        keep=settings.keep_checkpoints,
+    )
+
+
+def _checkpoint_due(settings: LoopSettings, ctx: Distributed, done: int, total: int) -> bool:
+    """Rank 0 writes a checkpoint every ``checkpoint_every`` steps, not after the last one."""
+    every = settings.checkpoint_every
+    return bool(
+        ctx.is_main
+        and settings.checkpoint_dir is not None
+        and every
+        and done % every == 0
+        and done < total
+    )
+
+
+def _parallel(model: nn.Module, ctx: Distributed) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Sync BN keeps the buffers identical on every process: no need to broadcast them.
+    return DDP(
+        model,
+        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        forward_sync_buffers=False,
+    )
+
+
+def _step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    data: Any,
+    batch: int,
+    lr: float,
+    ctx: Distributed,
+    step: int,
+) -> float:
+    """One optimisation step at learning rate ``lr``; the loss averaged over the processes."""
+    for group in optimizer.param_groups:  # lr_scale: e.g. a pretrained backbone's
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss = task.loss(net, data, batch)
+    loss.backward()
+    optimizer.step()
+    reported = (
+        ctx.sum(loss.detach().float()) / ctx.world_size if ctx.enabled else loss.detach().float()
+    )
+    value = float(reported)
+    if not math.isfinite(value):
+        raise CosmeError(f"loss became {value} at step {step + 1}; lower --lr")
+    return value
 
 
 def param_groups(

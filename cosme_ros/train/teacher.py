@@ -275,6 +275,50 @@ class TeacherRun:
     std: Sequence[float] = IMAGENET_STD
 
 
+def _for_training(
+    model: DeepLabV3Plus, ctx: Distributed, pretrained: Optional[str], lr: float, decay: float
+) -> Tuple[DeepLabV3Plus, torch.optim.Optimizer]:
+    """The model on this process's device (synchronised BatchNorm under torchrun) and its AdamW
+    (a pretrained backbone at a lower learning rate)."""
+    if ctx.enabled:
+        from cosme_ros.train.loop import convert_sync_batchnorm
+
+        if pretrained is not None:
+            raise CosmeError(
+                "a pretrained backbone keeps its BatchNorms frozen; train it in one "
+                "process (synchronised BatchNorm would unfreeze them)"
+            )
+        model = convert_sync_batchnorm(model, ctx.device)
+    model = model.to(ctx.device, memory_format=torch.channels_last)
+    lr_scales = {"backbone.": PRETRAINED_BACKBONE_LR_SCALE} if pretrained else None
+    optimizer = torch.optim.AdamW(param_groups(model, decay, lr_scales), lr=lr, betas=(0.9, 0.999))
+    return model, optimizer
+
+
+def _pretrained_record(pretrained: Optional[str], weights: Optional[Path]) -> Optional[Dict]:
+    if pretrained is None:
+        return None
+    return {
+        "weights": pretrained,
+        "file": imagenet_file(weights).name,
+        "batchnorm": "frozen (eval mode) in the backbone",
+    }
+
+
+def _result_record(result: FitResult, evaluation: Dict[str, Any]) -> Dict[str, Any]:
+    """The training's losses and the validation's IoU, as the model card records them."""
+    return {
+        "final_loss": result.final_loss,
+        "epoch_loss": result.epoch_loss,
+        "epoch_val_miou": [e["miou"] for e in result.history.get("epoch_eval", [])],
+        "miou": evaluation["miou"],
+        "miou_present": evaluation["miou_present"],
+        "pixel_accuracy": evaluation["pixel_accuracy"],
+        "iou": {k: v for k, v in evaluation["iou"].items() if v is not None},
+        "seconds": round(result.seconds, 1),
+    }
+
+
 def train_teacher(
     train_set,
     val_set,
@@ -310,20 +354,7 @@ def train_teacher(
         backbone, width, output_stride, head_channels, seed, pretrained, pretrained_weights
     )
     mean, std = normalisation(model.config["backbone"], pretrained)
-    if ctx.enabled:
-        from cosme_ros.train.loop import convert_sync_batchnorm
-
-        if pretrained is not None:
-            raise CosmeError(
-                "a pretrained backbone keeps its BatchNorms frozen; train it in one "
-                "process (synchronised BatchNorm would unfreeze them)"
-            )
-        model = convert_sync_batchnorm(model, ctx.device)
-    model = model.to(ctx.device, memory_format=torch.channels_last)
-    lr_scales = {"backbone.": PRETRAINED_BACKBONE_LR_SCALE} if pretrained else None
-    optimizer = torch.optim.AdamW(
-        param_groups(model, weight_decay, lr_scales), lr=lr, betas=(0.9, 0.999)
-    )
+    model, optimizer = _for_training(model, ctx, pretrained, lr, weight_decay)
 
     cfg = AugmentConfig(size=size)
     samples = PreparedSamples(
@@ -334,17 +365,19 @@ def train_teacher(
     )
     subset = subset_indices(len(train_set), max_images)
     evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16, mean=mean, std=std)
-    task = SegmentationTask(
-        samples,
-        subset,
-        cfg,
-        seed,
-        ctx,
-        bf16=bf16,
-        val=evaluator if eval_every_epoch else None,
-        mean=mean,
-        std=std,
-    )
+    val = evaluator if eval_every_epoch else None
+    task = SegmentationTask(samples, subset, cfg, seed, ctx, bf16=bf16, val=val, mean=mean, std=std)
+    shared = {"size": list(size), "augment": cfg.as_dict(), "bf16": bf16}
+    fingerprint = {
+        "command": "train-teacher",
+        "data": data_spec,
+        "config": model.config,
+        "optimizer": "adamw",
+        "weight_decay": weight_decay,
+        "eval_every_epoch": eval_every_epoch,
+        "pretrained": pretrained,
+        **shared,
+    }
     settings = LoopSettings(
         epochs=epochs,
         batch=batch,
@@ -354,18 +387,7 @@ def train_teacher(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         desc="train-teacher",
-        fingerprint={
-            "command": "train-teacher",
-            "data": data_spec,
-            "config": model.config,
-            "size": list(size),
-            "optimizer": "adamw",
-            "weight_decay": weight_decay,
-            "augment": cfg.as_dict(),
-            "bf16": bf16,
-            "eval_every_epoch": eval_every_epoch,
-            "pretrained": pretrained,
-        },
+        fingerprint=fingerprint,
     )
     result = fit(model, optimizer, task, len(subset), settings, ctx)
     evaluation = evaluator(model, progress=True)
@@ -380,28 +402,11 @@ def train_teacher(
         "lr": lr,
         "optimizer": f"adamw(betas=0.9,0.999; weight decay {weight_decay:g} on conv weights)"
         + (f"; backbone lr x{PRETRAINED_BACKBONE_LR_SCALE:g}" if pretrained else ""),
-        "pretrained": (
-            None
-            if pretrained is None
-            else {
-                "weights": pretrained,
-                "file": imagenet_file(pretrained_weights).name,
-                "batchnorm": "frozen (eval mode) in the backbone",
-            }
-        ),
+        "pretrained": _pretrained_record(pretrained, pretrained_weights),
         "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
         "seed": seed,
-        "size": list(size),
-        "augment": cfg.as_dict(),
-        "bf16": bf16,
-        "final_loss": result.final_loss,
-        "epoch_loss": result.epoch_loss,
-        "epoch_val_miou": [e["miou"] for e in result.history.get("epoch_eval", [])],
-        "miou": evaluation["miou"],
-        "miou_present": evaluation["miou_present"],
-        "pixel_accuracy": evaluation["pixel_accuracy"],
-        "iou": {k: v for k, v in evaluation["iou"].items() if v is not None},
-        "seconds": round(result.seconds, 1),
+        **shared,
+        **_result_record(result, evaluation),
         "processes": ctx.world_size,
         "device": ctx.device.type,
     }

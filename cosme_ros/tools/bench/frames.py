@@ -223,130 +223,156 @@ def bench_frames(
         precision=precision,
         refine=refine,
     )
-    clock = Clock(pipe.device)
     n_src = max(1, min(frames, 8))
     if images is not None:
-        src = folder_frames(images, n_src, camera)
-        source = str(images)
+        src, source = folder_frames(images, n_src, camera), str(images)
     else:
-        src = synthetic_frames(n_src, camera or (720, 1280), seed)
-        source = "synthetic"
+        src, source = synthetic_frames(n_src, camera or (720, 1280), seed), "synthetic"
     io = NodeIO(bundle.palette, publish=publish) if node else None
     try:
-        msgs = [io.message(im) if io is not None else None for im in src]
+        run = _FrameRun(pipe, io, src, teacher_only)
         say(f"warm-up: {warmup} frame(s)")
-        for i in range(warmup):
-            k = i % len(src)
-            frame_stages(pipe, io, msgs[k], src[k], src[k].shape[:2], clock)
-            if teacher_only:
-                _frame_teacher_only(pipe, src[k], src[k].shape[:2], clock)
+        run.warm_up(warmup)
         peak_fast = peak_rss_mb()
-
-        naive_pipe = None
         if naive:
-            from cosme_ros.tools.bench.naive import NaivePipeline
-
-            naive_pipe = NaivePipeline(  # the same scorer (sweep may have swapped one in)
-                bundle,
-                method=pipe.method,
-                device=str(pipe.device),
-                input_size=pipe.input_size,
-                scorer=pipe.scorer,
-            )
-            for i in range(min(warmup, 1) if warmup else 0):
-                _frame_naive(naive_pipe, src[0], src[0].shape[:2], clock)
-
-        stages: Dict[str, List[float]] = {}
-        cpu: List[float] = []
-        t_naive: List[float] = []
-        t_teacher: List[float] = []
-        diff: Dict[str, float] = {}
+            run.add_naive(bundle, warmup)
         for i in range(frames):
-            k = i % len(src)
-            rgb, msg = src[k], msgs[k]
-            out_size = tuple(rgb.shape[:2])
-            # alternate the order too, so that no variant always runs on a warm cache
-            jobs = (
-                ["fast"]
-                + (["naive"] if naive_pipe is not None else [])
-                + (["teacher"] if teacher_only else [])
-            )
-            jobs = jobs[i % len(jobs) :] + jobs[: i % len(jobs)]
-            for job in jobs:
-                if job == "fast":
-                    st, c, fast_out = frame_stages(pipe, io, msg, rgb, out_size, clock)
-                    for name, v in st.items():
-                        stages.setdefault(name, []).append(v)
-                    cpu.append(c)
-                elif job == "naive":
-                    t, naive_out = _frame_naive(naive_pipe, rgb, out_size, clock)
-                    t_naive.append(t)
-                else:
-                    t_teacher.append(_frame_teacher_only(pipe, rgb, out_size, clock))
-            if naive_pipe is not None and not diff:
-                diff = {
-                    "max_abs_score_diff": float(
-                        np.abs(fast_out[1].astype(np.float64) - naive_out.score).max()
-                    ),
-                    "class_agreement": float((fast_out[0] == naive_out.classes).mean()),
-                }
-            say(f"frame {i + 1}/{frames}: {stages['frame'][-1] * 1e3:.1f} ms")
+            run.measure(i)
+            say(f"frame {i + 1}/{frames}: {run.stages['frame'][-1] * 1e3:.1f} ms")
         peak_all = peak_rss_mb()
     finally:
         if io is not None:
             io.close()
-
-    frame = summary(stages.pop("frame"))
-    pipeline_ms = summary(stages.pop("pipeline"))
-    order = [s for s in ("decode",) + PIPELINE_STAGES + ("encode", "publish") if s in stages]
-    stages_ms = {s: summary(stages[s]) for s in order}
-    out: Dict[str, Any] = {
-        "bundle": bundle.name,
-        "method": pipe.method,
-        "device": str(pipe.device),
-        "refine": "none" if pipe.scorer.refinement is None else "guided",
-        "precision": pipe.precision,
-        "precision_requested": precision,
-        "channels_last": pipe.channels_last,
-        "input_size": list(pipe.input_size),
-        "camera_size": list(src[0].shape[:2]),
-        "output_size": list(src[0].shape[:2]),
-        "source": source,
-        "frames": frames,
-        "warmup": warmup,
-        "K": memory_sizes(pipe),
-        "frame_ms": frame,
-        "fps": round(1000.0 / frame["median"], 3),
-        "pipeline_ms": pipeline_ms,
-        "stages_ms": stages_ms,
-        "stage_share": {s: round(v["median"] / frame["median"], 4) for s, v in stages_ms.items()},
-        "cpu_frame_ms": summary(cpu),
-        "node": {
-            "measured": node,
-            "published": bool(io and io.published),
-            "note": (io.reason if io is not None else "node stages not measured"),
-        },
-        "peak_rss_mb": round(peak_fast, 1),
-        "peak_rss_mb_with_naive": round(peak_all, 1),
+    out = run.report(bundle, precision, frames, warmup, source)
+    out["node"] = {
+        "measured": node,
+        "published": bool(io and io.published),
+        "note": (io.reason if io is not None else "node stages not measured"),
     }
-    share = stages_ms["scoring"]["median"] + stages_ms["postprocess"]["median"]
-    out["scoring_postprocess_share"] = round(share / frame["median"], 4)
-    if teacher_only:
-        out["teacher_only_ms"] = summary(t_teacher)
-        out["ratio_cosme_vs_teacher_only"] = ratio(
-            pipeline_ms["median"], out["teacher_only_ms"]["median"]
-        )
+    out["peak_rss_mb"] = round(peak_fast, 1)
+    out["peak_rss_mb_with_naive"] = round(peak_all, 1)
     if node:
-        out["ratio_node_vs_pipeline"] = ratio(frame["median"], pipeline_ms["median"])
-    if naive_pipe is not None:
-        out["naive_ms"] = summary(t_naive)
-        out["ratio_fast_vs_naive"] = ratio(out["naive_ms"]["median"], pipeline_ms["median"])
-        out["vs_naive"] = diff
+        out["ratio_node_vs_pipeline"] = ratio(
+            out["frame_ms"]["median"], out["pipeline_ms"]["median"]
+        )
     out["ratio_definitions"] = {k: v for k, v in RATIO_DEFINITIONS.items() if k in out}
     if pipe.device.type == "cuda":
         out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(pipe.device) / 2**20, 1)
     out.update(environment(pipe.device))
     return out
+
+
+class _FrameRun:
+    """The frame benchmark's variants on the same frames: the pipeline through the node's path
+    (stage by stage), the naive pipeline and the teacher-only node, alternated frame by frame."""
+
+    def __init__(self, pipe, io: Optional[NodeIO], src: List[np.ndarray], teacher_only: bool):
+        self.pipe, self.io, self.src, self.teacher_only = pipe, io, src, teacher_only
+        self.clock = Clock(pipe.device)
+        self.msgs = [io.message(im) if io is not None else None for im in src]
+        self.naive = None
+        self.stages: Dict[str, List[float]] = {}
+        self.cpu: List[float] = []
+        self.t_naive: List[float] = []
+        self.t_teacher: List[float] = []
+        self.diff: Dict[str, float] = {}
+
+    def warm_up(self, warmup: int) -> None:
+        for i in range(warmup):
+            k = i % len(self.src)
+            frame_stages(
+                self.pipe, self.io, self.msgs[k], self.src[k], self.src[k].shape[:2], self.clock
+            )
+            if self.teacher_only:
+                _frame_teacher_only(self.pipe, self.src[k], self.src[k].shape[:2], self.clock)
+
+    def add_naive(self, bundle, warmup: int) -> None:
+        from cosme_ros.tools.bench.naive import NaivePipeline
+
+        pipe = self.pipe
+        self.naive = NaivePipeline(  # the same scorer (sweep may have swapped one in)
+            bundle,
+            method=pipe.method,
+            device=str(pipe.device),
+            input_size=pipe.input_size,
+            scorer=pipe.scorer,
+        )
+        for _ in range(min(warmup, 1)):
+            _frame_naive(self.naive, self.src[0], self.src[0].shape[:2], self.clock)
+
+    def measure(self, i: int) -> None:
+        """Frame ``i`` through every variant; the order rotates so that no variant always
+        runs on a warm cache."""
+        k = i % len(self.src)
+        rgb, msg = self.src[k], self.msgs[k]
+        out_size = tuple(rgb.shape[:2])
+        jobs = (
+            ["fast"]
+            + (["naive"] if self.naive is not None else [])
+            + (["teacher"] if self.teacher_only else [])
+        )
+        fast_out = naive_out = None
+        for job in jobs[i % len(jobs) :] + jobs[: i % len(jobs)]:
+            if job == "fast":
+                st, c, fast_out = frame_stages(self.pipe, self.io, msg, rgb, out_size, self.clock)
+                for name, v in st.items():
+                    self.stages.setdefault(name, []).append(v)
+                self.cpu.append(c)
+            elif job == "naive":
+                t, naive_out = _frame_naive(self.naive, rgb, out_size, self.clock)
+                self.t_naive.append(t)
+            else:
+                self.t_teacher.append(_frame_teacher_only(self.pipe, rgb, out_size, self.clock))
+        if naive_out is not None and not self.diff:
+            self.diff = {
+                "max_abs_score_diff": float(
+                    np.abs(fast_out[1].astype(np.float64) - naive_out.score).max()
+                ),
+                "class_agreement": float((fast_out[0] == naive_out.classes).mean()),
+            }
+
+    def report(self, bundle, precision: str, frames: int, warmup: int, source: str) -> Dict:
+        pipe, stages = self.pipe, dict(self.stages)
+        frame = summary(stages.pop("frame"))
+        pipeline_ms = summary(stages.pop("pipeline"))
+        order = [s for s in ("decode",) + PIPELINE_STAGES + ("encode", "publish") if s in stages]
+        stages_ms = {s: summary(stages[s]) for s in order}
+        share = stages_ms["scoring"]["median"] + stages_ms["postprocess"]["median"]
+        out: Dict[str, Any] = {
+            "bundle": bundle.name,
+            "method": pipe.method,
+            "device": str(pipe.device),
+            "refine": "none" if pipe.scorer.refinement is None else "guided",
+            "precision": pipe.precision,
+            "precision_requested": precision,
+            "channels_last": pipe.channels_last,
+            "input_size": list(pipe.input_size),
+            "camera_size": list(self.src[0].shape[:2]),
+            "output_size": list(self.src[0].shape[:2]),
+            "source": source,
+            "frames": frames,
+            "warmup": warmup,
+            "K": memory_sizes(pipe),
+            "frame_ms": frame,
+            "fps": round(1000.0 / frame["median"], 3),
+            "pipeline_ms": pipeline_ms,
+            "stages_ms": stages_ms,
+            "stage_share": {
+                s: round(v["median"] / frame["median"], 4) for s, v in stages_ms.items()
+            },
+            "cpu_frame_ms": summary(self.cpu),
+            "scoring_postprocess_share": round(share / frame["median"], 4),
+        }
+        if self.teacher_only:
+            out["teacher_only_ms"] = summary(self.t_teacher)
+            out["ratio_cosme_vs_teacher_only"] = ratio(
+                pipeline_ms["median"], out["teacher_only_ms"]["median"]
+            )
+        if self.naive is not None:
+            out["naive_ms"] = summary(self.t_naive)
+            out["ratio_fast_vs_naive"] = ratio(out["naive_ms"]["median"], pipeline_ms["median"])
+            out["vs_naive"] = self.diff
+        return out
 
 
 # ----------------------------------------------------------------------------- scorer alone

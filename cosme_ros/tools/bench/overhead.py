@@ -89,59 +89,16 @@ def measure_node_overhead(
     layout = rgb[..., ::-1] if encoding == "bgr8" else rgb
     msg = codec.encode_image(Image, np.ascontiguousarray(layout), encoding)
     out_size = tuple(size) if output_resolution == "input" else tuple(pipeline.input_size)
-    wanted = set(OUTPUTS)
-    heat = RunningRange()
     pubs = Publishers() if publish else None
     try:
         for _ in range(2):  # warm-up: lazy initialisation, allocator
             pipeline(rgb, out_size=out_size)
-
         only: List[float] = []
         for _ in range(frames):
             t = time.perf_counter()
             pipeline(rgb, out_size=out_size)
             only.append(time.perf_counter() - t)
-
-        stages: Dict[str, List[float]] = {
-            k: [] for k in ("check", "decode", "pipeline", "render", "encode", "publish", "total")
-        }
-        for _ in range(frames):
-            t0 = time.perf_counter()
-            codec.check_image(msg, None)
-            t1 = time.perf_counter()
-            frame = codec.decode(msg)
-            t2 = time.perf_counter()
-            result = pipeline(frame, out_size=out_size)
-            t3 = time.perf_counter()
-            images = render_outputs(
-                frame,
-                result.classes,
-                result.score,
-                wanted,
-                threshold=0.0,
-                alpha=0.5,
-                palette=palette,
-                heat_range=heat.update(result.score),
-            )
-            t4 = time.perf_counter()
-            messages = {
-                k: codec.encode_image(Image, a, e, msg.header) for k, (a, e) in images.items()
-            }
-            t5 = time.perf_counter()
-            if pubs is not None:
-                for k, m in messages.items():
-                    pubs.pub[k].publish(m)
-            t6 = time.perf_counter()
-            for name, (a, b) in {
-                "check": (t0, t1),
-                "decode": (t1, t2),
-                "pipeline": (t2, t3),
-                "render": (t3, t4),
-                "encode": (t4, t5),
-                "publish": (t5, t6),
-                "total": (t0, t6),
-            }.items():
-                stages[name].append(b - a)
+        stages = _node_path(pipeline, msg, out_size, palette, pubs, frames)
     finally:
         if pubs is not None:
             pubs.close()
@@ -165,6 +122,45 @@ def measure_node_overhead(
         ),
         "published": publish,
     }
+
+
+def _node_path(pipeline, msg, out_size, palette, pubs: Optional[Publishers], frames: int):
+    """{stage: [seconds]} of ``frames`` frames through the node's path: header check, decode,
+    pipeline, render, encode and publish."""
+    from sensor_msgs.msg import Image
+
+    heat = RunningRange()
+    names = ("check", "decode", "pipeline", "render", "encode", "publish")
+    stages: Dict[str, List[float]] = {k: [] for k in names + ("total",)}
+    for _ in range(frames):
+        marks = [time.perf_counter()]
+        codec.check_image(msg, None)
+        marks.append(time.perf_counter())
+        frame = codec.decode(msg)
+        marks.append(time.perf_counter())
+        result = pipeline(frame, out_size=out_size)
+        marks.append(time.perf_counter())
+        images = render_outputs(
+            frame,
+            result.classes,
+            result.score,
+            set(OUTPUTS),
+            threshold=0.0,
+            alpha=0.5,
+            palette=palette,
+            heat_range=heat.update(result.score),
+        )
+        marks.append(time.perf_counter())
+        messages = {k: codec.encode_image(Image, a, e, msg.header) for k, (a, e) in images.items()}
+        marks.append(time.perf_counter())
+        if pubs is not None:
+            for k, m in messages.items():
+                pubs.pub[k].publish(m)
+        marks.append(time.perf_counter())
+        for name, a, b in zip(names, marks, marks[1:]):
+            stages[name].append(b - a)
+        stages["total"].append(marks[-1] - marks[0])
+    return stages
 
 
 def _size(text: str) -> Tuple[int, int]:

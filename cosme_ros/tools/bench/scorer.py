@@ -94,7 +94,6 @@ def bench_scorer(
     """MulMem Γ (Eq. 3–4, :func:`cosme_ros.anomaly.memory.gamma`) against the naive form
     (:func:`cosme_ros.tools.bench.naive.naive_gamma`) on random R101 tap features (B = 1) and random unit
     prototypes, for each K; alternated repeat by repeat. ``cdist=True`` adds ``torch.cdist``."""
-    from cosme_ros.tools.bench import naive
     from cosme_ros.anomaly import memory
     from cosme_ros.runtime.networks import resolve_device
 
@@ -107,79 +106,33 @@ def bench_scorer(
     shapes = r101_tap_shapes(input_size)
     g = torch.Generator().manual_seed(seed)
     taps = {t: torch.randn((1,) + s, generator=g).to(dev) for t, s in shapes.items()}
-    results = []
-    banks = {}
-
-    def make_variants(bank) -> Dict[str, Callable[[], torch.Tensor]]:
-        out = {
-            "fast": lambda: memory.gamma(taps, bank, chunk_bytes=budget),
-            "naive": lambda: naive.naive_gamma(taps, bank),
-        }
-        if cdist:
-            out["cdist"] = lambda: _cdist_gamma(taps, bank)
-        return out
-
+    results, banks = [], {}
     for k in ks:
         k = int(k)
-        bank = banks[k] = {
+        banks[k] = {
             t: F.normalize(torch.randn(k, s[0], generator=g), dim=1).to(dev)
             for t, s in shapes.items()
         }
-        variants = make_variants(bank)
-        with torch.inference_mode():
-            for _ in range(warmup):
-                for fn in variants.values():
-                    fn()
-            times: Dict[str, List[float]] = {n: [] for n in variants}
-            names = list(variants)
-            for r in range(repeats):
-                for n in names[r % len(names) :] + names[: r % len(names)]:
-                    t0 = clock()
-                    variants[n]()
-                    times[n].append(clock() - t0)
-            fast, ref = variants["fast"](), variants["naive"]()
-            gamma_diff = float((fast - ref).abs().max())
-            cos_diff = max(
-                float(
-                    (
-                        memory.max_cosine(taps[t], bank[t], chunk_bytes=budget)
-                        - naive.naive_max_cosine(taps[t], bank[t])
-                    )
-                    .abs()
-                    .max()
-                )
-                for t in shapes
-            )
-            del fast, ref
-        row = {
-            "K": k,
-            "fast_ms": summary(times["fast"]),
-            "naive_ms": summary(times["naive"]),
-            "max_abs_diff_gamma": gamma_diff,
-            "max_abs_diff_cosine": cos_diff,
-            "equal_to_1e-5": bool(gamma_diff <= 1e-5 and cos_diff <= 1e-5),
-            "bound_extra_mb": {
-                "fast": round(_fast_bound(shapes, k, budget, dev) / 2**20, 3),
-                "naive": round(_naive_bound(shapes, k) / 2**20, 3),
-            },
+        variants = _variants(taps, banks[k], budget, cdist)
+        row = _time_variants(variants, taps, banks[k], budget, clock, repeats, warmup)
+        row = {"K": k, **row}
+        row["bound_extra_mb"] = {
+            "fast": round(_fast_bound(shapes, k, budget, dev) / 2**20, 3),
+            "naive": round(_naive_bound(shapes, k) / 2**20, 3),
         }
-        row["ratio_fast_vs_naive"] = ratio(row["naive_ms"]["median"], row["fast_ms"]["median"])
-        if cdist:
-            row["cdist_ms"] = summary(times["cdist"])
-            row["ratio_fast_vs_cdist"] = ratio(row["cdist_ms"]["median"], row["fast_ms"]["median"])
         results.append(row)
         say(
             f"K={k}: fast {row['fast_ms']['median']:.1f} ms, naive "
             f"{row['naive_ms']['median']:.1f} ms ({row['ratio_fast_vs_naive']:.2f}x), "
-            f"max |dGamma| {gamma_diff:.1e}"
+            f"max |dGamma| {row['max_abs_diff_gamma']:.1e}"
         )
-        del bank, variants
+        del variants
     # Memory last: with the mmap threshold fixed, every large buffer is a fresh mapping whose
     # page faults would slow the timings (the blocked scorer allocates many 2 MiB blocks).
     malloc_fixed = fix_malloc_threshold()
     with torch.inference_mode():
         for row in results:
-            variants = make_variants(banks[row["K"]])
+            variants = _variants(taps, banks[row["K"]], budget, cdist)
             peak = {n: _measure_peak(variants[n]) for n in ("fast", "naive")}
             row["peak_extra_mb"] = {
                 n: (None if v is None else round(v, 3)) for n, v in peak.items()
@@ -199,6 +152,63 @@ def bench_scorer(
         f"{malloc_fixed}); bound_extra_mb: computed from the shapes",
         **environment(dev),
     }
+
+
+def _variants(taps, bank, budget: int, cdist: bool) -> Dict[str, Callable[[], torch.Tensor]]:
+    """Γ three ways: the blocked scorer, the naive form and (``cdist``) torch.cdist."""
+    from cosme_ros.anomaly import memory
+    from cosme_ros.tools.bench import naive
+
+    out = {
+        "fast": lambda: memory.gamma(taps, bank, chunk_bytes=budget),
+        "naive": lambda: naive.naive_gamma(taps, bank),
+    }
+    if cdist:
+        out["cdist"] = lambda: _cdist_gamma(taps, bank)
+    return out
+
+
+def _time_variants(variants, taps, bank, budget: int, clock: Clock, repeats: int, warmup: int):
+    """Times of every variant, alternated repeat by repeat, and the fast form's largest
+    differences from the naive one (Γ and the per-layer max cosine)."""
+    from cosme_ros.anomaly import memory
+    from cosme_ros.tools.bench import naive
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in variants.values():
+                fn()
+        times: Dict[str, List[float]] = {n: [] for n in variants}
+        names = list(variants)
+        for r in range(repeats):
+            for n in names[r % len(names) :] + names[: r % len(names)]:
+                t0 = clock()
+                variants[n]()
+                times[n].append(clock() - t0)
+        gamma_diff = float((variants["fast"]() - variants["naive"]()).abs().max())
+        cos_diff = max(
+            float(
+                (
+                    memory.max_cosine(taps[t], bank[t], chunk_bytes=budget)
+                    - naive.naive_max_cosine(taps[t], bank[t])
+                )
+                .abs()
+                .max()
+            )
+            for t in bank
+        )
+    row = {
+        "fast_ms": summary(times["fast"]),
+        "naive_ms": summary(times["naive"]),
+        "max_abs_diff_gamma": gamma_diff,
+        "max_abs_diff_cosine": cos_diff,
+        "equal_to_1e-5": bool(gamma_diff <= 1e-5 and cos_diff <= 1e-5),
+    }
+    row["ratio_fast_vs_naive"] = ratio(row["naive_ms"]["median"], row["fast_ms"]["median"])
+    if "cdist" in times:
+        row["cdist_ms"] = summary(times["cdist"])
+        row["ratio_fast_vs_cdist"] = ratio(row["cdist_ms"]["median"], row["fast_ms"]["median"])
+    return row
 
 
 def _cdist_gamma(taps, bank):

@@ -101,29 +101,7 @@ def sweep(
             return folder_frames(images, n_src, size)
         return synthetic_frames(n_src, size)
 
-    def runner(pipe, src):
-        clock = Clock(pipe.device)
-        return lambda i: frame_stages(
-            pipe, None, None, src[i % len(src)], src[i % len(src)].shape[:2], clock
-        )[0]
-
-    pipes = {}
-    by_size = []
-    for size in sizes:
-        size = (int(size[0]), int(size[1]))
-        pipe = Pipeline(bundle, "maxlogit", device=device, input_size=size, precision=precision)
-        gflops = teacher_gflops(pipe.networks.teacher, size, device=pipe.device)
-        pipes[size] = (pipe, source(size))
-        by_size.append({"input_size": list(size), "gflops": round(gflops, 3)})
-    say(f"sizes: {', '.join(f'{h}x{w}' for h, w in pipes)}, {frames} frame(s) each, alternating")
-    times = _alternate({f"{h}x{w}": runner(*v) for (h, w), v in pipes.items()}, frames, warmup)
-    for row in by_size:
-        st = times["{}x{}".format(*row["input_size"])]
-        row["pipeline_ms"] = summary(st["pipeline"])
-        row["stages_ms"] = {k: summary(st[k]) for k in PIPELINE_STAGES if k in st}
-        row["ms_per_gflop"] = round(row["pipeline_ms"]["median"] / row["gflops"], 3)
-    del pipes
-
+    by_size = _by_size(bundle, sizes, source, frames, warmup, device, precision, say)
     k_size = tuple(k_size or bundle.input_size)
     pipe = Pipeline(bundle, "maxlogit", device=device, input_size=k_size, precision=precision)
     layers = [t for t in R101_TAPS if t in (pipe.networks.tap_channels or {})]
@@ -139,7 +117,7 @@ def sweep(
     }
     say(f"K: {', '.join(map(str, scorers))} at {k_size[0]}x{k_size[1]}, alternating")
     times = _alternate(
-        {str(k): runner(pipe.with_scorer(s), src) for k, s in scorers.items()}, frames, warmup
+        {str(k): _runner(pipe.with_scorer(s), src) for k, s in scorers.items()}, frames, warmup
     )
     by_k = []
     for k in scorers:
@@ -153,10 +131,6 @@ def sweep(
                 "scoring_share": round(scoring["median"] / total["median"], 4),
             }
         )
-    base = by_size[0]
-    for row in by_size:
-        row["time_ratio"] = ratio(row["pipeline_ms"]["median"], base["pipeline_ms"]["median"])
-        row["flop_ratio"] = round(row["gflops"] / base["gflops"], 3)
     return {
         "mode": "sweep",
         "bundle": bundle.name,
@@ -169,6 +143,41 @@ def sweep(
         "by_k": by_k,
         **environment(pipe.device),
     }
+
+
+def _runner(pipe, src: List[np.ndarray]) -> Callable[[int], Dict[str, float]]:
+    """Frame i of ``src`` through ``pipe`` → its stage times (no node)."""
+    clock = Clock(pipe.device)
+    return lambda i: frame_stages(
+        pipe, None, None, src[i % len(src)], src[i % len(src)].shape[:2], clock
+    )[0]
+
+
+def _by_size(bundle, sizes, source, frames: int, warmup: int, device, precision, say) -> List[Dict]:
+    """Pipeline time (maxlogit) against the input size, with the teacher's GFLOPs, the sizes
+    alternating frame by frame; time and FLOP ratios against the first size."""
+    from cosme_ros.runtime.pipeline import Pipeline
+
+    pipes = {}
+    by_size = []
+    for size in sizes:
+        size = (int(size[0]), int(size[1]))
+        pipe = Pipeline(bundle, "maxlogit", device=device, input_size=size, precision=precision)
+        gflops = teacher_gflops(pipe.networks.teacher, size, device=pipe.device)
+        pipes[size] = (pipe, source(size))
+        by_size.append({"input_size": list(size), "gflops": round(gflops, 3)})
+    say(f"sizes: {', '.join(f'{h}x{w}' for h, w in pipes)}, {frames} frame(s) each, alternating")
+    times = _alternate({f"{h}x{w}": _runner(*v) for (h, w), v in pipes.items()}, frames, warmup)
+    for row in by_size:
+        st = times["{}x{}".format(*row["input_size"])]
+        row["pipeline_ms"] = summary(st["pipeline"])
+        row["stages_ms"] = {k: summary(st[k]) for k in PIPELINE_STAGES if k in st}
+        row["ms_per_gflop"] = round(row["pipeline_ms"]["median"] / row["gflops"], 3)
+    base = by_size[0]
+    for row in by_size:
+        row["time_ratio"] = ratio(row["pipeline_ms"]["median"], base["pipeline_ms"]["median"])
+        row["flop_ratio"] = round(row["gflops"] / base["gflops"], 3)
+    return by_size
 
 
 def sweep_markdown(result: Mapping[str, Any]) -> str:
