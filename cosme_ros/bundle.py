@@ -139,93 +139,20 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
+        """Open and validate a bundle directory: every field of the manifest is checked and
+        every error is one :class:`BundleError` line naming the file and the field."""
         path = Path(path)
         where = str(path / MANIFEST)
-        if not path.is_dir():
-            raise BundleError(f"{path}: not a bundle directory (it does not exist or is a file)")
-        if not (path / MANIFEST).is_file():
-            raise BundleError(
-                f"{where}: missing (not a cosme bundle; make one with " f"`cosme bundle create`)"
-            )
-        manifest = read_manifest_text(path / MANIFEST)
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{where}: should be a mapping, got {type(manifest).__name__}")
-        if manifest.get("format") != FORMAT:
-            raise BundleError(
-                f"{where}: field 'format' should be '{FORMAT}', " f"got {manifest.get('format')!r}"
-            )
-        version = manifest.get("version")
-        if version != VERSION:
-            raise BundleError(
-                f"{where}: field 'version' is {version!r}; this cosme_ros reads "
-                f"version {VERSION}"
-            )
-        name = manifest.get("name")
-        if name is not None and not (
-            isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
-        ):
-            raise BundleError(
-                f"{where}: field 'name' should be a printable string of 1 to "
-                f"{MAX_NAME_CHARS} characters"
-            )
+        manifest = _read(path, where)
         teacher = _need(manifest, "teacher", where, dict)
         _need(teacher, "arch", f"{where} teacher", str)
         _check_config(_need(teacher, "config", f"{where} teacher", dict), where, "teacher.config")
-        weights = _need(teacher, "weights", f"{where} teacher", str)
-        _check_file(path, weights, where, "teacher.weights")
+        _check_file(
+            path, _need(teacher, "weights", f"{where} teacher", str), where, "teacher.weights"
+        )
         _check_sha256(teacher, where, "teacher")
-
-        pre = _need(manifest, "preprocess", where, dict)
-        size = _need(pre, "input_size", f"{where} preprocess", list)
-        if len(size) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_INPUT_SIDE
-            for v in size
-        ):
-            raise BundleError(
-                f"{where}: field 'preprocess.input_size' should be [height, width], "
-                f"integers from 32 to {MAX_INPUT_SIDE}, got {size!r}"
-            )
-        mean = _numbers(pre.get("mean"), 3, where, "preprocess.mean")
-        std = _numbers(pre.get("std"), 3, where, "preprocess.std")
-        if min(std) <= 0:
-            raise BundleError(f"{where}: field 'preprocess.std' must be positive, got {std}")
-
-        classes = _need(manifest, "classes", where, dict)
-        names = _need(classes, "names", f"{where} classes", list)
-        palette = _need(classes, "palette", f"{where} classes", list)
-        if not all(isinstance(n, str) for n in names):
-            raise BundleError(f"{where}: field 'classes.names' should be a list of strings")
-        if len(palette) != len(names) or not all(
-            isinstance(c, list)
-            and len(c) == 3
-            and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-            for c in palette
-        ):
-            raise BundleError(
-                f"{where}: field 'classes.palette' should hold one [r, g, b] "
-                f"(0-255) per class name ({len(names)})"
-            )
-        void = classes.get("void", [])
-        if not isinstance(void, list) or not all(
-            isinstance(v, int) and 0 <= v < len(names) for v in void
-        ):
-            raise BundleError(
-                f"{where}: field 'classes.void' should list class indices " f"below {len(names)}"
-            )
-        num_classes = teacher["config"].get("num_classes")
-        if num_classes is not None and (
-            not isinstance(num_classes, int) or isinstance(num_classes, bool)
-        ):
-            raise BundleError(
-                f"{where}: field 'teacher.config.num_classes' should be an "
-                f"integer, got {num_classes!r}"
-            )
-        if num_classes is not None and num_classes != len(names):
-            raise BundleError(
-                f"{where}: teacher.config.num_classes is {num_classes} but "
-                f"classes.names has {len(names)} entries"
-            )
-
+        size, mean, std = _check_preprocess(_need(manifest, "preprocess", where, dict), where)
+        names, palette, void = _check_classes(manifest, teacher, where)
         if "student" in manifest:
             student = _need(manifest, "student", where, dict)
             _check_config(
@@ -236,40 +163,8 @@ class Bundle:
             )
             _check_sha256(student, where, "student")
         if "anomaly" in manifest:
-            anomaly = _need(manifest, "anomaly", where, dict)
-            _check_file(
-                path, _need(anomaly, "weights", f"{where} anomaly", str), where, "anomaly.weights"
-            )
-            _check_sha256(anomaly, where, "anomaly")
-            from cosme_ros.nets.taps import ALL_TAPS
-
-            for key in ("memory_layers", "consensus_layers"):
-                if key in anomaly and not (
-                    isinstance(anomaly[key], list) and all(v in ALL_TAPS for v in anomaly[key])
-                ):
-                    raise BundleError(
-                        f"{where}: field 'anomaly.{key}' should be a list of tap "
-                        f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}"
-                    )
-            if "default_method" in anomaly:
-                _check_default_method(anomaly["default_method"], where)
-        thresholds = manifest.get("thresholds", {})
-        if not isinstance(thresholds, dict):
-            raise BundleError(
-                f"{where}: field 'thresholds' should be a mapping of method to " f"threshold"
-            )
-        for key, entry in thresholds.items():
-            value = entry.get("value") if isinstance(entry, dict) else None
-            if (
-                not isinstance(key, str)
-                or not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-            ):
-                raise BundleError(
-                    f"{where}: field 'thresholds.{key}' should be a mapping with "
-                    f"a finite number 'value'"
-                )
+            _check_anomaly(path, _need(manifest, "anomaly", where, dict), where)
+        _check_thresholds(manifest.get("thresholds", {}), where)
         return cls(
             path=path,
             manifest=manifest,
@@ -488,6 +383,127 @@ class Bundle:
         }
         write_manifest(self.path, manifest)
         self.manifest = manifest
+
+
+def _read(path: Path, where: str) -> Dict[str, Any]:
+    """The manifest of bundle directory ``path``, its format and version checked."""
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory (it does not exist or is a file)")
+    if not (path / MANIFEST).is_file():
+        raise BundleError(
+            f"{where}: missing (not a cosme bundle; make one with `cosme bundle create`)"
+        )
+    manifest = read_manifest_text(path / MANIFEST)
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where}: should be a mapping, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"{where}: field 'format' should be '{FORMAT}', got {manifest.get('format')!r}"
+        )
+    version = manifest.get("version")
+    if version != VERSION:
+        raise BundleError(
+            f"{where}: field 'version' is {version!r}; this cosme_ros reads version {VERSION}"
+        )
+    name = manifest.get("name")
+    if name is not None and not (
+        isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name.isprintable()
+    ):
+        raise BundleError(
+            f"{where}: field 'name' should be a printable string of 1 to "
+            f"{MAX_NAME_CHARS} characters"
+        )
+    return manifest
+
+
+def _check_preprocess(pre: Mapping[str, Any], where: str):
+    """(input size, mean, std) of the manifest's ``preprocess`` section."""
+    size = _need(pre, "input_size", f"{where} preprocess", list)
+    if len(size) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= MAX_INPUT_SIDE for v in size
+    ):
+        raise BundleError(
+            f"{where}: field 'preprocess.input_size' should be [height, width], "
+            f"integers from 32 to {MAX_INPUT_SIDE}, got {size!r}"
+        )
+    mean = _numbers(pre.get("mean"), 3, where, "preprocess.mean")
+    std = _numbers(pre.get("std"), 3, where, "preprocess.std")
+    if min(std) <= 0:
+        raise BundleError(f"{where}: field 'preprocess.std' must be positive, got {std}")
+    return size, mean, std
+
+
+def _check_classes(manifest: Mapping[str, Any], teacher: Mapping[str, Any], where: str):
+    """(names, palette, void classes) of the ``classes`` section, which must agree with the
+    teacher's number of classes."""
+    classes = _need(manifest, "classes", where, dict)
+    names = _need(classes, "names", f"{where} classes", list)
+    palette = _need(classes, "palette", f"{where} classes", list)
+    if not all(isinstance(n, str) for n in names):
+        raise BundleError(f"{where}: field 'classes.names' should be a list of strings")
+    if len(palette) != len(names) or not all(
+        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in palette
+    ):
+        raise BundleError(
+            f"{where}: field 'classes.palette' should hold one [r, g, b] "
+            f"(0-255) per class name ({len(names)})"
+        )
+    void = classes.get("void", [])
+    if not isinstance(void, list) or not all(
+        isinstance(v, int) and 0 <= v < len(names) for v in void
+    ):
+        raise BundleError(
+            f"{where}: field 'classes.void' should list class indices below {len(names)}"
+        )
+    num_classes = teacher["config"].get("num_classes")
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool)
+    ):
+        raise BundleError(
+            f"{where}: field 'teacher.config.num_classes' should be an "
+            f"integer, got {num_classes!r}"
+        )
+    if num_classes is not None and num_classes != len(names):
+        raise BundleError(
+            f"{where}: teacher.config.num_classes is {num_classes} but "
+            f"classes.names has {len(names)} entries"
+        )
+    return names, palette, void
+
+
+def _check_anomaly(path: Path, anomaly: Mapping[str, Any], where: str) -> None:
+    from cosme_ros.nets.taps import ALL_TAPS
+
+    _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where, "anomaly.weights")
+    _check_sha256(anomaly, where, "anomaly")
+    for key in ("memory_layers", "consensus_layers"):
+        if key in anomaly and not (
+            isinstance(anomaly[key], list) and all(v in ALL_TAPS for v in anomaly[key])
+        ):
+            raise BundleError(
+                f"{where}: field 'anomaly.{key}' should be a list of tap "
+                f"names ({', '.join(ALL_TAPS)}), got {anomaly[key]!r}"
+            )
+    if "default_method" in anomaly:
+        _check_default_method(anomaly["default_method"], where)
+
+
+def _check_thresholds(thresholds: Any, where: str) -> None:
+    if not isinstance(thresholds, dict):
+        raise BundleError(f"{where}: field 'thresholds' should be a mapping of method to threshold")
+    for key, entry in thresholds.items():
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if (
+            not isinstance(key, str)
+            or not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise BundleError(
+                f"{where}: field 'thresholds.{key}' should be a mapping with "
+                f"a finite number 'value'"
+            )
 
 
 def _check_default_method(value: Any, where: str) -> None:

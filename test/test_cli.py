@@ -241,3 +241,40 @@ def test_deeplabv3plus_release_layouts_become_bundles(tmp_path, layout):
     with torch.no_grad():
         got, want = teacher(X)["o"], ref(X)["o"]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_sigterm_unwinds_every_command_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """SIGTERM is handled once, in cli/main.py, for every subcommand: the command's cleanup
+    runs (a ``finally`` here) and the exit status is 143; Ctrl-C stays 130."""
+    import os
+    import signal
+    import time
+
+    from cosme_ros.cli import infer, main as main_mod
+
+    cleaned = []
+
+    def terminated(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+            return 0
+        finally:
+            cleaned.append("sigterm")
+
+    def interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            cleaned.append("sigint")
+
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["infer", "--bundle", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path)]
+    monkeypatch.setattr(infer, "run", terminated)
+    assert main_mod.main(args) == 143
+    monkeypatch.setattr(infer, "run", interrupted)
+    assert main_mod.main(args) == 130
+    assert cleaned == ["sigterm", "sigint"]
+    err = capsys.readouterr().err
+    assert "terminated" in err and "interrupted" in err
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only

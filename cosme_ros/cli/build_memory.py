@@ -151,43 +151,43 @@ def run(args) -> int:
             log=say,
         )
         if ctx.is_main:
-            bundle.write_part("anomaly", result.section, result.parts.to_tensors())
-            if ckpt.exists():
-                ckpt.unlink()
-            r = result.report
-            say(
-                f"anomaly part written to {bundle.path}: memory "
-                + ", ".join(f"{layer} {c}/{r['k']}" for layer, c in r["prototypes"].items())
-                + f" from {r['images']} image(s); PAnS from {r['pans_labels']}"
-            )
-            if r["pans_unseen_classes"]:
-                say(
-                    f"note: no PAnS prototype for {', '.join(r['pans_unseen_classes'])} "
-                    f"(never seen in the data)"
-                )
-            if bundle.has_student:  # the student is already there: its Ψ statistics too
-                from cosme_ros.tools.psi_stats import add_psi_stats, gather_psi_stats, summary
-
-                stats, record = gather_psi_stats(
-                    bundle,
-                    dataset,
-                    device=args.device,
-                    max_images=args.max_images,
-                    batch=args.batch,
-                    workers=args.workers,
-                )
-                add_psi_stats(bundle, stats, {**record, "data": args.data})
-                say(
-                    f"added the Ψ statistics ({record['images']} image(s)): "
-                    f"{summary(stats, bundle)}"
-                )
-            if args.json:
-                write_json(args.json, {"bundle": str(bundle.path), **r})
-        if ctx.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            _write(args, bundle, dataset, result, ckpt, say)
+        ctx.barrier()
     finally:
         ctx.close()
     sys.stdout.flush()
     return 0
+
+
+def _write(args, bundle, dataset, result, ckpt, say) -> None:
+    """Rank 0: the anomaly part into the bundle, the build checkpoint removed, the Ψ statistics
+    when a student is already there, the summary."""
+    bundle.write_part("anomaly", result.section, result.parts.to_tensors())
+    if ckpt.exists():
+        ckpt.unlink()
+    r = result.report
+    say(
+        f"anomaly part written to {bundle.path}: memory "
+        + ", ".join(f"{layer} {c}/{r['k']}" for layer, c in r["prototypes"].items())
+        + f" from {r['images']} image(s); PAnS from {r['pans_labels']}"
+    )
+    if r["pans_unseen_classes"]:
+        say(
+            f"note: no PAnS prototype for {', '.join(r['pans_unseen_classes'])} "
+            f"(never seen in the data)"
+        )
+    if bundle.has_student:  # the student is already there: its Ψ statistics too
+        from cosme_ros.tools.psi_stats import add_psi_stats, gather_psi_stats, summary
+
+        stats, record = gather_psi_stats(
+            bundle,
+            dataset,
+            device=args.device,
+            max_images=args.max_images,
+            batch=args.batch,
+            workers=args.workers,
+        )
+        add_psi_stats(bundle, stats, {**record, "data": args.data})
+        say(f"added the Ψ statistics ({record['images']} image(s)): {summary(stats, bundle)}")
+    if args.json:
+        write_json(args.json, {"bundle": str(bundle.path), **r})

@@ -26,6 +26,29 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
     atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def checkpoint_dir(args: argparse.Namespace, target, suffix: str):
+    """``--checkpoint-dir``, or ``<target><suffix>`` beside the training's target."""
+    from pathlib import Path
+
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir)
+    target = Path(target)
+    return target.with_name(target.name + suffix)
+
+
+def write_training_json(path: str, bundle_path, record: Mapping[str, Any], result) -> None:
+    """``--json`` of a training command: the bundle, the training record and the run's speed."""
+    write_json(
+        path,
+        {
+            "bundle": str(bundle_path),
+            **record,
+            "images_per_second": result.images_per_second,
+            "resumed_from": result.resumed_from,
+        },
+    )
+
+
 def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> None:
     """--method, --device, --precision and --input-size, as every command running a Pipeline has."""
     p.add_argument(

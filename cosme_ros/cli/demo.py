@@ -28,8 +28,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
 
 from cosme_ros.cli.common import size_arg, write_json
@@ -87,10 +85,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the node is stopped
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
     from cosme_ros import atomic
     from cosme_ros.tools.demo import DemoOptions, format_result, run_demo
@@ -109,13 +103,8 @@ def run(args) -> int:
         force=args.force,
         progress=not args.no_progress,
     )
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
-    try:
-        result = run_demo(opts, log=lambda line: print(line, flush=True))
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    # SIGTERM unwinds like Ctrl-C (cli/main.py), so the node is stopped on that path too
+    result = run_demo(opts, log=lambda line: print(line, flush=True))
     print(format_result(result))
     if args.json:
         write_json(args.json, result.to_json())

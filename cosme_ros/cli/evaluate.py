@@ -159,33 +159,32 @@ def run(args) -> int:
                 outputs=outputs,
             )
         if args.json:
-            outputs.file(args.json).write_text(
-                json.dumps(
-                    {
-                        "dataset": {
-                            "spec": args.data,
-                            "kind": dataset.kind,
-                            "root": str(dataset.root),
-                            "split": dataset.split,
-                            "images": report.images,
-                        },
-                        "bundle": {
-                            "path": str(bundle.path),
-                            "name": bundle.name,
-                            "input_size": list(bundle.input_size),
-                            "has_student": bundle.has_student,
-                            "has_anomaly": bundle.has_anomaly,
-                        },
-                        "device": str(runner.device),
-                        "precision": runner.precision,
-                        **report.to_json(),
-                        "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
-                    },
-                    indent=2,
-                    sort_keys=True,
-                )
-                + "\n"
-            )
+            doc = _json(args, bundle, dataset, runner, report, plots)
+            outputs.file(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if plots:
         print(f"{len(plots)} plot(s) written to {args.plots}")
     return 0
+
+
+def _json(args, bundle, dataset, runner, report, plots) -> dict:
+    """``--json``: the dataset, the bundle, the settings and the report."""
+    return {
+        "dataset": {
+            "spec": args.data,
+            "kind": dataset.kind,
+            "root": str(dataset.root),
+            "split": dataset.split,
+            "images": report.images,
+        },
+        "bundle": {
+            "path": str(bundle.path),
+            "name": bundle.name,
+            "input_size": list(bundle.input_size),
+            "has_student": bundle.has_student,
+            "has_anomaly": bundle.has_anomaly,
+        },
+        "device": str(runner.device),
+        "precision": runner.precision,
+        **report.to_json(),
+        "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
+    }

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from cosme_ros import __version__
@@ -41,12 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every command's cleanup runs (temporary outputs
+    removed, the demo's node stopped); the exit status is 143 instead of 130."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     # ros2 run appends --ros-args; the offline tools have no use for them.
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--ros-args" in argv:
         argv = argv[: argv.index("--ros-args")]
     args = build_parser().parse_args(argv)
+    # SIGTERM (systemd, docker stop, a supervisor) unwinds like Ctrl-C, for every command, once.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return int(args.run(args) or 0)
     except CosmeError as exc:
@@ -58,9 +72,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         # a file the command reads or writes (disk full, read-only, missing): one line
         print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

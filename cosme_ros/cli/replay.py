@@ -31,18 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from cosme_ros.cli.common import add_pipeline_args, refine_options
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import parse_threshold
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every cleanup path runs."""
 
 
 def _heatmap_range(text: str):
@@ -90,6 +84,14 @@ def add_parser(sub) -> None:
         help="bundle directory (default: the installed demo bundle, " "models/demo, as the node)",
     )
     add_pipeline_args(p, ", as the node's parameter")
+    _add_drawing_args(p)
+    _add_output_args(p)
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=run)
+
+
+def _add_drawing_args(p: argparse.ArgumentParser) -> None:
+    """The node's drawing parameters, with the node's defaults."""
     p.add_argument(
         "--output-resolution",
         default="input",
@@ -118,6 +120,10 @@ def add_parser(sub) -> None:
         help="heatmap colour range, as the node's parameter (default auto; write "
         "--heatmap-range=-3,1 when LO is negative)",
     )
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """The output bag, the video, the metrics and the reports."""
     p.add_argument("--out", metavar="OUT_BAG", help="write an output bag directory")
     p.add_argument(
         "--out-storage",
@@ -163,8 +169,6 @@ def add_parser(sub) -> None:
         metavar="F",
         help='keep {"frames_done": n, "frames_total": N} in F (for supervisors)',
     )
-    p.add_argument("--force", action="store_true", help="replace existing outputs")
-    p.set_defaults(run=run)
 
 
 def _threshold(text: str):
@@ -202,8 +206,38 @@ def _load_pipeline(args):
         raise MissingPartError(f"{bundle.path}: {exc}") from None
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _auto_threshold(args, options, pipeline, refine):
+    """``--anomaly-threshold auto``, as the node: the bundle's, else no mask (and a note)."""
+    from cosme_ros.runtime.thresholds import resolve_threshold
+
+    if args.anomaly_threshold is not None:
+        return options
+    key, value = resolve_threshold(pipeline.bundle, pipeline.method, refine)
+    if value is None:
+        print(
+            f"note: bundle {pipeline.bundle.path} has no calibrated threshold for "
+            f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
+            f"run cosme calibrate)"
+        )
+    return replace(options, anomaly_threshold=math.inf if value is None else value)
+
+
+def _summary(args, pipeline, refine):
+    """(``--json`` path, the text of a finished report): written with the other outputs."""
+    b = pipeline.bundle
+
+    def text(report) -> str:
+        doc = {
+            **report.to_json(worst=args.worst),
+            "bundle": {"path": str(b.path), "name": b.name},
+            "method": pipeline.method,
+            "refine": refine or {"refine": "none"},
+            "device": str(pipeline.device),
+            "input_size": list(pipeline.input_size),
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    return Path(args.json), text
 
 
 def run(args) -> int:
@@ -211,7 +245,6 @@ def run(args) -> int:
     from cosme_ros.anomaly.method_spec import check_run_spec
     from cosme_ros.anomaly.registry import METHODS
     from cosme_ros.options import AUTO_METHOD
-    from cosme_ros.runtime.thresholds import resolve_threshold
     from cosme_ros.tools.replay import (
         Bag,
         ReplayOptions,
@@ -259,48 +292,13 @@ def run(args) -> int:
         bag.close()
         raise
 
-    import threading
-
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
-    try:
+    try:  # SIGTERM unwinds like Ctrl-C (cli/main.py): the outputs are all there or none
         pipeline = _load_pipeline(args)
-        if args.anomaly_threshold is None:  # auto, as the node: the bundle's, else no mask
-            key, value = resolve_threshold(pipeline.bundle, pipeline.method, refine)
-            if value is None:
-                print(
-                    f"note: bundle {pipeline.bundle.path} has no calibrated threshold for "
-                    f"{key}: the output anomaly/mask is empty (give --anomaly-threshold or "
-                    f"run cosme calibrate)"
-                )
-            options = replace(options, anomaly_threshold=math.inf if value is None else value)
-        summary = None
-        if args.json:
-            b = pipeline.bundle
-            summary = (
-                Path(args.json),
-                lambda report: json.dumps(
-                    {
-                        **report.to_json(worst=args.worst),
-                        "bundle": {"path": str(b.path), "name": b.name},
-                        "method": pipeline.method,
-                        "refine": refine or {"refine": "none"},
-                        "device": str(pipeline.device),
-                        "input_size": list(pipeline.input_size),
-                    },
-                    indent=2,
-                    sort_keys=True,
-                )
-                + "\n",
-            )
+        options = _auto_threshold(args, options, pipeline, refine)
+        summary = _summary(args, pipeline, refine) if args.json else None
         # the JSON is written with the bag and the video: an interruption leaves all or none
         report = replay(bag, pipeline, options, summary=summary)
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        return 143
     finally:
         bag.close()
-        if main:
-            signal.signal(signal.SIGTERM, old)
     print(format_report(report, per_frame=not args.no_per_frame, worst=args.worst))
     return 0

@@ -19,10 +19,9 @@ gathers the Ψ statistics that ``auxcon[standardize=true]`` needs (:mod:`cosme_r
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cosme_ros import atomic
-from cosme_ros.cli.common import size_arg, write_json
+from cosme_ros.cli.common import checkpoint_dir, size_arg, write_training_json
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import DEVICES
 
@@ -175,11 +174,7 @@ def run(args) -> int:
     if args.json:
         atomic.check_writable(args.json, True)
     dataset = open_training_data(args.data, args.split)
-    ckpt_dir = (
-        Path(args.checkpoint_dir)
-        if args.checkpoint_dir
-        else bundle.path.with_name(bundle.path.name + ".student-checkpoints")
-    )
+    ckpt_dir = checkpoint_dir(args, bundle.path, ".student-checkpoints")
     if args.resume:  # what a killed run was writing into the bundle
         atomic.remove_temporaries(bundle.path)
     with training_run(
@@ -219,15 +214,7 @@ def run(args) -> int:
             else:
                 print("note: no anomaly part yet; `cosme build-memory` gathers the Ψ statistics")
             if args.json:
-                write_json(
-                    args.json,
-                    {
-                        "bundle": str(bundle.path),
-                        **record,
-                        "images_per_second": out.result.images_per_second,
-                        "resumed_from": out.result.resumed_from,
-                    },
-                )
+                write_training_json(args.json, bundle.path, record, out.result)
     return 0
 
 

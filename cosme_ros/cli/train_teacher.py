@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cosme_ros.cli.common import write_json
+from cosme_ros.cli.common import checkpoint_dir, write_training_json
 from cosme_ros.cli.train_student import add_training_args, positive_int
 from cosme_ros.errors import CosmeError
 
@@ -97,12 +97,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from cosme_ros import atomic
-    from cosme_ros import bundle as bundle_mod
-    from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
     from cosme_ros.train import open_training_data
-    from cosme_ros.train.loop import clear_checkpoints, training_run
-    from cosme_ros.paths import mobilenetv2_imagenet_path
-    from cosme_ros.metrics import format_iou_table
+    from cosme_ros.train.loop import training_run
     from cosme_ros.train.teacher import train_teacher
 
     if args.seed < 0:
@@ -110,23 +106,7 @@ def run(args) -> int:
     if args.width != 1.0 and args.backbone == "mobilenetv2":
         raise CosmeError("--width applies to ResNet backbones; mobilenetv2 is width 1.0")
     pretrained = None if args.pretrained == "none" else args.pretrained
-    weights = None
-    if pretrained is not None:
-        if args.backbone != "mobilenetv2":
-            raise CosmeError(
-                f"--pretrained {pretrained}: only the mobilenetv2 backbone has "
-                f"pretrained weights here, not {args.backbone}"
-            )
-        weights = (
-            Path(args.pretrained_weights)
-            if args.pretrained_weights
-            else mobilenetv2_imagenet_path()
-        )
-        if not weights.exists():
-            raise CosmeError(
-                f"{weights}: no such file or folder (the MobileNetV2 ImageNet "
-                f"weights; give their path with --pretrained-weights)"
-            )
+    weights = _pretrained_weights(args, pretrained)
     out = Path(args.out)
     atomic.check_writable(out, args.force)
     size = args.size or (256, 512)
@@ -138,11 +118,7 @@ def run(args) -> int:
                 f"{spec}: has no semantic labels; training a teacher needs "
                 f"Cityscapes-trainId labels"
             )
-    ckpt_dir = (
-        Path(args.checkpoint_dir)
-        if args.checkpoint_dir
-        else out.with_name(out.name + ".teacher-checkpoints")
-    )
+    ckpt_dir = checkpoint_dir(args, out, ".teacher-checkpoints")
     if args.resume:  # a killed run's half-written bundle beside the target
         atomic.remove_temporaries(out.parent, of=out.name)
     with training_run(
@@ -173,37 +149,60 @@ def run(args) -> int:
             ctx=ctx,
         )
         if ctx.is_main:
-            record = {**run_.record, "threads": threads}
-            print(f"validation ({args.val}, {len(val_set)} images):")
-            print(format_iou_table(run_.evaluation))
-            bundle = bundle_mod.create(
-                out,
-                arch="deeplabv3plus",
-                module=run_.model,
-                input_size=size,
-                mean=run_.mean,
-                std=run_.std,
-                class_names=list(CITYSCAPES_CLASSES),
-                palette=[tuple(c) for c in CITYSCAPES_PALETTE],
-                name=args.name,
-                source={"trained_by": "cosme train-teacher", "train": record},
-                force=args.force,
-            )
-            clear_checkpoints(ckpt_dir)
-            print(
-                f"wrote teacher bundle {bundle.path} ({run_.model.config['backbone']}, width "
-                f"{args.width:g}, input {size[0]}x{size[1]}): mIoU "
-                f"{100 * run_.evaluation['miou']:.2f}, {run_.result.steps} steps in "
-                f"{run_.result.seconds:.0f} s, {run_.result.images_per_second:.2f} images/s"
-            )
-            if args.json:
-                write_json(
-                    args.json,
-                    {
-                        "bundle": str(bundle.path),
-                        **record,
-                        "images_per_second": run_.result.images_per_second,
-                        "resumed_from": run_.result.resumed_from,
-                    },
-                )
+            _write(args, run_, out, size, ckpt_dir, {**run_.record, "threads": threads}, val_set)
     return 0
+
+
+def _pretrained_weights(args, pretrained):
+    """The ImageNet weights' path for ``--pretrained`` (None without), checked to exist."""
+    from cosme_ros.paths import mobilenetv2_imagenet_path
+
+    if pretrained is None:
+        return None
+    if args.backbone != "mobilenetv2":
+        raise CosmeError(
+            f"--pretrained {pretrained}: only the mobilenetv2 backbone has "
+            f"pretrained weights here, not {args.backbone}"
+        )
+    weights = (
+        Path(args.pretrained_weights) if args.pretrained_weights else mobilenetv2_imagenet_path()
+    )
+    if not weights.exists():
+        raise CosmeError(
+            f"{weights}: no such file or folder (the MobileNetV2 ImageNet "
+            f"weights; give their path with --pretrained-weights)"
+        )
+    return weights
+
+
+def _write(args, run_, out: Path, size, ckpt_dir: Path, record, val_set) -> None:
+    """Rank 0: the validation table, the teacher bundle, the checkpoints cleared, the summary."""
+    from cosme_ros import bundle as bundle_mod
+    from cosme_ros.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+    from cosme_ros.metrics import format_iou_table
+    from cosme_ros.train.loop import clear_checkpoints
+
+    print(f"validation ({args.val}, {len(val_set)} images):")
+    print(format_iou_table(run_.evaluation))
+    bundle = bundle_mod.create(
+        out,
+        arch="deeplabv3plus",
+        module=run_.model,
+        input_size=size,
+        mean=run_.mean,
+        std=run_.std,
+        class_names=list(CITYSCAPES_CLASSES),
+        palette=[tuple(c) for c in CITYSCAPES_PALETTE],
+        name=args.name,
+        source={"trained_by": "cosme train-teacher", "train": record},
+        force=args.force,
+    )
+    clear_checkpoints(ckpt_dir)
+    print(
+        f"wrote teacher bundle {bundle.path} ({run_.model.config['backbone']}, width "
+        f"{args.width:g}, input {size[0]}x{size[1]}): mIoU "
+        f"{100 * run_.evaluation['miou']:.2f}, {run_.result.steps} steps in "
+        f"{run_.result.seconds:.0f} s, {run_.result.images_per_second:.2f} images/s"
+    )
+    if args.json:
+        write_training_json(args.json, bundle.path, record, run_.result)

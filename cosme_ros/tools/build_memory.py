@@ -376,16 +376,7 @@ def build_anomaly_parts(
             f"class prototypes"
         )
     build = {
-        "k": config.k,
-        "tau": config.tau,
-        "momentum": config.momentum,
-        "epochs": config.epochs,
-        "batch": config.batch,
-        "seed": config.seed,
-        "candidates_per_image": config.candidates_per_image,
-        "init_passes": config.init_passes,
-        "data": data_spec,
-        "split": dataset.split,
+        **_config_record(config, data_spec, dataset.split),
         "images": len(subset),
         "input_size": list(teacher.input_size),
         "prototypes": {k: int(v) for k, v in builder.counts().items()},
@@ -399,6 +390,21 @@ def build_anomaly_parts(
         "cosme_ros": __version__,
     }
     return _result(bundle, builder, stats, build)
+
+
+def _config_record(config: BuildConfig, data_spec: str, split) -> Dict[str, Any]:
+    return {
+        "k": config.k,
+        "tau": config.tau,
+        "momentum": config.momentum,
+        "epochs": config.epochs,
+        "batch": config.batch,
+        "seed": config.seed,
+        "candidates_per_image": config.candidates_per_image,
+        "init_passes": config.init_passes,
+        "data": data_spec,
+        "split": split,
+    }
 
 
 def _use_labels(bundle: Bundle, dataset: Dataset, config: BuildConfig, data_spec: str) -> bool:

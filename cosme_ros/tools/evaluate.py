@@ -258,6 +258,47 @@ def _ap(m: Optional[Dict[str, float]]) -> Optional[float]:
     return None if m is None else float(m["ap"])
 
 
+def _score_images(runner, dataset: Dataset, indices, first, pooled: PooledPixels, progress: bool):
+    """Every image through the runner, pooled; (per-image rows with each method's AP, the label
+    sizes met, the names of images without labelled pixels)."""
+    methods = list(runner.scorers)
+    per_image: List[Dict] = []
+    sizes: List[List[int]] = []
+    empty: List[str] = []
+    n = len(indices)
+    for pos in tqdm(
+        range(n),
+        desc="evaluate",
+        unit="img",
+        disable=not progress or n < 2,
+        dynamic_ncols=True,
+        leave=False,
+    ):
+        index = int(indices[pos])
+        sample = first if pos == 0 else dataset[index]
+        label = sample.anomaly
+        size = list(label.shape)
+        if size not in sizes:
+            sizes.append(size)
+        if not ((label == 0) | (label == 1)).any():
+            pooled.add({}, label, sample.name)  # counts its void pixels
+            empty.append(sample.name)
+            continue
+        _, scores = runner(sample.image, label.shape)
+        y, picked = pooled.add(scores, label, sample.name)
+        per_image.append(
+            {
+                "index": index,
+                "name": sample.name,
+                "size": size,
+                "anomaly": int((y == 1).sum()),
+                "in_distribution": int((y == 0).sum()),
+                "ap": {m: _ap(metrics.image_metrics(picked[m], y)) for m in methods},
+            }
+        )
+    return per_image, sizes, empty
+
+
 def evaluate(
     runner: MultiMethodRunner,
     dataset: Dataset,
@@ -293,45 +334,11 @@ def evaluate(
         advice="use --binned (histogram metrics with reported error bounds), --max-images, "
         "or raise --memory-limit",
     )
-    per_image: List[Dict] = []
-    sizes: List[List[int]] = []
-    empty: List[str] = []
     first = dataset[int(indices[0])]
     # Estimated from the first image, before any work: refuse rather than swap or fall back.
     labelled = int(((first.anomaly == 0) | (first.anomaly == 1)).sum()) or first.anomaly.size
     pooled.check_memory(labelled)
-
-    for pos in tqdm(
-        range(n),
-        desc="evaluate",
-        unit="img",
-        disable=not progress or n < 2,
-        dynamic_ncols=True,
-        leave=False,
-    ):
-        index = int(indices[pos])
-        sample = first if pos == 0 else dataset[index]
-        label = sample.anomaly
-        size = list(label.shape)
-        if size not in sizes:
-            sizes.append(size)
-        if not ((label == 0) | (label == 1)).any():
-            pooled.add({}, label, sample.name)  # counts its void pixels
-            empty.append(sample.name)
-            continue
-        _, scores = runner(sample.image, label.shape)
-        y, picked = pooled.add(scores, label, sample.name)
-        per_image.append(
-            {
-                "index": index,
-                "name": sample.name,
-                "size": size,
-                "anomaly": int((y == 1).sum()),
-                "in_distribution": int((y == 0).sum()),
-                "ap": {m: _ap(metrics.image_metrics(picked[m], y)) for m in methods},
-            }
-        )
-
+    per_image, sizes, empty = _score_images(runner, dataset, indices, first, pooled, progress)
     if not pooled.has_both_classes:
         raise CosmeError(
             f"{dataset.root}: the {n} image(s) have {pooled.pixels['anomaly']} anomaly and "
@@ -377,7 +384,6 @@ def write_plots(
     import cv2
 
     out_dir = Path(out_dir)
-    names = list(report.methods)
     worst_rows = report.worst_images(worst)
     targets = {"roc": out_dir / "roc.png", "pr": out_dir / "pr.png"}
     overlay_paths = []
@@ -387,38 +393,6 @@ def write_plots(
     for path in [*targets.values(), *overlay_paths]:
         atomic.check_writable(path, force)
 
-    def roc(ax):
-        for m in names:
-            c = report.curves[m]
-            ax.plot(c["fpr"], c["tpr"], label=f"{m} (AUROC {report.methods[m]['auroc']:.1f})")
-        ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
-        ax.axhline(0.95, color="0.7", linestyle="--", linewidth=0.8)
-        ax.set(
-            xlabel="false positive rate",
-            ylabel="true positive rate",
-            xlim=(0, 1),
-            ylim=(0, 1.01),
-            title=f"ROC — {title}",
-        )
-        ax.legend(loc="lower right", fontsize=7)
-
-    def pr(ax):
-        base = report.pixels["anomaly"] / (
-            report.pixels["anomaly"] + report.pixels["in_distribution"]
-        )
-        for m in names:
-            c = report.curves[m]
-            ax.plot(c["recall"], c["precision"], label=f"{m} (AP {report.methods[m]['ap']:.1f})")
-        ax.axhline(base, color="0.7", linestyle=":", linewidth=1)
-        ax.set(
-            xlabel="recall",
-            ylabel="precision",
-            xlim=(0, 1),
-            ylim=(0, 1.01),
-            title=f"Precision–recall — {title}",
-        )
-        ax.legend(loc="upper right", fontsize=7)
-
     def write(path: Path, data: bytes) -> None:
         if outputs is not None:
             outputs.file(path).write_bytes(data)
@@ -426,8 +400,8 @@ def write_plots(
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic.write_bytes(path, data)
 
-    write(targets["roc"], figure_png(roc))
-    write(targets["pr"], figure_png(pr))
+    write(targets["roc"], figure_png(lambda ax: _roc(ax, report, title)))
+    write(targets["pr"], figure_png(lambda ax: _pr(ax, report, title)))
     written = list(targets.values())
     for row, path in zip(worst_rows, overlay_paths):
         sample = dataset[row["index"]]
@@ -447,3 +421,35 @@ def write_plots(
         write(path, encode_image(picture))
         written.append(path)
     return written
+
+
+def _roc(ax, report: EvaluationReport, title: str) -> None:
+    for m in report.methods:
+        c = report.curves[m]
+        ax.plot(c["fpr"], c["tpr"], label=f"{m} (AUROC {report.methods[m]['auroc']:.1f})")
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    ax.axhline(0.95, color="0.7", linestyle="--", linewidth=0.8)
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"ROC — {title}",
+    )
+    ax.legend(loc="lower right", fontsize=7)
+
+
+def _pr(ax, report: EvaluationReport, title: str) -> None:
+    base = report.pixels["anomaly"] / (report.pixels["anomaly"] + report.pixels["in_distribution"])
+    for m in report.methods:
+        c = report.curves[m]
+        ax.plot(c["recall"], c["precision"], label=f"{m} (AP {report.methods[m]['ap']:.1f})")
+    ax.axhline(base, color="0.7", linestyle=":", linewidth=1)
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"Precision–recall — {title}",
+    )
+    ax.legend(loc="upper right", fontsize=7)
