@@ -755,3 +755,50 @@ def param_groups(
                     group["lr_scale"] = scale
                 groups.append(group)
     return groups
+
+
+# ----------------------------------------------------------------------------- shared by the trainings
+
+
+def on_device(model: nn.Module, ctx: Distributed) -> nn.Module:
+    """``model`` for training on this process's device: synchronised BatchNorm under torchrun,
+    channels_last (oneDNN's and cuDNN's fast layout)."""
+    if ctx.enabled:
+        model = convert_sync_batchnorm(model, ctx.device)
+    return model.to(ctx.device, memory_format=torch.channels_last)
+
+
+def training_samples(dataset, size: Tuple[int, int], cfg, labels: bool, cache_bytes: int):
+    """The dataset's samples shrunk once for training at ``size`` (the largest zoom of ``cfg``
+    kept) and cached within ``cache_bytes`` (:class:`PreparedSamples`)."""
+    from cosme_ros.train.augment import shrink_for_training
+
+    return PreparedSamples(
+        dataset,
+        lambda im, lab: shrink_for_training(im, lab, size, cfg.scale[1]),
+        labels=labels,
+        budget_bytes=cache_bytes,
+    )
+
+
+def run_record(
+    result: FitResult, settings: LoopSettings, images: int, size, cfg, bf16: bool, ctx
+) -> Dict[str, Any]:
+    """What every training records about its run (the model card's ``train`` section)."""
+    return {
+        "images": int(images),
+        "epochs": settings.epochs,
+        "batch": min(settings.batch, images),
+        "steps": result.steps,
+        "lr": settings.lr,
+        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
+        "seed": settings.seed,
+        "size": list(size),
+        "augment": cfg.as_dict(),
+        "bf16": bf16,
+        "final_loss": result.final_loss,
+        "epoch_loss": result.epoch_loss,
+        "seconds": round(result.seconds, 1),
+        "processes": ctx.world_size,
+        "device": ctx.device.type,
+    }

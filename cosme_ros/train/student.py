@@ -29,8 +29,11 @@ from cosme_ros.anomaly.consensus import DISTILLATION_LAYERS, distillation_loss
 from cosme_ros.bundle import Bundle
 from cosme_ros.nets.student import Student
 from cosme_ros.data.datasets import subset_indices
-from cosme_ros.train.augment import AugmentConfig, augment, shrink_for_training
+from cosme_ros.train.augment import AugmentConfig, augment
 from cosme_ros.train.loop import (
+    on_device,
+    run_record,
+    training_samples,
     FitResult,
     LoopSettings,
     PreparedSamples,
@@ -155,21 +158,10 @@ def train_student(
             f"distillation taps {DISTILLATION_LAYERS}"
         )
 
-    student = initial_student(teacher, depth, width, seed)
-    if ctx.enabled:
-        from cosme_ros.train.loop import convert_sync_batchnorm
-
-        student = convert_sync_batchnorm(student, ctx.device)
-    student = student.to(ctx.device, memory_format=torch.channels_last)
+    student = on_device(initial_student(teacher, depth, width, seed), ctx)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, betas=(0.9, 0.999))
-
     cfg = AugmentConfig(size=size)
-    samples = PreparedSamples(
-        dataset,
-        lambda im, lab: shrink_for_training(im, lab, size, cfg.scale[1]),
-        labels=False,
-        budget_bytes=cache_bytes,
-    )
+    samples = training_samples(dataset, size, cfg, False, cache_bytes)
     subset = subset_indices(len(dataset), max_images)
     task = DistillTask(teacher, samples, subset, cfg, seed, bundle.mean, bundle.std, ctx, bf16=bf16)
     settings = LoopSettings(
@@ -196,24 +188,10 @@ def train_student(
     result = fit(student, optimizer, task, len(subset), settings, ctx)
     record = {
         "data": data_spec,
-        "images": int(len(subset)),
-        "epochs": epochs,
-        "batch": min(batch, len(subset)),
-        "steps": result.steps,
-        "lr": lr,
+        **run_record(result, settings, len(subset), size, cfg, bf16, ctx),
         "optimizer": "adam(betas=0.9,0.999; no weight decay)",
-        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
-        "seed": seed,
         "init_seed": student_init_seed(seed),
-        "size": list(size),
         "loss": "Eq. 5, normalize=hw, layers weighted 1",
         "layers": list(layers),
-        "augment": cfg.as_dict(),
-        "bf16": bf16,
-        "final_loss": result.final_loss,
-        "epoch_loss": result.epoch_loss,
-        "seconds": round(result.seconds, 1),
-        "processes": ctx.world_size,
-        "device": ctx.device.type,
     }
     return StudentRun(student=student, record=record, result=result)

@@ -52,8 +52,11 @@ from cosme_ros.nets.mobilenetv2 import (
     imagenet_state_dict,
 )
 from cosme_ros.data.datasets import subset_indices
-from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval, shrink_for_training
+from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval
 from cosme_ros.train.loop import (
+    on_device,
+    run_record,
+    training_samples,
     FitResult,
     LoopSettings,
     PreparedSamples,
@@ -280,16 +283,12 @@ def _for_training(
 ) -> Tuple[DeepLabV3Plus, torch.optim.Optimizer]:
     """The model on this process's device (synchronised BatchNorm under torchrun) and its AdamW
     (a pretrained backbone at a lower learning rate)."""
-    if ctx.enabled:
-        from cosme_ros.train.loop import convert_sync_batchnorm
-
-        if pretrained is not None:
-            raise CosmeError(
-                "a pretrained backbone keeps its BatchNorms frozen; train it in one "
-                "process (synchronised BatchNorm would unfreeze them)"
-            )
-        model = convert_sync_batchnorm(model, ctx.device)
-    model = model.to(ctx.device, memory_format=torch.channels_last)
+    if ctx.enabled and pretrained is not None:
+        raise CosmeError(
+            "a pretrained backbone keeps its BatchNorms frozen; train it in one "
+            "process (synchronised BatchNorm would unfreeze them)"
+        )
+    model = on_device(model, ctx)
     lr_scales = {"backbone.": PRETRAINED_BACKBONE_LR_SCALE} if pretrained else None
     optimizer = torch.optim.AdamW(param_groups(model, decay, lr_scales), lr=lr, betas=(0.9, 0.999))
     return model, optimizer
@@ -306,16 +305,13 @@ def _pretrained_record(pretrained: Optional[str], weights: Optional[Path]) -> Op
 
 
 def _result_record(result: FitResult, evaluation: Dict[str, Any]) -> Dict[str, Any]:
-    """The training's losses and the validation's IoU, as the model card records them."""
+    """The validation's IoU (per epoch and at the end), as the model card records it."""
     return {
-        "final_loss": result.final_loss,
-        "epoch_loss": result.epoch_loss,
         "epoch_val_miou": [e["miou"] for e in result.history.get("epoch_eval", [])],
         "miou": evaluation["miou"],
         "miou_present": evaluation["miou_present"],
         "pixel_accuracy": evaluation["pixel_accuracy"],
         "iou": {k: v for k, v in evaluation["iou"].items() if v is not None},
-        "seconds": round(result.seconds, 1),
     }
 
 
@@ -357,17 +353,11 @@ def train_teacher(
     model, optimizer = _for_training(model, ctx, pretrained, lr, weight_decay)
 
     cfg = AugmentConfig(size=size)
-    samples = PreparedSamples(
-        train_set,
-        lambda im, lab: shrink_for_training(im, lab, size, cfg.scale[1]),
-        labels=True,
-        budget_bytes=cache_bytes,
-    )
+    samples = training_samples(train_set, size, cfg, True, cache_bytes)
     subset = subset_indices(len(train_set), max_images)
     evaluator = Evaluator(val_set, size, ctx, batch=max(1, batch), bf16=bf16, mean=mean, std=std)
     val = evaluator if eval_every_epoch else None
     task = SegmentationTask(samples, subset, cfg, seed, ctx, bf16=bf16, val=val, mean=mean, std=std)
-    shared = {"size": list(size), "augment": cfg.as_dict(), "bf16": bf16}
     fingerprint = {
         "command": "train-teacher",
         "data": data_spec,
@@ -376,7 +366,9 @@ def train_teacher(
         "weight_decay": weight_decay,
         "eval_every_epoch": eval_every_epoch,
         "pretrained": pretrained,
-        **shared,
+        "size": list(size),
+        "augment": cfg.as_dict(),
+        "bf16": bf16,
     }
     settings = LoopSettings(
         epochs=epochs,
@@ -394,21 +386,12 @@ def train_teacher(
     record = {
         "data": data_spec,
         "val": val_spec,
-        "images": int(len(subset)),
         "val_images": len(val_set),
-        "epochs": epochs,
-        "batch": min(batch, len(subset)),
-        "steps": result.steps,
-        "lr": lr,
+        **run_record(result, settings, len(subset), size, cfg, bf16, ctx),
         "optimizer": f"adamw(betas=0.9,0.999; weight decay {weight_decay:g} on conv weights)"
         + (f"; backbone lr x{PRETRAINED_BACKBONE_LR_SCALE:g}" if pretrained else ""),
         "pretrained": _pretrained_record(pretrained, pretrained_weights),
-        "schedule": f"linear warm-up, poly 0.9 ({result.steps} steps)",
-        "seed": seed,
-        **shared,
         **_result_record(result, evaluation),
-        "processes": ctx.world_size,
-        "device": ctx.device.type,
     }
     return TeacherRun(
         model=model, record=record, result=result, evaluation=evaluation, mean=mean, std=std

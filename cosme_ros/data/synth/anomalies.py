@@ -10,7 +10,7 @@ the road at world sizes, so perspective makes far ones small. Their pixels carry
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -49,101 +49,125 @@ DEBRIS = [
 
 
 def sample(rng: np.random.Generator, family: str, look) -> Dict:
-    if family == "animal":
-        kind = str(rng.choice(["dog", "deer", "cow", "boar", "goat"]))
-        L, hb = {
-            "dog": (rng.uniform(0.5, 0.9), rng.uniform(0.4, 0.65)),
-            "deer": (rng.uniform(0.9, 1.4), rng.uniform(0.9, 1.2)),
-            "cow": (rng.uniform(1.6, 2.1), rng.uniform(1.2, 1.5)),
-            "boar": (rng.uniform(0.9, 1.3), rng.uniform(0.6, 0.85)),
-            "goat": (rng.uniform(0.7, 1.0), rng.uniform(0.6, 0.8)),
-        }[kind]
-        return dict(
-            kind=kind,
-            length=float(L),
-            height=float(hb),
-            color=pick(rng, FUR),
-            spots=bool(rng.random() < 0.3),
-            facing=int(rng.choice([-1, 1])),
-            leg=float(rng.uniform(0.45, 0.6)),
-            head=float(rng.uniform(0.16, 0.24)),
-            view=str(rng.choice(["side", "side", "front"])),
-        )
-    if family == "crate":
-        card = rng.random() < 0.35
-        size = rng.uniform(0.3, 1.2)
-        return dict(
-            w=float(size * rng.uniform(0.8, 1.5)),
-            l=float(size * rng.uniform(0.8, 1.5)),
-            h=float(size * rng.uniform(0.6, 1.1)),
-            heading=float(rng.uniform(0, math.pi)),
-            color=pick(rng, [(190, 150, 100), (170, 130, 85)] if card else WOOD),
-            card=bool(card),
-            planks=int(rng.integers(3, 6)),
-        )
-    if family == "tyre":
-        return dict(
-            r=float(rng.uniform(0.28, 0.5)),
-            upright=bool(rng.random() < 0.7),
-            turn=float(rng.uniform(0.25, 1.0)),
-            rim=bool(rng.random() < 0.5),
-            color=jitter(rng, (28, 28, 30), 4),
-        )
-    if family == "debris":
-        n = int(rng.integers(6, 26))
-        pieces = []
-        spread = rng.uniform(0.5, 2.5)
-        for _ in range(n):
-            m = int(rng.integers(4, 8))
-            ang = np.sort(rng.uniform(0, 2 * math.pi, m))
-            pieces.append(
-                dict(
-                    dx=float(rng.normal(0, spread / 2)),
-                    dz=float(rng.normal(0, spread)),
-                    size=float(rng.uniform(0.06, 0.4)),
-                    upright=bool(rng.random() < 0.35),
-                    ang=ang.tolist(),
-                    rad=rng.uniform(0.5, 1.0, m).tolist(),
-                    color=pick(rng, DEBRIS),
-                )
-            )
-        return dict(pieces=pieces)
-    if family == "blob":
-        m = int(rng.integers(8, 16))
+    """The parameters of one anomaly of ``family``, drawn from ``rng``."""
+    if family not in _SAMPLERS:
+        raise ValueError(family)
+    return _SAMPLERS[family](rng)
+
+
+def _sample_animal(rng: np.random.Generator) -> Dict:
+    kind = str(rng.choice(["dog", "deer", "cow", "boar", "goat"]))
+    L, hb = {
+        "dog": (rng.uniform(0.5, 0.9), rng.uniform(0.4, 0.65)),
+        "deer": (rng.uniform(0.9, 1.4), rng.uniform(0.9, 1.2)),
+        "cow": (rng.uniform(1.6, 2.1), rng.uniform(1.2, 1.5)),
+        "boar": (rng.uniform(0.9, 1.3), rng.uniform(0.6, 0.85)),
+        "goat": (rng.uniform(0.7, 1.0), rng.uniform(0.6, 0.8)),
+    }[kind]
+    return dict(
+        kind=kind,
+        length=float(L),
+        height=float(hb),
+        color=pick(rng, FUR),
+        spots=bool(rng.random() < 0.3),
+        facing=int(rng.choice([-1, 1])),
+        leg=float(rng.uniform(0.45, 0.6)),
+        head=float(rng.uniform(0.16, 0.24)),
+        view=str(rng.choice(["side", "side", "front"])),
+    )
+
+
+def _sample_crate(rng: np.random.Generator) -> Dict:
+    card = rng.random() < 0.35
+    size = rng.uniform(0.3, 1.2)
+    return dict(
+        w=float(size * rng.uniform(0.8, 1.5)),
+        l=float(size * rng.uniform(0.8, 1.5)),
+        h=float(size * rng.uniform(0.6, 1.1)),
+        heading=float(rng.uniform(0, math.pi)),
+        color=pick(rng, [(190, 150, 100), (170, 130, 85)] if card else WOOD),
+        card=bool(card),
+        planks=int(rng.integers(3, 6)),
+    )
+
+
+def _sample_tyre(rng: np.random.Generator) -> Dict:
+    return dict(
+        r=float(rng.uniform(0.28, 0.5)),
+        upright=bool(rng.random() < 0.7),
+        turn=float(rng.uniform(0.25, 1.0)),
+        rim=bool(rng.random() < 0.5),
+        color=jitter(rng, (28, 28, 30), 4),
+    )
+
+
+def _sample_debris(rng: np.random.Generator) -> Dict:
+    n = int(rng.integers(6, 26))
+    pieces = []
+    spread = rng.uniform(0.5, 2.5)
+    for _ in range(n):
+        m = int(rng.integers(4, 8))
         ang = np.sort(rng.uniform(0, 2 * math.pi, m))
-        size = float(rng.uniform(0.3, 1.4))
-        colors = [
-            pick(rng, lk.ODD_COLORS + [(30, 30, 30), (240, 240, 240), (120, 60, 160)])
-            for _ in range(3)
-        ]
-        return dict(
-            size=size,
-            ang=ang.tolist(),
-            rad=rng.uniform(0.45, 1.0, m).tolist(),
-            colors=colors,
-            rings=int(rng.integers(1, 4)),
-            wide=float(rng.uniform(0.6, 1.6)),
-            dots=bool(rng.random() < 0.4),
-            dot_xy=rng.uniform(-0.5, 0.5, (6, 2)).tolist(),
+        pieces.append(
+            dict(
+                dx=float(rng.normal(0, spread / 2)),
+                dz=float(rng.normal(0, spread)),
+                size=float(rng.uniform(0.06, 0.4)),
+                upright=bool(rng.random() < 0.35),
+                ang=ang.tolist(),
+                rad=rng.uniform(0.5, 1.0, m).tolist(),
+                color=pick(rng, DEBRIS),
+            )
         )
-    if family == "barrel":
-        return dict(
-            r=float(rng.uniform(0.25, 0.4)),
-            h=float(rng.uniform(0.7, 1.0)),
-            color=pick(
-                rng,
-                [
-                    (30, 70, 160),
-                    (170, 30, 30),
-                    (40, 120, 60),
-                    (220, 180, 30),
-                    (130, 70, 40),
-                    (30, 30, 30),
-                ],
-            ),
-            lying=bool(rng.random() < 0.3),
-        )
-    raise ValueError(family)
+    return dict(pieces=pieces)
+
+
+def _sample_blob(rng: np.random.Generator) -> Dict:
+    m = int(rng.integers(8, 16))
+    ang = np.sort(rng.uniform(0, 2 * math.pi, m))
+    size = float(rng.uniform(0.3, 1.4))
+    colors = [
+        pick(rng, lk.ODD_COLORS + [(30, 30, 30), (240, 240, 240), (120, 60, 160)]) for _ in range(3)
+    ]
+    return dict(
+        size=size,
+        ang=ang.tolist(),
+        rad=rng.uniform(0.45, 1.0, m).tolist(),
+        colors=colors,
+        rings=int(rng.integers(1, 4)),
+        wide=float(rng.uniform(0.6, 1.6)),
+        dots=bool(rng.random() < 0.4),
+        dot_xy=rng.uniform(-0.5, 0.5, (6, 2)).tolist(),
+    )
+
+
+def _sample_barrel(rng: np.random.Generator) -> Dict:
+    return dict(
+        r=float(rng.uniform(0.25, 0.4)),
+        h=float(rng.uniform(0.7, 1.0)),
+        color=pick(
+            rng,
+            [
+                (30, 70, 160),
+                (170, 30, 30),
+                (40, 120, 60),
+                (220, 180, 30),
+                (130, 70, 40),
+                (30, 30, 30),
+            ],
+        ),
+        lying=bool(rng.random() < 0.3),
+    )
+
+
+_SAMPLERS: Dict[str, Callable[[np.random.Generator], Dict]] = {
+    "animal": _sample_animal,
+    "crate": _sample_crate,
+    "tyre": _sample_tyre,
+    "debris": _sample_debris,
+    "blob": _sample_blob,
+    "barrel": _sample_barrel,
+}
 
 
 def _size(family: str, p: Dict) -> float:

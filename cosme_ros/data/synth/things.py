@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -203,7 +203,14 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
     )
     cf = solids.draw_hexa(c, cam, look, cabin, body_col, label, cv.PAINT)
     polys += cf.values()
-    glass = p["glass"]
+    _car_windows(ctx, cabin, cf, p["glass"], label)
+    polys += _car_wheels(ctx, X, Z, heading, faces, L, hl, hw, belt, label)
+    _car_lights(ctx, body, faces, label)
+    return poly_bbox(polys)
+
+
+def _car_windows(ctx: Ctx, cabin, cf, glass, label: int) -> None:
+    """Glass on every visible cabin face but the roof, framed by the body colour."""
     for face in cf:
         if face == "top":
             continue
@@ -211,16 +218,14 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
             rects = np.array([[0.08, 0.47, 0.12, 0.88], [0.53, 0.92, 0.12, 0.88]])
         else:
             rects = np.array([[0.08, 0.92, 0.1, 0.86]])
-        decal(
-            ctx,
-            cabin,
-            face,
-            rects,
-            look.face(glass, solids.face_normal(cabin, face)),
-            label,
-            cv.GLASS,
-        )
-    # Wheels on the visible side.
+        colour = ctx.look.face(glass, solids.face_normal(cabin, face))
+        decal(ctx, cabin, face, rects, colour, label, cv.GLASS)
+
+
+def _car_wheels(ctx: Ctx, X, Z, heading, faces, L, hl, hw, belt, label: int) -> List:
+    """Wheels (tyre and hub) on the visible side; returns the tyres' polygons."""
+    cam, c = ctx.cam, ctx.canvas
+    polys: List = []
     for face in ("left", "right"):
         if face in faces:
             ls = [0.75 / L, 1 - 0.8 / L]
@@ -230,8 +235,12 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
             hp = _wheel_polys(cam, side, face, L, belt, ls, 0.17)
             c.polys(hp, (140, 140, 145), label, cv.METAL)
             polys += wp
-    # Lights and plate on the face towards the camera.
-    lit = look.lamps_on
+    return polys
+
+
+def _car_lights(ctx: Ctx, body, faces, label: int) -> None:
+    """Lights and plate on the face towards the camera (lit at dusk)."""
+    lit = ctx.look.lamps_on
     lamp_mat = EMISSIVE if lit else cv.PLASTIC
     if "rear" in faces:
         decal(
@@ -255,7 +264,6 @@ def draw_car(ctx: Ctx, th: Thing, X: float, Z: float, heading: float) -> Optiona
             lamp_mat,
         )
         decal(ctx, body, "front", [[0.3, 0.7, 0.3, 0.55]], (35, 35, 38), label, cv.METAL)
-    return poly_bbox(polys)
 
 
 def _far_box(ctx: Ctx, X, Z, heading, hl, hw, H, color, label: int) -> Optional[BBox]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -244,57 +244,7 @@ def _lots(
         if end - z < 2.0:
             z = end
             continue
-        p: Dict = {}
-        ground = lk.SIDEWALK
-        setback = 0.0
-        if kind == "building":
-            floors = int(rng.integers(3, 9))
-            color, odd = _building_color(rng, look)
-            p.update(
-                color=color,
-                odd=odd,
-                floors=floors,
-                floor_h=float(rng.uniform(2.9, 3.6)),
-                depth=float(rng.uniform(12, 25)),
-                win=_window_style(rng, look),
-                shop=bool(rng.random() < 0.6),
-                shop_color=pick(rng, SHOP_COLORS),
-                cornice=bool(rng.random() < 0.6),
-                seed=int(rng.integers(1 << 30)),
-            )
-            p["height"] = floors * p["floor_h"] + rng.uniform(0.3, 1.5)
-            setback = 0.0 if rng.random() < 0.8 else float(rng.uniform(0.5, 3))
-        elif kind == "house":
-            floors = int(rng.integers(1, 3))
-            color, odd = _building_color(rng, look)
-            p.update(
-                color=color,
-                odd=odd,
-                floors=floors,
-                floor_h=float(rng.uniform(2.7, 3.1)),
-                depth=float(rng.uniform(8, 12)),
-                win=_window_style(rng, look),
-                shop=False,
-                roof=pick(rng, ROOF_COLORS),
-                cornice=False,
-                seed=int(rng.integers(1 << 30)),
-            )
-            p["height"] = floors * p["floor_h"] + 0.5
-            setback = float(rng.uniform(3.0, 8.0))
-            ground = lk.TERRAIN
-            p["front"] = _hedge(rng) if rng.random() < 0.55 else None
-        elif kind == "park":
-            ground = lk.TERRAIN
-            setback = 0.0
-            p["front"] = _hedge(rng) if rng.random() < 0.6 else None
-            n = int(max(1, (end - z) / rng.uniform(5, 12)))
-            p["trees"] = _back_trees(rng, look, n, 1.5, 25, z, end)
-        elif kind == "hedge":
-            ground = lk.SIDEWALK if side.style == "urban" else lk.TERRAIN
-            p["front"] = _hedge(rng)
-            p["trees"] = _back_trees(rng, look, int(rng.integers(0, 4)), 2, 12, z, end)
-        else:  # gap: a paved yard with maybe a tree or two
-            p["trees"] = _back_trees(rng, look, int(rng.integers(0, 3)), 2, 10, z, end)
+        p, ground, setback = _lot_params(rng, kind, side, look, z, end)
         lots.append(
             Lot(
                 sgn=side.sgn,
@@ -308,6 +258,61 @@ def _lots(
         )
         z = end
     return lots
+
+
+def _lot_params(rng, kind: str, side: Side, look: Look, z: float, end: float):
+    """(parameters, ground class, setback) of one lot of ``kind`` between ``z`` and ``end``."""
+    p: Dict = {}
+    ground = lk.SIDEWALK
+    setback = 0.0
+    if kind == "building":
+        floors = int(rng.integers(3, 9))
+        color, odd = _building_color(rng, look)
+        p.update(
+            color=color,
+            odd=odd,
+            floors=floors,
+            floor_h=float(rng.uniform(2.9, 3.6)),
+            depth=float(rng.uniform(12, 25)),
+            win=_window_style(rng, look),
+            shop=bool(rng.random() < 0.6),
+            shop_color=pick(rng, SHOP_COLORS),
+            cornice=bool(rng.random() < 0.6),
+            seed=int(rng.integers(1 << 30)),
+        )
+        p["height"] = floors * p["floor_h"] + rng.uniform(0.3, 1.5)
+        setback = 0.0 if rng.random() < 0.8 else float(rng.uniform(0.5, 3))
+    elif kind == "house":
+        floors = int(rng.integers(1, 3))
+        color, odd = _building_color(rng, look)
+        p.update(
+            color=color,
+            odd=odd,
+            floors=floors,
+            floor_h=float(rng.uniform(2.7, 3.1)),
+            depth=float(rng.uniform(8, 12)),
+            win=_window_style(rng, look),
+            shop=False,
+            roof=pick(rng, ROOF_COLORS),
+            cornice=False,
+            seed=int(rng.integers(1 << 30)),
+        )
+        p["height"] = floors * p["floor_h"] + 0.5
+        setback = float(rng.uniform(3.0, 8.0))
+        ground = lk.TERRAIN
+        p["front"] = _hedge(rng) if rng.random() < 0.55 else None
+    elif kind == "park":
+        ground = lk.TERRAIN
+        p["front"] = _hedge(rng) if rng.random() < 0.6 else None
+        n = int(max(1, (end - z) / rng.uniform(5, 12)))
+        p["trees"] = _back_trees(rng, look, n, 1.5, 25, z, end)
+    elif kind == "hedge":
+        ground = lk.SIDEWALK if side.style == "urban" else lk.TERRAIN
+        p["front"] = _hedge(rng)
+        p["trees"] = _back_trees(rng, look, int(rng.integers(0, 4)), 2, 12, z, end)
+    else:  # gap: a paved yard with maybe a tree or two
+        p["trees"] = _back_trees(rng, look, int(rng.integers(0, 3)), 2, 10, z, end)
+    return p, ground, setback
 
 
 def _back_trees(rng, look: Look, n: int, d0: float, d1: float, z0: float, z1: float) -> List:
@@ -451,16 +456,41 @@ def place_things(
     ego_a: float,
     speed: float = 0.0,
 ) -> List[Thing]:
-    """Everything at street level: vehicles, people, poles, signs, trees by the kerb."""
-    things: List[Thing] = []
-    span = z1 - z0
+    """Everything at street level: vehicles, people, poles, signs, trees by the kerb. The
+    helpers draw from ``rng`` in a fixed order (a world's frames depend on it)."""
+    st = _Street(rng, road, junctions, look, z0, z1, speed)
+    things = _traffic(st, ego_a) + _parked(st)
+    for sgn, side in sides.items():
+        things += _pedestrians(st, side, sgn)
+        things += _lamps(st, side, sgn)
+        things += _trees(st, side, sgn)
+        things += _bollards(st, side, sgn)
+        things += _bushes(st, side, sgn)
+    return things + _signs(st, sides) + _zebra_people(st)
 
-    def in_junction(z, sgn, margin=0.0):
+
+@dataclass
+class _Street:
+    """What :func:`place_things`' helpers share: the draw, the road, its junctions, the span."""
+
+    rng: Any
+    road: Road
+    junctions: List[Junction]
+    look: Look
+    z0: float
+    z1: float
+    speed: float
+
+    def in_junction(self, z: float, sgn: int, margin: float = 0.0) -> bool:
         return any(
-            sgn in j.sides and j.z - margin <= z <= j.z + j.width + margin for j in junctions
+            sgn in j.sides and j.z - margin <= z <= j.z + j.width + margin for j in self.junctions
         )
 
-    # Moving traffic: one speed per lane so cars in a lane never run into each other.
+
+def _traffic(st: _Street, ego_a: float) -> List[Thing]:
+    """Moving traffic: one speed per lane so cars in a lane never run into each other."""
+    rng, road, z0, z1, speed = st.rng, st.road, st.z0, st.z1, st.speed
+    things: List[Thing] = []
     for sgn, n in ((1, road.lanes_r), (-1, road.lanes_l)):
         for i in range(n):
             a_lane = road.lane_center(i, sgn)
@@ -474,113 +504,145 @@ def place_things(
             if speed == 0.0:
                 v = 0.0
             while z < z1:
-                kind, p = _vehicle(rng, look)
+                kind, p = _vehicle(rng, st.look)
                 L = p["length"]
                 p["heading"] = 0.0 if sgn > 0 else math.pi
                 a = a_lane + rng.uniform(-0.3, 0.3)
                 things.append(Thing(kind, float(a), float(z + L / 2), p, vz=float(v)))
                 z += L + rng.uniform(6, 40) * (1.6 if ego_lane else 1.0)
-    # Parked cars along the kerbs.
+    return things
+
+
+def _parked(st: _Street) -> List[Thing]:
+    """Parked cars along the kerbs."""
+    rng, road, z1 = st.rng, st.road, st.z1
+    things: List[Thing] = []
     for sgn, width in ((1, road.park_r), (-1, road.park_l)):
         if width <= 0:
             continue
         a = road.edge(sgn) - sgn * width / 2
-        z = z0 + rng.uniform(-3, 4)
+        z = st.z0 + rng.uniform(-3, 4)
         while z < z1:
-            kind, p = _vehicle(rng, look, "car" if rng.random() < 0.95 else "truck")
+            kind, p = _vehicle(rng, st.look, "car" if rng.random() < 0.95 else "truck")
             if kind == "truck":
                 p["length"] = min(p["length"], 7.0)
             L = p["length"]
-            free = not in_junction(z, sgn, 2.0) and not in_junction(z + L, sgn, 2.0)
+            free = not st.in_junction(z, sgn, 2.0) and not st.in_junction(z + L, sgn, 2.0)
             if free and rng.random() < 0.85:
                 p["heading"] = 0.0 if (sgn > 0 or rng.random() < 0.3) else math.pi
                 at = a + rng.uniform(-0.15, 0.15) * sgn
                 things.append(Thing(kind, float(at), float(z + L / 2), p))
             z += L + rng.uniform(0.6, 4.0) + (rng.uniform(4, 12) if rng.random() < 0.15 else 0.0)
+    return things
 
-    for sgn, side in sides.items():
-        kerb = side.kerb(road)
-        w0, w1 = side.walk0(road), side.walk1(road)
-        # Pedestrians on the sidewalk.
-        for _ in range(rng.poisson(max(0.0, 5.0 * span / 100) + 1.2)):
-            z = rng.uniform(z0 + 2, z1)
-            if in_junction(z, sgn):
-                continue
-            if side.sidewalk > 0.8:
-                a = rng.uniform(min(w0, w1) + 0.3, max(w0, w1) - 0.3)
-            else:
-                a = w0 + sgn * 0.5
-            view = "front" if rng.random() < 0.75 else "side"
-            p = _person(rng, view)
-            vz = p["facing"] * rng.uniform(0.9, 1.6) if speed else 0.0
-            vz = float(vz if view == "front" else 0.0)  # side views stand (waiting, talking)
-            things.append(Thing("person", float(a), float(z), p, vz=vz))
-            if rng.random() < 0.3:  # walking in pairs
-                q = _person(rng, view)
-                a2 = a + sgn * rng.uniform(0.5, 0.8)
-                z2 = z + rng.uniform(-0.5, 0.5)
-                things.append(Thing("person", float(a2), float(z2), q, vz=vz))
-        # Street lamps.
-        if rng.random() < 0.8:
-            spacing = rng.uniform(22, 40)
-            z = z0 + rng.uniform(0, spacing)
-            lamp = dict(
-                height=float(rng.uniform(6, 9)),
-                arm=float(rng.uniform(0.8, 2.0)),
-                color=pick(rng, LAMP_COLORS),
-                width=float(rng.uniform(0.3, 0.45)),
-            )
-            while z < z1:
-                if not in_junction(z, sgn, 1.0):
-                    things.append(Thing("lamp", float(kerb + sgn * 0.45), float(z), dict(lamp)))
-                z += spacing
-        # Trees on the verge or in pits along the kerb.
-        if side.verge > 0.7 and rng.random() < 0.75 or rng.random() < 0.25:
-            spacing = rng.uniform(7, 15)
-            a = kerb + sgn * (side.verge / 2 if side.verge > 0.7 else 0.8)
-            z = z0 + rng.uniform(0, spacing)
-            base = _tree_params(rng, look)
-            while z < z1:
-                if not in_junction(z, sgn, 2.0) and rng.random() < 0.85:
-                    tp = dict(
-                        base,
-                        height=base["height"] * rng.uniform(0.85, 1.15),
-                        blobs=_tree_params(rng, look)["blobs"],
-                    )
-                    things.append(Thing("tree", float(a), float(z), tp))
-                z += spacing * rng.uniform(0.85, 1.15)
-        # Bollards.
-        if rng.random() < 0.15:
-            z = rng.uniform(z0 + 3, z1 - 10)
-            for i in range(int(rng.integers(3, 9))):
-                if not in_junction(z + i * 1.5, sgn):
-                    things.append(
-                        Thing(
-                            "bollard",
-                            float(kerb + sgn * 0.3),
-                            float(z + i * 1.5),
-                            dict(color=(60, 60, 60) if i % 2 else (70, 70, 70)),
-                        )
-                    )
-        # Bushes on the verge.
-        if side.verge > 1.0 and rng.random() < 0.4:
-            for _ in range(int(rng.integers(1, 5))):
-                z = rng.uniform(z0 + 3, z1)
-                if not in_junction(z, sgn):
-                    bush = dict(
-                        color=pick(rng, lk.LEAF_COLORS),
-                        size=float(rng.uniform(0.6, 1.3)),
-                        blobs=_tree_params(rng, look)["blobs"],
-                    )
-                    things.append(Thing("bush", float(kerb + sgn * side.verge / 2), float(z), bush))
 
-    # Traffic signs beside the road.
-    for _ in range(rng.poisson(2.0 * max(1.0, span / 100)) + 1):
+def _pedestrians(st: _Street, side: Side, sgn: int) -> List[Thing]:
+    """Pedestrians on the sidewalk, some in pairs."""
+    rng, z0, z1 = st.rng, st.z0, st.z1
+    w0, w1 = side.walk0(st.road), side.walk1(st.road)
+    things: List[Thing] = []
+    for _ in range(rng.poisson(max(0.0, 5.0 * (z1 - z0) / 100) + 1.2)):
+        z = rng.uniform(z0 + 2, z1)
+        if st.in_junction(z, sgn):
+            continue
+        if side.sidewalk > 0.8:
+            a = rng.uniform(min(w0, w1) + 0.3, max(w0, w1) - 0.3)
+        else:
+            a = w0 + sgn * 0.5
+        view = "front" if rng.random() < 0.75 else "side"
+        p = _person(rng, view)
+        vz = p["facing"] * rng.uniform(0.9, 1.6) if st.speed else 0.0
+        vz = float(vz if view == "front" else 0.0)  # side views stand (waiting, talking)
+        things.append(Thing("person", float(a), float(z), p, vz=vz))
+        if rng.random() < 0.3:  # walking in pairs
+            q = _person(rng, view)
+            a2 = a + sgn * rng.uniform(0.5, 0.8)
+            z2 = z + rng.uniform(-0.5, 0.5)
+            things.append(Thing("person", float(a2), float(z2), q, vz=vz))
+    return things
+
+
+def _lamps(st: _Street, side: Side, sgn: int) -> List[Thing]:
+    """Street lamps at a regular spacing on most streets."""
+    rng, kerb = st.rng, side.kerb(st.road)
+    things: List[Thing] = []
+    if rng.random() < 0.8:
+        spacing = rng.uniform(22, 40)
+        z = st.z0 + rng.uniform(0, spacing)
+        lamp = dict(
+            height=float(rng.uniform(6, 9)),
+            arm=float(rng.uniform(0.8, 2.0)),
+            color=pick(rng, LAMP_COLORS),
+            width=float(rng.uniform(0.3, 0.45)),
+        )
+        while z < st.z1:
+            if not st.in_junction(z, sgn, 1.0):
+                things.append(Thing("lamp", float(kerb + sgn * 0.45), float(z), dict(lamp)))
+            z += spacing
+    return things
+
+
+def _trees(st: _Street, side: Side, sgn: int) -> List[Thing]:
+    """Trees on the verge or in pits along the kerb."""
+    rng, kerb, look = st.rng, side.kerb(st.road), st.look
+    things: List[Thing] = []
+    if side.verge > 0.7 and rng.random() < 0.75 or rng.random() < 0.25:
+        spacing = rng.uniform(7, 15)
+        a = kerb + sgn * (side.verge / 2 if side.verge > 0.7 else 0.8)
+        z = st.z0 + rng.uniform(0, spacing)
+        base = _tree_params(rng, look)
+        while z < st.z1:
+            if not st.in_junction(z, sgn, 2.0) and rng.random() < 0.85:
+                tp = dict(
+                    base,
+                    height=base["height"] * rng.uniform(0.85, 1.15),
+                    blobs=_tree_params(rng, look)["blobs"],
+                )
+                things.append(Thing("tree", float(a), float(z), tp))
+            z += spacing * rng.uniform(0.85, 1.15)
+    return things
+
+
+def _bollards(st: _Street, side: Side, sgn: int) -> List[Thing]:
+    rng, kerb = st.rng, side.kerb(st.road)
+    things: List[Thing] = []
+    if rng.random() < 0.15:
+        z = rng.uniform(st.z0 + 3, st.z1 - 10)
+        for i in range(int(rng.integers(3, 9))):
+            if not st.in_junction(z + i * 1.5, sgn):
+                colour = (60, 60, 60) if i % 2 else (70, 70, 70)
+                at = float(kerb + sgn * 0.3)
+                things.append(Thing("bollard", at, float(z + i * 1.5), dict(color=colour)))
+    return things
+
+
+def _bushes(st: _Street, side: Side, sgn: int) -> List[Thing]:
+    """Bushes on a wide verge."""
+    rng, kerb = st.rng, side.kerb(st.road)
+    things: List[Thing] = []
+    if side.verge > 1.0 and rng.random() < 0.4:
+        for _ in range(int(rng.integers(1, 5))):
+            z = rng.uniform(st.z0 + 3, st.z1)
+            if not st.in_junction(z, sgn):
+                bush = dict(
+                    color=pick(rng, lk.LEAF_COLORS),
+                    size=float(rng.uniform(0.6, 1.3)),
+                    blobs=_tree_params(rng, st.look)["blobs"],
+                )
+                things.append(Thing("bush", float(kerb + sgn * side.verge / 2), float(z), bush))
+    return things
+
+
+def _signs(st: _Street, sides: Dict[int, Side]) -> List[Thing]:
+    """Traffic signs beside the road."""
+    rng, road = st.rng, st.road
+    things: List[Thing] = []
+    for _ in range(rng.poisson(2.0 * max(1.0, (st.z1 - st.z0) / 100)) + 1):
         sgn = 1 if rng.random() < 0.7 else -1
         if sgn not in sides:
             continue
-        z = rng.uniform(z0 + 5, z1)
-        if in_junction(z, sgn):
+        z = rng.uniform(st.z0 + 5, st.z1)
+        if st.in_junction(z, sgn):
             continue
         shape = str(
             rng.choice(
@@ -589,8 +651,14 @@ def place_things(
             )
         )
         things.append(Thing("sign", float(road.edge(sgn) + sgn * 0.5), float(z), _sign(rng, shape)))
-    # Junctions: people on the zebra crossing.
-    for j in junctions:
+    return things
+
+
+def _zebra_people(st: _Street) -> List[Thing]:
+    """Junctions: people on the zebra crossing."""
+    rng, road = st.rng, st.road
+    things: List[Thing] = []
+    for j in st.junctions:
         zebra = j.z - ZEBRA_BEFORE
         lim = (road.left - 1.5, road.right + 1.5)
         for _ in range(rng.poisson(1.2)):
@@ -602,7 +670,7 @@ def place_things(
                     float(a),
                     float(zebra + rng.uniform(0.3, 2.7)),
                     p,
-                    va=float(p["facing"] * rng.uniform(1.0, 1.5)) if speed else 0.0,
+                    va=float(p["facing"] * rng.uniform(1.0, 1.5)) if st.speed else 0.0,
                 )
             )
     return things
