@@ -583,7 +583,7 @@ def write_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
 
 def _load_weights(module: nn.Module, path: Path, sha256: Optional[str] = None) -> None:
     from cosme_ros.errors import CheckpointError
-    from cosme_ros.nets.checkpoints import load_strict
+    from cosme_ros.nets.imports.checkpoints import load_strict
 
     tensors = read_tensors(path, sha256)
     try:

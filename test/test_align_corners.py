@@ -78,7 +78,7 @@ def test_separable_vainf_checkpoint_says_why(tmp_path):
     """VainF's convert_to_separable_conv renames the ASPP and decoder convs (``.body.``): the
     refusal now says so instead of listing unmatched keys."""
     from cosme_ros.errors import CheckpointError
-    from cosme_ros.nets.deeplabv3plus import load_deeplabv3plus_checkpoint
+    from cosme_ros.nets.imports.deeplab import load_deeplabv3plus_checkpoint
 
     state = {
         "backbone.conv1.weight": torch.zeros(64, 3, 7, 7),

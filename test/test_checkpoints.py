@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.checkpoints import extract_state_dict, read_checkpoint
+from cosme_ros.nets.imports.checkpoints import extract_state_dict, read_checkpoint
 
 
 def test_release_metadata_with_numpy_scalars_loads(tmp_path):

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.deeplabv3plus import (
-    DeepLabV3Plus,
+from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus, build_deeplabv3plus
+from cosme_ros.nets.imports.deeplab import (
     SML_DROPPED,
-    build_deeplabv3plus,
     detect_layout,
     load_deeplabv3plus_checkpoint,
     map_sml_keys,

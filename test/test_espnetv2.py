@@ -19,7 +19,8 @@ from cosme_ros.data.cityscapes import (
     trainid_to_color,
 )
 from cosme_ros.errors import CheckpointError
-from cosme_ros.nets.espnetv2 import MEAN, STD, ESPNetv2Seg, build_espnetv2, load_espnetv2_checkpoint
+from cosme_ros.nets.espnetv2 import MEAN, STD, ESPNetv2Seg, build_espnetv2
+from cosme_ros.nets.imports.edgenets import load_espnetv2_checkpoint
 from cosme_ros.nets.taps import ALL_TAPS
 
 cv2 = pytest.importorskip("cv2")

@@ -10,9 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from cosme_ros.errors import CheckpointError
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus, build_deeplabv3plus
-from cosme_ros.nets.mobilenetv2 import (
+from cosme_ros.nets.mobilenetv2 import MobileNetV2
+from cosme_ros.nets.imports.tf_mobilenet import (
     IMAGENET_WEIGHTS,
-    MobileNetV2,
     imagenet_state_dict,
     mobilenetv2_imagenet,
 )

@@ -124,7 +124,7 @@ def test_pretrained_mobilenetv2_teacher(tmp_path, world, shared_data):
     """--backbone mobilenetv2 --pretrained imagenet: the backbone starts from the ImageNet
     weights, adapts at a tenth of the head's rate with frozen BatchNorm, and the bundle normalises
     the input as those weights expect."""
-    from cosme_ros.nets.mobilenetv2 import imagenet_state_dict
+    from cosme_ros.nets.imports.tf_mobilenet import imagenet_state_dict
 
     weights = shared_data / "backbones" / "mobilenet_v2_1.0_imagenet"
     if not weights.is_dir():

@@ -134,11 +134,11 @@ def run_set_default(args) -> int:
 def run_create(args) -> int:
     weights = Path(args.weights)
     if args.teacher == "espnetv2":
-        from cosme_ros.nets.espnetv2 import load_espnetv2_checkpoint
+        from cosme_ros.nets.imports.edgenets import load_espnetv2_checkpoint
 
         module = load_espnetv2_checkpoint(weights)
     else:
-        from cosme_ros.nets.deeplabv3plus import load_deeplabv3plus_checkpoint
+        from cosme_ros.nets.imports.deeplab import load_deeplabv3plus_checkpoint
 
         module = load_deeplabv3plus_checkpoint(
             weights, backbone=args.backbone, output_stride=args.output_stride

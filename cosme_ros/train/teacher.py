@@ -43,14 +43,10 @@ from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 from cosme_ros.distributed import Distributed
 from cosme_ros.errors import CosmeError
 from cosme_ros.metrics import iou_from_confusion
-from cosme_ros.nets.checkpoints import load_strict
+from cosme_ros.nets.imports.checkpoints import load_strict
 from cosme_ros.nets.deeplabv3plus import DeepLabV3Plus
-from cosme_ros.nets.mobilenetv2 import (
-    MOBILENET_MEAN,
-    MOBILENET_STD,
-    imagenet_file,
-    imagenet_state_dict,
-)
+from cosme_ros.nets.mobilenetv2 import MOBILENET_MEAN, MOBILENET_STD
+from cosme_ros.nets.imports.tf_mobilenet import imagenet_file, imagenet_state_dict
 from cosme_ros.data.datasets import subset_indices
 from cosme_ros.train.augment import AugmentConfig, augment, resize_for_eval
 from cosme_ros.train.loop import (
