@@ -80,3 +80,29 @@ def test_the_rules_see_what_they_check():
     ] or any(
         m == "cosme_ros.anomaly" and n == "consensus" for m, n in found["cosme_ros.anomaly.scorers"]
     )
+
+
+#: The core and the primitives under it: what a compiled runtime or another shell builds on.
+CORE = (
+    "cosme_ros.nets",
+    "cosme_ros.anomaly",
+    "cosme_ros.runtime",
+    "cosme_ros.metrics",
+    "cosme_ros.frames",
+    "cosme_ros.data",
+    "cosme_ros.train",
+    "cosme_ros.bundle",
+    "cosme_ros.options",
+    "cosme_ros.distributed",
+)
+SHELLS = ("cosme_ros.tools", "cosme_ros.ros", "cosme_ros.cli")
+
+
+def test_the_core_imports_no_tool_and_no_shell():
+    bad = [
+        (mod, m)
+        for _, mod, imports in _all()
+        for m, _ in imports
+        if mod.startswith(CORE) and m.startswith(SHELLS)
+    ]
+    assert not bad, bad
