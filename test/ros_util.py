@@ -19,54 +19,39 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from cosme_ros.ros.session import ROS_KEYS, LocalSession, localhost_env
+
 DOMAIN_ID = random.SystemRandom().randint(1, 100)
 
 
 def ros_env(
     domain_id: int = DOMAIN_ID, extra: Optional[Mapping[str, str]] = None
 ) -> Dict[str, str]:
-    """The current environment, confined to localhost discovery on ``domain_id``."""
-    env = dict(os.environ)
+    """The current environment, confined to localhost discovery on ``domain_id``
+    (:func:`cosme_ros.ros.session.localhost_env`), with unbuffered, uncoloured logs."""
+    env = localhost_env(domain_id=domain_id)
     env.update(
         {
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-            "ROS_DOMAIN_ID": str(domain_id),
-            "ROS_STATIC_PEERS": "",
             "PYTHONUNBUFFERED": "1",
             "RCUTILS_COLORIZED_OUTPUT": "0",
             "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
         }
     )
-    env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the range when set
     env.update(extra or {})
     return env
 
 
-def confine_this_process(domain_id: int = DOMAIN_ID) -> Dict[str, Optional[str]]:
-    """Apply :func:`ros_env`'s ROS settings to ``os.environ`` (before ``rclpy.init``); returns
-    the previous values for :func:`restore_env`."""
-    keys = (
-        "ROS_AUTOMATIC_DISCOVERY_RANGE",
-        "ROS_DOMAIN_ID",
-        "ROS_STATIC_PEERS",
-        "ROS_LOCALHOST_ONLY",
-    )
-    old = {k: os.environ.get(k) for k in keys}
+def confine_this_process(domain_id: int = DOMAIN_ID) -> None:
+    """Apply :func:`ros_env`'s ROS settings to ``os.environ`` for the rest of the process (a
+    launch test's launched node inherits them)."""
     env = ros_env(domain_id)
-    for k in keys:
+    for k in ROS_KEYS:
+        if k in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+            continue  # a profile stays the user's
         if k in env:
             os.environ[k] = env[k]
         else:
             os.environ.pop(k, None)
-    return old
-
-
-def restore_env(old: Mapping[str, Optional[str]]) -> None:
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,24 +185,13 @@ def spin_until(
 # ----------------------------------------------------------------------------- talking to a node
 
 
-class RosSession:
-    """The test's own rclpy context, node and executor on the session's domain (no signal
-    handlers: pytest keeps Ctrl-C)."""
+class RosSession(LocalSession):
+    """The test's own rclpy context, node and executor on the session's domain
+    (:class:`cosme_ros.ros.session.LocalSession`: localhost, no signal handlers, so pytest keeps
+    Ctrl-C)."""
 
     def __init__(self, name: str = "cosme_node_test"):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.old_env = confine_this_process()
-        self.context = rclpy.Context()
-        rclpy.init(
-            context=self.context,
-            domain_id=DOMAIN_ID,
-            signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
-        )
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__(name, domain_id=DOMAIN_ID)
 
     def spin_for(self, seconds: float) -> None:
         spin_until(self.executor, lambda: False, seconds)
@@ -255,14 +229,6 @@ class RosSession:
                 DescribeParameters, f"{node}/describe_parameters", request, timeout
             ).descriptors
         }
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        restore_env(self.old_env)
 
 
 def diagnostic_values(status) -> Dict[str, str]:
