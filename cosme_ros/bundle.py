@@ -363,7 +363,7 @@ class Bundle:
         if "anomaly" not in self.manifest or "student" not in self.manifest:
             raise BundleError(
                 f"{self.path}: a default method needs the anomaly part and the "
-                f"student (`auto` is maxlogit without them)"
+                f"student (without them `auto` runs the teacher-only default)"
             )
         manifest = copy.deepcopy(self.manifest)
         if spec is None:
