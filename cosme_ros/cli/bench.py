@@ -85,6 +85,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive comparison")
+    p.add_argument(
+        "--engine",
+        default="off",
+        metavar="off|auto|DIR",
+        help="time a compiled engine (`cosme export`) instead of the eager fast path, "
+        "alternated with eager frame by frame (default off)",
+    )
     p.add_argument("--no-publish", action="store_true", help="encode but do not publish")
     p.add_argument("--scorer-only", action="store_true", help="time the MulMem scorer alone")
     p.add_argument(
@@ -144,13 +151,18 @@ def print_frames(r) -> None:
         print(_row("teacher only", r["teacher_only_ms"]))
     if "naive_ms" in r:
         print(_row("naive fp32", r["naive_ms"]))
-    for key in ("ratio_fast_vs_naive", "ratio_cosme_vs_teacher_only", "ratio_node_vs_pipeline"):
+    if "eager_pipeline_ms" in r:
+        print(_row("eager pipeline", r["eager_pipeline_ms"]))
+    keys = ("ratio_engine_vs_eager", "ratio_fast_vs_naive", "ratio_cosme_vs_teacher_only")
+    for key in keys + ("ratio_node_vs_pipeline",):
         if key in r:
             print(f"  {key:<34}{r[key]:.3f}")
     print(
         f"  scoring + postprocess share of frame: {100 * r['scoring_postprocess_share']:.1f} %"
         f" · peak RSS {r['peak_rss_mb']:.0f} MiB ({r['peak_rss_mb_with_naive']:.0f} with naive)"
     )
+    if r.get("engine_note"):
+        print(f"  note: running eager, not the compiled engine: {r['engine_note']}")
     if r["node"]["note"]:
         print(f"  note: {r['node']['note']}")
 
@@ -244,6 +256,7 @@ def run(args) -> int:
                 naive=not args.no_naive,
                 publish=not args.no_publish,
                 refine=args.refine,
+                engine=args.engine,
                 progress=_progress,
             )
             print_frames(result)

@@ -83,6 +83,24 @@ def add_pipeline_args(p: argparse.ArgumentParser, precision_help: str = "") -> N
         metavar="PX",
         help="guided filter radius in network-input pixels (default 8)",
     )
+    add_engine_arg(p)
+
+
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        default="auto",
+        metavar="auto|off|DIR",
+        help="compiled networks (`cosme export`): auto (default: the bundle's first engine that "
+        "fits, else eager), off (eager) or an engine folder",
+    )
+
+
+def report_engine(pipeline) -> None:
+    """One line when an engine was wanted and the pipeline runs eager (and why)."""
+    note = pipeline.engine_note
+    if note and not note.startswith("no engine in"):
+        print(f"note: running eager, not the compiled engine: {note}")
 
 
 def refine_options(args: argparse.Namespace) -> dict:

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from cosme_ros import atomic
+from cosme_ros.cli.common import add_engine_arg, report_engine
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import DEVICES, PRECISIONS
 
@@ -88,6 +89,7 @@ def add_parser(sub) -> None:
         help="overlays for the N worst images of the best method (default 3)",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    add_engine_arg(p)
     p.set_defaults(run=run)
 
 
@@ -126,8 +128,11 @@ def run(args) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
 
-    runner = MultiMethodRunner(bundle, scorers, device=args.device, precision=args.precision)
-    print(f"networks on {runner.device} in {runner.precision}")
+    runner = MultiMethodRunner(
+        bundle, scorers, device=args.device, precision=args.precision, engine=args.engine
+    )
+    report_engine(runner)
+    print(f"networks on {runner.device} in {runner.precision} ({runner.backend})")
     report = evaluate(
         runner,
         dataset,
@@ -185,6 +190,7 @@ def _json(args, bundle, dataset, runner, report, plots) -> dict:
         },
         "device": str(runner.device),
         "precision": runner.precision,
+        "backend": runner.backend,
         **report.to_json(),
         "outputs": {"markdown": args.markdown, "plots": [str(p) for p in plots]},
     }

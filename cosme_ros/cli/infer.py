@@ -19,7 +19,7 @@ from cosme_ros import atomic
 from cosme_ros.frames.render import overlay
 from cosme_ros.frames.writers import encode_image
 from cosme_ros.bundle import Bundle
-from cosme_ros.cli.common import add_pipeline_args, refine_options, write_json
+from cosme_ros.cli.common import add_pipeline_args, refine_options, report_engine, write_json
 from cosme_ros.data.images import list_images, read_rgb
 from cosme_ros.errors import InputError
 
@@ -60,8 +60,10 @@ def run(args) -> int:
         device=args.device,
         input_size=args.input_size,
         precision=args.precision,
+        engine=args.engine,
         **refine_options(args),
     )
+    report_engine(pipeline)
     out.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):
@@ -95,6 +97,7 @@ def run(args) -> int:
             {
                 "bundle": str(bundle.path),
                 "method": pipeline.method,
+                "backend": pipeline.backend,
                 "images": done,
                 "failed": failed,
             },

@@ -34,7 +34,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from cosme_ros.cli.common import add_pipeline_args, refine_options
+from cosme_ros.cli.common import add_pipeline_args, refine_options, report_engine
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import parse_threshold
 
@@ -200,6 +200,7 @@ def _load_pipeline(args):
             device=args.device,
             input_size=args.input_size,
             precision=args.precision,
+            engine=args.engine,
             **refine_options(args),
         )
     except MissingPartError as exc:
@@ -231,6 +232,7 @@ def _summary(args, pipeline, refine):
             **report.to_json(worst=args.worst),
             "bundle": {"path": str(b.path), "name": b.name},
             "method": pipeline.method,
+            "backend": pipeline.backend,
             "refine": refine or {"refine": "none"},
             "device": str(pipeline.device),
             "input_size": list(pipeline.input_size),
@@ -294,6 +296,7 @@ def run(args) -> int:
 
     try:  # SIGTERM unwinds like Ctrl-C (cli/main.py): the outputs are all there or none
         pipeline = _load_pipeline(args)
+        report_engine(pipeline)
         options = _auto_threshold(args, options, pipeline, refine)
         summary = _summary(args, pipeline, refine) if args.json else None
         # the JSON is written with the bag and the video: an interruption leaves all or none

@@ -256,6 +256,14 @@ PARAMS: Sequence[Param] = (
         check=_check_precision,
     ),
     Param(
+        "engine",
+        "auto",
+        "Compiled networks (`cosme export`): auto (the bundle's first engine that fits "
+        "this machine, method and input size, else the eager fast path), off (eager) or an "
+        "engine folder. A requested engine that cannot be used falls back to eager with the "
+        "reason in the log and on /diagnostics.",
+    ),
+    Param(
         "refine",
         "none",
         "Anomaly map refinement: none (the paper's bilinear upsampling) or "
@@ -376,6 +384,7 @@ class Settings:
     method: str
     device: str
     precision: str
+    engine: str
     refine: str
     refine_radius: int
     refine_eps: float
@@ -471,7 +480,8 @@ class CosmeNode(Node):
         self.get_logger().info(
             f"ready: bundle {b.name} ({b.path}), method {s.method}"
             f"{'' if s.refine == 'none' else f' (refine {s.refine}, radius {s.refine_radius})'}, device "
-            f"{self.pipeline.device}, precision {self.precision}, network input {h}x{w} (HxW), "
+            f"{self.pipeline.device}, precision {self.precision}, networks "
+            f"{self._networks_text()}, network input {h}x{w} (HxW), "
             f"output resolution {s.output_resolution}; listening on {self._sub.topic_name} "
             f"({s.input_transport}, {s.input_qos})"
         )
@@ -515,6 +525,7 @@ class CosmeNode(Node):
             method=value("method"),
             device=value("device"),
             precision=value("precision"),
+            engine=value("engine"),
             refine=value("refine"),
             refine_radius=value("refine_radius"),
             refine_eps=value("refine_eps"),
@@ -560,6 +571,7 @@ class CosmeNode(Node):
                 device=s.device,
                 input_size=s.input_size,
                 precision=s.precision,
+                engine=s.engine,
                 **refine,
             )
         except MissingPartError as exc:
@@ -568,6 +580,9 @@ class CosmeNode(Node):
             ) from None
         except CosmeError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
+        note = getattr(pipeline, "engine_note", None)
+        if note and not note.startswith("no engine in"):
+            self.get_logger().warning(f"engine not used, running eager: {note}")
         # One warm-up frame: the first camera frame should not pay for lazy initialisation, and
         # a network that cannot run at the requested input size says so now.
         h, w = pipeline.input_size
@@ -742,6 +757,16 @@ class CosmeNode(Node):
         for key, (pixels, encoding) in images.items():
             self._pub[key].publish(codec.encode_image(Image, pixels, encoding, header))
 
+    def _networks_text(self) -> str:
+        """What runs the networks: the compiled engine, or eager (and why, when an engine
+        was asked for and not used)."""
+        p = self.pipeline
+        backend = getattr(p, "backend", "eager")  # a test's stand-in pipeline has none
+        if backend != "eager":
+            return f"{backend} engine {p.engine_path}"
+        note = getattr(p, "engine_note", None)
+        return "eager" if not note else f"eager (engine not used: {note})"
+
     def _publish_diagnostics(self) -> None:
         now = self.get_clock().now()
         with self._lock:
@@ -759,6 +784,7 @@ class CosmeNode(Node):
                 "method": s.method,
                 "device": str(self.pipeline.device),
                 "precision": self.precision,
+                "networks": self._networks_text(),
                 "network input (HxW)": f"{h}x{w}",
                 "output resolution": s.output_resolution,
                 "anomaly threshold": self._threshold()[1],

@@ -39,6 +39,7 @@ __all__ = [
     "fold_batchnorm",
     "folded",
     "resize_frames",
+    "cpu_flags",
 ]
 
 Taps = Dict[str, Tensor]
@@ -54,7 +55,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _cpu_flags() -> set:
+def cpu_flags() -> set:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
             for line in fh:
@@ -86,7 +87,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
             return True
     except Exception:  # private API: fall back to the kernel's view of the CPU
         pass
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

@@ -26,6 +26,7 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import O
 from cosme_ros.options import AUTO_METHOD
+from cosme_ros.runtime.engines import attach
 from cosme_ros.runtime.networks import Networks
 
 __all__ = [
@@ -160,7 +161,10 @@ class Pipeline:
     folding and channels_last (the plain eager networks). ``refine``: ``"none"`` (default, the
     paper's bilinear maps) or ``"guided"``: the anomaly map is re-fitted to the frame's edges by
     the guided filter (:mod:`cosme_ros.anomaly.refine`), with ``refine_radius`` network-input
-    pixels and ``refine_eps``.
+    pixels and ``refine_eps``. ``engine``: ``off`` (default: the eager fast path), ``auto`` (the
+    bundle's first compiled engine that fits, :mod:`.engines`) or an engine folder; when an
+    engine was asked for and cannot be used the pipeline runs eager and says why in
+    :attr:`engine_note` (:attr:`backend` says what runs).
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class Pipeline:
         refine: str = "none",
         refine_radius: Optional[int] = None,
         refine_eps: Optional[float] = None,
+        engine: str = "off",
     ):
         if threads is not None:
             if int(threads) < 1:
@@ -212,11 +217,21 @@ class Pipeline:
         )
         if networks.tap_channels is not None:
             bundle.check_parts_fit(parts, networks.tap_channels)
-        self._init(networks, scorer, canonical(name, spec_options))
+        spec = canonical(name, spec_options)
+        attached = attach(networks, scorer, spec, engine)
+        self._init(attached.networks, scorer, spec)
+        self.backend, self.engine_note, self.engine_path = (
+            attached.backend,
+            attached.note,
+            attached.path,
+        )
 
     def _init(self, networks: Networks, scorer: Scorer, method: str) -> None:
         self._networks, self._scorer, self._method = networks, scorer, method
         self._post = Postprocess(scorer.align_corners, networks.device)
+        self.backend: str = "eager"
+        self.engine_note: Optional[str] = None
+        self.engine_path = None
 
     def with_scorer(self, scorer: Scorer, method: Optional[str] = None) -> "Pipeline":
         """A pipeline with ``scorer`` on these same networks (``cosme bench --sweep`` swaps in
@@ -224,7 +239,8 @@ class Pipeline:
         if scorer.student_taps and self._networks.student is None:
             raise CosmeError(f"{scorer.name}: needs the student, which this pipeline did not load")
         other = object.__new__(Pipeline)
-        other._init(self._networks, scorer, method or scorer.name)
+        networks = getattr(self._networks, "eager", self._networks)  # an engine has its taps
+        other._init(networks, scorer, method or scorer.name)
         return other
 
     # -- what it is

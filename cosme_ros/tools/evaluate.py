@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,6 +48,7 @@ from cosme_ros.bundle import Bundle
 from cosme_ros.data.datasets import Dataset, subset_indices
 from cosme_ros.errors import CosmeError, MissingPartError
 from cosme_ros.nets.taps import O, ordered
+from cosme_ros.runtime.engines import attach
 from cosme_ros.runtime.networks import Networks
 from cosme_ros.runtime.pipeline import Postprocess
 
@@ -125,15 +127,23 @@ class MultiMethodRunner:
         scorers: Dict[str, Scorer],
         device: str = "cpu",
         precision: str = "fp32",
+        engine: str = "off",
     ):
         self.bundle = bundle
         self.scorers = dict(scorers)
-        self.networks = Networks(
-            bundle,
-            ordered(*(s.teacher_taps for s in scorers.values()), (O,)),
-            ordered(*(s.student_taps for s in scorers.values())),
-            device=device,
-            precision=precision,
+        taps = SimpleNamespace(
+            teacher_taps=ordered(*(s.teacher_taps for s in scorers.values()), (O,)),
+            student_taps=ordered(*(s.student_taps for s in scorers.values())),
+        )
+        eager = Networks(
+            bundle, taps.teacher_taps, taps.student_taps, device=device, precision=precision
+        )
+        # every method's taps from one engine, or eager with the reason (runtime/engines.py)
+        attached = attach(eager, taps, ", ".join(scorers), engine)
+        self.networks, self.backend, self.engine_note = (
+            attached.networks,
+            attached.backend,
+            attached.note,
         )
         self.device = self.networks.device
         self.precision = self.networks.precision

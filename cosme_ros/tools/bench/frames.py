@@ -25,6 +25,8 @@ from cosme_ros.tools.bench.common import (
 
 #: what each ratio in the JSON means (all are median / median of alternated measurements)
 RATIO_DEFINITIONS = {
+    "ratio_engine_vs_eager": "eager_pipeline_ms.median / pipeline_ms.median (speed-up of the "
+    "compiled engine over the eager fast path at the same precision setting; > 1 = faster)",
     "ratio_cosme_vs_teacher_only": "pipeline_ms.median / teacher_only_ms.median (cost of the "
     "anomaly method over a plain segmentation node)",
     "ratio_node_vs_pipeline": "frame_ms.median / pipeline_ms.median (the node's decode, "
@@ -193,6 +195,7 @@ def bench_frames(
     pipeline=None,
     seed: int = 0,
     refine: str = "none",
+    engine: str = "off",
     progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Time ``frames`` frames (after ``warmup``) through the node's path, alternating with the
@@ -222,6 +225,7 @@ def bench_frames(
         input_size=input_size,
         precision=precision,
         refine=refine,
+        engine=engine,
     )
     n_src = max(1, min(frames, 8))
     if images is not None:
@@ -236,6 +240,18 @@ def bench_frames(
         peak_fast = peak_rss_mb()
         if naive:
             run.add_naive(bundle, warmup)
+        if pipe.backend != "eager":  # the engine against the eager fast path, alternated
+            run.add_eager(
+                Pipeline(
+                    bundle,
+                    pipe.method,
+                    device=str(pipe.device),
+                    input_size=pipe.input_size,
+                    precision=precision,
+                    refine=refine,
+                ),
+                warmup,
+            )
         for i in range(frames):
             run.measure(i)
             say(f"frame {i + 1}/{frames}: {run.stages['frame'][-1] * 1e3:.1f} ms")
@@ -244,6 +260,12 @@ def bench_frames(
         if io is not None:
             io.close()
     out = run.report(bundle, precision, frames, warmup, source)
+    out["backend"], out["engine_note"] = pipe.backend, pipe.engine_note
+    if run.eager is not None:
+        out["eager_pipeline_ms"] = summary(run.t_eager)
+        out["ratio_engine_vs_eager"] = ratio(
+            out["eager_pipeline_ms"]["median"], out["pipeline_ms"]["median"]
+        )
     out["node"] = {
         "measured": node,
         "published": bool(io and io.published),
@@ -271,6 +293,8 @@ class _FrameRun:
         self.clock = Clock(pipe.device)
         self.msgs = [io.message(im) if io is not None else None for im in src]
         self.naive = None
+        self.eager = None
+        self.t_eager: List[float] = []
         self.stages: Dict[str, List[float]] = {}
         self.cpu: List[float] = []
         self.t_naive: List[float] = []
@@ -300,6 +324,11 @@ class _FrameRun:
         for _ in range(min(warmup, 1)):
             _frame_naive(self.naive, self.src[0], self.src[0].shape[:2], self.clock)
 
+    def add_eager(self, eager, warmup: int) -> None:
+        self.eager = eager
+        for i in range(warmup):
+            frame_stages(eager, None, None, self.src[0], self.src[0].shape[:2], self.clock)
+
     def measure(self, i: int) -> None:
         """Frame ``i`` through every variant; the order rotates so that no variant always
         runs on a warm cache."""
@@ -310,6 +339,7 @@ class _FrameRun:
             ["fast"]
             + (["naive"] if self.naive is not None else [])
             + (["teacher"] if self.teacher_only else [])
+            + (["eager"] if self.eager is not None else [])
         )
         fast_out = naive_out = None
         for job in jobs[i % len(jobs) :] + jobs[: i % len(jobs)]:
@@ -318,6 +348,9 @@ class _FrameRun:
                 for name, v in st.items():
                     self.stages.setdefault(name, []).append(v)
                 self.cpu.append(c)
+            elif job == "eager":
+                st = frame_stages(self.eager, None, None, rgb, out_size, self.clock)[0]
+                self.t_eager.append(st["pipeline"])
             elif job == "naive":
                 t, naive_out = _frame_naive(self.naive, rgb, out_size, self.clock)
                 self.t_naive.append(t)
