@@ -35,6 +35,42 @@ def make_tiny_bundle(out: Path, input_size=(64, 128), seed: int = 0, force: bool
     )
 
 
+def make_cosme_bundle(out: Path, input_size=(64, 128), seed: int = 0):
+    """A tiny bundle every method runs on: :func:`make_tiny_bundle`'s teacher, a random unit
+    memory (K = 16 on c4, c5, lh) with class statistics, and a random R18 student on c5."""
+    import torch.nn.functional as F
+
+    from cosme_ros.anomaly.parts import AnomalyParts
+    from cosme_ros.anomaly.standardize import ClassStats
+    from cosme_ros.nets.student import build_student
+
+    bundle = make_tiny_bundle(out, input_size=input_size, seed=seed)
+    teacher = bundle.teacher()
+    g = torch.Generator().manual_seed(seed)
+    bank = {
+        t: F.normalize(torch.randn(16, teacher.tap_channels[t], generator=g), dim=1)
+        for t in ("c4", "c5", "lh")
+    }
+    n = bundle.num_classes
+    parts = AnomalyParts(
+        memory=bank, mulmem_stats=ClassStats(torch.full((n,), 0.5), torch.full((n,), 0.1))
+    )
+    bundle.write_part(
+        "anomaly",
+        {"memory_layers": ["c4", "c5", "lh"], "consensus_layers": ["c5"]},
+        parts.to_tensors(),
+    )
+    torch.manual_seed(seed)
+    student = build_student(
+        depth=18,
+        teacher_channels=teacher.tap_channels,
+        teacher_strides=teacher.tap_strides,
+        taps=["c5"],
+    ).eval()
+    bundle.write_part("student", {"config": student.config}, student.state_dict())
+    return bundle_mod.Bundle.load(out)
+
+
 # ---------------------------------------------------------------------------- tiny street scenes
 # (appended for the dataset / build-memory / evaluate tests)
 

@@ -13,15 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundles import make_tiny_bundle, street_scene
+from bundles import make_cosme_bundle, street_scene
 from cosme_ros.tools import bench
-from cosme_ros.anomaly.parts import AnomalyParts
-from cosme_ros.anomaly.standardize import ClassStats
-from cosme_ros.bundle import Bundle
 from cosme_ros.cli.main import main
 from cosme_ros.errors import CosmeError
 from cosme_ros.tools.bench.naive import NaivePipeline
-from cosme_ros.nets.student import build_student
 from cosme_ros.runtime.pipeline import Pipeline, upsampled_argmax
 from cosme_ros.runtime.networks import fold_batchnorm, native_bf16, resolve_precision
 
@@ -32,32 +28,7 @@ SIZE = (64, 128)
 def cosme_bundle(tmp_path_factory):
     """Tiny DeepLabV3+ R18 teacher + random unit memory (K=16) + statistics + a random student:
     every method runs."""
-    out = tmp_path_factory.mktemp("bench") / "tiny"
-    bundle = make_tiny_bundle(out, input_size=SIZE)
-    teacher = bundle.teacher()
-    g = torch.Generator().manual_seed(0)
-    bank = {
-        t: F.normalize(torch.randn(16, teacher.tap_channels[t], generator=g), dim=1)
-        for t in ("c4", "c5", "lh")
-    }
-    n = bundle.num_classes
-    parts = AnomalyParts(
-        memory=bank, mulmem_stats=ClassStats(torch.full((n,), 0.5), torch.full((n,), 0.1))
-    )
-    bundle.write_part(
-        "anomaly",
-        {"memory_layers": ["c4", "c5", "lh"], "consensus_layers": ["c5"]},
-        parts.to_tensors(),
-    )
-    torch.manual_seed(0)
-    student = build_student(
-        depth=18,
-        teacher_channels=teacher.tap_channels,
-        teacher_strides=teacher.tap_strides,
-        taps=["c5"],
-    ).eval()
-    bundle.write_part("student", {"config": student.config}, student.state_dict())
-    return Bundle.load(out)
+    return make_cosme_bundle(tmp_path_factory.mktemp("bench") / "tiny", input_size=SIZE)
 
 
 def _ms(d):

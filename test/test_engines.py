@@ -9,15 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from bundles import make_tiny_bundle, street_scene
-from cosme_ros.anomaly.parts import AnomalyParts
-from cosme_ros.anomaly.standardize import ClassStats
+from bundles import make_cosme_bundle, make_tiny_bundle, street_scene
 from cosme_ros.bundle import Bundle
 from cosme_ros.errors import CosmeError
 from cosme_ros.manifest_io import dump_manifest, read_manifest_text
-from cosme_ros.nets.student import build_student
 from cosme_ros.runtime import engines
 from cosme_ros.runtime.pipeline import Pipeline
 
@@ -30,31 +26,7 @@ METHOD = "cosme"
 
 def _bundle(path, seed: int = 0) -> Bundle:
     """Tiny DeepLabV3+ teacher + random unit memory + statistics + a random student."""
-    bundle = make_tiny_bundle(path, input_size=SIZE, seed=seed)
-    teacher = bundle.teacher()
-    g = torch.Generator().manual_seed(seed)
-    bank = {
-        t: F.normalize(torch.randn(16, teacher.tap_channels[t], generator=g), dim=1)
-        for t in ("c4", "c5", "lh")
-    }
-    n = bundle.num_classes
-    parts = AnomalyParts(
-        memory=bank, mulmem_stats=ClassStats(torch.full((n,), 0.5), torch.full((n,), 0.1))
-    )
-    bundle.write_part(
-        "anomaly",
-        {"memory_layers": ["c4", "c5", "lh"], "consensus_layers": ["c5"]},
-        parts.to_tensors(),
-    )
-    torch.manual_seed(seed)
-    student = build_student(
-        depth=18,
-        teacher_channels=teacher.tap_channels,
-        teacher_strides=teacher.tap_strides,
-        taps=["c5"],
-    ).eval()
-    bundle.write_part("student", {"config": student.config}, student.state_dict())
-    return Bundle.load(path)
+    return make_cosme_bundle(path, input_size=SIZE, seed=seed)
 
 
 @pytest.fixture(scope="module")

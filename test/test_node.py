@@ -286,6 +286,7 @@ def test_diagnostics_ok_then_warn_over_budget(client, diagnostics, node_proc, ro
     from cosme_ros.runtime.networks import resolve_precision
 
     assert values["device"] == "cpu" and values["precision"] == resolve_precision("auto", "cpu")
+    assert values["networks"] == "eager (the bundle has no engine)"  # engine: auto, none built
     assert values["input topic"] == "/image" and float(values["input rate (Hz)"]) > 0
     assert float(values["time since last frame (s)"]) < 5
     for key in ("frames received", "frames processed", "frames dropped", "frames rejected"):

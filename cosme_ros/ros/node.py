@@ -765,7 +765,11 @@ class CosmeNode(Node):
         if backend != "eager":
             return f"{backend} engine {p.engine_path}"
         note = getattr(p, "engine_note", None)
-        return "eager" if not note else f"eager (engine not used: {note})"
+        if not note:
+            return "eager"
+        if note.startswith("no engine in"):
+            return "eager (the bundle has no engine)"
+        return f"eager (engine not used: {note})"
 
     def _publish_diagnostics(self) -> None:
         now = self.get_clock().now()
