@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+from cosme_ros.ros.dds_profile import FASTDDS_PROFILE_KEYS
 from cosme_ros.ros.session import ROS_KEYS, LocalSession, localhost_env
 
 DOMAIN_ID = random.SystemRandom().randint(1, 100)
@@ -46,7 +47,7 @@ def confine_this_process(domain_id: int = DOMAIN_ID) -> None:
     launch test's launched node inherits them)."""
     env = ros_env(domain_id)
     for k in ROS_KEYS:
-        if k in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+        if k in FASTDDS_PROFILE_KEYS:
             continue  # a profile stays the user's
         if k in env:
             os.environ[k] = env[k]

@@ -103,8 +103,10 @@ def test_no_engine_is_eager_with_the_reason(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "plain", input_size=SIZE)
     pipe = Pipeline(bundle, "maxlogit", engine="auto")
     assert pipe.backend == "eager" and pipe.engine_note.startswith("no engine in")
+    assert not pipe.engine_fallback  # nothing to warn about: no engine was ever built
     pipe = Pipeline(bundle, "maxlogit", engine=str(tmp_path / "nowhere"))
     assert pipe.backend == "eager" and f"no {engines.RECORD}" in pipe.engine_note
+    assert pipe.engine_fallback
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ def test_a_record_that_does_not_fit_falls_back_to_eager(copy, damage, reason):
     bundle, folder = copy
     _edit_record(folder, damage)
     pipe = Pipeline(bundle, METHOD, engine="auto")
-    assert pipe.backend == "eager"
+    assert pipe.backend == "eager" and pipe.engine_fallback
     assert reason in pipe.engine_note, pipe.engine_note
 
 

@@ -98,9 +98,8 @@ def add_engine_arg(p: argparse.ArgumentParser) -> None:
 
 def report_engine(pipeline) -> None:
     """One line when an engine was wanted and the pipeline runs eager (and why)."""
-    note = pipeline.engine_note
-    if note and not note.startswith("no engine in"):
-        print(f"note: running eager, not the compiled engine: {note}")
+    if pipeline.engine_fallback:
+        print(f"note: running eager, not the compiled engine: {pipeline.engine_note}")
 
 
 def refine_options(args: argparse.Namespace) -> dict:

@@ -25,6 +25,7 @@ from cosme_ros.metrics.curves import curve_from_histograms, curve_from_sorted
 from cosme_ros.metrics.pixel import (
     IGNORE_INDEX,
     TPR_LEVEL,
+    best_f1_threshold,
     check_classes,
     check_ignore_index,
     metrics_from_counts,
@@ -45,6 +46,11 @@ class PooledResult:
     metrics: Dict[str, Dict[str, float]]
     error_bounds: Dict[str, Dict[str, float]] = field(default_factory=dict)
     curves: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _joined(parts: List[np.ndarray]) -> np.ndarray:
+    """The pooled pixels as one array (without a copy when they already are one)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class PooledPixels:
@@ -130,9 +136,8 @@ class PooledPixels:
     def best_f1(self, method: str) -> Tuple[float, float]:
         """(threshold, F1) of the pooled mask ``score >= threshold`` with the best pixel F1
         (exact mode, before :meth:`compute`)."""
-        from cosme_ros.metrics.pixel import best_f1_threshold
-
-        scores, labels = np.concatenate(self._kept[method]), np.concatenate(self._labels)
+        scores, labels = _joined(self._kept[method]), _joined(self._labels)
+        self._kept[method], self._labels = [scores], [labels]  # compute() reuses them: no copy
         best = best_f1_threshold(scores, labels)
         pred, gt = scores >= best, labels == 1
         tp = int((pred & gt).sum())
@@ -144,7 +149,7 @@ class PooledPixels:
         both classes (:attr:`has_both_classes`)."""
         check_classes(self.pixels["anomaly"], self.pixels["in_distribution"])
         result = PooledResult(metrics={})
-        labels = None if self.binned else np.concatenate(self._labels)
+        labels = None if self.binned else _joined(self._labels)
         for m in self.methods:
             if self.binned:
                 acc = self._acc[m]
@@ -153,7 +158,7 @@ class PooledPixels:
                 if curves:
                     result.curves[m] = curve_from_histograms(acc.pos_hist, acc.neg_hist)
                 continue
-            scores = np.concatenate(self._kept[m])
+            scores = _joined(self._kept[m])
             self._kept[m] = []
             result.metrics[m] = {k: float(v) for k, v in pixel_metrics(scores, labels).items()}
             if curves:

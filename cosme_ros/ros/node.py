@@ -580,9 +580,8 @@ class CosmeNode(Node):
             ) from None
         except CosmeError as exc:
             raise StartupError(f"parameter 'bundle': {exc}") from None
-        note = getattr(pipeline, "engine_note", None)
-        if note and not note.startswith("no engine in"):
-            self.get_logger().warning(f"engine not used, running eager: {note}")
+        if getattr(pipeline, "engine_fallback", False):  # a test's stand-in has no engine
+            self.get_logger().warning(f"engine not used, running eager: {pipeline.engine_note}")
         # One warm-up frame: the first camera frame should not pay for lazy initialisation, and
         # a network that cannot run at the requested input size says so now.
         h, w = pipeline.input_size
@@ -764,12 +763,9 @@ class CosmeNode(Node):
         backend = getattr(p, "backend", "eager")  # a test's stand-in pipeline has none
         if backend != "eager":
             return f"{backend} engine {p.engine_path}"
-        note = getattr(p, "engine_note", None)
-        if not note:
-            return "eager"
-        if note.startswith("no engine in"):
-            return "eager (the bundle has no engine)"
-        return f"eager (engine not used: {note})"
+        if getattr(p, "engine_fallback", False):
+            return f"eager (engine not used: {p.engine_note})"
+        return "eager (the bundle has no engine)" if getattr(p, "engine_note", None) else "eager"
 
     def _publish_diagnostics(self) -> None:
         now = self.get_clock().now()

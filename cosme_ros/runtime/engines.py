@@ -462,12 +462,14 @@ class EngineNetworks:
 @dataclass
 class Attached:
     """The networks a pipeline runs and how it came to them: ``backend`` (``eager`` or the
-    engine's), ``note`` (why eager, when an engine was asked for and not used)."""
+    engine's), ``note`` (why eager), ``fallback`` (an engine was named, or the bundle has some,
+    and none could be used: worth a warning, unlike a bundle without engines)."""
 
     networks: Any
     backend: str
     note: Optional[str] = None
     path: Optional[Path] = None
+    fallback: bool = False
 
 
 def attach(eager: Networks, scorer, method: str, engine: str) -> Attached:
@@ -487,11 +489,11 @@ def attach(eager: Networks, scorer, method: str, engine: str) -> Attached:
             if isinstance(got, Attached):
                 return got
             reasons.append(f"{folder.name}: {got}")
-        return Attached(eager, "eager", "no engine fits: " + "; ".join(reasons))
+        return Attached(eager, "eager", "no engine fits: " + "; ".join(reasons), fallback=True)
     got = _try(eager, scorer, method, Path(engine))
     if isinstance(got, Attached):
         return got
-    return Attached(eager, "eager", f"{engine}: {got}")
+    return Attached(eager, "eager", f"{engine}: {got}", fallback=True)
 
 
 def _try(eager: Networks, scorer, method: str, folder: Path):

@@ -164,7 +164,7 @@ class Pipeline:
     pixels and ``refine_eps``. ``engine``: ``off`` (default: the eager fast path), ``auto`` (the
     bundle's first compiled engine that fits, :mod:`.engines`) or an engine folder; when an
     engine was asked for and cannot be used the pipeline runs eager and says why in
-    :attr:`engine_note` (:attr:`backend` says what runs).
+    :attr:`engine_note` and sets :attr:`engine_fallback` (:attr:`backend` says what runs).
     """
 
     def __init__(
@@ -220,11 +220,8 @@ class Pipeline:
         spec = canonical(name, spec_options)
         attached = attach(networks, scorer, spec, engine)
         self._init(attached.networks, scorer, spec)
-        self.backend, self.engine_note, self.engine_path = (
-            attached.backend,
-            attached.note,
-            attached.path,
-        )
+        self.backend, self.engine_note = attached.backend, attached.note
+        self.engine_path, self.engine_fallback = attached.path, attached.fallback
 
     def _init(self, networks: Networks, scorer: Scorer, method: str) -> None:
         self._networks, self._scorer, self._method = networks, scorer, method
@@ -232,6 +229,7 @@ class Pipeline:
         self.backend: str = "eager"
         self.engine_note: Optional[str] = None
         self.engine_path = None
+        self.engine_fallback = False
 
     def with_scorer(self, scorer: Scorer, method: Optional[str] = None) -> "Pipeline":
         """A pipeline with ``scorer`` on these same networks (``cosme bench --sweep`` swaps in

@@ -140,11 +140,8 @@ class MultiMethodRunner:
         )
         # every method's taps from one engine, or eager with the reason (runtime/engines.py)
         attached = attach(eager, taps, ", ".join(scorers), engine)
-        self.networks, self.backend, self.engine_note = (
-            attached.networks,
-            attached.backend,
-            attached.note,
-        )
+        self.networks, self.backend = attached.networks, attached.backend
+        self.engine_note, self.engine_fallback = attached.note, attached.fallback
         self.device = self.networks.device
         self.precision = self.networks.precision
         self.input_size = self.networks.input_size

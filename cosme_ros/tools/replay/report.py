@@ -56,8 +56,9 @@ class Scoring:
                 score, (labels.shape[1], labels.shape[0]), interpolation=cv2.INTER_LINEAR
             )
         kept = self.pooled.add({"score": score}, labels, f"frame {index} (stamp {stamp})")
-        rec = FrameRecord(index, stamp, bag_ns, int((labels == 1).sum()), int((labels == 0).sum()))
-        m = None if kept is None else metrics.image_metrics(kept[1]["score"], kept[0])
+        y = kept[0] if kept is not None else labels[:0]  # the frame's labelled pixels
+        rec = FrameRecord(index, stamp, bag_ns, int((y == 1).sum()), int((y == 0).sum()))
+        m = None if kept is None else metrics.image_metrics(kept[1]["score"], y)
         if m is not None:
             rec.auroc, rec.ap, rec.fpr95 = (float(m[k]) for k in ("auroc", "ap", "fpr95"))
         self.records.append(rec)
