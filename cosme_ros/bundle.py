@@ -206,6 +206,25 @@ class Bundle:
         ``auto`` then runs is the registry's rule: :func:`cosme_ros.anomaly.registry.default_method`)."""
         return (self.manifest.get("anomaly") or {}).get("default_method")
 
+    @property
+    def teacher_taps(self) -> Tuple[str, ...]:
+        """The taps the teacher's architecture has (built on the meta device: no weights read)."""
+        from cosme_ros.nets import build_network
+
+        section = self.manifest["teacher"]
+        with torch.device("meta"):
+            module = _build(
+                build_network, section["arch"], section["config"], self.path / MANIFEST, "teacher"
+            )
+        return tuple(module.tap_channels)
+
+    def paper_layers(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+        """(memory layers, consensus layers) of the paper on this teacher
+        (:func:`cosme_ros.anomaly.parts.paper_layers`)."""
+        from cosme_ros.anomaly.parts import paper_layers
+
+        return paper_layers(self.teacher_taps)
+
     def teacher(self) -> nn.Module:
         """The teacher in eval mode with its weights loaded strictly."""
         from cosme_ros.nets import build_network
@@ -247,14 +266,14 @@ class Bundle:
         from cosme_ros.anomaly.parts import AnomalyParts
 
         section = self.manifest.get("anomaly")
+        # Layers the manifest does not name are the paper's on this teacher.
+        paper = dict(zip(("memory_layers", "consensus_layers"), self.paper_layers()))
         if section is None:
             return AnomalyParts(
-                has_student=self.has_student, align_corners=self.teacher_align_corners
+                has_student=self.has_student, align_corners=self.teacher_align_corners, **paper
             )
         tensors = read_tensors(self.path / section["weights"], section.get("sha256"))
-        kwargs = {
-            k: tuple(section[k]) for k in ("memory_layers", "consensus_layers") if k in section
-        }
+        kwargs = {k: tuple(section[k]) if k in section else v for k, v in paper.items()}
         try:
             parts = AnomalyParts.from_tensors(
                 tensors,

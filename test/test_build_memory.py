@@ -304,3 +304,76 @@ def test_two_processes_build_what_one_builds(built, bundle_dir, template):
         assert a[k].shape == b[k].shape, k
         # equal up to float summation order (batched convolutions, all-reduced float64 sums)
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-5, atol=1e-5), k
+
+
+# --- several sources, each at its own input size (--data A --data B) ------------------------------
+
+
+def test_grouped_schedule_draws_each_batch_from_one_source():
+    groups = np.array([0] * 7 + [1] * 4 + [2] * 2)
+    steps = global_schedule(13, 3, seed=5, phase=1, index=0, groups=groups)
+    assert sorted(np.concatenate(steps).tolist()) == list(range(13))
+    assert all(len(set(groups[b].tolist())) == 1 for b in steps)
+    assert max(len(b) for b in steps) == 3
+    again = global_schedule(13, 3, seed=5, phase=1, index=0, groups=groups)
+    assert [b.tolist() for b in steps] == [b.tolist() for b in again]
+    one = global_schedule(13, 3, 5, 1, 0, groups=np.zeros(13, dtype=int))
+    assert [b.tolist() for b in one] == [b.tolist() for b in global_schedule(13, 3, 5, 1, 0)]
+
+
+def test_source_chunks_never_cross_a_source():
+    from cosme_ros.data.datasets import source_chunks
+
+    groups = np.array([0, 0, 0, 1, 1, 0])
+    chunks = source_chunks(np.arange(6), 2, groups)
+    assert [c.tolist() for c in chunks] == [[0, 1], [2], [3, 4], [5]]
+    assert [c.tolist() for c in source_chunks(np.arange(5), 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_mixture_names_sizes_and_errors(tmp_path):
+    from cosme_ros.data.datasets import DatasetError, Mixture, mixture_spec, open_datasets
+
+    write_scenes(tmp_path / "a", 3, size=(40, 132), seed=2)
+    write_scenes(tmp_path / "b" / "sub", 2, seed=3)
+    specs = [f"images:{tmp_path / 'a'}", f"images:{tmp_path / 'b'}"]
+    mix = open_datasets(specs, sizes=[(32, 96), (64, 128)])
+    assert isinstance(mix, Mixture) and len(mix) == 5
+    assert mix.groups.tolist() == [0, 0, 0, 1, 1]
+    assert mix[0].name == "0/images/scene000" and mix[0].input_size == (32, 96)
+    assert mix[4].name == "1/images/sub/scene001" and mix[4].input_size == (64, 128)
+    assert mix[4].image.shape == (64, 128, 3)
+    assert open_datasets(specs, sizes=[(48, 96)])[3].input_size == (48, 96)
+    single = open_datasets(specs[:1], sizes=[(32, 96)])
+    assert not isinstance(single, Mixture) and single[0].input_size == (32, 96)
+    assert mixture_spec(specs, [(32, 96), (64, 128)]) == f"{specs[0]}@32x96 + {specs[1]}@64x128"
+    with pytest.raises(DatasetError, match="--input-size given 3 times for 2"):
+        open_datasets(specs, sizes=[(8, 8)] * 3)
+    twice = open_datasets([specs[0], specs[0]])  # the same file names in two sources
+    assert len(set(twice.names)) == 6
+
+
+def test_build_from_two_sources_at_their_own_sizes(bundle_dir, template, tmp_path):
+    """The KITTI + Cityscapes build: two sources, each through the teacher at its own input
+    size; the bundle records both, and a batch never mixes them."""
+    write_scenes(tmp_path / "wide", 5, size=(40, 132), seed=4)
+    code = cosme_main(
+        [
+            "build-memory",
+            "--bundle",
+            str(bundle_dir),
+            "--data",
+            f"images:{tmp_path / 'wide'}",
+            "--input-size",
+            "32x96",
+            "--data",
+            data(template),
+            "--input-size",
+            "64x128",
+            *ARGS,
+        ]
+    )
+    assert code == 0
+    build_record = Bundle.load(bundle_dir).manifest["anomaly"]["build"]
+    assert build_record["source_input_sizes"] == [[32, 96], [64, 128]]
+    assert build_record["images"] == 13
+    assert "@32x96 + images:" in build_record["data"]

@@ -16,12 +16,29 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..nets.taps import ALL_TAPS, ordered, parse_taps
+from ..nets.taps import ALL_TAPS, C2, C3, C4, C5, LH, ordered, parse_taps
 from . import consensus
 from .standardize import ClassStats
 
 MEMORY_LAYERS: Tuple[str, ...] = ("c4", "c5", "lh")
 CONSENSUS_LAYERS: Tuple[str, ...] = consensus.CONSENSUS_LAYERS
+
+
+def paper_layers(teacher_taps: Iterable[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The paper's MulMem layers {C4, C5, LH} and consensus layers Le = {C5} on a teacher with
+    the taps ``teacher_taps``: (memory layers, consensus layers).
+
+    C4 and C5 are the backbone's last two stages. A teacher without stages at strides 16 and 32
+    (CFPNet ends at stride 8) has its two deepest stages stand for them, so that the memory and
+    the consensus still read the end of its encoder: (c2, c3, lh) and (c3,) there. Every teacher
+    with c4 and c5 gets exactly the paper's layers.
+    """
+    taps = set(teacher_taps)
+    stages = [t for t in (C2, C3, C4, C5) if t in taps]
+    if not stages:
+        raise ValueError(f"a teacher with taps {sorted(taps)} has no backbone stage c2…c5")
+    memory = tuple(stages[-2:]) + ((LH,) if LH in taps else ())
+    return memory, (stages[-1],)
 
 
 def psi_key(distance: str, layers: Iterable[str]) -> str:

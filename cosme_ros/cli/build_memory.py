@@ -33,18 +33,27 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--data",
         required=True,
+        action="append",
         metavar="KIND:PATH",
         help="training images, e.g. cityscapes:/data/cityscapes, camvid:DIR, "
-        "images:DIR, synthetic:DIR/train",
+        "images:DIR, synthetic:DIR/train; give it again to mix sources (each batch is drawn "
+        "from one source, at that source's --input-size)",
     )
     p.add_argument("--split", help="dataset split where the kind has splits (default: train)")
-    p.add_argument("--layers", default="c4,c5,lh", help="memory layers (default c4,c5,lh)")
+    p.add_argument(
+        "--layers",
+        help="memory layers (default: the paper's c4,c5,lh; a teacher without c4 and c5, "
+        "such as CFPNet, uses its two deepest stages and lh: c2,c3,lh)",
+    )
     p.add_argument(
         "--input-size",
         type=size_arg,
+        action="append",
+        default=[],
         metavar="HxW",
         help="network input for these images (default: the bundle's), e.g. 480x640 "
-        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher",
+        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher; once for every "
+        "--data source or once per source, in their order",
     )
     p.add_argument("--k", type=int, default=2048, help="prototypes per layer (default 2048)")
     p.add_argument(
@@ -95,7 +104,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
-    from cosme_ros.data.datasets import open_dataset
+    from cosme_ros.data.datasets import mixture_spec, open_datasets
     from cosme_ros.distributed import Distributed
     from cosme_ros.tools.build_memory import (
         BuildConfig,
@@ -126,9 +135,10 @@ def run(args) -> int:
         candidates_per_image=args.candidates,
         init_passes=args.init_passes,
         pans_labels=args.pans_labels,
-        input_size=args.input_size,
+        input_size=args.input_size[0] if len(args.data) == 1 and args.input_size else None,
     )
-    dataset = open_dataset(args.data, args.split)
+    dataset = open_datasets(args.data, args.split, args.input_size)
+    data_spec = mixture_spec(args.data, args.input_size)
 
     ctx = Distributed.from_environment(args.device)
     say = print if ctx.is_main else (lambda *_a, **_k: None)
@@ -143,7 +153,7 @@ def run(args) -> int:
             bundle,
             dataset,
             config,
-            data_spec=args.data,
+            data_spec=data_spec,
             device=args.device,
             checkpoint=ckpt,
             resume=args.resume,
@@ -151,7 +161,7 @@ def run(args) -> int:
             log=say,
         )
         if ctx.is_main:
-            _write(args, bundle, dataset, result, ckpt, say)
+            _write(args, bundle, dataset, data_spec, result, ckpt, say)
         ctx.barrier()
     finally:
         ctx.close()
@@ -159,7 +169,7 @@ def run(args) -> int:
     return 0
 
 
-def _write(args, bundle, dataset, result, ckpt, say) -> None:
+def _write(args, bundle, dataset, data_spec, result, ckpt, say) -> None:
     """Rank 0: the anomaly part into the bundle, the build checkpoint removed, the Ψ statistics
     when a student is already there, the summary."""
     bundle.write_part("anomaly", result.section, result.parts.to_tensors())
@@ -187,7 +197,7 @@ def _write(args, bundle, dataset, result, ckpt, say) -> None:
             batch=args.batch,
             workers=args.workers,
         )
-        add_psi_stats(bundle, stats, {**record, "data": args.data})
+        add_psi_stats(bundle, stats, {**record, "data": data_spec})
         say(f"added the Ψ statistics ({record['images']} image(s)): {summary(stats, bundle)}")
     if args.json:
         write_json(args.json, {"bundle": str(bundle.path), **r})

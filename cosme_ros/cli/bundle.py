@@ -1,7 +1,12 @@
 """``cosme bundle create``: a teacher-only bundle from a third-party checkpoint.
 
-The checkpoint is read with ``weights_only=True`` (never unpickled beyond tensors), loaded
+The checkpoint is read with ``weights_only=True`` (never unpickled beyond tensors), or, for
+``edgetpu-deeplab``, parsed as a TFLite FlatBuffer and dequantized (never executed); loaded
 strictly into our network, and stored as safetensors under our own parameter names.
+
+Teachers: ``espnetv2`` (EdgeNets .pth), ``deeplabv3plus`` (VainF or NVIDIA/SML .pth),
+``edgetpu-deeplab`` (EdgeTPU-DeepLab-slim, the int8 .tflite of google-coral/test_data),
+``cfpnet`` (CFPNet .pth of zh320/realtime-semantic-segmentation-pytorch).
 
 ``cosme bundle set-default``: name the method spec that ``auto`` runs for this bundle (the node,
 replay, the demo), e.g. ``cosme[consensus=c4]`` — chosen from measurements on the bundle's own
@@ -22,6 +27,14 @@ from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
 # ESPNetv2's Cityscapes models have a 20th output: background/void.
 BACKGROUND = ("background", (0, 0, 0))
 
+# --teacher → the manifest's arch.
+TEACHERS = {
+    "espnetv2": "espnetv2",
+    "deeplabv3plus": "deeplabv3plus",
+    "edgetpu-deeplab": "edgetpu_deeplab",
+    "cfpnet": "cfpnet",
+}
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bundle", help="create and inspect model bundles")
@@ -32,8 +45,8 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--teacher", required=True, choices=("espnetv2", "deeplabv3plus"))
-    c.add_argument("--weights", required=True, help="the checkpoint (.pth) to import")
+    c.add_argument("--teacher", required=True, choices=tuple(TEACHERS))
+    c.add_argument("--weights", required=True, help="the checkpoint (.pth, .tflite) to import")
     c.add_argument("--out", required=True, help="bundle directory to write")
     c.add_argument(
         "--backbone",
@@ -131,26 +144,40 @@ def run_set_default(args) -> int:
     return 0
 
 
-def run_create(args) -> int:
-    weights = Path(args.weights)
+def _import_teacher(args, weights: Path):
+    """The teacher network and its input normalisation (mean, std of RGB in [0, 1])."""
     if args.teacher == "espnetv2":
         from cosme_ros.nets.imports.edgenets import load_espnetv2_checkpoint
 
-        module = load_espnetv2_checkpoint(weights)
-    else:
-        from cosme_ros.nets.imports.deeplab import load_deeplabv3plus_checkpoint
+        return load_espnetv2_checkpoint(weights), IMAGENET_MEAN, IMAGENET_STD
+    if args.teacher == "edgetpu-deeplab":
+        from cosme_ros.nets.edgetpu_deeplab import MEAN, STD
+        from cosme_ros.nets.imports.tflite_deeplab import load_edgetpu_deeplab_tflite
 
-        module = load_deeplabv3plus_checkpoint(
-            weights, backbone=args.backbone, output_stride=args.output_stride
-        )
+        return load_edgetpu_deeplab_tflite(weights), MEAN, STD
+    if args.teacher == "cfpnet":
+        from cosme_ros.nets.imports.cfpnet import load_cfpnet_checkpoint
+
+        return load_cfpnet_checkpoint(weights), IMAGENET_MEAN, IMAGENET_STD
+    from cosme_ros.nets.imports.deeplab import load_deeplabv3plus_checkpoint
+
+    module = load_deeplabv3plus_checkpoint(
+        weights, backbone=args.backbone, output_stride=args.output_stride
+    )
+    return module, IMAGENET_MEAN, IMAGENET_STD
+
+
+def run_create(args) -> int:
+    weights = Path(args.weights)
+    module, mean, std = _import_teacher(args, weights)
     names, palette, void = class_table(module.num_classes)
     out = bundle_mod.create(
         args.out,
-        arch=args.teacher,
+        arch=TEACHERS[args.teacher],
         module=module,
         input_size=args.input_size,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
         class_names=names,
         palette=palette,
         void_classes=void,

@@ -116,8 +116,19 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--data",
         required=True,
+        action="append",
         metavar="KIND:PATH",
-        help="training images, e.g. images:DIR, cityscapes:ROOT, camvid:ROOT",
+        help="training images, e.g. images:DIR, cityscapes:ROOT, camvid:ROOT; give it again "
+        "to mix sources",
+    )
+    p.add_argument(
+        "--input-size",
+        type=size_arg,
+        action="append",
+        default=[],
+        metavar="HxW",
+        help="network input of the Ψ statistics pass (default: the bundle's); once for every "
+        "--data source or once per source (training uses --size crops)",
     )
     p.add_argument(
         "--split",
@@ -159,7 +170,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from cosme_ros.bundle import Bundle
-    from cosme_ros.train import open_training_data
+    from cosme_ros.data.datasets import mixture_spec, open_datasets
     from cosme_ros.train.loop import clear_checkpoints, training_run
     from cosme_ros.train.student import train_student
 
@@ -173,7 +184,7 @@ def run(args) -> int:
     atomic.check_writable(bundle.path / "manifest.yaml", True)  # not after the whole run
     if args.json:
         atomic.check_writable(args.json, True)
-    dataset = open_training_data(args.data, args.split)
+    dataset = open_datasets(args.data, args.split, args.input_size)
     ckpt_dir = checkpoint_dir(args, bundle.path, ".student-checkpoints")
     if args.resume:  # what a killed run was writing into the bundle
         atomic.remove_temporaries(bundle.path)
@@ -183,7 +194,7 @@ def run(args) -> int:
         out = train_student(
             bundle,
             dataset,
-            data_spec=args.data,
+            data_spec=mixture_spec(args.data, args.input_size),
             depth=args.depth,
             width=args.width,
             size=args.size,
@@ -219,12 +230,13 @@ def run(args) -> int:
 
 
 def _psi_stats(args, bundle, dataset, device: str) -> None:
+    from cosme_ros.data.datasets import mixture_spec
     from cosme_ros.tools.psi_stats import add_psi_stats, gather_psi_stats, summary
 
     stats, record = gather_psi_stats(
         bundle, dataset, device=device, max_images=args.max_images, batch=args.batch
     )
-    add_psi_stats(bundle, stats, {**record, "data": args.data})
+    add_psi_stats(bundle, stats, {**record, "data": mixture_spec(args.data, args.input_size)})
     print(
         f"added the Ψ statistics to {bundle.path} ({record['images']} image(s)): "
         f"{summary(stats, bundle)}"
@@ -233,7 +245,7 @@ def _psi_stats(args, bundle, dataset, device: str) -> None:
 
 def _stats_only(args, bundle) -> int:
     from cosme_ros.runtime.networks import resolve_device
-    from cosme_ros.train import open_training_data
+    from cosme_ros.data.datasets import open_datasets
     from cosme_ros.train.loop import setup_threads
 
     if not bundle.has_student:
@@ -243,6 +255,9 @@ def _stats_only(args, bundle) -> int:
     atomic.check_writable(bundle.path / "manifest.yaml", True)
     setup_threads(args.threads)
     _psi_stats(
-        args, bundle, open_training_data(args.data, args.split), resolve_device(args.device).type
+        args,
+        bundle,
+        open_datasets(args.data, args.split, args.input_size),
+        resolve_device(args.device).type,
     )
     return 0

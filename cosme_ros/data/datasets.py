@@ -68,6 +68,10 @@ __all__ = [
     "Dataset",
     "KINDS",
     "open_dataset",
+    "open_datasets",
+    "Mixture",
+    "source_chunks",
+    "mixture_spec",
     "parse_spec",
     "prefetched_batches",
     "subset_indices",
@@ -208,6 +212,9 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     semantic: Optional[np.ndarray] = None  # (H, W) uint8 Cityscapes trainIds, 255 void
     anomaly: Optional[np.ndarray] = None  # (H, W) uint8 0 in-distribution, 1 anomaly, 255 void
+    # The network input its source asks for (a :class:`Mixture`'s sources keep their aspect
+    # ratios), or None: the bundle's.
+    input_size: Optional[Tuple[int, int]] = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +305,8 @@ class Dataset:
         self._semantic = semantic
         self._anomaly = anomaly
         self.notes: List[str] = list(notes)
+        # The network input its samples ask for (None: the bundle's); see Sample.input_size.
+        self.input_size: Optional[Tuple[int, int]] = None
 
     @property
     def names(self) -> List[str]:
@@ -331,7 +340,7 @@ class Dataset:
             semantic = self._check_size(self._semantic(entry.semantic), image, entry.semantic)
         if self._anomaly is not None:
             anomaly = self._check_size(self._anomaly(entry.anomaly), image, entry.anomaly)
-        return Sample(name=entry.name, image=image, semantic=semantic, anomaly=anomaly)
+        return Sample(entry.name, image, semantic, anomaly, self.input_size)
 
     @staticmethod
     def _check_size(label: np.ndarray, image: np.ndarray, path: Path) -> np.ndarray:
@@ -695,6 +704,127 @@ def open_dataset(spec: str, split: Optional[str] = None) -> Dataset:
     if not root.exists():
         raise DatasetError(f"{root}: no such file or directory (dataset {spec!r})")
     return KINDS[kind](root, split)
+
+
+class Mixture:
+    """Several datasets read as one (``--data A --data B``), each source at its own network input
+    size (KITTI's 3.3:1 frames and Cityscapes' 2:1 ones, neither stretched to the other).
+
+    It has :class:`Dataset`'s interface; sample names are ``<source index>/<kind>/<name>`` (unique
+    even when two folders hold the same file names) and every
+    :class:`Sample` carries its source's ``input_size``. :attr:`groups` gives each sample's source,
+    so that a batch can be drawn from one source (a batch is one tensor: one size).
+    """
+
+    kind = "mixture"
+
+    def __init__(self, parts: Sequence[Dataset], sizes: Sequence[Optional[Tuple[int, int]]]):
+        if len(parts) < 2 or len(sizes) != len(parts):
+            raise ValueError("a Mixture needs two or more datasets and one input size for each")
+        self.parts, self.sizes = list(parts), [None if s is None else tuple(s) for s in sizes]
+        self.root, self.split = self.parts[0].root, self.parts[0].split
+        self.notes = [n for d in self.parts for n in d.notes]
+        self._where = [(p, i) for p, d in enumerate(self.parts) for i in range(len(d))]
+        self.groups = np.array([p for p, _ in self._where], dtype=np.int64)
+
+    @property
+    def names(self) -> List[str]:
+        return [self._name(p, self.parts[p].names[i]) for p, i in self._where]
+
+    def _name(self, source: int, name: str) -> str:
+        return f"{source}/{self.parts[source].kind}/{name}"
+
+    @property
+    def has_semantic(self) -> bool:
+        return all(d.has_semantic for d in self.parts)
+
+    @property
+    def has_anomaly(self) -> bool:
+        return all(d.has_anomaly for d in self.parts)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def image_path(self, index: int) -> Path:
+        p, i = self._where[index]
+        return self.parts[p].image_path(i)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"dataset indices are integers, got {type(index).__name__}")
+        p, i = self._where[index]
+        sample = self.parts[p][i]
+        sample.name = self._name(p, sample.name)
+        sample.input_size = self.sizes[p]
+        if not self.has_semantic:
+            sample.semantic = None
+        if not self.has_anomaly:
+            sample.anomaly = None
+        return sample
+
+    def describe(self) -> str:
+        def size(s):
+            return f" at {s[0]}x{s[1]}" if s else ""
+
+        return "mixture of " + " + ".join(
+            f"({d.describe()}{size(s)})" for d, s in zip(self.parts, self.sizes)
+        )
+
+    def __repr__(self) -> str:
+        return f"Mixture({self.describe()})"
+
+
+def open_datasets(
+    specs: Sequence[str],
+    split: Optional[str] = None,
+    sizes: Sequence[Tuple[int, int]] = (),
+):
+    """``--data`` given once or more, with ``--input-size`` given never, once (for every source)
+    or once per source → a :class:`Dataset` (one source, its samples at that input size) or a
+    :class:`Mixture`."""
+    specs, sizes = list(specs), [tuple(s) for s in sizes]
+    if not specs:
+        raise DatasetError("give at least one --data KIND:PATH")
+    if len(sizes) not in (0, 1, len(specs)):
+        raise DatasetError(
+            f"--input-size given {len(sizes)} times for {len(specs)} --data sources: give it "
+            f"once (for every source) or once per source, in the same order"
+        )
+    parts = [open_dataset(spec, split) for spec in specs]
+    per_source = sizes if len(sizes) == len(specs) else [sizes[0] if sizes else None] * len(specs)
+    if len(parts) == 1:
+        parts[0].input_size = per_source[0]
+        return parts[0]
+    return Mixture(parts, per_source)
+
+
+def mixture_spec(specs: Sequence[str], sizes: Sequence[Tuple[int, int]] = ()) -> str:
+    """How a run records its data: the specs joined by `` + ``, each with its input size."""
+    sizes = list(sizes)
+    if len(specs) == 1:
+        return specs[0]
+    per = sizes if len(sizes) == len(specs) else [sizes[0] if sizes else None] * len(specs)
+    return " + ".join(s if z is None else f"{s}@{z[0]}x{z[1]}" for s, z in zip(specs, per))
+
+
+def source_chunks(
+    subset: np.ndarray, batch: int, groups: Optional[np.ndarray] = None
+) -> List[np.ndarray]:
+    """``subset`` cut into chunks of at most ``batch`` indices in order, each from one source
+    (``groups[i]`` is index i's source; None: one source)."""
+    if groups is None:
+        return [subset[i : i + batch] for i in range(0, len(subset), batch)]
+    chunks: List[np.ndarray] = []
+    start = 0
+    for end in range(1, len(subset) + 1):
+        if (
+            end == len(subset)
+            or groups[subset[end]] != groups[subset[start]]
+            or end - start == batch
+        ):
+            chunks.append(subset[start:end])
+            start = end
+    return chunks
 
 
 def prefetched_batches(

@@ -65,7 +65,7 @@ MOBILENET_STD = (0.5, 0.5, 0.5)
 BN_EPS = 1e-5  # torchvision's; irrelevant to the folded weights, which carry no statistics
 
 
-def _same_padding(n: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
+def same_padding(n: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
     """TF "SAME" padding (before, after) of one dimension of size ``n``."""
     effective = (kernel - 1) * dilation + 1
     total = max((math.ceil(n / stride) - 1) * stride + effective - n, 0)
@@ -114,8 +114,8 @@ class ConvBNReLU6(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         if self.pad_in_forward:
             k, s, d = self.geometry
-            top, bottom = _same_padding(x.shape[-2], k, s, d)
-            left, right = _same_padding(x.shape[-1], k, s, d)
+            top, bottom = same_padding(x.shape[-2], k, s, d)
+            left, right = same_padding(x.shape[-1], k, s, d)
             x = F.pad(x, (left, right, top, bottom))
         return super().forward(x)
 

@@ -63,7 +63,9 @@ class Student(nn.Module):
             width=float(width),
         )
 
-        c5_stride = int(teacher_strides.get(C5, 32))
+        # The teacher's down-sampling schedule: its c5 stride, or its deepest one where it has no
+        # c5 (CFPNet ends at stride 8).
+        c5_stride = int(teacher_strides.get(C5, max(teacher_strides.values())))
         output_stride = _output_stride_for(c5_stride)
         self.backbone = resnet(depth, output_stride, width=width)
         bc = self.backbone.tap_channels

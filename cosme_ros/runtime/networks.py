@@ -279,10 +279,13 @@ class Networks:
         """The teacher's channels per tap (None for a network that does not state them)."""
         return getattr(self.teacher, "tap_channels", None)
 
-    def preprocess(self, images_rgb: Sequence[np.ndarray]) -> Tensor:
-        """uint8 RGB images → the normalised (B, 3, h, w) batch at the network's input size, in
-        the networks' memory format."""
-        batch = torch.from_numpy(np.stack(resize_frames(images_rgb, self.input_size)))
+    def preprocess(
+        self, images_rgb: Sequence[np.ndarray], size: Optional[Tuple[int, int]] = None
+    ) -> Tensor:
+        """uint8 RGB images → the normalised (B, 3, h, w) batch at ``size`` (default: the
+        network's input size), in the networks' memory format."""
+        size = tuple(size or self.input_size)
+        batch = torch.from_numpy(np.stack(resize_frames(images_rgb, size)))
         batch = batch.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         x = (batch - self._mean) / self._std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -63,7 +63,7 @@ from cosme_ros import __version__, atomic, distributed
 from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
-from cosme_ros.anomaly.parts import CONSENSUS_LAYERS, MEMORY_LAYERS, AnomalyParts
+from cosme_ros.anomaly.parts import AnomalyParts
 from cosme_ros.anomaly.scorers import mulmem_gamma, predicted_classes, resize
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
@@ -89,7 +89,8 @@ CHECKPOINT_NAME = ".anomaly.build-state.safetensors"
 class BuildConfig:
     """Everything that determines the built parts (apart from the teacher and the data)."""
 
-    layers: Tuple[str, ...] = MEMORY_LAYERS
+    # None: the paper's layers on the bundle's teacher (:func:`~cosme_ros.anomaly.parts.paper_layers`).
+    layers: Optional[Tuple[str, ...]] = None
     k: int = 2048
     tau: float = 0.85
     momentum: float = 0.99
@@ -106,6 +107,8 @@ class BuildConfig:
     input_size: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
+        if self.layers is None:
+            return self._check_numbers()
         try:
             self.layers = parse_taps(self.layers)
         except ValueError as exc:
@@ -115,6 +118,9 @@ class BuildConfig:
         bad = [layer for layer in self.layers if layer == O]
         if bad:
             raise CosmeError("--layers: the logits 'o' are not a feature layer for the memory")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
         checks = [
             (self.k >= 1, "--k must be >= 1"),
             (-1.0 < self.tau <= 1.0, "--tau is a cosine threshold in (-1, 1]"),
@@ -148,12 +154,30 @@ class BuildResult:
 
 
 def global_schedule(
-    n: int, batch: int, seed: int, phase: int, index: int, shuffle: bool = True
+    n: int,
+    batch: int,
+    seed: int,
+    phase: int,
+    index: int,
+    shuffle: bool = True,
+    groups: Optional[np.ndarray] = None,
 ) -> List[np.ndarray]:
     """The global batches of one pass: a permutation seeded by (seed, phase, index) cut into
-    chunks of ``batch`` image indices. The same on every rank and for any number of ranks."""
+    chunks of ``batch`` image indices. The same on every rank and for any number of ranks.
+
+    ``groups`` (each index's source, for a :class:`~cosme_ros.data.datasets.Mixture`): every
+    batch holds one source's images, cut from that source's part of the same permutation, and
+    the batches come in the order of their first image in it. One source: as without groups."""
     order = np.random.default_rng([seed, phase, index]).permutation(n) if shuffle else np.arange(n)
-    return [order[i : i + batch] for i in range(0, n, batch)]
+    if groups is None or len(np.unique(groups)) < 2:
+        return [order[i : i + batch] for i in range(0, n, batch)]
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    batches = []
+    for g in np.unique(groups):
+        mine = order[groups[order] == g]
+        batches += [mine[i : i + batch] for i in range(0, len(mine), batch)]
+    return sorted(batches, key=lambda b: int(position[b[0]]))
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -258,7 +282,10 @@ class _Teacher:
     @torch.inference_mode()
     def __call__(self, samples: Sequence[Sample], taps: Sequence[str]) -> Dict[str, Tensor]:
         if samples:
-            x = self.networks.preprocess([s.image for s in samples])
+            sizes = {s.input_size for s in samples}
+            if len(sizes) > 1:  # global_schedule draws a batch from one source
+                raise ValueError(f"a batch mixes input sizes {sorted(map(str, sizes))}")
+            x = self.networks.preprocess([s.image for s in samples], sizes.pop())
         else:
             x = torch.zeros((0, 3) + self.input_size, device=self.device)
         return self.networks.teacher_forward(x, taps)
@@ -285,8 +312,15 @@ class _Pass:
 
     def batches(self, phase: int, index: int, shuffle: bool = True) -> List[np.ndarray]:
         """This rank's image indices of each global batch of one pass (:func:`global_schedule`)."""
+        groups = getattr(self.dataset, "groups", None)
         schedule = global_schedule(
-            len(self.subset), self.config.batch, self.config.seed, phase, index, shuffle
+            len(self.subset),
+            self.config.batch,
+            self.config.seed,
+            phase,
+            index,
+            shuffle,
+            None if groups is None else groups[self.subset],
         )
         return [self.subset[distributed.local_slice(b, self.rank, self.world)] for b in schedule]
 
@@ -324,6 +358,14 @@ def build_anomaly_parts(
     """
     rank, world = distributed.world()
     say = log if rank == 0 else (lambda _msg: None)
+    if config.layers is None:
+        config = replace(config, layers=bundle.paper_layers()[0])
+    missing = [t for t in config.layers if t not in bundle.teacher_taps]
+    if missing:
+        raise CosmeError(
+            f"--layers: the teacher ({bundle.manifest['teacher']['arch']}) has no tap(s) "
+            f"{','.join(missing)}; it has {','.join(bundle.teacher_taps)}"
+        )
     subset = subset_indices(len(dataset), config.max_images)  # spread over the dataset
     names = [dataset.names[i] for i in subset]
     use_labels = _use_labels(bundle, dataset, config, data_spec)
@@ -379,6 +421,11 @@ def build_anomaly_parts(
         **_config_record(config, data_spec, dataset.split),
         "images": len(subset),
         "input_size": list(teacher.input_size),
+        **(
+            {"source_input_sizes": [s and list(s) for s in dataset.sizes]}
+            if hasattr(dataset, "sizes")
+            else {}
+        ),
         "prototypes": {k: int(v) for k, v in builder.counts().items()},
         "shortfall": shortfall,
         "init_steps": builder.init_steps,
@@ -530,7 +577,9 @@ def _result(
     """The anomaly part, checked as the bundle reader will check it (a part that would not
     load is never written), its manifest section and the report."""
     layers = tuple(builder.layers)
-    consensus = bundle.manifest.get("anomaly", {}).get("consensus_layers") or list(CONSENSUS_LAYERS)
+    consensus = (bundle.manifest.get("anomaly") or {}).get("consensus_layers") or list(
+        bundle.paper_layers()[1]
+    )
     parts = AnomalyParts(
         memory={k: v.cpu() for k, v in builder.prototypes().items()},
         memory_layers=layers,

@@ -30,7 +30,7 @@ from cosme_ros.anomaly.parts import psi_key
 from cosme_ros.anomaly.scorers import predicted_classes
 from cosme_ros.anomaly.standardize import ClassStats, ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
-from cosme_ros.data.datasets import prefetched_batches, subset_indices
+from cosme_ros.data.datasets import prefetched_batches, source_chunks, subset_indices
 from cosme_ros.errors import CosmeError
 from cosme_ros.nets.taps import ALL_TAPS, O, ordered
 from cosme_ros.runtime.networks import Networks
@@ -42,7 +42,7 @@ def consensus_layer_sets(bundle: Bundle) -> List[Tuple[str, ...]]:
     """The bundle's consensus layers, then each single tap both networks have (no ``o``: the
     logits are the class evidence, not a feature)."""
     section = bundle.manifest.get("anomaly", {})
-    le = ordered(section.get("consensus_layers") or consensus.CONSENSUS_LAYERS)
+    le = ordered(section.get("consensus_layers") or bundle.paper_layers()[1])
     student_taps = bundle.manifest["student"]["config"].get("taps") or ALL_TAPS
     singles = [(t,) for t in ALL_TAPS if t != O and t in student_taps and (t,) != tuple(le)]
     return [tuple(le), *singles]
@@ -75,7 +75,8 @@ def gather_psi_stats(
         for s in sets
     }
     subset = subset_indices(len(dataset), max_images)
-    chunks = [subset[i : i + batch] for i in range(0, len(subset), batch)]
+    # One source per chunk: a Mixture's sources run at their own input sizes.
+    chunks = source_chunks(subset, batch, getattr(dataset, "groups", None))
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
     try:
         with (
@@ -90,7 +91,7 @@ def gather_psi_stats(
         ):
             for samples in prefetched_batches(dataset, chunks, pool):
                 images = [s.image for s in samples]
-                teacher, student = networks(networks.preprocess(images))
+                teacher, student = networks(networks.preprocess(images, samples[0].input_size))
                 classes: Dict[Tuple[int, int], torch.Tensor] = {}
                 for distance in consensus.DISTANCES:
                     for layers in sets:
