@@ -85,4 +85,5 @@ step road_anomaly cosme evaluate --bundle "$bundle" --data "road_anomaly:$shared
 step fs_static cosme evaluate --bundle "$bundle" --data "folder:$shared/fs_static" \
   --methods "$METHODS" --json "$out/fs_static.json" --markdown "$out/fs_static.md" \
   --plots "$out/plots_fs_static" --memory-limit 8 --force
-echo "benchmark done in $(( $(date +%s) - start )) s; tables: $out/road_anomaly.md $out/fs_static.md"
+.venv/bin/python scripts/real_table.py "$out/road_anomaly.json" "$out/fs_static.json" > "$out/table.md"
+echo "benchmark done in $(( $(date +%s) - start )) s; table: $out/table.md"

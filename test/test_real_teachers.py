@@ -237,3 +237,64 @@ def test_edgetpu_a_tflite_of_another_network_is_refused(shared_data, tmp_path):
     with pytest.raises(CheckpointError, match="not an EdgeTPU-DeepLab model") as exc:
         load_edgetpu_deeplab_tflite(other)
     _one_line(exc, other)
+
+
+# --- bundles -------------------------------------------------------------------------------------
+
+
+def test_bundle_create_for_both_teachers(cfp_path, tpu_path, tmp_path):
+    """``cosme bundle create``: each teacher's arch, input normalisation and class table in the
+    manifest, and the paper's layers read off the bundle's teacher."""
+    from cosme_ros.bundle import Bundle
+    from cosme_ros.cli.main import main as cosme_main
+
+    cases = (
+        ("cfpnet", cfp_path, "cfpnet", IMAGENET, (("c2", "c3", "lh"), ("c3",))),
+        ("edgetpu-deeplab", tpu_path, "edgetpu_deeplab", (TPU_MEAN, TPU_STD), None),
+    )
+    for teacher, weights, arch, (mean, std), layers in cases:
+        out = tmp_path / teacher
+        args = ["bundle", "create", "--teacher", teacher, "--weights", str(weights)]
+        assert cosme_main([*args, "--out", str(out), "--input-size", "65x129"]) == 0
+        bundle = Bundle.load(out)
+        assert bundle.manifest["teacher"]["arch"] == arch
+        assert bundle.mean == pytest.approx(mean) and bundle.std == pytest.approx(std)
+        assert bundle.num_classes == 19 and bundle.class_names[0] == "road"
+        assert bundle.paper_layers() == (layers or (("c4", "c5", "lh"), ("c5",)))
+        assert bundle.anomaly_parts().consensus_layers == bundle.paper_layers()[1]
+        teacher_net = bundle.teacher()
+        with torch.no_grad():
+            assert teacher_net(torch.zeros(1, 3, 65, 129), taps=("o",))["o"].shape[1] == 19
+
+
+@pytest.mark.parametrize("arch, cls", [("cfpnet", CFPNet), ("edgetpu_deeplab", EdgeTPUDeepLab)])
+def test_each_teacher_exports_to_a_verified_engine(arch, cls, tmp_path):
+    """``cosme export`` (ONNX Runtime) takes both graphs — CFPNet's image pyramid and the
+    per-input TF padding — and the verified engine runs in the pipeline."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from cosme_ros import bundle as bundle_mod
+    from cosme_ros.cli.bundle import class_table
+    from cosme_ros.runtime import engines
+    from cosme_ros.runtime.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    names, palette, void = class_table(19)
+    bundle = bundle_mod.create(
+        tmp_path / arch,
+        arch=arch,
+        module=cls(19).eval(),
+        input_size=(64, 128),
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        class_names=names,
+        palette=palette,
+        void_classes=void,
+    )
+    path = engines.export_engine(
+        bundle, "maxlogit", backend="onnxruntime", verify_frames=1, log=lambda m: None
+    )
+    pipe = Pipeline(bundle, method="maxlogit", engine=str(path), device="cpu", precision="fp32")
+    assert pipe.backend == "onnxruntime" and not pipe.engine_fallback
+    frame = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    assert pipe(frame).score.shape == (64, 128)
