@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from real_data import need, one_line, read_rgb
 from cosme_ros.data.cityscapes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
@@ -30,39 +31,22 @@ S1 = "teachers/espnetv2/espnetv2_s_1.0_city_512x256.pth"
 FRAME = "cityscapes_sample/frankfurt_000001_058914"
 
 
-def _need(root: Path, rel: str) -> Path:
-    path = root / rel
-    if not path.exists():
-        pytest.skip(f"{path} is absent from the shared data")
-    return path
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def _to_input(rgb: np.ndarray, size_wh) -> torch.Tensor:
     small = cv2.resize(rgb, size_wh, interpolation=cv2.INTER_AREA)
     x = torch.from_numpy(small).permute(2, 0, 1).float() / 255.0
     return ((x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
 
 
-def _one_line(exc: pytest.ExceptionInfo, path: Path) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and str(path) in msg, msg
-    return msg
-
-
 @pytest.fixture(scope="module")
 def frame(shared_data):
-    image = _read_rgb(_need(shared_data, FRAME + "_leftImg8bit.png"))
-    label = color_to_trainid(_read_rgb(_need(shared_data, FRAME + "_gtFine_color.png")))
+    image = read_rgb(need(shared_data, FRAME + "_leftImg8bit.png"))
+    label = color_to_trainid(read_rgb(need(shared_data, FRAME + "_gtFine_color.png")))
     return image, torch.from_numpy(label.astype(np.int64))
 
 
 @pytest.fixture(scope="module")
 def s1_path(shared_data):
-    return _need(shared_data, S1)
+    return need(shared_data, S1)
 
 
 def _pixel_accuracy(model, image, label, size_wh, align_corners=False):
@@ -147,7 +131,7 @@ def test_cityscapes_colours_round_trip():
 def test_s2_reaches_cityscapes_accuracy(shared_data, frame):
     """Acceptance: s = 2.0 at 1024×512, logits upsampled to 2048×1024, ≥ 0.94 pixel accuracy
     (measured 0.948 with either align_corners)."""
-    model = load_espnetv2_checkpoint(_need(shared_data, S2))
+    model = load_espnetv2_checkpoint(need(shared_data, S2))
     assert model.config == {"s": 2.0, "num_classes": 20} and not model.training
     image, label = frame
     assert _pixel_accuracy(model, image, label, (1024, 512)) >= 0.94
@@ -173,7 +157,7 @@ def test_truncated_checkpoint(s1_path, tmp_path):
     bad.write_bytes(s1_path.read_bytes()[:50_000])
     with pytest.raises(CheckpointError) as exc:
         load_espnetv2_checkpoint(bad)
-    _one_line(exc, bad)
+    one_line(exc, bad)
 
 
 def test_foreign_and_damaged_state_dicts(s1_path, tmp_path):
@@ -181,7 +165,7 @@ def test_foreign_and_damaged_state_dicts(s1_path, tmp_path):
     torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), foreign)
     with pytest.raises(CheckpointError, match="not an ESPNetv2") as exc:
         load_espnetv2_checkpoint(foreign)
-    _one_line(exc, foreign)
+    one_line(exc, foreign)
 
     state = torch.load(s1_path, map_location="cpu", weights_only=True)
     missing = dict(state)
@@ -197,7 +181,7 @@ def test_foreign_and_damaged_state_dicts(s1_path, tmp_path):
         torch.save(bad_state, path)
         with pytest.raises(CheckpointError, match=what) as exc:
             load_espnetv2_checkpoint(path)
-        _one_line(exc, path)
+        one_line(exc, path)
 
 
 def test_not_a_state_dict(tmp_path):
@@ -205,7 +189,7 @@ def test_not_a_state_dict(tmp_path):
     torch.save([1, 2, 3], as_list)
     with pytest.raises(CheckpointError, match="not a state dict") as exc:
         load_espnetv2_checkpoint(as_list)
-    _one_line(exc, as_list)
+    one_line(exc, as_list)
 
     code = tmp_path / "object.pth"
     with open(code, "wb") as f:
@@ -214,4 +198,4 @@ def test_not_a_state_dict(tmp_path):
         )  # an arbitrary class: weights_only must refuse it
     with pytest.raises(CheckpointError) as exc:
         load_espnetv2_checkpoint(code)
-    _one_line(exc, code)
+    one_line(exc, code)

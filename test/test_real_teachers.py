@@ -10,7 +10,6 @@ loading: a damaged or foreign file gives one line naming it and the first keys t
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from real_data import need, one_line, read_rgb
 from cosme_ros.anomaly.parts import paper_layers
 from cosme_ros.data.cityscapes import IGNORE_ID, color_to_trainid
 from cosme_ros.errors import CheckpointError
@@ -34,17 +34,6 @@ CFP = "teachers/cfpnet/cfpnet_crop-1024_800epoch.pth"
 TPU = "teachers/edgetpu_deeplab_slim/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
 FRAME = "cityscapes_sample/frankfurt_000001_058914"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def _need(root: Path, rel: str) -> Path:
-    path = root / rel
-    if not path.exists():
-        pytest.skip(f"{path} is absent from the shared data")
-    return path
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def _to_input(rgb: np.ndarray, size_hw, mean, std) -> torch.Tensor:
@@ -64,15 +53,9 @@ def _pixel_accuracy(model, image, label, size_hw, mean, std) -> float:
 
 @pytest.fixture(scope="module")
 def frame(shared_data):
-    image = _read_rgb(_need(shared_data, FRAME + "_leftImg8bit.png"))
-    label = color_to_trainid(_read_rgb(_need(shared_data, FRAME + "_gtFine_color.png")))
+    image = read_rgb(need(shared_data, FRAME + "_leftImg8bit.png"))
+    label = color_to_trainid(read_rgb(need(shared_data, FRAME + "_gtFine_color.png")))
     return image, torch.from_numpy(label.astype(np.int64))
-
-
-def _one_line(exc: pytest.ExceptionInfo, path: Path) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and str(path) in msg, msg
-    return msg
 
 
 # --- structure, without data ---------------------------------------------------------------------
@@ -143,7 +126,7 @@ def test_configs_rebuild_and_upsample_with_align_corners():
 
 @pytest.fixture(scope="module")
 def cfp_path(shared_data):
-    return _need(shared_data, CFP)
+    return need(shared_data, CFP)
 
 
 def test_cfpnet_reaches_cityscapes_accuracy(cfp_path, frame):
@@ -163,13 +146,13 @@ def test_cfpnet_strict_loading_names_file_and_keys(cfp_path, tmp_path):
     torch.save({"state_dict": damaged}, bad)
     with pytest.raises(CheckpointError) as exc:
         load_cfpnet_checkpoint(bad)
-    msg = _one_line(exc, bad)
+    msg = one_line(exc, bad)
     assert "cfp2.3.conv_last.0.weight" in msg and "cfp2.9.extra.weight" in msg
     foreign = tmp_path / "foreign.pth"
     torch.save({"state_dict": {"conv.weight": torch.zeros(2, 3, 1, 1)}}, foreign)
     with pytest.raises(CheckpointError, match="not a CFPNet checkpoint") as exc:
         load_cfpnet_checkpoint(foreign)
-    _one_line(exc, foreign)
+    one_line(exc, foreign)
 
 
 # --- EdgeTPU-DeepLab import from the TFLite file -------------------------------------------------
@@ -177,7 +160,7 @@ def test_cfpnet_strict_loading_names_file_and_keys(cfp_path, tmp_path):
 
 @pytest.fixture(scope="module")
 def tpu_path(shared_data):
-    return _need(shared_data, TPU)
+    return need(shared_data, TPU)
 
 
 @pytest.fixture(scope="module")
@@ -221,22 +204,22 @@ def test_edgetpu_damaged_and_foreign_files(tpu_path, tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError) as exc:
         load_edgetpu_deeplab_tflite(truncated)
-    assert "truncated or corrupt" in _one_line(exc, truncated)
+    assert "truncated or corrupt" in one_line(exc, truncated)
     foreign = tmp_path / "model.tflite"
     foreign.write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a TFLite model") as exc:
         load_edgetpu_deeplab_tflite(foreign)
-    _one_line(exc, foreign)
+    one_line(exc, foreign)
 
 
 def test_edgetpu_a_tflite_of_another_network_is_refused(shared_data, tmp_path):
     """The ImageNet MobileNetV2 .tflite is a valid TFLite file of another graph."""
-    other = _need(
+    other = need(
         shared_data, "backbones/mobilenet_v2_1.0_imagenet/mobilenet_v2_1.0_224_quant.tflite"
     )
     with pytest.raises(CheckpointError, match="not an EdgeTPU-DeepLab model") as exc:
         load_edgetpu_deeplab_tflite(other)
-    _one_line(exc, other)
+    one_line(exc, other)
 
 
 # --- bundles -------------------------------------------------------------------------------------

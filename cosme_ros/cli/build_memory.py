@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from cosme_ros import atomic
-from cosme_ros.cli.common import size_arg, write_json
+from cosme_ros.cli.common import add_data_sources, write_json
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import DEVICES
 
@@ -30,30 +30,18 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, help="bundle directory (gets the anomaly part)")
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        metavar="KIND:PATH",
-        help="training images, e.g. cityscapes:/data/cityscapes, camvid:DIR, "
-        "images:DIR, synthetic:DIR/train; give it again to mix sources (each batch is drawn "
-        "from one source, at that source's --input-size)",
-    )
     p.add_argument("--split", help="dataset split where the kind has splits (default: train)")
     p.add_argument(
         "--layers",
         help="memory layers (default: the paper's c4,c5,lh; a teacher without c4 and c5, "
         "such as CFPNet, uses its two deepest stages and lh: c2,c3,lh)",
     )
-    p.add_argument(
-        "--input-size",
-        type=size_arg,
-        action="append",
-        default=[],
-        metavar="HxW",
-        help="network input for these images (default: the bundle's), e.g. 480x640 "
-        "to keep 4:3 frames at their aspect ratio under a 2:1 teacher; once for every "
-        "--data source or once per source, in their order",
+    add_data_sources(
+        p,
+        "training images, e.g. cityscapes:/data/cityscapes, camvid:DIR, images:DIR, "
+        "synthetic:DIR/train (each batch is drawn from one source)",
+        "network input for these images (default: the bundle's), e.g. 480x640 to keep 4:3 "
+        "frames at their aspect ratio under a 2:1 teacher",
     )
     p.add_argument("--k", type=int, default=2048, help="prototypes per layer (default 2048)")
     p.add_argument(

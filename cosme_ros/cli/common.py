@@ -22,6 +22,27 @@ def size_arg(text: str) -> Tuple[int, int]:
     return h, w
 
 
+def add_data_sources(p: argparse.ArgumentParser, data_help: str, size_help: str) -> None:
+    """``--data KIND:PATH`` (required, repeatable: several sources are read as one, a
+    :class:`~cosme_ros.data.datasets.Mixture`) and ``--input-size HxW`` (never, once for every
+    source, or once per source in their order)."""
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="KIND:PATH",
+        help=data_help + "; give it again to mix sources",
+    )
+    p.add_argument(
+        "--input-size",
+        type=size_arg,
+        action="append",
+        default=[],
+        metavar="HxW",
+        help=size_help + "; once for every --data source or once per source, in their order",
+    )
+
+
 def write_json(path: str, data: Mapping[str, Any]) -> None:
     atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 from cosme_ros import atomic
-from cosme_ros.cli.common import checkpoint_dir, size_arg, write_training_json
+from cosme_ros.cli.common import add_data_sources, checkpoint_dir, size_arg, write_training_json
 from cosme_ros.errors import CosmeError
 from cosme_ros.options import DEVICES
 
@@ -113,22 +113,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bundle", required=True, help="bundle directory (its teacher is distilled)")
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        metavar="KIND:PATH",
-        help="training images, e.g. images:DIR, cityscapes:ROOT, camvid:ROOT; give it again "
-        "to mix sources",
-    )
-    p.add_argument(
-        "--input-size",
-        type=size_arg,
-        action="append",
-        default=[],
-        metavar="HxW",
-        help="network input of the Ψ statistics pass (default: the bundle's); once for every "
-        "--data source or once per source (training uses --size crops)",
+    add_data_sources(
+        p,
+        "training images, e.g. images:DIR, cityscapes:ROOT, camvid:ROOT",
+        "network input of the Ψ statistics pass (default: the bundle's; training uses --size "
+        "crops)",
     )
     p.add_argument(
         "--split",

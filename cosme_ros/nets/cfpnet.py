@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
-from cosme_ros.nets.taps import C2, C3, LH, O, Taps, parse_taps, select
+from cosme_ros.nets.taps import C2, C3, LH, O, Taps, logits_at_input, parse_taps, select
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -201,14 +201,12 @@ class CFPNet(nn.Module):
         if LH in wanted or O in wanted:
             out[LH] = torch.cat([out[C3], _image_at(x, out[C3])], dim=1)
             out[O] = self.seg_head(out[LH])
-        return select(out, [t for t in wanted if t in out])
+        return select(out, wanted)
 
     def predict_logits(self, x: Tensor) -> Tensor:
         """Full-resolution logits as the release produces them: ``o`` upsampled bilinearly with
         ``align_corners=True``."""
-        return F.interpolate(
-            self(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear", align_corners=True
-        )
+        return logits_at_input(self, x)
 
 
 def build_cfpnet(num_classes: int = 19) -> CFPNet:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosme_ros.nets.mobilenetv2 import same_padding
-from cosme_ros.nets.taps import C2, C3, C4, C5, LH, O, Taps, parse_taps, select
+from cosme_ros.nets.taps import C2, C3, C4, C5, LH, O, Taps, logits_at_input, parse_taps, select
 
 MEAN = (128 / 255,) * 3
 STD = (128 / 255,) * 3
@@ -199,9 +199,7 @@ class EdgeTPUDeepLab(nn.Module):
     def predict_logits(self, x: Tensor) -> Tensor:
         """Full-resolution logits as the graph produces them: ``o`` upsampled bilinearly with
         ``align_corners=True``."""
-        return F.interpolate(
-            self(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear", align_corners=True
-        )
+        return logits_at_input(self, x)
 
 
 def build_edgetpu_deeplab(num_classes: int = 19) -> EdgeTPUDeepLab:

@@ -43,7 +43,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosme_ros.nets import IMAGENET_MEAN, IMAGENET_STD
-from cosme_ros.nets.taps import ALL_TAPS, C2, C3, C4, C5, LH, O, Taps, parse_taps, select
+from cosme_ros.nets.taps import (
+    ALL_TAPS,
+    C2,
+    C3,
+    C4,
+    C5,
+    LH,
+    O,
+    Taps,
+    logits_at_input,
+    parse_taps,
+    select,
+)
 
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
@@ -392,9 +404,7 @@ class ESPNetv2Seg(nn.Module):
     def predict_logits(self, x: Tensor) -> Tensor:
         """Full-resolution logits exactly as EdgeNets produces them: ``o`` upsampled to the input
         size, bilinear with ``align_corners=True``."""
-        return F.interpolate(
-            self(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear", align_corners=True
-        )
+        return logits_at_input(self, x)
 
 
 def build_espnetv2(s: float = 2.0, num_classes: int = 20) -> ESPNetv2Seg:

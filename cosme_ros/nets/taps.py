@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Tuple
 
+import torch.nn.functional as F
 from torch import Tensor
 
 C2, C3, C4, C5, LH, O = "c2", "c3", "c4", "c5", "lh", "o"
@@ -48,3 +49,12 @@ def select(all_taps: Taps, wanted: Optional[Iterable[str]]) -> Taps:
     if wanted is None:
         return all_taps
     return {name: all_taps[name] for name in wanted}
+
+
+def logits_at_input(net, x: Tensor) -> Tensor:
+    """``net``'s logits ``o`` upsampled bilinearly (``align_corners=True``) to the size of its
+    input ``x``: the full-resolution prediction as ESPNetv2's, CFPNet's and the TFLite DeepLab's
+    own code produce it."""
+    return F.interpolate(
+        net(x, taps=(O,))[O], size=x.shape[-2:], mode="bilinear", align_corners=True
+    )
