@@ -47,6 +47,8 @@ MANIFEST = "manifest.yaml"
 TEACHER_FILE = "teacher.safetensors"
 STUDENT_FILE = "student.safetensors"
 ANOMALY_FILE = "anomaly.safetensors"
+# The anomaly section's optional layer fields (Bundle.anomaly_layers fills in the paper's).
+LAYER_FIELDS = ("memory_layers", "consensus_layers")
 MAX_NAME_CHARS = 200  # the name is echoed in logs and in every /diagnostics message
 
 
@@ -225,6 +227,16 @@ class Bundle:
 
         return paper_layers(self.teacher_taps)
 
+    def anomaly_layers(self) -> Dict[str, Tuple[str, ...]]:
+        """``{"memory_layers": …, "consensus_layers": …}``: those the manifest's anomaly section
+        names, the paper's on this teacher for any it does not (the teacher's architecture is
+        only built when one is missing)."""
+        section = self.manifest.get("anomaly") or {}
+        named = {k: tuple(section[k]) for k in LAYER_FIELDS if k in section}
+        if len(named) < len(LAYER_FIELDS):
+            named = {**dict(zip(LAYER_FIELDS, self.paper_layers())), **named}
+        return named
+
     def teacher(self) -> nn.Module:
         """The teacher in eval mode with its weights loaded strictly."""
         from cosme_ros.nets import build_network
@@ -266,20 +278,18 @@ class Bundle:
         from cosme_ros.anomaly.parts import AnomalyParts
 
         section = self.manifest.get("anomaly")
-        # Layers the manifest does not name are the paper's on this teacher.
-        paper = dict(zip(("memory_layers", "consensus_layers"), self.paper_layers()))
+        layers = self.anomaly_layers()
         if section is None:
             return AnomalyParts(
-                has_student=self.has_student, align_corners=self.teacher_align_corners, **paper
+                has_student=self.has_student, align_corners=self.teacher_align_corners, **layers
             )
         tensors = read_tensors(self.path / section["weights"], section.get("sha256"))
-        kwargs = {k: tuple(section[k]) if k in section else v for k, v in paper.items()}
         try:
             parts = AnomalyParts.from_tensors(
                 tensors,
                 has_student=self.has_student,
                 align_corners=self.teacher_align_corners,
-                **kwargs,
+                **layers,
             )
         except (ValueError, KeyError) as exc:
             raise BundleError(f"{self.path / section['weights']}: {exc}") from None
@@ -496,7 +506,7 @@ def _check_anomaly(path: Path, anomaly: Mapping[str, Any], where: str) -> None:
 
     _check_file(path, _need(anomaly, "weights", f"{where} anomaly", str), where, "anomaly.weights")
     _check_sha256(anomaly, where, "anomaly")
-    for key in ("memory_layers", "consensus_layers"):
+    for key in LAYER_FIELDS:
         if key in anomaly and not (
             isinstance(anomaly[key], list) and all(v in ALL_TAPS for v in anomaly[key])
         ):

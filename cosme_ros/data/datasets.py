@@ -774,6 +774,18 @@ class Mixture:
         return f"Mixture({self.describe()})"
 
 
+def _per_source(count: int, sizes: Sequence[Tuple[int, int]]) -> List[Optional[Tuple[int, int]]]:
+    """``--input-size`` given never, once or once per ``--data`` source → one size (or None: the
+    bundle's) per source."""
+    sizes = [tuple(s) for s in sizes]
+    if len(sizes) not in (0, 1, count):
+        raise DatasetError(
+            f"--input-size given {len(sizes)} times for {count} --data sources: give it "
+            f"once (for every source) or once per source, in the same order"
+        )
+    return sizes if len(sizes) == count else [sizes[0] if sizes else None] * count
+
+
 def open_datasets(
     specs: Sequence[str],
     split: Optional[str] = None,
@@ -782,16 +794,10 @@ def open_datasets(
     """``--data`` given once or more, with ``--input-size`` given never, once (for every source)
     or once per source → a :class:`Dataset` (one source, its samples at that input size) or a
     :class:`Mixture`."""
-    specs, sizes = list(specs), [tuple(s) for s in sizes]
     if not specs:
         raise DatasetError("give at least one --data KIND:PATH")
-    if len(sizes) not in (0, 1, len(specs)):
-        raise DatasetError(
-            f"--input-size given {len(sizes)} times for {len(specs)} --data sources: give it "
-            f"once (for every source) or once per source, in the same order"
-        )
+    per_source = _per_source(len(specs), sizes)
     parts = [open_dataset(spec, split) for spec in specs]
-    per_source = sizes if len(sizes) == len(specs) else [sizes[0] if sizes else None] * len(specs)
     if len(parts) == 1:
         parts[0].input_size = per_source[0]
         return parts[0]
@@ -800,10 +806,9 @@ def open_datasets(
 
 def mixture_spec(specs: Sequence[str], sizes: Sequence[Tuple[int, int]] = ()) -> str:
     """How a run records its data: the specs joined by `` + ``, each with its input size."""
-    sizes = list(sizes)
     if len(specs) == 1:
         return specs[0]
-    per = sizes if len(sizes) == len(specs) else [sizes[0] if sizes else None] * len(specs)
+    per = _per_source(len(specs), sizes)
     return " + ".join(s if z is None else f"{s}@{z[0]}x{z[1]}" for s, z in zip(specs, per))
 
 

@@ -63,7 +63,7 @@ from cosme_ros import __version__, atomic, distributed
 from cosme_ros.anomaly import baselines
 from cosme_ros.anomaly.baselines import ClassPrototypeAccumulator
 from cosme_ros.anomaly.memory import MulMemBuilder
-from cosme_ros.anomaly.parts import AnomalyParts
+from cosme_ros.anomaly.parts import AnomalyParts, paper_layers
 from cosme_ros.anomaly.scorers import mulmem_gamma, predicted_classes, resize
 from cosme_ros.anomaly.standardize import ClassStatsAccumulator
 from cosme_ros.bundle import Bundle
@@ -358,16 +358,18 @@ def build_anomaly_parts(
     """
     rank, world = distributed.world()
     say = log if rank == 0 else (lambda _msg: None)
+    taps = bundle.teacher_taps
     if config.layers is None:
-        config = replace(config, layers=bundle.paper_layers()[0])
-    missing = [t for t in config.layers if t not in bundle.teacher_taps]
+        config = replace(config, layers=paper_layers(taps)[0])
+    missing = [t for t in config.layers if t not in taps]
     if missing:
         raise CosmeError(
             f"--layers: the teacher ({bundle.manifest['teacher']['arch']}) has no tap(s) "
-            f"{','.join(missing)}; it has {','.join(bundle.teacher_taps)}"
+            f"{','.join(missing)}; it has {','.join(taps)}"
         )
     subset = subset_indices(len(dataset), config.max_images)  # spread over the dataset
-    names = [dataset.names[i] for i in subset]
+    all_names = dataset.names  # a property that lists them: read once, not per image
+    names = [all_names[i] for i in subset]
     use_labels = _use_labels(bundle, dataset, config, data_spec)
     teacher = _Teacher(bundle, device, config.input_size)
     fingerprint = _fingerprint(bundle, dataset, names, config, data_spec)
@@ -577,9 +579,7 @@ def _result(
     """The anomaly part, checked as the bundle reader will check it (a part that would not
     load is never written), its manifest section and the report."""
     layers = tuple(builder.layers)
-    consensus = (bundle.manifest.get("anomaly") or {}).get("consensus_layers") or list(
-        bundle.paper_layers()[1]
-    )
+    consensus = bundle.anomaly_layers()["consensus_layers"]
     parts = AnomalyParts(
         memory={k: v.cpu() for k, v in builder.prototypes().items()},
         memory_layers=layers,

@@ -41,8 +41,7 @@ __all__ = ["consensus_layer_sets", "gather_psi_stats", "add_psi_stats"]
 def consensus_layer_sets(bundle: Bundle) -> List[Tuple[str, ...]]:
     """The bundle's consensus layers, then each single tap both networks have (no ``o``: the
     logits are the class evidence, not a feature)."""
-    section = bundle.manifest.get("anomaly", {})
-    le = ordered(section.get("consensus_layers") or bundle.paper_layers()[1])
+    le = ordered(bundle.anomaly_layers()["consensus_layers"])
     student_taps = bundle.manifest["student"]["config"].get("taps") or ALL_TAPS
     singles = [(t,) for t in ALL_TAPS if t != O and t in student_taps and (t,) != tuple(le)]
     return [tuple(le), *singles]
