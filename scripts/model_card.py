@@ -327,7 +327,9 @@ def teacher_section(manifest: Mapping) -> List[str]:
     pre = rec.get("pretrained")
     start = (
         f"From the ImageNet weights of the backbone (`{pre.get('file')}`, Apache-2.0: "
-        f"`LICENSE.mobilenet_v2` beside this card; BatchNorm {pre.get('batchnorm')})"
+        f"`LICENSE.mobilenet_v2` beside this card; BatchNorm {pre.get('batchnorm')}"
+        + (f"; {pre['frozen']} not trained" if pre.get("frozen") else "")
+        + ")"
         if pre
         else "From scratch"
     )

@@ -129,6 +129,35 @@ def test_frozen_batchnorm_stays_in_eval_mode_while_training():
     assert torch.equal(bns[0].running_mean, before)
 
 
+def test_depthwise_in_fp32_under_bf16_autocast():
+    """Training on a CPU runs the depthwise convs in fp32 inside bf16 autocast (oneDNN's bf16
+    depthwise backward is slow); the 1×1 convs stay in bf16, and nothing changes by default."""
+    torch.manual_seed(0)
+    net = MobileNetV2(output_stride=16)
+    depthwise = [m for m in net.modules() if getattr(m, "fp32_under_autocast", None) is not None]
+    dtypes = {}
+    hooks = [
+        m[0].register_forward_hook(lambda mod, i, o: dtypes.__setitem__(mod, o.dtype))
+        for m in depthwise
+    ]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+    assert set(dtypes.values()) == {torch.bfloat16}
+    net.depthwise_in_fp32()
+    dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    grouped = {m[0] for m in depthwise if m[0].groups > 1}
+    assert len(grouped) == 17 and all(dtypes[c] == torch.float32 for c in grouped)
+    assert all(dtypes[c] == torch.bfloat16 for c in dtypes if c not in grouped)  # the stem and the 1×1 expansions
+    assert out["c5"].dtype == torch.bfloat16  # the projections after them run in bf16
+    ref = net(x)  # outside autocast the flag changes nothing: fp32 throughout
+    assert all(v.dtype == torch.float32 for v in ref.values())
+    for h in hooks:
+        h.remove()
+
+
 def test_deeplabv3plus_on_mobilenetv2():
     net = DeepLabV3Plus(
         "mobilenet_v2", 19, 16, aspp_channels=32, low_level_channels=8, decoder_channels=32

@@ -171,6 +171,10 @@ def test_pretrained_mobilenetv2_teacher(tmp_path, world, shared_data):
     for key, value in start.items():
         if key.endswith(("running_mean", "running_var")):  # frozen BatchNorm: untouched
             assert torch.equal(trained[key].float(), value), key
+    # the stem and the blocks up to c2 keep their ImageNet weights exactly; the rest adapts
+    frozen = [k for k in start if int(k.split(".")[1]) <= 3]
+    assert len(frozen) > 10 and all(torch.equal(trained[k].float(), start[k]) for k in frozen)
+    assert record["pretrained"]["frozen"] == "backbone up to c2 (features.0-3)"
     moved = [
         float((trained[k].float() - v).norm() / v.norm())
         for k, v in start.items()

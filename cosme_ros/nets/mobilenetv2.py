@@ -35,6 +35,7 @@ import math
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -110,6 +111,8 @@ class ConvBNReLU6(nn.Sequential):
             layers.append(nn.ReLU6(inplace=True))
         super().__init__(*layers)
         self.geometry = (kernel_size, stride, dilation)
+        # Run in fp32 even under bf16 autocast (see MobileNetV2.depthwise_in_fp32).
+        self.fp32_under_autocast = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pad_in_forward:
@@ -117,6 +120,9 @@ class ConvBNReLU6(nn.Sequential):
             top, bottom = same_padding(x.shape[-2], k, s, d)
             left, right = same_padding(x.shape[-1], k, s, d)
             x = F.pad(x, (left, right, top, bottom))
+        if self.fp32_under_autocast and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float())
         return super().forward(x)
 
 
@@ -215,6 +221,19 @@ class MobileNetV2(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
         return self
+
+    def depthwise_in_fp32(self, on: bool = True) -> None:
+        """Run the 3×3 depthwise convs in fp32 under bf16 autocast (training on a CPU).
+
+        oneDNN's bf16 depthwise *backward* is far slower than its fp32 one on CPUs: measured on
+        the demo teacher (batch 8, 192×384, 2 cores, AMX) the dilated 960-channel convs of the
+        last stage take 130 ms per step in bf16 against 41 ms in fp32, the stride-2 one at
+        stride 4 71 ms against 18. The 1×1 convs, where bf16 is fast, stay in bf16; a training
+        step goes from 0.72 to 0.61 s. Inference is untouched (off by default).
+        """
+        for m in self.modules():
+            if isinstance(m, ConvBNReLU6) and m[0].groups > 1:
+                m.fp32_under_autocast = on
 
     def forward(self, x: Tensor, taps: Optional[Sequence[str]] = None) -> Taps:
         """Backbone taps c2…c5; stops after the deepest one ``taps`` asks for."""
