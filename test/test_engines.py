@@ -4,6 +4,8 @@ needs CUDA (``gpu`` marker)."""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 
 import numpy as np
@@ -97,6 +99,34 @@ def test_export_writes_a_verified_record_and_the_pipeline_runs_it(exported):
     # the same engine, named by its folder; and a method it has every tap for (maxlogit: o)
     assert Pipeline(bundle, METHOD, engine=str(path)).backend == "onnxruntime"
     assert Pipeline(bundle, "maxlogit", engine="auto").backend == "onnxruntime"
+
+
+def test_an_engine_named_by_its_backend(exported):
+    bundle, path, _ = exported
+    pipe = Pipeline(bundle, METHOD, engine="onnxruntime")
+    assert (pipe.backend, pipe.engine_path, pipe.engine_fallback) == ("onnxruntime", path, False)
+    pipe = Pipeline(bundle, METHOD, engine="aoti")  # asked for, none built: a fallback
+    assert pipe.backend == "eager" and pipe.engine_fallback
+    assert pipe.engine_note.startswith("no aoti engine in")
+
+
+def test_bench_backend_times_that_engine_or_refuses(exported, tmp_path, capsys):
+    from cosme_ros.cli.main import main
+
+    bundle, _, _ = exported
+    common = ["bench", "--bundle", str(bundle.path), "--method", METHOD, "--camera", "64x128"]
+    common += ["--frames", "2", "--warmup", "1", "--no-naive", "--no-publish", "--threads", "1"]
+    report = tmp_path / "bench.json"
+    assert main(common + ["--backend", "onnxruntime", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["backend"] == "onnxruntime" and result["ratio_engine_vs_eager"] > 0
+    capsys.readouterr()
+    assert main(common + ["--backend", "aoti"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--backend aoti: no aoti engine in" in err[0]
+    assert "cosme export --bundle" in err[0]
+    assert main(common + ["--backend", "eager", "--engine", "auto"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_no_engine_is_eager_with_the_reason(tmp_path):

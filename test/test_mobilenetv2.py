@@ -150,7 +150,9 @@ def test_depthwise_in_fp32_under_bf16_autocast():
         out = net(x)
     grouped = {m[0] for m in depthwise if m[0].groups > 1}
     assert len(grouped) == 17 and all(dtypes[c] == torch.float32 for c in grouped)
-    assert all(dtypes[c] == torch.bfloat16 for c in dtypes if c not in grouped)  # the stem and the 1×1 expansions
+    assert all(
+        dtypes[c] == torch.bfloat16 for c in dtypes if c not in grouped
+    )  # the stem and the 1×1 expansions
     assert out["c5"].dtype == torch.bfloat16  # the projections after them run in bf16
     ref = net(x)  # outside autocast the flag changes nothing: fp32 throughout
     assert all(v.dtype == torch.float32 for v in ref.values())

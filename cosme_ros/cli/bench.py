@@ -45,6 +45,8 @@ def _sizes(text: str):
 
 
 def add_parser(sub) -> None:
+    from cosme_ros.runtime.engines import BACKENDS
+
     p = sub.add_parser(
         "bench",
         help="measure frame time, stages, ratios and memory",
@@ -88,9 +90,15 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--engine",
         default="off",
-        metavar="off|auto|DIR",
+        metavar="off|auto|BACKEND|DIR",
         help="time a compiled engine (`cosme export`) instead of the eager fast path, "
-        "alternated with eager frame by frame (default off)",
+        "alternated with eager frame by frame (default off); falls back to eager with a note",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("eager",) + tuple(b for b in BACKENDS if b != "auto"),
+        help="time the bundle's engine of this backend against eager (ratio_engine_vs_eager); "
+        "unlike --engine, an error when no engine of that backend fits",
     )
     p.add_argument("--no-publish", action="store_true", help="encode but do not publish")
     p.add_argument("--scorer-only", action="store_true", help="time the MulMem scorer alone")
@@ -242,6 +250,11 @@ def run(args) -> int:
             print(table)
             print(f"sweep written to {out}/ (sweep.md, sweep.png, sweep.json)")
         else:
+            engine = args.engine
+            if args.backend is not None:
+                if args.engine != "off":
+                    raise CosmeError("give --backend or --engine, not both")
+                engine = "off" if args.backend == "eager" else args.backend
             result = bench.bench_frames(
                 bundle,
                 method=args.method,
@@ -256,9 +269,14 @@ def run(args) -> int:
                 naive=not args.no_naive,
                 publish=not args.no_publish,
                 refine=args.refine,
-                engine=args.engine,
+                engine=engine,
                 progress=_progress,
             )
+            if args.backend not in (None, "eager") and result["backend"] != args.backend:
+                raise CosmeError(
+                    f"--backend {args.backend}: {result['engine_note']} (build one with `cosme "
+                    f"export --bundle {args.bundle} --backend {args.backend}`)"
+                )
             print_frames(result)
     if args.json:
         write_json(args.json, result)

@@ -111,9 +111,10 @@ def add_engine_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine",
         default="auto",
-        metavar="auto|off|DIR",
+        metavar="auto|off|BACKEND|DIR",
         help="compiled networks (`cosme export`): auto (default: the bundle's first engine that "
-        "fits, else eager), off (eager) or an engine folder",
+        "fits, else eager), off (eager), a backend (onnxruntime, aoti, tensorrt: the bundle's "
+        "first engine of that backend that fits) or an engine folder",
     )
 
 

@@ -20,7 +20,8 @@ compute capability, or CPU model and ISA flags), the build time and the verifica
 failed verification writes nothing and says why.
 
 :func:`attach` gives the pipeline its networks: the engine's when ``engine`` is ``auto`` (the
-bundle's first engine that fits) or a path, else — and on *any* mismatch: bundle hash, taps, input
+bundle's first engine that fits), a backend name (the bundle's first engine of that backend that
+fits) or a path, else — and on *any* mismatch: bundle hash, taps, input
 size, versions, device, a missing or corrupt artifact, a start-up self-check that disagrees with
 eager — the eager :class:`~.networks.Networks`, with a one-line reason that the node logs and
 publishes on ``/diagnostics``. Nothing falls back silently.
@@ -473,16 +474,22 @@ class Attached:
 
 
 def attach(eager: Networks, scorer, method: str, engine: str) -> Attached:
-    """The engine ``engine`` (``off``, ``auto`` or a folder) for ``method`` over the eager
-    networks, or the eager networks with the reason (module docstring). An engine runs at the
-    precision it was built and verified at, whatever the pipeline's ``precision``."""
+    """The engine ``engine`` (``off``, ``auto``, a backend of :data:`BACKENDS` or a folder) for
+    ``method`` over the eager networks, or the eager networks with the reason (module
+    docstring). An engine runs at the precision it was built and verified at, whatever the
+    pipeline's ``precision``. ``auto`` finding no engine at all is not a fallback (nothing was
+    built); a named backend finding none is."""
     if engine in ("off", "", None):
         return Attached(eager, "eager")
-    if engine == "auto":
+    if engine in BACKENDS:
+        backend = None if engine == "auto" else engine
         root = eager.bundle.path / ENGINE_DIR
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if backend is not None:
+            folders = [f for f in folders if _backend_of(f) == backend]
         if not folders:
-            return Attached(eager, "eager", f"no engine in {root}")
+            what = f"no {backend} engine" if backend else "no engine"
+            return Attached(eager, "eager", f"{what} in {root}", fallback=backend is not None)
         reasons = []
         for folder in folders:
             got = _try(eager, scorer, method, folder)
@@ -494,6 +501,14 @@ def attach(eager: Networks, scorer, method: str, engine: str) -> Attached:
     if isinstance(got, Attached):
         return got
     return Attached(eager, "eager", f"{engine}: {got}", fallback=True)
+
+
+def _backend_of(folder: Path) -> Optional[str]:
+    """The backend ``folder``'s record names (None: no readable record)."""
+    try:
+        return _read_record(folder).get("backend")
+    except Exception:  # noqa: BLE001 — an unreadable record is simply not that backend's
+        return None
 
 
 def _try(eager: Networks, scorer, method: str, folder: Path):
