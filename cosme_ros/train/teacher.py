@@ -6,8 +6,10 @@ checkpoints users import with ``cosme bundle create``. The paper's teachers are 
 and CosMe relies on it: features that still describe a deer or a tyre after segmentation training,
 which a student that never saw ImageNet cannot reproduce there. ``pretrained="imagenet"`` gives
 the demo teacher that property: the backbone starts from the ImageNet weights, learns at a tenth of
-the head's rate and keeps its BatchNorms frozen (the weights come BatchNorm-folded, see
-:mod:`cosme_ros.nets.mobilenetv2`), and the input is normalised as those weights expect.
+the head's rate, keeps its BatchNorms frozen (the weights come BatchNorm-folded, see
+:mod:`cosme_ros.nets.mobilenetv2`) and its stem and blocks up to c2 fixed, and the input is
+normalised as those weights expect. Under bf16 autocast on a CPU its depthwise convs run in fp32
+(:meth:`~cosme_ros.nets.mobilenetv2.MobileNetV2.depthwise_in_fp32`: faster there).
 
 - Loss: pixel cross-entropy over the 19 trainIds, ``ignore_index`` 255, averaged over the valid
   pixels of the *global* batch (so data parallel training computes the same loss). Logits (stride
