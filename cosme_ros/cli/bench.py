@@ -250,33 +250,37 @@ def run(args) -> int:
             print(table)
             print(f"sweep written to {out}/ (sweep.md, sweep.png, sweep.json)")
         else:
+            from cosme_ros.runtime.engines import EngineUnavailable
+
             engine = args.engine
             if args.backend is not None:
                 if args.engine != "off":
                     raise CosmeError("give --backend or --engine, not both")
                 engine = "off" if args.backend == "eager" else args.backend
-            result = bench.bench_frames(
-                bundle,
-                method=args.method,
-                input_size=args.size,
-                camera=args.camera,
-                frames=args.frames,
-                warmup=args.warmup,
-                device=args.device,
-                precision=args.precision,
-                threads=args.threads,
-                images=args.images,
-                naive=not args.no_naive,
-                publish=not args.no_publish,
-                refine=args.refine,
-                engine=engine,
-                progress=_progress,
-            )
-            if args.backend not in (None, "eager") and result["backend"] != args.backend:
-                raise CosmeError(
-                    f"--backend {args.backend}: {result['engine_note']} (build one with `cosme "
-                    f"export --bundle {args.bundle} --backend {args.backend}`)"
+            try:
+                result = bench.bench_frames(
+                    bundle,
+                    method=args.method,
+                    input_size=args.size,
+                    camera=args.camera,
+                    frames=args.frames,
+                    warmup=args.warmup,
+                    device=args.device,
+                    precision=args.precision,
+                    threads=args.threads,
+                    images=args.images,
+                    naive=not args.no_naive,
+                    publish=not args.no_publish,
+                    refine=args.refine,
+                    engine=engine,
+                    require_engine=engine != "off" and args.backend is not None,
+                    progress=_progress,
                 )
+            except EngineUnavailable as exc:
+                raise CosmeError(
+                    f"--backend {args.backend}: {exc} (build one with `cosme export --bundle "
+                    f"{args.bundle} --backend {args.backend}`)"
+                ) from None
             print_frames(result)
     if args.json:
         write_json(args.json, result)

@@ -261,8 +261,8 @@ PARAMS: Sequence[Param] = (
         "Compiled networks (`cosme export`): auto (the bundle's first engine that fits "
         "this machine, method and input size, else the eager fast path), off (eager), a "
         "backend (onnxruntime, aoti, tensorrt: the bundle's first engine of that backend that "
-        "fits) or an engine folder. A requested engine that cannot be used falls back to eager with the "
-        "reason in the log and on /diagnostics.",
+        "fits) or an engine folder. A requested engine that cannot be used falls back to eager "
+        "with the reason in the log and on /diagnostics.",
     ),
     Param(
         "refine",

@@ -460,6 +460,10 @@ class EngineNetworks:
         return self.teacher_forward(x), self.student_forward(x)
 
 
+class EngineUnavailable(CosmeError):
+    """An engine was required (``cosme bench --backend``) and cannot be used; the text says why."""
+
+
 @dataclass
 class Attached:
     """The networks a pipeline runs and how it came to them: ``backend`` (``eager`` or the

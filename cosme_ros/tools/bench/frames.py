@@ -196,6 +196,7 @@ def bench_frames(
     seed: int = 0,
     refine: str = "none",
     engine: str = "off",
+    require_engine: bool = False,
     progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Time ``frames`` frames (after ``warmup``) through the node's path, alternating with the
@@ -205,7 +206,9 @@ def bench_frames(
     world at 720×1280, or the folder's images as they are). ``pipeline``: a ready
     :class:`~cosme_ros.runtime.pipeline.Pipeline` to measure instead of building one (``sweep`` uses
     it to swap in a scorer). ``refine``: the pipeline's map refinement (``guided``: the guided
-    filter is timed as part of ``scoring``).
+    filter is timed as part of ``scoring``). ``require_engine``: when the ``engine`` asked for
+    cannot be used, raise :class:`~cosme_ros.runtime.engines.EngineUnavailable` (its reason)
+    before any frame is timed, instead of timing eager against eager.
     """
     from cosme_ros.bundle import Bundle
     from cosme_ros.runtime.pipeline import Pipeline
@@ -227,6 +230,10 @@ def bench_frames(
         refine=refine,
         engine=engine,
     )
+    if require_engine and pipe.backend == "eager":  # before any frame: never eager vs eager
+        from cosme_ros.runtime.engines import EngineUnavailable
+
+        raise EngineUnavailable(pipe.engine_note or f"engine {engine!r} runs eager")
     n_src = max(1, min(frames, 8))
     if images is not None:
         src, source = folder_frames(images, n_src, camera), str(images)
